@@ -1,0 +1,21 @@
+//! haagenti-core: the traits ([`Codec`], [`SignatureScheme`], [`FragmentStore`]), the data
+//! types and the [`FragmentLibrary`] engine of haagenti, written against the traits only.
+//!
+//! Backends (`haagenti-store-fs`, `haagenti-store-s3`), codecs (`haagenti-codec`) and
+//! signature schemes (`haagenti-lsh`) depend on this crate and nothing else of haagenti.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod codec;
+pub mod error;
+pub mod signature;
+pub mod store;
+pub mod synth;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod types;
+
+pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
+pub use error::{FragmentError, Result};
+pub use signature::{SchemeTag, Signature, SignatureScheme};
+pub use store::{FragmentStore, MemoryStore, ObjectKey, ObjectMeta, PutOutcome};
+pub use types::*;

@@ -1,0 +1,249 @@
+//! The [`FragmentStore`] trait: a create-only object store, and an in-memory implementation.
+//!
+//! Stores are dumb on purpose: they map validated keys to immutable byte objects. Content
+//! addressing, encodings and verification live in the library, so every backend gets them
+//! for free and a backend needs only five methods.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{FragmentError, Result};
+use crate::types::FragmentId;
+
+/// A validated object key: `/`-separated segments of `[A-Za-z0-9._-]`, no empty, `.` or
+/// `..` segment, at most 512 bytes. Safe to use as a relative file path or an S3 key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub const MAX_LEN: usize = 512;
+
+    pub fn new(key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        let bad = |why: &str| FragmentError::InvalidInput(format!("invalid object key {key:?}: {why}"));
+        if key.is_empty() || key.len() > Self::MAX_LEN {
+            return Err(bad("length must be 1 to 512 bytes"));
+        }
+        for seg in key.split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(bad("empty, '.' or '..' segment"));
+            }
+            if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                return Err(bad("segments may hold only A-Z a-z 0-9 . _ -"));
+            }
+        }
+        Ok(Self(key))
+    }
+
+    /// Key of a fragment object, sharded by the first two bytes of the id so that no
+    /// directory (or S3 prefix) grows past a few thousand entries.
+    pub fn fragment(id: &FragmentId) -> Self {
+        let hex = id.to_hex();
+        Self(format!("{FRAGMENTS_PREFIX}{}/{}/{hex}", &hex[..2], &hex[2..4]))
+    }
+
+    /// The fragment id a fragment key names, if it is one.
+    pub fn fragment_id(&self) -> Option<FragmentId> {
+        let rest = self.0.strip_prefix(FRAGMENTS_PREFIX)?;
+        let hex = rest.rsplit('/').next()?;
+        let id: FragmentId = hex.parse().ok()?;
+        (Self::fragment(&id) == *self).then_some(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Key prefixes of the library's namespaces.
+pub const FRAGMENTS_PREFIX: &str = "fragments/";
+pub const MANIFESTS_PREFIX: &str = "manifests/";
+pub const INDEX_PREFIX: &str = "index/";
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectKey({})", self.0)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a listing or `head` knows about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: ObjectKey,
+    pub size: u64,
+    /// Last modification (creation, since objects are immutable).
+    pub modified: SystemTime,
+}
+
+/// Result of a create-only put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// An object already had this key; nothing was written. For content-addressed keys
+    /// that is success; the library checks the size.
+    AlreadyExists,
+}
+
+/// A create-only object store.
+///
+/// Required semantics (checked by the conformance suite in `testkit`):
+/// * `put` is atomic and create-only: readers see the whole object or none; a second put
+///   on an existing key writes nothing and returns [`PutOutcome::AlreadyExists`].
+/// * `get` of a missing key is an error for which `is_not_found()` holds.
+/// * `delete` of a missing key succeeds.
+/// * `list` returns every object whose key starts with `prefix`, in no particular order.
+#[async_trait]
+pub trait FragmentStore: Send + Sync + fmt::Debug {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome>;
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    async fn delete(&self, key: &ObjectKey) -> Result<()>;
+
+    /// Where the store lives, for messages (`/path/to/lib`, `s3://bucket/prefix`).
+    fn location(&self) -> String {
+        format!("{self:?}")
+    }
+
+    async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        Ok(self.head(key).await?.is_some())
+    }
+}
+
+#[async_trait]
+impl<S: FragmentStore + ?Sized> FragmentStore for std::sync::Arc<S> {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        (**self).put(key, bytes).await
+    }
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        (**self).get(key).await
+    }
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        (**self).head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        (**self).list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        (**self).delete(key).await
+    }
+    fn location(&self) -> String {
+        (**self).location()
+    }
+}
+
+/// A store in process memory, for tests and ephemeral libraries.
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<ObjectKey, (Bytes, SystemTime)>>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemoryStore")
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, (Bytes, SystemTime)>> {
+        // A poisoned map is still a consistent map: every mutation is a single insert/remove.
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces an object's bytes in place, bypassing create-only semantics (tests only:
+    /// simulates bit rot).
+    pub fn overwrite_for_test(&self, key: &ObjectKey, bytes: Bytes) {
+        self.lock().insert(key.clone(), (bytes, SystemTime::now()));
+    }
+
+    /// Changes an object's modification time (tests only: simulates age for gc).
+    pub fn set_modified_for_test(&self, key: &ObjectKey, modified: SystemTime) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.1 = modified;
+        }
+    }
+}
+
+#[async_trait]
+impl FragmentStore for MemoryStore {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        let mut map = self.lock();
+        if map.contains_key(key) {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        map.insert(key.clone(), (bytes, SystemTime::now()));
+        Ok(PutOutcome::Created)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        self.lock()
+            .get(key)
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| FragmentError::NotFound { key: key.to_string(), op: "get" })
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        Ok(self.lock().get(key).map(|(b, t)| ObjectMeta {
+            key: key.clone(),
+            size: b.len() as u64,
+            modified: *t,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        Ok(self
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with(prefix))
+            .map(|(k, (b, t))| ObjectMeta { key: k.clone(), size: b.len() as u64, modified: *t })
+            .collect())
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        self.lock().remove(key);
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        for ok in ["a", "fragments/ab/cd/ef", "manifests/llama-3.1/00000000000000000001"] {
+            ObjectKey::new(ok).unwrap();
+        }
+        for bad in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "a\\b", "é"] {
+            assert!(ObjectKey::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fragment_keys_round_trip() {
+        let id = FragmentId::of(b"x");
+        let key = ObjectKey::fragment(&id);
+        assert_eq!(key.fragment_id(), Some(id));
+        ObjectKey::new(key.as_str()).unwrap();
+        assert_eq!(ObjectKey::new("fragments/zz").unwrap().fragment_id(), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Conformance suites every store and codec runs (feature `testkit`).

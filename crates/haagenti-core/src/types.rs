@@ -1,0 +1,524 @@
+//! Plain data types shared by every haagenti crate.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::FragmentError;
+
+/// Format version of every object the library writes (fragments, manifests, indexes).
+/// Readers reject any other version.
+pub const LIBRARY_FORMAT_VERSION: u8 = 1;
+
+/// Default cosine similarity above which two fragments are considered related.
+pub const DEFAULT_SIMILARITY_THRESHOLD: SimilarityThreshold = SimilarityThreshold(0.95);
+
+/// Content address of a fragment: the full 32-byte BLAKE3 hash of its *decoded* bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FragmentId(pub [u8; 32]);
+
+impl FragmentId {
+    /// Hashes `data` (multi-threaded hashing is left to callers: fragments are small).
+    pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        s
+    }
+
+    /// First 12 hex characters, for humans.
+    pub fn short(&self) -> String {
+        self.to_hex()[..12].to_string()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Debug for FragmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FragmentId({})", self.short())
+    }
+}
+
+impl fmt::Display for FragmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl FromStr for FragmentId {
+    type Err = FragmentError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || FragmentError::InvalidInput(format!("not a 64-character hex fragment id: {s:?}"));
+        let raw = s.as_bytes();
+        if raw.len() != 64 {
+            return Err(bad());
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in raw.chunks_exact(2).enumerate() {
+            let hi = nibble(pair[0]).ok_or_else(bad)?;
+            let lo = nibble(pair[1]).ok_or_else(bad)?;
+            out[i] = hi << 4 | lo;
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Element type of a tensor, with its safetensors spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Dtype {
+    Bool,
+    U8,
+    I8,
+    F8E4M3,
+    F8E5M2,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    I64,
+    U64,
+    F64,
+}
+
+impl Dtype {
+    pub const ALL: [Dtype; 15] = [
+        Dtype::Bool,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F8E4M3,
+        Dtype::F8E5M2,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::F64,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2 => 1,
+            Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
+            Dtype::I64 | Dtype::U64 | Dtype::F64 => 8,
+        }
+    }
+
+    /// The name used in safetensors headers.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            Dtype::Bool => "BOOL",
+            Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
+            Dtype::F8E4M3 => "F8_E4M3",
+            Dtype::F8E5M2 => "F8_E5M2",
+            Dtype::I16 => "I16",
+            Dtype::U16 => "U16",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I32 => "I32",
+            Dtype::U32 => "U32",
+            Dtype::F32 => "F32",
+            Dtype::I64 => "I64",
+            Dtype::U64 => "U64",
+            Dtype::F64 => "F64",
+        }
+    }
+
+    pub fn from_safetensors_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.safetensors_name() == name)
+    }
+
+    /// Whether values are floating point (signatures and float codecs apply).
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
+        )
+    }
+
+    /// Stable numeric tag used in persisted objects.
+    pub fn tag(self) -> u8 {
+        match self {
+            Dtype::Bool => 1,
+            Dtype::U8 => 2,
+            Dtype::I8 => 3,
+            Dtype::F8E4M3 => 4,
+            Dtype::F8E5M2 => 5,
+            Dtype::I16 => 6,
+            Dtype::U16 => 7,
+            Dtype::F16 => 8,
+            Dtype::BF16 => 9,
+            Dtype::I32 => 10,
+            Dtype::U32 => 11,
+            Dtype::F32 => 12,
+            Dtype::I64 => 13,
+            Dtype::U64 => 14,
+            Dtype::F64 => 15,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.tag() == tag)
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.safetensors_name())
+    }
+}
+
+/// What a fragment holds, inferred from the tensor name (used for reporting and to steer
+/// similarity search towards like-for-like candidates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FragmentType {
+    Attention,
+    Mlp,
+    Norm,
+    Embedding,
+    Bias,
+    Convolution,
+    /// A tensor whose name says nothing we recognise.
+    Tensor,
+    /// Bytes that are not tensor data (other files, headers of unparsed formats).
+    Blob,
+}
+
+impl FragmentType {
+    /// Infers the type from a tensor name such as `model.layers.3.self_attn.q_proj.weight`.
+    pub fn from_tensor_name(name: &str) -> Self {
+        let n = name.to_ascii_lowercase();
+        let has = |pats: &[&str]| pats.iter().any(|p| n.contains(p));
+        if n.ends_with(".bias") || n.ends_with("_bias") {
+            FragmentType::Bias
+        } else if has(&["norm", ".ln_", "ln_f", "layernorm", "rmsnorm"]) {
+            FragmentType::Norm
+        } else if has(&["embed", "wte", "wpe", "token_embedding", "lm_head", "shared.weight"]) {
+            FragmentType::Embedding
+        } else if has(&[
+            "attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_k", "to_v",
+            "to_out", "qkv", "query", "key", "value",
+        ]) {
+            FragmentType::Attention
+        } else if has(&[
+            "mlp", "ffn", "feed_forward", "fc1", "fc2", "gate_proj", "up_proj", "down_proj",
+            "dense", "wi", "wo",
+        ]) {
+            FragmentType::Mlp
+        } else if has(&["conv"]) {
+            FragmentType::Convolution
+        } else {
+            FragmentType::Tensor
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FragmentType::Attention => "attention",
+            FragmentType::Mlp => "mlp",
+            FragmentType::Norm => "norm",
+            FragmentType::Embedding => "embedding",
+            FragmentType::Bias => "bias",
+            FragmentType::Convolution => "convolution",
+            FragmentType::Tensor => "tensor",
+            FragmentType::Blob => "blob",
+        }
+    }
+}
+
+impl fmt::Display for FragmentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a fragment's bytes are kept in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Encoding {
+    /// The payload is the fragment, run through one codec.
+    Standalone { codec: u16 },
+    /// The payload is a codec-encoded XOR difference against `base` (never itself a delta).
+    Delta { codec: u16, base: FragmentId },
+    /// No payload: the fragment is the round-to-nearest-even cast of `source` to `to`.
+    Cast { source: FragmentId, from: Dtype, to: Dtype },
+}
+
+/// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub id: FragmentId,
+    pub data: Bytes,
+}
+
+impl Fragment {
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        Self { id: FragmentId::of(&data), data }
+    }
+}
+
+/// What the library knows about one stored fragment object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentMetadata {
+    pub id: FragmentId,
+    /// Decoded length in bytes.
+    pub len: u64,
+    /// Size of the stored object in bytes (header included).
+    pub stored_len: u64,
+    pub encoding: Encoding,
+    /// Element type of the tensor the fragment was first stored for, if any.
+    pub dtype: Option<Dtype>,
+}
+
+/// Cosine similarity threshold in `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+pub struct SimilarityThreshold(f32);
+
+impl SimilarityThreshold {
+    pub fn new(value: f32) -> Result<Self, FragmentError> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(FragmentError::InvalidInput(format!(
+                "similarity threshold {value} is outside [0, 1]"
+            )))
+        }
+    }
+
+    pub fn get(self) -> f32 {
+        self.0
+    }
+}
+
+/// A candidate returned by a similarity index.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimilarityMatch {
+    pub id: FragmentId,
+    /// Estimated cosine similarity in `[-1, 1]`.
+    pub similarity: f32,
+}
+
+/// How hard the codecs work. `Balanced` is the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CodecPolicy {
+    /// Cheapest transform that still saves bytes.
+    Fast,
+    #[default]
+    Balanced,
+    /// Best ratio, slower.
+    Max,
+}
+
+impl FromStr for CodecPolicy {
+    type Err = FragmentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fast" => Ok(Self::Fast),
+            "balanced" => Ok(Self::Balanced),
+            "max" => Ok(Self::Max),
+            other => Err(FragmentError::InvalidInput(format!(
+                "unknown codec policy {other:?} (expected fast, balanced or max)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for CodecPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fast => "fast",
+            Self::Balanced => "balanced",
+            Self::Max => "max",
+        })
+    }
+}
+
+/// Smallest and largest allowed tensor fragment sizes.
+pub const MIN_FRAGMENT_SIZE: usize = 64 << 10;
+pub const MAX_FRAGMENT_SIZE: usize = 16 << 20;
+
+/// Tunables of a [`crate::FragmentLibrary`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LibraryConfig {
+    /// Target tensor fragment size in bytes (64 KiB to 16 MiB), rounded down to whole elements.
+    pub fragment_size: usize,
+    /// Average content-defined chunk size for blob files.
+    pub blob_chunk_avg: usize,
+    pub codec_policy: CodecPolicy,
+    /// How many fragments are hashed/encoded/stored at once; bounds memory.
+    pub parallelism: usize,
+    pub similarity_threshold: SimilarityThreshold,
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        Self {
+            fragment_size: 1 << 20,
+            blob_chunk_avg: 256 << 10,
+            codec_policy: CodecPolicy::default(),
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            similarity_threshold: DEFAULT_SIMILARITY_THRESHOLD,
+        }
+    }
+}
+
+impl LibraryConfig {
+    pub fn validate(&self) -> Result<(), FragmentError> {
+        if !(MIN_FRAGMENT_SIZE..=MAX_FRAGMENT_SIZE).contains(&self.fragment_size) {
+            return Err(FragmentError::InvalidInput(format!(
+                "fragment size {} is outside {MIN_FRAGMENT_SIZE}..={MAX_FRAGMENT_SIZE}",
+                self.fragment_size
+            )));
+        }
+        if !(4096..=MAX_FRAGMENT_SIZE / 4).contains(&self.blob_chunk_avg) {
+            return Err(FragmentError::InvalidInput(format!(
+                "blob chunk size {} is outside 4096..={}",
+                self.blob_chunk_avg,
+                MAX_FRAGMENT_SIZE / 4
+            )));
+        }
+        if self.parallelism == 0 {
+            return Err(FragmentError::InvalidInput("parallelism must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Library-wide figures, computed from the manifests and a listing of the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryStats {
+    pub models: u64,
+    /// Distinct fragment objects in the store.
+    pub fragments: u64,
+    /// Sum of the sizes of every ingested file.
+    pub logical_bytes: u64,
+    /// Sum of the sizes of every object the library keeps (fragments, manifests, indexes).
+    pub stored_bytes: u64,
+    pub fragment_bytes: u64,
+    pub manifest_bytes: u64,
+    pub index_bytes: u64,
+    pub savings: Savings,
+}
+
+/// Where the difference between logical and stored bytes comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Savings {
+    /// Bytes not stored because an identical fragment was already there.
+    pub exact_dedup_bytes: u64,
+    /// Bytes saved by storing fragments as deltas against a similar fragment.
+    pub delta_bytes: i64,
+    /// Bytes saved by storing cast-derived fragments as references.
+    pub cast_bytes: u64,
+    /// Bytes saved by compressing standalone fragments.
+    pub compression_bytes: i64,
+}
+
+/// Checks a model name: non-empty, at most 128 bytes, `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn validate_model_name(name: &str) -> Result<(), FragmentError> {
+    let bad = |why: &str| FragmentError::InvalidModelName {
+        name: name.to_string(),
+        reason: why.to_string(),
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > 128 {
+        return Err(bad("it is longer than 128 bytes"));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err(bad("it contains a path separator"));
+    }
+    if name.contains("..") {
+        return Err(bad("it contains '..'"));
+    }
+    if name.starts_with('.') {
+        return Err(bad("it starts with '.'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(bad(&format!("character {c:?} is not allowed (use A-Z a-z 0-9 . _ -)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragment_id_hex_round_trip() {
+        let id = FragmentId::of(b"haagenti");
+        let parsed: FragmentId = id.to_hex().parse().unwrap();
+        assert_eq!(parsed, id);
+        assert!("zz".parse::<FragmentId>().is_err());
+        assert!(id.to_hex().to_uppercase().parse::<FragmentId>().is_err());
+    }
+
+    #[test]
+    fn dtype_tags_and_names_are_unique() {
+        for a in Dtype::ALL {
+            assert_eq!(Dtype::from_tag(a.tag()), Some(a));
+            assert_eq!(Dtype::from_safetensors_name(a.safetensors_name()), Some(a));
+        }
+    }
+
+    #[test]
+    fn fragment_type_inference() {
+        use FragmentType::*;
+        for (name, want) in [
+            ("model.layers.3.self_attn.q_proj.weight", Attention),
+            ("model.layers.3.mlp.down_proj.weight", Mlp),
+            ("model.layers.3.input_layernorm.weight", Norm),
+            ("model.embed_tokens.weight", Embedding),
+            ("encoder.block.0.layer.0.SelfAttention.q.bias", Bias),
+            ("conv_in.weight", Convolution),
+            ("something", Tensor),
+        ] {
+            assert_eq!(FragmentType::from_tensor_name(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn model_names() {
+        for ok in ["llama-3.1-8b", "sdxl_base", "a"] {
+            validate_model_name(ok).unwrap();
+        }
+        for bad in ["", "a/b", "..", "a..b", ".hidden", "a b", "é"] {
+            assert!(validate_model_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! haagenti-fragments: the umbrella crate. Re-exports `haagenti-core` and, by feature, the
+//! filesystem (`fs`, default) and S3 (`s3`) stores, the codecs (`zstd`, `lz4`) and the
+//! similarity schemes (`lsh`).
+
+pub use haagenti_core::*;
+
+#[cfg(feature = "lsh")]
+pub use haagenti_lsh as lsh;
+#[cfg(any(feature = "zstd", feature = "lz4"))]
+pub use haagenti_codec as codec_impls;
+#[cfg(feature = "fs")]
+pub use haagenti_store_fs as fs;
+#[cfg(feature = "s3")]
+pub use haagenti_store_s3 as s3;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use haagenti_core::{
+        CodecPolicy, Dtype, FragmentError, FragmentId, FragmentStore, LibraryConfig, LibraryStats,
+    };
+}

@@ -1,0 +1,1 @@
+//! haagenti-store-fs: a `FragmentStore` on a local filesystem.

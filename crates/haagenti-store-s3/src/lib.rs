@@ -1,0 +1,1 @@
+//! haagenti-store-s3: a `FragmentStore` on S3-compatible object storage.
