@@ -5,6 +5,7 @@
 //! signature schemes (`haagenti-lsh`) depend on this crate and nothing else of haagenti.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cast;
 pub mod codec;
 pub mod error;
 pub mod signature;

@@ -1,1 +1,3 @@
 //! Conformance suites every store and codec runs (feature `testkit`).
+
+pub mod codec;

@@ -1,0 +1,1 @@
+//! Codec micro-benchmarks (issue 4).

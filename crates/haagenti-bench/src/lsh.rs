@@ -1,0 +1,1 @@
+//! Signature and index micro-benchmarks (issue 5).

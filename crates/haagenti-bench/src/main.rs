@@ -1,0 +1,6 @@
+//! `haagenti-bench`: run by `cargo xtask bench`; prints a markdown table and writes JSON.
+
+mod codecs;
+mod lsh;
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Codec conformance suite: round trips of adversarial inputs and bounded decoding.
