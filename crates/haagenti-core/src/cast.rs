@@ -52,7 +52,11 @@ pub fn f32_to_f16(value: f32) -> u16 {
     let exp = ((bits >> 23) & 0xff) as i32;
     let man = bits & 0x7f_ffff;
     if exp == 0xff {
-        return if man == 0 { sign | 0x7c00 } else { sign | 0x7e00 | (man >> 13) as u16 };
+        return if man == 0 {
+            sign | 0x7c00
+        } else {
+            sign | 0x7e00 | (man >> 13) as u16
+        };
     }
     let e = exp - 127 + 15;
     if e >= 0x1f {
@@ -90,27 +94,41 @@ pub fn decode_values(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) -> Option<(
     out.reserve(n);
     match dtype {
         Dtype::F32 => out.extend(
-            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         ),
-        Dtype::BF16 => {
-            out.extend(bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))))
-        }
-        Dtype::F16 => {
-            out.extend(bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))))
-        }
+        Dtype::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))),
+        ),
         Dtype::I8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
         Dtype::U8 | Dtype::Bool => out.extend(bytes.iter().map(|&b| f32::from(b))),
         Dtype::I16 => out.extend(
-            bytes.chunks_exact(2).map(|c| f32::from(i16::from_le_bytes([c[0], c[1]]))),
+            bytes
+                .chunks_exact(2)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]]))),
         ),
         Dtype::U16 => out.extend(
-            bytes.chunks_exact(2).map(|c| f32::from(u16::from_le_bytes([c[0], c[1]]))),
+            bytes
+                .chunks_exact(2)
+                .map(|c| f32::from(u16::from_le_bytes([c[0], c[1]]))),
         ),
         Dtype::I32 => out.extend(
-            bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
+            bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
         ),
         Dtype::U32 => out.extend(
-            bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
         ),
         Dtype::F64 => out.extend(bytes.chunks_exact(8).map(|c| {
             let mut a = [0u8; 8];

@@ -113,7 +113,10 @@ pub struct CodecRegistry {
 impl fmt::Debug for CodecRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CodecRegistry")
-            .field("codecs", &self.by_tag.values().map(|c| c.name()).collect::<Vec<_>>())
+            .field(
+                "codecs",
+                &self.by_tag.values().map(|c| c.name()).collect::<Vec<_>>(),
+            )
             .field("encoder", &self.encoder.name())
             .finish()
     }
@@ -123,7 +126,10 @@ impl Default for CodecRegistry {
     /// Only the raw codec: reads and writes uncompressed fragments.
     fn default() -> Self {
         let raw: Arc<dyn Codec> = Arc::new(RawCodec);
-        Self { by_tag: BTreeMap::from([(RAW_CODEC_TAG, raw.clone())]), encoder: raw }
+        Self {
+            by_tag: BTreeMap::from([(RAW_CODEC_TAG, raw.clone())]),
+            encoder: raw,
+        }
     }
 }
 
@@ -154,7 +160,8 @@ impl CodecRegistry {
     }
 
     pub fn name_of(&self, tag: CodecTag) -> String {
-        self.get(tag).map_or_else(|| format!("unknown({tag})"), |c| c.name().to_string())
+        self.get(tag)
+            .map_or_else(|| format!("unknown({tag})"), |c| c.name().to_string())
     }
 
     pub fn codecs(&self) -> impl Iterator<Item = &Arc<dyn Codec>> {

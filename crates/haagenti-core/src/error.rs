@@ -56,11 +56,19 @@ pub enum FragmentError {
 
     /// An object was written by a newer (or unknown) format version.
     #[error("object {key} has format version {found}; this build reads version {supported}")]
-    UnsupportedVersion { key: String, found: u32, supported: u32 },
+    UnsupportedVersion {
+        key: String,
+        found: u32,
+        supported: u32,
+    },
 
     /// A codec or signature tag this build does not know.
     #[error("object {key} uses unknown {what} tag {tag}")]
-    UnknownTag { key: String, what: &'static str, tag: u32 },
+    UnknownTag {
+        key: String,
+        what: &'static str,
+        tag: u32,
+    },
 
     /// A codec failed to encode or decode.
     #[error("codec {codec}: {reason}")]
@@ -68,7 +76,12 @@ pub enum FragmentError {
 
     /// A storage backend failed.
     #[error("store {backend}: {op} {key}: {reason}")]
-    Backend { backend: &'static str, op: &'static str, key: String, reason: String },
+    Backend {
+        backend: &'static str,
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
 
     /// Rebuilding a file produced bytes whose hash differs from the one recorded at ingest.
     #[error("model {model:?} file {file}: rebuilt bytes do not match the hash recorded at ingest")]
@@ -86,27 +99,41 @@ pub enum FragmentError {
 
 impl FragmentError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { op, path: path.into(), source }
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn codec(codec: &'static str, reason: impl Into<String>) -> Self {
-        Self::Codec { codec, reason: reason.into() }
+        Self::Codec {
+            codec,
+            reason: reason.into(),
+        }
     }
 
     pub fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::CorruptObject { key: key.into(), reason: reason.into() }
+        Self::CorruptObject {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn in_model(self, model: &str, location: impl Into<String>) -> Self {
-        Self::InModel { model: model.to_string(), location: location.into(), source: Box::new(self) }
+        Self::InModel {
+            model: model.to_string(),
+            location: location.into(),
+            source: Box::new(self),
+        }
     }
 
     /// Whether this error (or what it wraps) means stored data is damaged.
     pub fn is_corruption(&self) -> bool {
         match self {
-            Self::CorruptObject { .. } | Self::HashMismatch { .. } | Self::FileHashMismatch { .. } => {
-                true
-            }
+            Self::CorruptObject { .. }
+            | Self::HashMismatch { .. }
+            | Self::FileHashMismatch { .. } => true,
             Self::InModel { source, .. } => source.is_corruption(),
             _ => false,
         }

@@ -21,7 +21,12 @@ pub struct Signature {
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature(scheme {}, {} words)", self.scheme, self.words.len())
+        write!(
+            f,
+            "Signature(scheme {}, {} words)",
+            self.scheme,
+            self.words.len()
+        )
     }
 }
 

@@ -25,7 +25,8 @@ impl ObjectKey {
 
     pub fn new(key: impl Into<String>) -> Result<Self> {
         let key = key.into();
-        let bad = |why: &str| FragmentError::InvalidInput(format!("invalid object key {key:?}: {why}"));
+        let bad =
+            |why: &str| FragmentError::InvalidInput(format!("invalid object key {key:?}: {why}"));
         if key.is_empty() || key.len() > Self::MAX_LEN {
             return Err(bad("length must be 1 to 512 bytes"));
         }
@@ -33,7 +34,10 @@ impl ObjectKey {
             if seg.is_empty() || seg == "." || seg == ".." {
                 return Err(bad("empty, '.' or '..' segment"));
             }
-            if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
                 return Err(bad("segments may hold only A-Z a-z 0-9 . _ -"));
             }
         }
@@ -44,7 +48,11 @@ impl ObjectKey {
     /// directory (or S3 prefix) grows past a few thousand entries.
     pub fn fragment(id: &FragmentId) -> Self {
         let hex = id.to_hex();
-        Self(format!("{FRAGMENTS_PREFIX}{}/{}/{hex}", &hex[..2], &hex[2..4]))
+        Self(format!(
+            "{FRAGMENTS_PREFIX}{}/{}/{hex}",
+            &hex[..2],
+            &hex[2..4]
+        ))
     }
 
     /// The fragment id a fragment key names, if it is one.
@@ -194,7 +202,10 @@ impl FragmentStore for MemoryStore {
         self.lock()
             .get(key)
             .map(|(b, _)| b.clone())
-            .ok_or_else(|| FragmentError::NotFound { key: key.to_string(), op: "get" })
+            .ok_or_else(|| FragmentError::NotFound {
+                key: key.to_string(),
+                op: "get",
+            })
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
@@ -210,7 +221,11 @@ impl FragmentStore for MemoryStore {
             .lock()
             .iter()
             .filter(|(k, _)| k.as_str().starts_with(prefix))
-            .map(|(k, (b, t))| ObjectMeta { key: k.clone(), size: b.len() as u64, modified: *t })
+            .map(|(k, (b, t))| ObjectMeta {
+                key: k.clone(),
+                size: b.len() as u64,
+                modified: *t,
+            })
             .collect())
     }
 
@@ -230,7 +245,11 @@ mod tests {
 
     #[test]
     fn keys_are_validated() {
-        for ok in ["a", "fragments/ab/cd/ef", "manifests/llama-3.1/00000000000000000001"] {
+        for ok in [
+            "a",
+            "fragments/ab/cd/ef",
+            "manifests/llama-3.1/00000000000000000001",
+        ] {
             ObjectKey::new(ok).unwrap();
         }
         for bad in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "a\\b", "é"] {

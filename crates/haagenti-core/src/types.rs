@@ -63,7 +63,8 @@ impl FromStr for FragmentId {
     type Err = FragmentError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || FragmentError::InvalidInput(format!("not a 64-character hex fragment id: {s:?}"));
+        let bad =
+            || FragmentError::InvalidInput(format!("not a 64-character hex fragment id: {s:?}"));
         let raw = s.as_bytes();
         if raw.len() != 64 {
             return Err(bad());
@@ -224,16 +225,44 @@ impl FragmentType {
             FragmentType::Bias
         } else if has(&["norm", ".ln_", "ln_f", "layernorm", "rmsnorm"]) {
             FragmentType::Norm
-        } else if has(&["embed", "wte", "wpe", "token_embedding", "lm_head", "shared.weight"]) {
+        } else if has(&[
+            "embed",
+            "wte",
+            "wpe",
+            "token_embedding",
+            "lm_head",
+            "shared.weight",
+        ]) {
             FragmentType::Embedding
         } else if has(&[
-            "attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_k", "to_v",
-            "to_out", "qkv", "query", "key", "value",
+            "attn",
+            "attention",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out",
+            "qkv",
+            "query",
+            "key",
+            "value",
         ]) {
             FragmentType::Attention
         } else if has(&[
-            "mlp", "ffn", "feed_forward", "fc1", "fc2", "gate_proj", "up_proj", "down_proj",
-            "dense", "wi", "wo",
+            "mlp",
+            "ffn",
+            "feed_forward",
+            "fc1",
+            "fc2",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "dense",
+            "wi",
+            "wo",
         ]) {
             FragmentType::Mlp
         } else if has(&["conv"]) {
@@ -271,7 +300,11 @@ pub enum Encoding {
     /// The payload is a codec-encoded XOR difference against `base` (never itself a delta).
     Delta { codec: u16, base: FragmentId },
     /// No payload: the fragment is the round-to-nearest-even cast of `source` to `to`.
-    Cast { source: FragmentId, from: Dtype, to: Dtype },
+    Cast {
+        source: FragmentId,
+        from: Dtype,
+        to: Dtype,
+    },
 }
 
 /// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
@@ -284,7 +317,10 @@ pub struct Fragment {
 impl Fragment {
     pub fn new(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        Self { id: FragmentId::of(&data), data }
+        Self {
+            id: FragmentId::of(&data),
+            data,
+        }
     }
 }
 
@@ -410,7 +446,9 @@ impl LibraryConfig {
             )));
         }
         if self.parallelism == 0 {
-            return Err(FragmentError::InvalidInput("parallelism must be at least 1".into()));
+            return Err(FragmentError::InvalidInput(
+                "parallelism must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -470,7 +508,9 @@ pub fn validate_model_name(name: &str) -> Result<(), FragmentError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(bad(&format!("character {c:?} is not allowed (use A-Z a-z 0-9 . _ -)")));
+        return Err(bad(&format!(
+            "character {c:?} is not allowed (use A-Z a-z 0-9 . _ -)"
+        )));
     }
     Ok(())
 }

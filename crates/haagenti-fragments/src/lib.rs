@@ -4,10 +4,10 @@
 
 pub use haagenti_core::*;
 
-#[cfg(feature = "lsh")]
-pub use haagenti_lsh as lsh;
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 pub use haagenti_codec as codec_impls;
+#[cfg(feature = "lsh")]
+pub use haagenti_lsh as lsh;
 #[cfg(feature = "fs")]
 pub use haagenti_store_fs as fs;
 #[cfg(feature = "s3")]
