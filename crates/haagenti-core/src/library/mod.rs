@@ -144,6 +144,19 @@ impl FragmentLibrary {
         }
     }
 
+    /// How a fragment is stored (`None` if it is not): its header plus the object size.
+    pub async fn fragment_info(&self, id: &FragmentId) -> Result<Option<FragmentMetadata>> {
+        let Some(header) = self.fragment_header(id).await? else { return Ok(None) };
+        let stored_len = self.inner.store.head(&ObjectKey::fragment(id)).await?.map_or(0, |m| m.size);
+        Ok(Some(FragmentMetadata {
+            id: *id,
+            len: header.decoded_len,
+            stored_len,
+            encoding: header.encoding,
+            dtype: header.dtype,
+        }))
+    }
+
     /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1).
     pub async fn get_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         let key = ObjectKey::fragment(id);
