@@ -46,9 +46,12 @@
 //!
 //! | policy | entropy coder | LZ coder when the probe favours it |
 //! |---|---|---|
-//! | `Fast` | Huffman, codes built from the sample | LZ4 |
-//! | `Balanced` | Huffman, codes built from the whole plane | zstd level 3 |
-//! | `Max` | every method is tried on every plane (zstd at level 19); the smallest wins | |
+//! | `Fast` | Huffman | LZ4 |
+//! | `Balanced` | Huffman | zstd level 3 |
+//! | `Max` | Huffman, LZ4 and zstd level 9 are tried on every plane, zstd level 19 too where level 9 won; the smallest wins | |
+//!
+//! On dense floats `Fast` and `Balanced` make the same choice (the probe never fires); they
+//! differ on data with repetition.
 
 use haagenti_core::codec::CodecTag;
 use haagenti_core::{Codec, CodecPolicy, EncodeHint, FragmentError, Result};
@@ -80,6 +83,8 @@ const SAMPLE_BLOCK: usize = 1024;
 const PROBE_LEN: usize = 16 << 10;
 #[cfg(feature = "zstd")]
 const BALANCED_ZSTD_LEVEL: i32 = 3;
+#[cfg(feature = "zstd")]
+const MAX_ZSTD_LEVEL_FIRST: i32 = 9;
 #[cfg(feature = "zstd")]
 const MAX_ZSTD_LEVEL: i32 = 19;
 
@@ -185,25 +190,13 @@ fn encode_plane(
     let mut best = Best { out, mark, scratch };
 
     if policy == CodecPolicy::Max {
-        best.offer(METHOD_HUFFMAN, |o| {
-            huffman::encode(plane, &huffman::histogram(plane), o);
-            Ok(())
-        })?;
-        #[cfg(feature = "lz4")]
-        best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
-        #[cfg(feature = "zstd")]
-        best.offer(METHOD_ZSTD, |o| {
-            crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL, o)
-        })?;
-        return best.finish(plane);
+        return encode_plane_max(plane, best);
     }
 
     let estimate = scale(plane.len(), huffman::entropy_bytes(&s.hist), s.len);
     if estimate < plane.len() - plane.len() / 16 {
         let hist = if s.whole {
             s.hist
-        } else if policy == CodecPolicy::Fast {
-            smoothed(&s.hist)
         } else {
             huffman::histogram(plane)
         };
@@ -219,23 +212,53 @@ fn encode_plane(
     best.finish(plane)
 }
 
-/// Sample counts with every symbol given a count, so symbols the sample missed still
-/// have a (long) code.
-fn smoothed(hist: &Histogram) -> Histogram {
-    hist.map(|c| c.saturating_mul(4).saturating_add(1))
+/// Tries every method; zstd at its highest level only where it already beat the
+/// entropy coder at a moderate one (where matches exist, the search pays).
+fn encode_plane_max(plane: &[u8], mut best: Best<'_>) -> Result<(), String> {
+    best.offer(METHOD_HUFFMAN, |o| {
+        huffman::encode(plane, &huffman::histogram(plane), o);
+        Ok(())
+    })?;
+    #[cfg(feature = "lz4")]
+    best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
+    #[cfg(feature = "zstd")]
+    {
+        best.offer(METHOD_ZSTD, |o| {
+            crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL_FIRST, o)
+        })?;
+        if best.method() == Some(METHOD_ZSTD) {
+            best.offer(METHOD_ZSTD, |o| {
+                crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL, o)
+            })?;
+        }
+    }
+    best.finish(plane)
 }
 
-/// Whether LZ4 on the start of `plane` beats `to_beat` (bytes for the whole plane) by 10 %.
+/// Whether an LZ coder on the start of `plane` beats `to_beat` (bytes for the whole
+/// plane) by 10 %.
 fn lz_probe_wins(plane: &[u8], to_beat: usize) -> bool {
     let probe = &plane[..plane.len().min(PROBE_LEN)];
-    let mut buf = Vec::new();
-    #[cfg(feature = "lz4")]
-    let ok = crate::lz4::compress(probe, &mut buf).is_ok();
-    #[cfg(all(not(feature = "lz4"), feature = "zstd"))]
-    let ok = crate::zstd_codec::compress(probe, 1, &mut buf).is_ok();
+    lz_probe_size(probe)
+        .is_some_and(|size| scale(plane.len(), size, probe.len()) < to_beat - to_beat / 10)
+}
+
+/// Size of `probe` under LZ4 (zstd -1 without LZ4); `None` when neither is compiled in.
+fn lz_probe_size(probe: &[u8]) -> Option<usize> {
+    #[cfg(any(feature = "lz4", feature = "zstd"))]
+    {
+        let mut buf = Vec::new();
+        #[cfg(feature = "lz4")]
+        crate::lz4::compress(probe, &mut buf).ok()?;
+        #[cfg(not(feature = "lz4"))]
+        crate::zstd_codec::compress(probe, 1, &mut buf).ok()?;
+        Some(buf.len())
+    }
     #[cfg(not(any(feature = "lz4", feature = "zstd")))]
-    let ok = false;
-    ok && scale(plane.len(), buf.len(), probe.len()) < to_beat - to_beat / 10
+    {
+        _ = probe;
+        None
+    }
 }
 
 #[allow(unused_variables, reason = "unused when no LZ coder is compiled in")]
@@ -264,6 +287,11 @@ struct Best<'a> {
 }
 
 impl Best<'_> {
+    #[cfg(feature = "zstd")]
+    fn method(&self) -> Option<u8> {
+        self.out.get(self.mark).copied()
+    }
+
     fn size(&self) -> Option<usize> {
         (self.out.len() > self.mark).then(|| self.out.len() - self.mark)
     }
