@@ -140,7 +140,6 @@ fn encode(input: &[u8], hint: EncodeHint, out: &mut Vec<u8>) -> Result<(), Strin
 struct Sample {
     hist: Histogram,
     len: usize,
-    whole: bool,
 }
 
 fn sample(plane: &[u8]) -> Sample {
@@ -148,7 +147,6 @@ fn sample(plane: &[u8]) -> Sample {
         return Sample {
             hist: huffman::histogram(plane),
             len: plane.len(),
-            whole: true,
         };
     }
     let stride = plane.len() / SAMPLE_BLOCKS;
@@ -162,7 +160,6 @@ fn sample(plane: &[u8]) -> Sample {
     Sample {
         hist,
         len: SAMPLE_BLOCKS * SAMPLE_BLOCK,
-        whole: false,
     }
 }
 
@@ -195,13 +192,8 @@ fn encode_plane(
 
     let estimate = scale(plane.len(), huffman::entropy_bytes(&s.hist), s.len);
     if estimate < plane.len() - plane.len() / 16 {
-        let hist = if s.whole {
-            s.hist
-        } else {
-            huffman::histogram(plane)
-        };
         best.offer(METHOD_HUFFMAN, |o| {
-            huffman::encode(plane, &hist, o);
+            huffman::encode(plane, o);
             Ok(())
         })?;
     }
@@ -216,7 +208,7 @@ fn encode_plane(
 /// entropy coder at a moderate one (where matches exist, the search pays).
 fn encode_plane_max(plane: &[u8], mut best: Best<'_>) -> Result<(), String> {
     best.offer(METHOD_HUFFMAN, |o| {
-        huffman::encode(plane, &huffman::histogram(plane), o);
+        huffman::encode(plane, o);
         Ok(())
     })?;
     #[cfg(feature = "lz4")]
