@@ -1,19 +1,12 @@
-//! Canonical, length-limited Huffman coding of a byte stream, split into four
-//! interleaved bit streams so the decoder runs four independent dependency chains.
+//! Canonical, length-limited (11 bits) Huffman coding of bytes in four streams.
 //!
-//! Body layout (all integers little-endian):
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 1 | `max_symbol`: highest symbol with a code |
-//! | `(max_symbol + 2) / 2` | code lengths of symbols `0..=max_symbol`, 4 bits each, low nibble first; 0 = no code |
-//! | 3 × 4 | byte sizes of streams 0, 1 and 2; stream 3 takes the rest of the body |
-//! | … | the four streams |
-//!
-//! The `n` symbols are cut into four segments of `ceil(n / 4)` symbols (the last one
-//! shorter or empty); stream `k` codes segment `k`. Bits are packed least significant
-//! first, codes are canonical and bit-reversed so a decoder indexes a `2^11` table with
-//! the next 11 bits. Lengths must form a complete prefix code (Kraft sum exactly 1).
+//! The body format is specified in [`crate::planes_codec`]. Encoding counts each
+//! quarter's bytes, so every stream's exact size is known before a bit is written, and
+//! codes the four quarters in lock-step; decoding reads 64 bits per refill, resolves
+//! five symbols per refill through a `2^11`-entry table, and runs the four streams in
+//! lock-step too, so the core overlaps four independent dependency chains.
+//! Lengths over 11 bits are avoided by halving the frequencies and rebuilding the tree,
+//! which costs little because only very rare symbols are affected.
 
 /// Longest code; bounds the decode table to `2^11` entries (4 KiB, in L1).
 pub const MAX_CODE_LEN: u32 = 11;

@@ -23,13 +23,22 @@
 //! | `3` LZ4 | `u32` size, then one LZ4 block decoding to exactly `n` bytes |
 //! | `4` zstd | `u32` size, then zstd frame(s) decoding to exactly `n` bytes |
 //!
-//! A Huffman body is: `max_symbol` (1 byte); the code lengths of symbols
-//! `0..=max_symbol`, 4 bits each, low nibble first, 0 meaning absent, at most 11, forming
-//! a complete prefix code; the byte sizes of streams 0, 1, 2 as three `u32` (stream 3
-//! takes the rest). The `n` symbols are cut into four segments of `ceil(n / 4)` (the last
-//! shorter or empty), stream `k` coding segment `k` with canonical codes (shorter codes
-//! first, ties by symbol value) packed least significant bit first, each code's bits
-//! reversed. Each stream must end within its last byte.
+//! A Huffman body is:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | `max_symbol`: the highest symbol that has a code |
+//! | `(max_symbol + 2) / 2` | code lengths of symbols `0..=max_symbol`, 4 bits each, low nibble first; 0 = no code, at most 11; they must form a complete prefix code (Kraft sum exactly 1) |
+//! | 3 × 4 | `u32` byte sizes of streams 0, 1 and 2; stream 3 takes the rest of the body |
+//! | … | the four streams, back to back |
+//!
+//! The `n` plane bytes are cut into four segments of `ceil(n / 4)` bytes (the last one
+//! shorter, possibly empty); stream `k` codes segment `k`. Codes are canonical and packed
+//! exactly as in DEFLATE (RFC 1951, 3.1.1 and 3.2.2): codes of one length are consecutive
+//! integers in symbol order, shorter lengths first; bytes fill from their least
+//! significant bit; each code goes out most significant bit first. Each stream ends in
+//! its last byte, padded with zero bits; a stream that decodes past that byte, or ends
+//! before it, is corrupt.
 //!
 //! Rotation (layout 1) treats each element as a W-byte little-endian integer and rotates
 //! it left by one bit before splitting; it is chosen for bf16 and f32, where it makes the
@@ -37,10 +46,10 @@
 //!
 //! # Choosing a method per plane
 //!
-//! A plane whose bytes are all equal is stored as a constant. Otherwise a histogram of a
-//! sample (32 blocks of 1 KiB spread over the plane) estimates the order-0 entropy: a
-//! plane that would shrink by less than 1/16 (a float's low mantissa bytes) is stored raw
-//! at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
+//! A plane whose bytes are all equal is stored as a constant. Otherwise, under `Fast` and
+//! `Balanced`, a histogram of a sample (32 blocks of 1 KiB spread over the plane)
+//! estimates the order-0 entropy: a plane that would shrink by less than 1/16 (a float's
+//! low mantissa bytes) is stored raw at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
 //! entropy estimate by 10 % or more (blobs, sparse or quantised data); only then an LZ coder
 //! is tried on the whole plane. Whatever is chosen, a plane never costs more than raw + 1.
 //!
