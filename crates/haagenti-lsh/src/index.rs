@@ -370,6 +370,7 @@ impl SimilarityIndex {
             )));
         }
         let entry_len = 40 + 8 * self.words;
+        self.reserve(segment.count);
         let mut words = vec![0u64; self.words];
         let mut added = 0;
         for raw in segment.body.chunks_exact(entry_len) {
@@ -387,6 +388,23 @@ impl SimilarityIndex {
         }
         self.rebuild();
         Ok(added)
+    }
+
+    /// Makes room for `more` entries (bounded by the caller: a validated segment's count).
+    fn reserve(&mut self, more: usize) {
+        self.ids.reserve(more);
+        self.sigs.reserve(more * self.words);
+        self.meta.reserve(more);
+        self.live.reserve(more);
+        let wanted = ((self.ids.len() + more) * 2).next_power_of_two().max(64);
+        if wanted > self.id_table.len() {
+            self.id_table = vec![NIL; wanted];
+            for e in 0..self.ids.len() {
+                if self.live[e] {
+                    self.id_table_place(e);
+                }
+            }
+        }
     }
 
     fn check_signature(&self, signature: &Signature) -> Result<()> {

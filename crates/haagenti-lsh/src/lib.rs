@@ -20,7 +20,7 @@ pub use index::{
     SegmentWriter, SimilarityIndex,
 };
 pub use minhash::{
-    BYTE_MINHASH_TAG, ByteMinHash, DEFAULT_MINHASH_BITS, MAX_MINHASH_BITS, MIN_BLOB_LEN,
+    BYTE_MINHASH_TAG, ByteMinHash, DEFAULT_MINHASH_BITS, MAX_MINHASH_BITS, MIN_BLOB_LEN, SCAN_END,
 };
 
 /// Number of differing bits between two equally long bit vectors.

@@ -2,21 +2,27 @@
 //!
 //! # Algorithm (scheme tag 2, frozen: changing any step needs a new tag)
 //!
-//! 1. **Pieces.** A gear rolling hash (`h = (h << 1) + GEAR[byte]`) cuts the bytes into
-//!    content-defined pieces of 16 to 256 bytes (about 48 on average): a cut follows any
-//!    byte where bits 27..32 of `h` are zero (they depend on the last 32 bytes only). An
-//!    insertion therefore changes only the pieces around it.
-//! 2. **One-permutation MinHash.** Each piece is hashed once (64-bit multiply-mix over its
-//!    8-byte words); the top bits pick one of `bits` buckets and the bucket keeps the
-//!    smallest remaining hash. Empty buckets borrow from a bucket chosen by a fixed probe
-//!    sequence of their own (optimal densification), so small inputs still fill every
-//!    bucket consistently.
+//! 1. **Anchored shingles.** Position `q` is an *anchor* when the 8 bytes from `q` (a
+//!    little-endian u64 `w`) satisfy `(w * ANCHOR_MUL) >> 59 == 0`, about one position in
+//!    32. The blob's set is the 16-byte shingles starting at anchors (see
+//!    [`for_each_shingle`]). Anchors depend on local content only, so an edit or an
+//!    insertion changes only the shingles around it, wherever it shifts the rest.
+//! 2. **One-permutation MinHash.** Each shingle is hashed once; the top bits pick one of
+//!    `bits` buckets and the bucket keeps the smallest remaining hash. Empty buckets
+//!    borrow from a bucket chosen by a fixed probe sequence of their own (optimal
+//!    densification), so small inputs still fill every bucket consistently.
 //! 3. **One bit per bucket** (b-bit MinHash, b = 1): bit `k` is the parity of a mix of the
-//!    bucket's minimum. Two blobs with Jaccard similarity `J` over their piece sets agree
+//!    bucket's minimum. Two blobs with Jaccard similarity `J` over their shingle sets agree
 //!    on a bit with probability `(1 + J) / 2`, so `J` is estimated as `1 - 2 * hamming / bits`.
 //!
-//! Cost: one table lookup per byte plus one short hash per piece, against the original
-//! design's 64 BLAKE3 calls per 8 bytes.
+//! Blobs longer than 64 KiB are sketched from their first and last 32 KiB
+//! ([`SCAN_END`]) only, which bounds the cost per blob. Blob fragments are content-defined
+//! chunks, so their ends are content-defined too and comparable between related chunks;
+//! an edit in the middle of a long chunk is invisible to the signature (it then looks
+//! identical, and the real bytes decide).
+//!
+//! Cost: one multiply per scanned byte (independent, so they overlap) and one short hash
+//! per anchor, against the original design's 64 BLAKE3 calls per 8 bytes.
 
 use haagenti_core::{Dtype, FragmentError, SchemeTag, Signature, SignatureScheme};
 
@@ -31,30 +37,21 @@ pub const DEFAULT_MINHASH_BITS: usize = 256;
 /// Largest signature length in bits.
 pub const MAX_MINHASH_BITS: usize = 4096;
 
-/// Blobs shorter than this get no signature.
+/// Blobs shorter than this get no signature (nor do blobs without any anchor).
 pub const MIN_BLOB_LEN: usize = 64;
 
-const MIN_PIECE: usize = 16;
-const MAX_PIECE: usize = 256;
-const CUT_MASK: u64 = 0x1f << 27;
-const GEAR_SEED: u64 = 0x6d69_6e68_6173_6801;
-const PIECE_SEED: u64 = 0x6d69_6e68_6173_6802;
+/// Blobs longer than twice this are sketched from their first and last `SCAN_END` bytes.
+pub const SCAN_END: usize = 32 << 10;
+
+const ANCHOR_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+const SHINGLE_MUL: u64 = 0xff51_afd7_ed55_8ccd;
 const EMPTY: u64 = u64::MAX;
 
-/// 1-bit one-permutation MinHash over content-defined pieces of blob bytes. See the module
+/// 1-bit one-permutation MinHash over anchored shingles of blob bytes. See the module
 /// documentation for the exact algorithm.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ByteMinHash {
     bits: usize,
-    gear: Box<[u64; 256]>,
-}
-
-impl std::fmt::Debug for ByteMinHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ByteMinHash")
-            .field("bits", &self.bits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Default for ByteMinHash {
@@ -76,11 +73,7 @@ impl ByteMinHash {
     }
 
     fn with_bits_unchecked(bits: usize) -> Self {
-        let mut gear = Box::new([0u64; 256]);
-        for (i, g) in gear.iter_mut().enumerate() {
-            *g = splitmix64(GEAR_SEED ^ i as u64);
-        }
-        Self { bits, gear }
+        Self { bits }
     }
 
     /// Signature length in bits.
@@ -105,8 +98,7 @@ impl SignatureScheme for ByteMinHash {
         }
         let bucket_shift = 64 - self.bits.trailing_zeros();
         let mut mins = vec![EMPTY; self.bits];
-        let mut record = |piece: &[u8]| {
-            let h = piece_hash(piece);
+        let mut record = |h: u64| {
             // Top bits choose the bucket; the rest (never all ones) compete for the minimum.
             let bucket = (h >> bucket_shift) as usize;
             let value = h & (u64::MAX >> 1);
@@ -114,19 +106,12 @@ impl SignatureScheme for ByteMinHash {
                 *m = (*m).min(value);
             }
         };
-        let mut start = 0;
-        let mut h = 0u64;
-        for (i, &b) in data.iter().enumerate() {
-            h = (h << 1).wrapping_add(self.gear[usize::from(b)]);
-            let len = i + 1 - start;
-            if (len >= MIN_PIECE && h & CUT_MASK == 0) || len >= MAX_PIECE {
-                record(&data[start..=i]);
-                start = i + 1;
-                h = 0;
+        match data.len().checked_sub(SCAN_END) {
+            Some(tail) if data.len() > 2 * SCAN_END => {
+                for_each_shingle(&data[..SCAN_END], &mut record);
+                for_each_shingle(&data[tail..], &mut record);
             }
-        }
-        if start < data.len() {
-            record(&data[start..]);
+            _ => for_each_shingle(data, &mut record),
         }
         let mut words = vec![0u64; self.bits / 64];
         for k in 0..self.bits {
@@ -153,6 +138,34 @@ impl SignatureScheme for ByteMinHash {
     }
 }
 
+/// Calls `f` with the hash of the 16-byte shingle at each anchor of `data`, in order.
+///
+/// Anchors are tested 8 positions at a time from two word loads, with no dependency
+/// between positions (unlike a rolling hash). Positions are tested while a whole block
+/// of 8 positions and their shingles fit: the last 17 to 24 bytes start no shingle.
+fn for_each_shingle(data: &[u8], mut f: impl FnMut(u64)) {
+    let word = |p: usize| -> u64 {
+        data.get(p..p + 8)
+            .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let mut p = 0;
+    while p + 24 <= data.len() {
+        let (w0, w1) = (word(p), word(p + 8));
+        let mut hits = u32::from((w0.wrapping_mul(ANCHOR_MUL) >> 59) == 0);
+        for k in 1..8 {
+            let window = (w0 >> (8 * k)) | (w1 << (64 - 8 * k));
+            hits |= u32::from((window.wrapping_mul(ANCHOR_MUL) >> 59) == 0) << k;
+        }
+        while hits != 0 {
+            let q = p + hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            f(splitmix64(word(q).wrapping_mul(SHINGLE_MUL) ^ word(q + 8)));
+        }
+        p += 8;
+    }
+}
+
 /// The minimum of bucket `k`, or of the bucket its fixed probe sequence reaches first.
 /// `None` only when every bucket is empty (impossible once one piece was recorded).
 fn densified(mins: &[u64], k: usize) -> Option<u64> {
@@ -171,17 +184,45 @@ fn densified(mins: &[u64], k: usize) -> Option<u64> {
     mins.iter().copied().find(|m| *m != EMPTY)
 }
 
-/// 64-bit hash of a short piece: multiply-mix over little-endian 8-byte words.
-fn piece_hash(piece: &[u8]) -> u64 {
-    let mut h = PIECE_SEED ^ (piece.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let chunks = piece.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same rule, one position at a time.
+    fn reference(data: &[u8]) -> Vec<u64> {
+        let word = |q: usize| u64::from_le_bytes(data[q..q + 8].try_into().unwrap());
+        let tested = if data.len() >= 24 {
+            (data.len() - 16) / 8 * 8
+        } else {
+            0
+        };
+        (0..tested)
+            .filter(|&q| word(q).wrapping_mul(ANCHOR_MUL) >> 59 == 0)
+            .map(|q| splitmix64(word(q).wrapping_mul(SHINGLE_MUL) ^ word(q + 8)))
+            .collect()
     }
-    let mut tail = [0u8; 8];
-    tail[..rest.len()].copy_from_slice(rest);
-    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    splitmix64(h)
+
+    fn shingles(data: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for_each_shingle(data, |h| out.push(h));
+        out
+    }
+
+    #[test]
+    fn shingles_follow_the_rule_and_survive_shifts() {
+        let mut rng = haagenti_core::synth::Rng::new(9);
+        for len in [0, 23, 24, 64, 100, 1000, 4097, 20_000] {
+            let mut data = vec![0u8; len];
+            rng.fill_bytes(&mut data);
+            assert_eq!(shingles(&data), reference(&data), "len {len}");
+        }
+        let mut data = vec![0u8; 50_000];
+        rng.fill_bytes(&mut data);
+        let mut shifted = vec![1, 2, 3];
+        shifted.extend_from_slice(&data);
+        let (a, b) = (shingles(&data), shingles(&shifted));
+        assert!(a.len() > 1000);
+        let shared = a.iter().filter(|h| b.contains(h)).count();
+        assert!(shared + 3 >= a.len(), "{shared} of {}", a.len());
+    }
 }

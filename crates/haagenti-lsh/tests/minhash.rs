@@ -30,25 +30,32 @@ fn edits_keep_blobs_similar_and_unrelated_blobs_apart() {
     let sa = m.signature(&a, None).unwrap();
     assert_eq!(m.similarity(&sa, &sa), 1.0);
 
-    // A few local edits, an insertion that shifts everything after it, a truncation.
+    // Local edits (in the scanned ends and in the middle), an insertion that shifts
+    // everything after it, and a truncated short blob (scanned whole).
     let mut edited = a.clone();
-    for pos in [1000, 50_000, 120_000] {
+    for pos in [1000, 100_000, 190_000] {
         edited[pos] ^= 0x20;
     }
     let mut inserted = a.clone();
-    inserted.splice(
-        100_000..100_000,
-        b"\"added_token\": 99999,\n".iter().copied(),
-    );
-    let truncated = a[..180_000].to_vec();
-    for (what, b) in [
-        ("edited", edited),
-        ("inserted", inserted),
-        ("truncated", truncated),
-    ] {
-        let sim = m.similarity(&sa, &m.signature(&b, None).unwrap());
+    inserted.splice(10_000..10_000, b"\"added_token\": 99999,\n".iter().copied());
+    let short = text(7, 40_000);
+    let cases = [
+        ("edited", &sa, edited),
+        ("inserted", &sa, inserted),
+        (
+            "truncated",
+            &m.signature(&short, None).unwrap(),
+            short[..36_000].to_vec(),
+        ),
+    ];
+    for (what, s, b) in cases {
+        let sim = m.similarity(s, &m.signature(&b, None).unwrap());
         assert!(sim > 0.75, "{what}: {sim}");
     }
+    // A long blob cut short keeps its head only: about half its shingles.
+    let truncated = m.signature(&a[..180_000], None).unwrap();
+    let sim = m.similarity(&sa, &truncated);
+    assert!((0.25..0.75).contains(&sim), "truncated long blob: {sim}");
 
     let mut unrelated_max = f32::MIN;
     for seed in 2..30 {
@@ -87,20 +94,16 @@ fn blob_index_finds_edited_copies() {
 #[test]
 fn small_inputs() {
     let m = ByteMinHash::default();
-    assert!(m.signature(&[7; 63], None).is_none());
-    // One piece fills every bucket through densification.
-    let s = m.signature(&[7; 64], None).unwrap();
+    assert!(m.signature(&text(1, 63), None).is_none());
+    // No anchor in a run of one byte value: no signature.
+    assert!(m.signature(&[7; 5000], None).is_none());
+    // A few shingles fill every bucket through densification.
+    let small = text(2, 300);
+    let s = m.signature(&small, None).unwrap();
     assert_eq!(s.words.len(), 4);
     assert!(ByteMinHash::new(100).is_err());
-    assert_eq!(
-        ByteMinHash::new(1024)
-            .unwrap()
-            .signature(&[1; 500], None)
-            .unwrap()
-            .words
-            .len(),
-        16
-    );
+    let wide = ByteMinHash::new(1024).unwrap();
+    assert_eq!(wide.signature(&small, None).unwrap().words.len(), 16);
 }
 
 /// Golden bits: any change to the algorithm fails here and needs a new scheme tag.
@@ -110,13 +113,23 @@ fn golden_signature() {
     let s = m.signature(&text(42, 10_000), None).unwrap();
     assert_eq!(s.scheme, 2);
     assert_eq!(s.words, GOLDEN);
+    // Long enough that only its ends are scanned.
+    let long = m.signature(&text(43, 100_000), None).unwrap();
+    assert_eq!(long.words, GOLDEN_LONG);
 }
 
 const GOLDEN: [u64; 4] = [
-    13751236749259056599,
-    18099913177862525351,
-    10427023589131782134,
-    4485646954895753452,
+    4800714916887394667,
+    12835953117597568156,
+    14422504217078231026,
+    14490306271049226595,
+];
+
+const GOLDEN_LONG: [u64; 4] = [
+    5597981945520589180,
+    10873071238185436356,
+    18387567672394410612,
+    14718683934449442543,
 ];
 
 proptest! {
