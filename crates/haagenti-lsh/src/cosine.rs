@@ -272,8 +272,11 @@ fn sketch_rows<const S: usize>(
     element: impl Fn(u32, usize) -> f32,
 ) -> Option<Accumulator> {
     let m = SKETCH_DIM / S;
-    let mut sketch = [0f32; SKETCH_DIM];
-    let mut plain = [0f32; SKETCH_DIM];
+    // Rows of sign +1 and -1 go to separate sketches, so each element costs one add:
+    // the sketch is `positive - negative`, and the sum of the values (rotations keep
+    // sums) is the sum of both.
+    let mut positive = [0f32; SKETCH_DIM];
+    let mut negative = [0f32; SKETCH_DIM];
     let mut full_row_sign_sum = 0f64;
     let rows = data.chunks_exact(SKETCH_DIM * dtype.size());
     let rest = rows.remainder();
@@ -283,42 +286,36 @@ fn sketch_rows<const S: usize>(
         count += SKETCH_DIM;
         let (sign, shift) = row_params(row);
         full_row_sign_sum += f64::from(sign);
+        let sketch = if sign > 0.0 {
+            &mut positive
+        } else {
+            &mut negative
+        };
         let rot = shift / S;
         let (head, tail) = bytes.split_at((m - rot) * 4);
+        let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         for s in 0..S {
-            let part = &mut sketch[s * m..(s + 1) * m];
-            let (plain_head, plain_tail) = plain[s * m..(s + 1) * m].split_at_mut(m - rot);
-            let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            for ((d, p), c) in part[rot..]
-                .iter_mut()
-                .zip(plain_head.iter_mut())
-                .zip(head.chunks_exact(4))
-            {
-                let x = element(word(c), s);
-                *d += sign * x;
-                *p += x;
+            let (low, high) = sketch[s * m..(s + 1) * m].split_at_mut(rot);
+            for (d, c) in high.iter_mut().zip(head.chunks_exact(4)) {
+                *d += element(word(c), s);
             }
-            for ((d, p), c) in part[..rot]
-                .iter_mut()
-                .zip(plain_tail.iter_mut())
-                .zip(tail.chunks_exact(4))
-            {
-                let x = element(word(c), s);
-                *d += sign * x;
-                *p += x;
+            for (d, c) in low.iter_mut().zip(tail.chunks_exact(4)) {
+                *d += element(word(c), s);
             }
         }
     }
     let mut acc = Accumulator {
         sketch: [0f64; SKETCH_DIM],
-        sum: plain.iter().map(|&x| f64::from(x)).sum(),
+        sum: 0.0,
         count,
         full_row_sign_sum,
         partial_row: None,
     };
     for s in 0..S {
         for q in 0..m {
-            acc.sketch[S * q + s] = f64::from(sketch[s * m + q]);
+            let (p, n) = (positive[s * m + q], negative[s * m + q]);
+            acc.sum += f64::from(p) + f64::from(n);
+            acc.sketch[S * q + s] = f64::from(p) - f64::from(n);
         }
     }
     if !(acc.sum.is_finite() && acc.sketch.iter().all(|v| v.is_finite())) {

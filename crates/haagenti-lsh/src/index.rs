@@ -152,7 +152,8 @@ struct BucketTable {
 pub struct SimilarityIndex {
     config: IndexConfig,
     words: usize,
-    estimate: fn(u32, usize) -> f32,
+    /// Similarity estimate for each Hamming distance `0..=bits`.
+    estimates: Vec<f32>,
     ids: Vec<FragmentId>,
     sigs: Vec<u64>,
     meta: Vec<u64>,
@@ -190,7 +191,9 @@ impl SimilarityIndex {
         let mut index = Self {
             config,
             words: config.words(),
-            estimate,
+            estimates: (0..=config.bits)
+                .map(|h| estimate(h, config.bits as usize))
+                .collect(),
             ids: Vec::new(),
             sigs: Vec::new(),
             meta: Vec::new(),
@@ -290,19 +293,18 @@ impl SimilarityIndex {
         self.check_signature(signature)?;
         let mut found = Vec::new();
         self.nominate(&signature.words, &mut found);
-        let bits = self.config.bits as usize;
-        let mut matches: Vec<SimilarityMatch> = found
-            .into_iter()
-            .map(|e| e as usize)
-            .filter(|&e| self.live[e] && keep(&self.ids[e], self.meta[e]))
-            .filter_map(|e| {
-                let similarity = (self.estimate)(hamming(self.sig(e), &signature.words), bits);
-                (similarity >= threshold.get()).then(|| SimilarityMatch {
+        // Verify on the full signature first (one read per candidate), then look at
+        // liveness and the caller's filter for the few that pass.
+        let mut matches = Vec::new();
+        for e in found.into_iter().map(|e| e as usize) {
+            let similarity = self.estimates[hamming(self.sig(e), &signature.words) as usize];
+            if similarity >= threshold.get() && self.live[e] && keep(&self.ids[e], self.meta[e]) {
+                matches.push(SimilarityMatch {
                     id: self.ids[e],
                     similarity,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         matches.sort_unstable_by(|a, b| {
             b.similarity
                 .total_cmp(&a.similarity)
@@ -527,25 +529,31 @@ impl SimilarityIndex {
     fn rebuild(&mut self) {
         let n = self.ids.len();
         let rows = self.config.rows;
+        let bands = self.config.bands as usize;
         // About 4 entries per slot while small; one slot per band value once large.
         let wanted = (usize::BITS - (n / 4).leading_zeros()).max(4);
         self.table_bits = wanted.min(rows).min(MAX_TABLE_BITS);
         let slots = 1usize << self.table_bits;
-        let mut tables = Vec::with_capacity(self.config.bands as usize);
+        // Counting sort, one band at a time (its tables stay in cache).
+        let mut tables = Vec::with_capacity(bands);
         for b in 0..self.config.bands {
             let mut offsets = vec![0u32; slots + 1];
-            for e in (0..n).filter(|&e| self.live[e]) {
-                offsets[self.table_slot(band_value(self.sig(e), b, rows)) + 1] += 1;
+            for e in 0..n {
+                if self.live[e] {
+                    offsets[self.table_slot(band_value(self.sig(e), b, rows)) + 1] += 1;
+                }
             }
             for s in 0..slots {
                 offsets[s + 1] += offsets[s];
             }
             let mut fill = offsets.clone();
             let mut items = vec![0u32; offsets[slots] as usize];
-            for e in (0..n).filter(|&e| self.live[e]) {
-                let slot = self.table_slot(band_value(self.sig(e), b, rows));
-                items[fill[slot] as usize] = e as u32;
-                fill[slot] += 1;
+            for e in 0..n {
+                if self.live[e] {
+                    let slot = self.table_slot(band_value(self.sig(e), b, rows));
+                    items[fill[slot] as usize] = e as u32;
+                    fill[slot] += 1;
+                }
             }
             tables.push(BucketTable { offsets, items });
         }
