@@ -1,1 +1,92 @@
-fn main() {}
+//! Project automation: `cargo xtask test`, `cargo xtask bench`, `cargo xtask gen-corpus`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root, &args[1..]),
+        Some("help") | None => {
+            println!("usage: cargo xtask <command>\n");
+            println!(
+                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (starts a local S3 server)"
+            );
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?} (try `cargo xtask help`)"),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest_dir
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+/// Runs a command, echoing it, and fails if it fails.
+fn cmd(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    println!("$ {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    println!("  ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if lint {
+        cmd(&cargo, &["fmt", "--all", "--check"], &[])?;
+        cmd(
+            &cargo,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )?;
+        cmd(
+            &cargo,
+            &["doc", "--workspace", "--no-deps"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )?;
+    }
+    // Build first so the S3 server does not idle through compilation.
+    cmd(
+        &cargo,
+        &["test", "--workspace", "--all-features", "--no-run"],
+        &[],
+    )?;
+    let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tests = cmd(&cargo, &["test", "--workspace", "--all-features"], &env);
+    drop(server); // stops the server (by PID) whether or not the tests passed
+    tests
+}

@@ -1,1 +1,145 @@
-fn main() {}
+//! `haagenti`: ingest, export, inspect and verify model libraries.
+//!
+//! Exit status: 0 on success, 1 on an error (one line naming what failed), 2 on bad usage.
+
+mod commands;
+mod demo;
+mod open;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haagenti",
+    version,
+    about = "Deduplicated, compressed storage for families of ML models"
+)]
+struct Cli {
+    /// Library location: a directory, file:///path, or s3://bucket/prefix.
+    #[arg(
+        long,
+        global = true,
+        env = "HAAGENTI_LIBRARY",
+        default_value = "./haagenti-library"
+    )]
+    library: String,
+
+    /// Endpoint of an S3-compatible service (MinIO, R2, Ceph, a local test server).
+    #[arg(long, global = true, env = "HAAGENTI_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ingest a .safetensors file or a model directory under a model name.
+    Ingest(IngestArgs),
+    /// Rebuild every file of a model, bit-exact, under a directory.
+    Export {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models in the library.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files, tensors and fragments of a model: how each is stored, who shares it.
+    Show {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Library totals and where the savings come from.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild models without writing, checking every fragment and file hash.
+    Verify {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model (its fragments go at the next gc).
+    Rm {
+        #[arg(long)]
+        model: String,
+    },
+    /// Delete fragments no model references.
+    Gc {
+        /// Report what would be deleted without deleting it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a small model family, ingest, export and verify it, and report.
+    Demo {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    #[arg(long)]
+    model: String,
+    /// A .safetensors file or a model directory.
+    path: PathBuf,
+    /// Replace an existing model of the same name.
+    #[arg(long)]
+    replace: bool,
+    /// Codec effort: fast, balanced or max.
+    #[arg(long, default_value = "balanced")]
+    codec: String,
+    /// Tensor fragment size in bytes (65536 to 16777216).
+    #[arg(long)]
+    fragment_size: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}

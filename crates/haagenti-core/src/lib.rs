@@ -3,11 +3,14 @@
 //!
 //! Backends (`haagenti-store-fs`, `haagenti-store-s3`), codecs (`haagenti-codec`) and
 //! signature schemes (`haagenti-lsh`) depend on this crate and nothing else of haagenti.
-#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cast;
 pub mod codec;
 pub mod error;
+mod library;
+pub mod manifest;
+pub mod object;
+pub mod safetensors;
 pub mod signature;
 pub mod store;
 pub mod synth;
@@ -17,6 +20,13 @@ pub mod types;
 
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
+pub use library::{
+    ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions, IngestReport, Progress,
+    PutFragment, VerifyReport,
+};
+pub use manifest::{
+    FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,
+};
 pub use signature::{SchemeTag, Signature, SignatureScheme};
 pub use store::{FragmentStore, MemoryStore, ObjectKey, ObjectMeta, PutOutcome};
 pub use types::*;

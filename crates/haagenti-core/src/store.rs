@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -72,6 +73,9 @@ impl ObjectKey {
 pub const FRAGMENTS_PREFIX: &str = "fragments/";
 pub const MANIFESTS_PREFIX: &str = "manifests/";
 pub const INDEX_PREFIX: &str = "index/";
+pub const LOCKS_PREFIX: &str = "locks/";
+/// Backends keep in-flight temporary objects here (gc sweeps old ones).
+pub const TMP_PREFIX: &str = "tmp/";
 
 impl fmt::Debug for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,6 +131,17 @@ pub trait FragmentStore: Send + Sync + fmt::Debug {
     async fn exists(&self, key: &ObjectKey) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
     }
+
+    /// The bytes of `range`, clipped to the object's end (so asking for more than the
+    /// object holds returns what there is). Backends with ranged reads override this.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        let all = self.get(key).await?;
+        let end = usize::try_from(range.end)
+            .unwrap_or(usize::MAX)
+            .min(all.len());
+        let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(end);
+        Ok(all.slice(start..end))
+    }
 }
 
 #[async_trait]
@@ -148,6 +163,9 @@ impl<S: FragmentStore + ?Sized> FragmentStore for std::sync::Arc<S> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        (**self).get_range(key, range).await
     }
 }
 

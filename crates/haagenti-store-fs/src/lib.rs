@@ -1,1 +1,282 @@
-//! haagenti-store-fs: a `FragmentStore` on a local filesystem.
+//! haagenti-store-fs: a [`FragmentStore`] on a local filesystem.
+//!
+//! Each object is one file at `ROOT/<key>` (fragment keys are already sharded by id
+//! prefix). Writes are atomic and create-only: the bytes go to a temporary file under
+//! `ROOT/tmp/`, are fsynced, and are published with a hard link, which fails if the
+//! destination exists; then the directory is fsynced. No global index file exists, so
+//! any number of processes can write into one library at once.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use haagenti_core::store::TMP_PREFIX;
+use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
+
+/// A store rooted at a directory.
+#[derive(Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    sync: bool,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join(TMP_PREFIX))
+            .map_err(|e| FragmentError::io("create library directory", &root, e))?;
+        Ok(Self { root, sync: true })
+    }
+
+    /// Turns fsync off (tests and throwaway libraries only: a crash may then lose data).
+    pub fn without_sync(mut self) -> Self {
+        self.sync = false;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(PathBuf, bool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let root = self.root.clone();
+        let sync = self.sync;
+        tokio::task::spawn_blocking(move || f(root, sync))
+            .await
+            .map_err(|e| FragmentError::Backend {
+                backend: "fs",
+                op: "spawn",
+                key: String::new(),
+                reason: e.to_string(),
+            })?
+    }
+}
+
+fn not_found(key: &ObjectKey, op: &'static str) -> FragmentError {
+    FragmentError::NotFound {
+        key: key.to_string(),
+        op,
+    }
+}
+
+fn map_io(key: &ObjectKey, op: &'static str, path: &Path, e: std::io::Error) -> FragmentError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        not_found(key, op)
+    } else {
+        FragmentError::io(op, path, e)
+    }
+}
+
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{}-{nanos}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FragmentError::io("fsync directory", dir, e))
+}
+
+fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<PutOutcome> {
+    let dest = root.join(key.as_str());
+    if dest.exists() {
+        return Ok(PutOutcome::AlreadyExists);
+    }
+    let parent = dest.parent().unwrap_or(root);
+    fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+    let tmp = root.join(TMP_PREFIX).join(temp_name());
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(FragmentError::io("write", &tmp, e));
+    }
+    // A hard link is an atomic create-only publish: it fails if `dest` exists.
+    let outcome = match fs::hard_link(&tmp, &dest) {
+        Ok(()) => PutOutcome::Created,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => PutOutcome::AlreadyExists,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(FragmentError::io("publish", &dest, e));
+        }
+    };
+    let _ = fs::remove_file(&tmp);
+    if sync && outcome == PutOutcome::Created {
+        sync_dir(parent)?;
+    }
+    Ok(outcome)
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    // Walk only the deepest directory the prefix names.
+    let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+    let start = if dir_part.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(dir_part)
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(FragmentError::io("list", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| FragmentError::io("list", &dir, e))?;
+            let path = entry.path();
+            let ty = entry
+                .file_type()
+                .map_err(|e| FragmentError::io("stat", &path, e))?;
+            if ty.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            // Files that are not valid keys (editor backups, …) are not objects.
+            let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()) else {
+                continue;
+            };
+            let Ok(key) = ObjectKey::new(rel.replace(std::path::MAIN_SEPARATOR, "/")) else {
+                continue;
+            };
+            if !key.as_str().starts_with(prefix) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
+                Err(e) => return Err(FragmentError::io("stat", &path, e)),
+            };
+            let modified = meta
+                .modified()
+                .map_err(|e| FragmentError::io("stat", &path, e))?;
+            out.push(ObjectMeta {
+                key,
+                size: meta.len(),
+                modified,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl FragmentStore for FsStore {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        let key = key.clone();
+        self.blocking(move |root, sync| put_blocking(&root, sync, &key, &bytes))
+            .await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        let key = key.clone();
+        self.blocking(move |root, _| {
+            let path = root.join(key.as_str());
+            fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| map_io(&key, "get", &path, e))
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        let key = key.clone();
+        self.blocking(move |root, _| {
+            let path = root.join(key.as_str());
+            let read = || -> std::io::Result<Vec<u8>> {
+                let mut f = File::open(&path)?;
+                let len = f.metadata()?.len();
+                let end = range.end.min(len);
+                let start = range.start.min(end);
+                f.seek(SeekFrom::Start(start))?;
+                let mut buf = Vec::with_capacity((end - start) as usize);
+                f.take(end - start).read_to_end(&mut buf)?;
+                Ok(buf)
+            };
+            read()
+                .map(Bytes::from)
+                .map_err(|e| map_io(&key, "get_range", &path, e))
+        })
+        .await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        let key = key.clone();
+        self.blocking(move |root, _| {
+            let path = root.join(key.as_str());
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    let modified = m
+                        .modified()
+                        .map_err(|e| FragmentError::io("stat", &path, e))?;
+                    Ok(Some(ObjectMeta {
+                        key,
+                        size: m.len(),
+                        modified,
+                    }))
+                }
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(FragmentError::io("stat", &path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |root, _| list_blocking(&root, &prefix))
+            .await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        let key = key.clone();
+        self.blocking(move |root, _| {
+            let path = root.join(key.as_str());
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(FragmentError::io("delete", &path, e)),
+            }
+        })
+        .await
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+impl FsStore {
+    /// The file behind `key` (tests use it to damage objects on purpose).
+    pub fn object_path(&self, key: &ObjectKey) -> PathBuf {
+        self.path(key)
+    }
+}

@@ -1,3 +1,5 @@
-//! Conformance suites every store and codec runs (feature `testkit`).
+//! Conformance suites every store and codec runs, and fault-injecting wrappers
+//! (feature `testkit`).
 
 pub mod codec;
+pub mod store;

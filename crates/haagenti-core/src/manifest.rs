@@ -1,0 +1,360 @@
+//! Model manifests: how to rebuild every file of a model from fragments.
+//!
+//! Manifests are immutable objects. Encoding (see `docs/format.md`):
+//! `"HGMF"`, format version (1 byte), BLAKE3 of the body (32 bytes), body (bincode 2,
+//! standard config, decoded with a size limit).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::MAX_DECODED_LEN;
+use crate::error::{FragmentError, Result};
+use crate::types::{Dtype, FragmentId, FragmentType, LIBRARY_FORMAT_VERSION, validate_model_name};
+
+pub const MANIFEST_MAGIC: [u8; 4] = *b"HGMF";
+/// Upper bound on a decoded manifest; a hostile length prefix cannot allocate more.
+pub const MAX_MANIFEST_LEN: usize = 1 << 30;
+
+/// A reference from a file to one fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentRef {
+    pub id: FragmentId,
+    /// Decoded length in bytes.
+    pub len: u32,
+    /// The fragment this one's stored object depends on (delta base or cast source), so
+    /// garbage collection can mark from manifests alone.
+    pub depends_on: Option<FragmentId>,
+}
+
+/// One tensor of a safetensors file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorRef {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Absolute byte offset of the tensor's data in its file.
+    pub offset: u64,
+    pub len: u64,
+    pub fragments: Vec<FragmentRef>,
+}
+
+impl TensorRef {
+    pub fn fragment_type(&self) -> FragmentType {
+        FragmentType::from_tensor_name(&self.name)
+    }
+}
+
+/// How a file's bytes are laid out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileContent {
+    /// The original header bytes (length prefix included), then tensors in offset order.
+    Safetensors {
+        header: Vec<u8>,
+        tensors: Vec<TensorRef>,
+    },
+    /// Any other file: content-defined chunks in order.
+    Blob { chunks: Vec<FragmentRef> },
+}
+
+/// One file of a model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileManifest {
+    /// Relative path with `/` separators (a single-file model: the file name).
+    pub path: String,
+    pub size: u64,
+    /// BLAKE3 of the whole original file.
+    pub blake3: [u8; 32],
+    pub content: FileContent,
+}
+
+impl FileManifest {
+    /// Every fragment reference of the file, in file order.
+    pub fn fragments(&self) -> Box<dyn Iterator<Item = &FragmentRef> + '_> {
+        match &self.content {
+            FileContent::Safetensors { tensors, .. } => {
+                Box::new(tensors.iter().flat_map(|t| t.fragments.iter()))
+            }
+            FileContent::Blob { chunks } => Box::new(chunks.iter()),
+        }
+    }
+
+    pub fn tensors(&self) -> &[TensorRef] {
+        match &self.content {
+            FileContent::Safetensors { tensors, .. } => tensors,
+            FileContent::Blob { .. } => &[],
+        }
+    }
+}
+
+/// A fragment stored in place of a different original one (opt-in lossy mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossySubstitution {
+    /// Id of the original bytes, which were not stored.
+    pub original: FragmentId,
+    /// The stored fragment used instead.
+    pub substitute: FragmentId,
+    /// Measured relative L2 error of the values.
+    pub rel_error: f64,
+}
+
+/// Everything needed to rebuild one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub name: String,
+    /// Milliseconds since the Unix epoch at ingest.
+    pub created_unix_ms: u64,
+    pub files: Vec<FileManifest>,
+    /// Empty unless the model was ingested with a lossy option.
+    pub lossy: Vec<LossySubstitution>,
+}
+
+/// Tensors grouped by layer (the name up to the last component), for reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerMapping {
+    pub layer: String,
+    pub fragment_type: FragmentType,
+    pub tensors: Vec<String>,
+    pub bytes: u64,
+}
+
+impl ModelManifest {
+    /// Sum of the sizes of the model's files.
+    pub fn logical_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Every fragment reference, in file order.
+    pub fn fragments(&self) -> impl Iterator<Item = &FragmentRef> {
+        self.files.iter().flat_map(|f| f.fragments())
+    }
+
+    pub fn is_lossy(&self) -> bool {
+        !self.lossy.is_empty()
+    }
+
+    /// Tensors grouped by layer across all files.
+    pub fn layers(&self) -> Vec<LayerMapping> {
+        let mut map: BTreeMap<String, LayerMapping> = BTreeMap::new();
+        for t in self.files.iter().flat_map(|f| f.tensors()) {
+            let layer = t
+                .name
+                .rsplit_once('.')
+                .map_or(t.name.as_str(), |(l, _)| l)
+                .to_string();
+            let entry = map.entry(layer.clone()).or_insert_with(|| LayerMapping {
+                layer,
+                fragment_type: t.fragment_type(),
+                tensors: Vec::new(),
+                bytes: 0,
+            });
+            entry.tensors.push(t.name.clone());
+            entry.bytes += t.len;
+        }
+        map.into_values().collect()
+    }
+
+    /// Serialises into the versioned, checksummed envelope.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let body = bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_err(|e| FragmentError::InvalidInput(format!("cannot encode manifest: {e}")))?;
+        let mut out = Vec::with_capacity(body.len() + 37);
+        out.extend_from_slice(&MANIFEST_MAGIC);
+        out.push(LIBRARY_FORMAT_VERSION);
+        out.extend_from_slice(blake3::hash(&body).as_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Parses and validates an envelope; `key` names the object in errors.
+    pub fn decode(bytes: &[u8], key: &str) -> Result<Self> {
+        let corrupt = |why: String| FragmentError::corrupt(key, why);
+        if bytes.len() < 37 || bytes[..4] != MANIFEST_MAGIC {
+            return Err(corrupt(
+                "not a haagenti manifest (bad magic or too short)".into(),
+            ));
+        }
+        if bytes[4] != LIBRARY_FORMAT_VERSION {
+            return Err(FragmentError::UnsupportedVersion {
+                key: key.to_string(),
+                found: u32::from(bytes[4]),
+                supported: u32::from(LIBRARY_FORMAT_VERSION),
+            });
+        }
+        let body = &bytes[37..];
+        if blake3::hash(body).as_bytes() != &bytes[5..37] {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let config = bincode::config::standard().with_limit::<MAX_MANIFEST_LEN>();
+        let (manifest, used): (Self, usize) = bincode::serde::decode_from_slice(body, config)
+            .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+        if used != body.len() {
+            return Err(corrupt("trailing bytes after the body".into()));
+        }
+        manifest.validate().map_err(|e| corrupt(e.to_string()))?;
+        Ok(manifest)
+    }
+
+    /// Structural checks that make a manifest safe to rebuild from: safe relative paths,
+    /// fragment lengths that add up, offsets that tile each file.
+    pub fn validate(&self) -> Result<()> {
+        let bad =
+            |why: String| FragmentError::InvalidInput(format!("manifest {:?}: {why}", self.name));
+        validate_model_name(&self.name)?;
+        let mut paths = std::collections::HashSet::new();
+        for f in &self.files {
+            validate_relative_path(&f.path).map_err(|e| bad(e.to_string()))?;
+            if !paths.insert(f.path.as_str()) {
+                return Err(bad(format!("file {:?} listed twice", f.path)));
+            }
+            let frag_total = f.fragments().try_fold(0u64, |acc, r| {
+                if r.len as usize > MAX_DECODED_LEN {
+                    None
+                } else {
+                    acc.checked_add(u64::from(r.len))
+                }
+            });
+            let frag_total =
+                frag_total.ok_or_else(|| bad(format!("file {:?}: fragment too large", f.path)))?;
+            match &f.content {
+                FileContent::Blob { .. } => {
+                    if frag_total != f.size {
+                        return Err(bad(format!(
+                            "file {:?}: chunks do not add up to its size",
+                            f.path
+                        )));
+                    }
+                }
+                FileContent::Safetensors { header, tensors } => {
+                    let mut cursor = header.len() as u64;
+                    for t in tensors {
+                        let sum: u64 = t.fragments.iter().map(|r| u64::from(r.len)).sum();
+                        if t.offset != cursor || sum != t.len {
+                            return Err(bad(format!(
+                                "file {:?}: tensor {:?} does not tile the file",
+                                f.path, t.name
+                            )));
+                        }
+                        cursor += t.len;
+                    }
+                    if cursor != f.size {
+                        return Err(bad(format!(
+                            "file {:?}: tensors do not add up to its size",
+                            f.path
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a manifest path: relative, `/`-separated, no empty, `.` or `..` components,
+/// no backslashes or NULs.
+pub fn validate_relative_path(path: &str) -> Result<()> {
+    let bad = |why: &str| FragmentError::InvalidInput(format!("unsafe file path {path:?}: {why}"));
+    if path.is_empty() || path.len() > 4096 {
+        return Err(bad("empty or too long"));
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return Err(bad("contains a backslash or NUL"));
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad("absolute, or has an empty, '.' or '..' component"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ModelManifest {
+        let r = |b: &[u8]| FragmentRef {
+            id: FragmentId::of(b),
+            len: b.len() as u32,
+            depends_on: None,
+        };
+        ModelManifest {
+            name: "m".into(),
+            created_unix_ms: 1,
+            files: vec![
+                FileManifest {
+                    path: "model.safetensors".into(),
+                    size: 10 + 6,
+                    blake3: [0; 32],
+                    content: FileContent::Safetensors {
+                        header: vec![0; 10],
+                        tensors: vec![TensorRef {
+                            name: "a.weight".into(),
+                            dtype: Dtype::U8,
+                            shape: vec![6],
+                            offset: 10,
+                            len: 6,
+                            fragments: vec![r(b"abc"), r(b"def")],
+                        }],
+                    },
+                },
+                FileManifest {
+                    path: "dir/config.json".into(),
+                    size: 2,
+                    blake3: [0; 32],
+                    content: FileContent::Blob {
+                        chunks: vec![r(b"{}")],
+                    },
+                },
+            ],
+            lossy: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper_detection() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        assert_eq!(ModelManifest::decode(&bytes, "k").unwrap(), m);
+        for i in [0, 4, 10, bytes.len() - 1] {
+            let mut t = bytes.clone();
+            t[i] ^= 1;
+            assert!(ModelManifest::decode(&t, "k").is_err(), "flip at {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(ModelManifest::decode(&bytes[..cut], "k").is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_length_prefix_is_bounded() {
+        // A body claiming a huge string length must fail cleanly, not abort on allocation.
+        let mut body = vec![0xfc];
+        body.extend_from_slice(&[0xff; 4]);
+        let mut bytes = MANIFEST_MAGIC.to_vec();
+        bytes.push(LIBRARY_FORMAT_VERSION);
+        bytes.extend_from_slice(blake3::hash(&body).as_bytes());
+        bytes.extend_from_slice(&body);
+        assert!(ModelManifest::decode(&bytes, "k").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_unsafe_paths_and_bad_tiling() {
+        for p in ["../x", "/abs", "a//b", "a/./b", "a\\b", ""] {
+            let mut m = sample();
+            m.files[1].path = p.into();
+            assert!(m.validate().is_err(), "{p:?}");
+        }
+        let mut m = sample();
+        m.files[0].size += 1;
+        assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn layers_group_tensors() {
+        let layers = sample().layers();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].layer, "a");
+    }
+}

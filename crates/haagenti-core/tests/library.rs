@@ -1,0 +1,395 @@
+//! End-to-end behaviour of `FragmentLibrary` on generated model families.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use haagenti_core::synth::{self, Recipe, SynthTensor};
+use haagenti_core::{
+    CodecRegistry, Dtype, FragmentError, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
+    LibraryConfig, MemoryStore, ObjectKey,
+};
+
+fn library(store: Arc<MemoryStore>) -> FragmentLibrary {
+    let mut config = LibraryConfig::default();
+    config.fragment_size = 64 << 10; // small models still get several fragments per tensor
+    FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap()
+}
+
+fn tensor(name: &str, dtype: Dtype, shape: &[u64], seed: u64) -> SynthTensor {
+    SynthTensor::new(
+        name,
+        dtype,
+        shape.to_vec(),
+        Recipe::Normal {
+            seed,
+            mean: 0.0,
+            std: 0.02,
+        },
+    )
+}
+
+/// Every file under `a` equals the file at the same relative path under `b`.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut files = Vec::new();
+    collect(a, a, &mut files);
+    assert!(!files.is_empty());
+    for rel in files {
+        let x = std::fs::read(a.join(&rel)).unwrap();
+        let y = std::fs::read(b.join(&rel)).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+        assert!(x == y, "{} differs after export", rel.display());
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            collect(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+}
+
+async fn ingest(lib: &FragmentLibrary, name: &str, path: &Path) -> haagenti_core::IngestReport {
+    lib.ingest(name, path, IngestOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_round_trips_bit_exact_with_cross_model_dedup() {
+    let src = tempfile::tempdir().unwrap();
+    let family = synth::small_family(src.path(), 7).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+
+    for m in &family.models {
+        ingest(&lib, &m.name, &m.path).await;
+    }
+    // A byte-identical copy of the first model under another name.
+    let first = &family.models[0];
+    let before = lib.stats().await.unwrap();
+    let copy = ingest(&lib, "identical-copy", &first.path).await;
+    let after = lib.stats().await.unwrap();
+    assert_eq!(copy.new_fragments, 0);
+    let added = after.stored_bytes - before.stored_bytes;
+    assert!(
+        added * 100 <= first.bytes,
+        "identical copy added {added} bytes for {}",
+        first.bytes
+    );
+    assert_eq!(after.logical_bytes, before.logical_bytes + first.bytes);
+
+    for m in &family.models {
+        let out = tempfile::tempdir().unwrap();
+        let report = lib.export(&m.name, out.path(), None).await.unwrap();
+        assert_eq!(report.bytes, m.bytes);
+        if m.is_dir() {
+            assert_same_tree(&m.path, out.path());
+        } else {
+            let name = m.path.file_name().unwrap();
+            assert_eq!(
+                std::fs::read(&m.path).unwrap(),
+                std::fs::read(out.path().join(name)).unwrap()
+            );
+        }
+    }
+    let verify = lib.verify(None, None).await.unwrap();
+    assert!(verify.is_ok(), "{:?}", verify.problems);
+    assert_eq!(verify.models, family.models.len() as u64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_checkpoint_stores_only_its_new_tensors() {
+    let src = tempfile::tempdir().unwrap();
+    let base: Vec<SynthTensor> = (0..6)
+        .map(|i| {
+            tensor(
+                &format!("model.layers.{i}.mlp.up_proj.weight"),
+                Dtype::BF16,
+                &[256, 384],
+                i,
+            )
+        })
+        .collect();
+    let base_path = src.path().join("base.safetensors");
+    synth::write_safetensors(&base_path, &base, None).unwrap();
+    // The same tensors under other names, in reverse order, plus a new head.
+    let mut aio: Vec<SynthTensor> = base
+        .iter()
+        .rev()
+        .map(|t| SynthTensor {
+            name: format!("text_encoder.{}", t.name),
+            ..t.clone()
+        })
+        .collect();
+    let head = tensor("head.weight", Dtype::BF16, &[128, 256], 99);
+    let head_bytes = head.byte_len().unwrap();
+    aio.insert(2, head);
+    let aio_path = src.path().join("all-in-one.safetensors");
+    let aio_size = synth::write_safetensors(&aio_path, &aio, None).unwrap();
+
+    let lib = library(Arc::new(MemoryStore::new()));
+    ingest(&lib, "base", &base_path).await;
+    let before = lib.stats().await.unwrap().stored_bytes;
+    let report = ingest(&lib, "all-in-one", &aio_path).await;
+    let added = lib.stats().await.unwrap().stored_bytes - before;
+    assert!(
+        added <= aio_size * 3 / 100 + head_bytes,
+        "added {added} of {aio_size} (head {head_bytes})"
+    );
+    assert_eq!(report.new_fragment_bytes, head_bytes);
+
+    let out = tempfile::tempdir().unwrap();
+    lib.export("all-in-one", out.path(), None).await.unwrap();
+    assert_eq!(
+        std::fs::read(&aio_path).unwrap(),
+        std::fs::read(out.path().join("all-in-one.safetensors")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_model_keeps_every_file_at_its_path() {
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("model");
+    synth::write_safetensors(
+        &dir.join("unet/diffusion.safetensors"),
+        &[tensor("conv_in.weight", Dtype::F16, &[64, 64], 1)],
+        None,
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"hidden_size": 64}"#).unwrap();
+    let mut tokenizer = vec![0u8; 700_000];
+    synth::Rng::new(3).fill_bytes(&mut tokenizer);
+    std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
+    std::fs::write(dir.join("empty.txt"), b"").unwrap();
+    let zero_dim = vec![
+        SynthTensor::new(
+            "scalar",
+            Dtype::F32,
+            vec![],
+            Recipe::Normal {
+                seed: 1,
+                mean: 1.0,
+                std: 0.0,
+            },
+        ),
+        tensor("empty", Dtype::F32, &[0, 4], 2),
+    ];
+    synth::write_safetensors(&dir.join("scalars.safetensors"), &zero_dim, None).unwrap();
+
+    let lib = library(Arc::new(MemoryStore::new()));
+    let report = ingest(&lib, "dir-model", &dir).await;
+    assert_eq!(report.files, 5);
+    let out = tempfile::tempdir().unwrap();
+    lib.export("dir-model", out.path(), None).await.unwrap();
+    assert_same_tree(&dir, out.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_cleanly_and_change_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let good = src.path().join("good.safetensors");
+    synth::write_safetensors(&good, &[tensor("w", Dtype::BF16, &[128, 128], 1)], None).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = src.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    // A directory holding one valid and one broken file: nothing of it may be stored.
+    let dir = src.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&good, dir.join("a.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("b.safetensors"),
+        b"\x10\0\0\0\0\0\0\0{not json}      ",
+    )
+    .unwrap();
+
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+    ingest(&lib, "existing", &good).await;
+    let before = lib.stats().await.unwrap();
+    let objects_before = store.list("").await.unwrap().len();
+
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("t1", truncated, "truncated"),
+        ("t2", dir, "not valid JSON"),
+        ("", good.clone(), "empty"),
+        ("a/b", good.clone(), "path separator"),
+        ("..", good.clone(), ".."),
+        ("existing", good.clone(), "already exists"),
+        (
+            "missing",
+            src.path().join("nope.safetensors"),
+            "nope.safetensors",
+        ),
+    ];
+    for (name, path, needle) in cases {
+        let err = lib
+            .ingest(name, &path, IngestOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{name:?}: {err}");
+        assert_eq!(
+            lib.stats().await.unwrap(),
+            before,
+            "{name:?} changed the library"
+        );
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            objects_before,
+            "{name:?} left objects behind"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("m.safetensors");
+    synth::write_safetensors(
+        &path,
+        &[tensor(
+            "layers.0.attn.q_proj.weight",
+            Dtype::F32,
+            &[128, 256],
+            5,
+        )],
+        None,
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+    ingest(&lib, "victim", &path).await;
+    let manifest = lib.manifest("victim").await.unwrap();
+    let frag = manifest.files[0].tensors()[0].fragments[1].id;
+    let key = ObjectKey::fragment(&frag);
+    let mut raw = store.get(&key).await.unwrap().to_vec();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 1;
+    store.overwrite_for_test(&key, Bytes::from(raw));
+
+    let report = lib.verify(Some("victim"), None).await.unwrap();
+    assert_eq!(report.problems.len(), 1);
+    let problem = &report.problems[0];
+    for needle in ["victim", "layers.0.attn.q_proj.weight", &frag.to_hex()] {
+        assert!(problem.contains(needle), "{problem} lacks {needle}");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let err = lib.export("victim", out.path(), None).await.unwrap_err();
+    assert!(
+        err.is_corruption() && err.to_string().contains(&frag.short()),
+        "{err}"
+    );
+    assert!(
+        !out.path().join("m.safetensors").exists(),
+        "a damaged file must not be left in place"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_only_unreferenced_fragments_past_the_grace_period() {
+    let src = tempfile::tempdir().unwrap();
+    let shared = tensor("shared.weight", Dtype::BF16, &[256, 256], 1);
+    let a = src.path().join("a.safetensors");
+    let b = src.path().join("b.safetensors");
+    synth::write_safetensors(
+        &a,
+        &[
+            shared.clone(),
+            tensor("a_only", Dtype::BF16, &[256, 256], 2),
+        ],
+        None,
+    )
+    .unwrap();
+    synth::write_safetensors(
+        &b,
+        &[shared, tensor("b_only", Dtype::BF16, &[256, 256], 3)],
+        None,
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+    ingest(&lib, "a", &a).await;
+    ingest(&lib, "b", &b).await;
+    let total = store.list("fragments/").await.unwrap().len();
+    lib.remove("a").await.unwrap();
+    assert!(matches!(
+        lib.remove("a").await,
+        Err(FragmentError::ModelNotFound(_))
+    ));
+
+    let young = lib.gc(GcOptions::default()).await.unwrap();
+    assert_eq!(
+        young.garbage_objects, 0,
+        "everything is younger than the default grace"
+    );
+    assert!(young.young_objects > 0);
+    let dry = lib
+        .gc(GcOptions {
+            dry_run: true,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert!(dry.garbage_objects > 0);
+    assert_eq!(store.list("fragments/").await.unwrap().len(), total);
+    let done = lib
+        .gc(GcOptions {
+            dry_run: false,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.garbage_objects, dry.garbage_objects);
+    assert_eq!(
+        store.list("fragments/").await.unwrap().len() as u64,
+        total as u64 - done.garbage_objects
+    );
+    let out = tempfile::tempdir().unwrap();
+    lib.export("b", out.path(), None).await.unwrap();
+    assert_eq!(
+        std::fs::read(&b).unwrap(),
+        std::fs::read(out.path().join("b.safetensors")).unwrap()
+    );
+    assert!(lib.verify(None, None).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_supersedes_and_gc_refuses_while_an_ingest_holds_its_lock() {
+    let src = tempfile::tempdir().unwrap();
+    let v1 = src.path().join("v1.safetensors");
+    let v2 = src.path().join("v2.safetensors");
+    synth::write_safetensors(&v1, &[tensor("w", Dtype::F16, &[64, 64], 1)], None).unwrap();
+    synth::write_safetensors(&v2, &[tensor("w", Dtype::F16, &[64, 64], 2)], None).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+    ingest(&lib, "m", &v1).await;
+    lib.ingest("m", &v2, IngestOptions::default().replace(true))
+        .await
+        .unwrap();
+    assert_eq!(store.list("manifests/m/").await.unwrap().len(), 1);
+    assert_eq!(
+        lib.manifest("m").await.unwrap().files[0].path,
+        "v2.safetensors"
+    );
+
+    // A live ingest lock (as another process would hold) blocks gc.
+    let lock = ObjectKey::new("locks/ingest-00000000000000000001-abc").unwrap();
+    store.put(&lock, Bytes::from_static(b"x")).await.unwrap();
+    let err = lib.gc(GcOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("lock"), "{err}");
+    assert_eq!(
+        store.list("locks/").await.unwrap().len(),
+        1,
+        "gc must remove its own lock"
+    );
+    // The same lock, stale, no longer blocks.
+    store.set_modified_for_test(
+        &lock,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
+    lib.gc(GcOptions::default()).await.unwrap();
+}
