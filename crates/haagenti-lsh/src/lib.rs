@@ -10,9 +10,9 @@
 //! from Hamming distance to similarity differs ([`cosine_from_hamming`],
 //! [`jaccard_from_hamming`]).
 
-mod cosine;
-mod index;
-mod minhash;
+pub mod cosine;
+pub mod index;
+pub mod minhash;
 
 pub use cosine::{COSINE_SKETCH_TAG, CosineSketch, DEFAULT_COSINE_BITS, MIN_ELEMENTS, SKETCH_DIM};
 pub use index::{

@@ -1,11 +1,11 @@
-//! [`ByteMinHash`]: a 1-bit MinHash of blob bytes over content-defined pieces.
+//! [`ByteMinHash`]: a 1-bit MinHash of blob bytes over anchored shingles.
 //!
 //! # Algorithm (scheme tag 2, frozen: changing any step needs a new tag)
 //!
 //! 1. **Anchored shingles.** Position `q` is an *anchor* when the 8 bytes from `q` (a
 //!    little-endian u64 `w`) satisfy `(w * ANCHOR_MUL) >> 59 == 0`, about one position in
 //!    32. The blob's set is the 16-byte shingles starting at anchors (see
-//!    [`for_each_shingle`]). Anchors depend on local content only, so an edit or an
+//!    `for_each_shingle`). Anchors depend on local content only, so an edit or an
 //!    insertion changes only the shingles around it, wherever it shifts the rest.
 //! 2. **One-permutation MinHash.** Each shingle is hashed once; the top bits pick one of
 //!    `bits` buckets and the bucket keeps the smallest remaining hash. Empty buckets

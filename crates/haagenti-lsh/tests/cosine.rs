@@ -30,7 +30,7 @@ fn related_pairs(count: usize) -> Vec<Pair> {
     let mut out = Vec::new();
     for i in 0..count as u64 {
         // Lengths include partial sketch rows and fragments smaller than one row.
-        // Every 20th fragment is long enough (> 128 rows) to be sampled.
+        // Every 20th fragment is long enough (> 64 rows) to be sampled.
         let n = if i % 20 == 7 {
             200_000 + rng.below(300_000) as usize
         } else {
@@ -275,7 +275,7 @@ fn shorter_signatures_are_prefixes() {
 fn golden_signature() {
     let v = normal_f32(42, 5000, 0.01, 0.02);
     let (q, _) = int8(&v);
-    // 150_001 elements: 146 full rows (sampled) and a partial one.
+    // 150_001 elements: 146 full rows (64 sampled) and a partial one.
     let long = normal_f32(43, 150_001, 0.0, 0.02);
     let got = [
         sig(&bf16_bytes(&v), Dtype::BF16),
@@ -319,10 +319,10 @@ const GOLDEN: [[u64; 4]; 5] = [
         14117511790671863396,
     ],
     [
-        15157175487457221890,
-        9041027412028078608,
-        14037277302971259485,
-        1080543896862946648,
+        11107436390687006024,
+        4413639263750005252,
+        16928591012774808433,
+        5434389757620629544,
     ],
 ];
 
