@@ -19,6 +19,7 @@
 mod profile;
 
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -444,6 +445,35 @@ impl FragmentStore for S3Store {
             .bytes()
             .await
             .map_err(|e| self.object_error("get", k, e))
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        let k = key.as_str();
+        let path = self.path(k);
+        // S3 refuses empty ranges and ranges starting at or past the end (416); the trait
+        // wants them clipped to empty, and a missing object must still be NotFound.
+        if range.start < range.end {
+            let result = {
+                let _permit = self.permit("get", k).await?;
+                self.s3.get_range(&path, range.clone()).await
+            };
+            match result {
+                Ok(bytes) => return Ok(bytes),
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    return Err(self.object_error("get", k, e));
+                }
+                Err(e) => match self.head_path(key, &path).await? {
+                    Some(meta) if meta.size <= range.start => {}
+                    _ => return Err(self.backend_error("get", k, &e)),
+                },
+            }
+        } else if self.head_path(key, &path).await?.is_none() {
+            return Err(FragmentError::NotFound {
+                key: self.url(k),
+                op: "get",
+            });
+        }
+        Ok(Bytes::new())
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
