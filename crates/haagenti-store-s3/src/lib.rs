@@ -12,6 +12,10 @@
 //! * At most [`S3Options::max_concurrency`] requests of one store are in flight.
 //! * Transient failures (5xx, 429, timeouts, connection errors) are retried with
 //!   exponential backoff by `object_store`'s retry layer.
+//! * Errors are [`FragmentError::Backend`] naming `s3://bucket/prefix/key` and the
+//!   operation, or [`FragmentError::NotFound`] for a missing object. A missing bucket is a
+//!   backend error, except for `head`, which cannot tell (a HEAD response has no body) and
+//!   answers `None`: [`S3Store::check`] tells a missing bucket apart.
 //! * Credentials: [`S3Options::credentials`], else the standard `AWS_*` environment
 //!   variables, else the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
 //!   `~/.aws/config`, else web identity, container or instance credentials.
