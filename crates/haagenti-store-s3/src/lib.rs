@@ -130,6 +130,9 @@ impl S3Store {
     /// Opens `s3://bucket/optional/prefix`. Performs no network request: a wrong bucket or
     /// credentials show up on the first operation (or call [`S3Store::check`]).
     pub fn from_url(url: &str, options: S3Options) -> Result<S3Store> {
+        // TLS is rustls with the ring provider (see the workspace manifest); an error means
+        // another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (bucket, prefix) = parse_url(url)?;
         let invalid = |what: &str, e: &dyn fmt::Display| {
             FragmentError::InvalidInput(format!("S3 store {url}: {what}: {e}"))
