@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 fn main() {
     if let Err(e) = run() {
@@ -21,7 +21,9 @@ fn run() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
-            println!("  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (starts a local S3 server)");
+            println!(
+                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (starts a local S3 server)"
+            );
             Ok(())
         }
         Some(other) => bail!("unknown command {other:?} (try `cargo xtask help`)"),
@@ -30,7 +32,10 @@ fn run() -> Result<()> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest_dir.parent().context("xtask has no parent directory")?.to_path_buf())
+    Ok(manifest_dir
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
 }
 
 /// Runs a command, echoing it, and fails if it fails.
@@ -54,8 +59,23 @@ fn test(_root: &Path, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if lint {
         cmd(&cargo, &["fmt", "--all", "--check"], &[])?;
-        cmd(&cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-        cmd(&cargo, &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+        cmd(
+            &cargo,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )?;
+        cmd(
+            &cargo,
+            &["doc", "--workspace", "--no-deps"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )?;
     }
     cmd(&cargo, &["test", "--workspace", "--all-features"], &[])?;
     Ok(())

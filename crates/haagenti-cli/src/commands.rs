@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use haagenti_core::{
-    CodecPolicy, Encoding, FileContent, FragmentId, FragmentLibrary, GcOptions, IngestOptions, LibraryStats,
-    ModelManifest, Progress,
+    CodecPolicy, Encoding, FileContent, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
+    LibraryStats, ModelManifest, Progress,
 };
 use serde_json::json;
 
@@ -42,13 +42,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                     out.display(),
                     report.seconds,
                     human(rate(report.bytes, report.seconds)),
-                    if report.lossy { " [lossy model: bytes differ from the source within recorded bounds]" } else { "" }
+                    if report.lossy {
+                        " [lossy model: bytes differ from the source within recorded bounds]"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(())
         }
         Command::List { json } => list(&open(CodecPolicy::default(), None)?, json).await,
-        Command::Show { model, json } => show(&open(CodecPolicy::default(), None)?, &model, json).await,
+        Command::Show { model, json } => {
+            show(&open(CodecPolicy::default(), None)?, &model, json).await
+        }
         Command::Stats { json } => {
             let stats = open(CodecPolicy::default(), None)?.stats().await?;
             print_stats(&stats, json)
@@ -56,11 +62,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify { model, json } => {
             let lib = open(CodecPolicy::default(), None)?;
             let bar = Bar::new("verify", json);
-            let report = lib.verify(model.as_deref(), bar.as_deref().map(|b| b as &dyn Progress)).await?;
+            let report = lib
+                .verify(model.as_deref(), bar.as_deref().map(|b| b as &dyn Progress))
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("verified {} models, {} files, {}", report.models, report.files, human(report.bytes));
+                println!(
+                    "verified {} models, {} files, {}",
+                    report.models,
+                    report.files,
+                    human(report.bytes)
+                );
                 for p in &report.problems {
                     println!("DAMAGED: {p}");
                 }
@@ -75,9 +88,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("removed {model} (run `haagenti gc` to free its unshared fragments)");
             Ok(())
         }
-        Command::Gc { dry_run, grace, json } => {
+        Command::Gc {
+            dry_run,
+            grace,
+            json,
+        } => {
             let lib = open(CodecPolicy::default(), None)?;
-            let report = lib.gc(GcOptions { dry_run, grace: Duration::from_secs(grace) }).await?;
+            let report = lib
+                .gc(GcOptions {
+                    dry_run,
+                    grace: Duration::from_secs(grace),
+                })
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -105,7 +127,13 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
     let report = lib
         .ingest(&args.model, &args.path, opts)
         .await
-        .with_context(|| format!("ingesting {} as model {:?}", args.path.display(), args.model))?;
+        .with_context(|| {
+            format!(
+                "ingesting {} as model {:?}",
+                args.path.display(),
+                args.model
+            )
+        })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -143,7 +171,10 @@ async fn list(lib: &FragmentLibrary, json: bool) -> Result<()> {
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "models": rows }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "models": rows }))?
+        );
     } else if rows.is_empty() {
         println!("no models in {}", lib.store().location());
     } else {
@@ -178,13 +209,24 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
     let mut files = Vec::new();
     for file in &manifest.files {
         let mut frag_rows = Vec::new();
-        let describe = |tensor: Option<&str>, i: usize, r: &haagenti_core::FragmentRef| (tensor.map(str::to_string), i, *r);
+        let describe = |tensor: Option<&str>, i: usize, r: &haagenti_core::FragmentRef| {
+            (tensor.map(str::to_string), i, *r)
+        };
         let refs: Vec<_> = match &file.content {
             FileContent::Safetensors { tensors, .. } => tensors
                 .iter()
-                .flat_map(|t| t.fragments.iter().enumerate().map(move |(i, r)| describe(Some(&t.name), i, r)))
+                .flat_map(|t| {
+                    t.fragments
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| describe(Some(&t.name), i, r))
+                })
                 .collect(),
-            FileContent::Blob { chunks } => chunks.iter().enumerate().map(|(i, r)| describe(None, i, r)).collect(),
+            FileContent::Blob { chunks } => chunks
+                .iter()
+                .enumerate()
+                .map(|(i, r)| describe(None, i, r))
+                .collect(),
         };
         for (tensor, i, r) in refs {
             let info = lib.fragment_info(&r.id).await?;
@@ -192,7 +234,12 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
                 Some(meta) => (meta.stored_len, describe_encoding(lib, &meta.encoding)),
                 None => (0, "MISSING".to_string()),
             };
-            let shared: Vec<&String> = users.get(&r.id).into_iter().flatten().filter(|m| *m != model).collect();
+            let shared: Vec<&String> = users
+                .get(&r.id)
+                .into_iter()
+                .flatten()
+                .filter(|m| *m != model)
+                .collect();
             frag_rows.push(json!({
                 "tensor": tensor, "index": i, "id": r.id.to_hex(), "len": r.len,
                 "stored_len": stored, "encoding": encoding, "shared_with": shared,
@@ -201,11 +248,13 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
         let tensors: Vec<_> = file
             .tensors()
             .iter()
-            .map(|t| json!({
-                "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape,
-                "offset": t.offset, "len": t.len, "fragments": t.fragments.len(),
-                "type": t.fragment_type().as_str(),
-            }))
+            .map(|t| {
+                json!({
+                    "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape,
+                    "offset": t.offset, "len": t.len, "fragments": t.fragments.len(),
+                    "type": t.fragment_type().as_str(),
+                })
+            })
             .collect();
         files.push(json!({
             "path": file.path, "size": file.size, "blake3": blake3::Hash::from(file.blake3).to_hex().to_string(),
@@ -213,7 +262,11 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
             "tensors": tensors, "fragments": frag_rows,
         }));
     }
-    let lossy = manifest.lossy.iter().map(|l| l.rel_error).fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))));
+    let lossy = manifest
+        .lossy
+        .iter()
+        .map(|l| l.rel_error)
+        .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))));
     if json {
         let doc = json!({
             "model": manifest.name, "created_unix_ms": manifest.created_unix_ms,
@@ -223,17 +276,43 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("model {} ({}){}", manifest.name, human(manifest.logical_bytes()), match lossy {
-        Some(e) => format!(" LOSSY: largest relative error {e:.3e}"),
-        None => String::new(),
-    });
+    println!(
+        "model {} ({}){}",
+        manifest.name,
+        human(manifest.logical_bytes()),
+        match lossy {
+            Some(e) => format!(" LOSSY: largest relative error {e:.3e}"),
+            None => String::new(),
+        }
+    );
     for f in &files {
-        println!("  file {} ({}, {}), blake3 {}", f["path"].as_str().unwrap_or_default(), f["kind"].as_str().unwrap_or_default(), human(f["size"].as_u64().unwrap_or(0)), f["blake3"].as_str().unwrap_or_default());
+        println!(
+            "  file {} ({}, {}), blake3 {}",
+            f["path"].as_str().unwrap_or_default(),
+            f["kind"].as_str().unwrap_or_default(),
+            human(f["size"].as_u64().unwrap_or(0)),
+            f["blake3"].as_str().unwrap_or_default()
+        );
         for t in f["tensors"].as_array().into_iter().flatten() {
-            println!("    tensor {} {} {} ({} fragments, {})", t["name"].as_str().unwrap_or_default(), t["dtype"].as_str().unwrap_or_default(), t["shape"], t["fragments"], t["type"].as_str().unwrap_or_default());
+            println!(
+                "    tensor {} {} {} ({} fragments, {})",
+                t["name"].as_str().unwrap_or_default(),
+                t["dtype"].as_str().unwrap_or_default(),
+                t["shape"],
+                t["fragments"],
+                t["type"].as_str().unwrap_or_default()
+            );
         }
         for r in f["fragments"].as_array().into_iter().flatten() {
-            let shared = r["shared_with"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+            let shared = r["shared_with"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
             println!(
                 "      {} {}#{} {} -> {} {}{}",
                 &r["id"].as_str().unwrap_or_default()[..12],
@@ -242,7 +321,11 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
                 human(r["len"].as_u64().unwrap_or(0)),
                 human(r["stored_len"].as_u64().unwrap_or(0)),
                 r["encoding"].as_str().unwrap_or_default(),
-                if shared.is_empty() { String::new() } else { format!(" shared with {shared}") },
+                if shared.is_empty() {
+                    String::new()
+                } else {
+                    format!(" shared with {shared}")
+                },
             );
         }
     }
@@ -252,13 +335,21 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
 fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
     match e {
         Encoding::Standalone { codec } => lib.codecs().name_of(*codec),
-        Encoding::Delta { codec, base } => format!("delta({}) vs {}", lib.codecs().name_of(*codec), base.short()),
+        Encoding::Delta { codec, base } => format!(
+            "delta({}) vs {}",
+            lib.codecs().name_of(*codec),
+            base.short()
+        ),
         Encoding::Cast { source, from, to } => format!("cast {from}->{to} of {}", source.short()),
     }
 }
 
 pub fn print_stats(stats: &LibraryStats, json: bool) -> Result<()> {
-    let ratio = if stats.stored_bytes == 0 { 0.0 } else { stats.logical_bytes as f64 / stats.stored_bytes as f64 };
+    let ratio = if stats.stored_bytes == 0 {
+        0.0
+    } else {
+        stats.logical_bytes as f64 / stats.stored_bytes as f64
+    };
     if json {
         let mut doc = serde_json::to_value(stats)?;
         doc["ratio"] = json!(ratio);
@@ -268,17 +359,36 @@ pub fn print_stats(stats: &LibraryStats, json: bool) -> Result<()> {
     println!("models         {}", stats.models);
     println!("fragments      {}", stats.fragments);
     println!("logical bytes  {}", human(stats.logical_bytes));
-    println!("stored bytes   {} (fragments {}, manifests {}, indexes {})", human(stats.stored_bytes), human(stats.fragment_bytes), human(stats.manifest_bytes), human(stats.index_bytes));
+    println!(
+        "stored bytes   {} (fragments {}, manifests {}, indexes {})",
+        human(stats.stored_bytes),
+        human(stats.fragment_bytes),
+        human(stats.manifest_bytes),
+        human(stats.index_bytes)
+    );
     println!("ratio          {ratio:.2}x");
-    println!("saved by exact dedup   {}", human(stats.savings.exact_dedup_bytes));
-    println!("saved by deltas        {}", human_signed(stats.savings.delta_bytes));
+    println!(
+        "saved by exact dedup   {}",
+        human(stats.savings.exact_dedup_bytes)
+    );
+    println!(
+        "saved by deltas        {}",
+        human_signed(stats.savings.delta_bytes)
+    );
     println!("saved by casts         {}", human(stats.savings.cast_bytes));
-    println!("saved by compression   {}", human_signed(stats.savings.compression_bytes));
+    println!(
+        "saved by compression   {}",
+        human_signed(stats.savings.compression_bytes)
+    );
     Ok(())
 }
 
 pub fn rate(bytes: u64, seconds: f64) -> u64 {
-    if seconds > 0.0 { (bytes as f64 / seconds) as u64 } else { 0 }
+    if seconds > 0.0 {
+        (bytes as f64 / seconds) as u64
+    } else {
+        0
+    }
 }
 
 pub fn human(bytes: u64) -> String {
@@ -289,9 +399,17 @@ pub fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_signed(bytes: i64) -> String {
-    if bytes < 0 { format!("-{}", human(bytes.unsigned_abs())) } else { human(bytes as u64) }
+    if bytes < 0 {
+        format!("-{}", human(bytes.unsigned_abs()))
+    } else {
+        human(bytes as u64)
+    }
 }

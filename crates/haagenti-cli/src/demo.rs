@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use haagenti_core::synth;
 use haagenti_core::{FragmentLibrary, IngestOptions, LibraryConfig};
 use serde_json::json;
@@ -27,8 +27,10 @@ pub async fn run(json_out: bool) -> Result<()> {
     let t = Instant::now();
     let family = {
         let src = src.clone();
-        tokio::task::spawn_blocking(move || synth::generate_family(&src, &synth::FamilySpec::new(DEMO_SEED, DEMO_PARENT_BYTES)))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            synth::generate_family(&src, &synth::FamilySpec::new(DEMO_SEED, DEMO_PARENT_BYTES))
+        })
+        .await??
     };
     say(format!(
         "generated a model family of {} models ({}) in {:.1}s under {}",
@@ -43,7 +45,9 @@ pub async fn run(json_out: bool) -> Result<()> {
     let mut rows = Vec::new();
     let t_all = Instant::now();
     for m in &family.models {
-        let r = lib.ingest(&m.name, &m.path, IngestOptions::default()).await?;
+        let r = lib
+            .ingest(&m.name, &m.path, IngestOptions::default())
+            .await?;
         say(format!(
             "  ingest {:<18} {:>10} {:>8.0} MiB/s   new {:>10} -> stored {:>10}   ({}: {})",
             m.name,
@@ -64,10 +68,18 @@ pub async fn run(json_out: bool) -> Result<()> {
         let dest = out_dir.join(&m.name);
         lib.export(&m.name, &dest, None).await?;
         for file in &m.files {
-            let rel = if m.is_dir() { file.strip_prefix(&m.path)?.to_path_buf() } else { file.file_name().context("file name")?.into() };
+            let rel = if m.is_dir() {
+                file.strip_prefix(&m.path)?.to_path_buf()
+            } else {
+                file.file_name().context("file name")?.into()
+            };
             let (a, b) = (std::fs::read(file)?, std::fs::read(dest.join(&rel))?);
             if a != b {
-                bail!("model {} file {} is not bit-exact after export", m.name, rel.display());
+                bail!(
+                    "model {} file {} is not bit-exact after export",
+                    m.name,
+                    rel.display()
+                );
             }
         }
     }
@@ -96,6 +108,9 @@ pub async fn run(json_out: bool) -> Result<()> {
         export_s,
         total as f64 / 1e6 / export_s
     );
-    println!("verified {} files against their BLAKE3 hashes\n", verify.files);
+    println!(
+        "verified {} files against their BLAKE3 hashes\n",
+        verify.files
+    );
     print_stats(&stats, false)
 }

@@ -13,10 +13,19 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "haagenti", version, about = "Deduplicated, compressed storage for families of ML models")]
+#[command(
+    name = "haagenti",
+    version,
+    about = "Deduplicated, compressed storage for families of ML models"
+)]
 struct Cli {
     /// Library location: a directory, file:///path, or s3://bucket/prefix.
-    #[arg(long, global = true, env = "HAAGENTI_LIBRARY", default_value = "./haagenti-library")]
+    #[arg(
+        long,
+        global = true,
+        env = "HAAGENTI_LIBRARY",
+        default_value = "./haagenti-library"
+    )]
     library: String,
 
     /// Endpoint of an S3-compatible service (MinIO, R2, Ceph, a local test server).
@@ -115,7 +124,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

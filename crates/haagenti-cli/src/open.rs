@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use haagenti_core::{CodecPolicy, CodecRegistry, FragmentLibrary, FragmentStore, LibraryConfig};
 use haagenti_store_fs::FsStore;
 
@@ -17,15 +17,22 @@ pub fn open_store(location: &str, s3_endpoint: Option<&str>) -> Result<Arc<dyn F
         if rest.is_empty() {
             bail!("library location {location:?} names no bucket");
         }
-        let options = haagenti_store_s3::S3Options { endpoint: s3_endpoint.map(str::to_string), ..Default::default() };
+        let options = haagenti_store_s3::S3Options {
+            endpoint: s3_endpoint.map(str::to_string),
+            ..Default::default()
+        };
         let store = haagenti_store_s3::S3Store::from_url(location, options)
             .with_context(|| format!("opening library {location}"))?;
         return Ok(Arc::new(store));
     }
     let path = match location.strip_prefix("file://") {
         Some(p) if p.starts_with('/') => p,
-        Some(_) => bail!("library location {location:?}: file:// locations must be absolute (file:///path)"),
-        None if location.contains("://") => bail!("library location {location:?}: unsupported scheme (use a path, file:// or s3://)"),
+        Some(_) => bail!(
+            "library location {location:?}: file:// locations must be absolute (file:///path)"
+        ),
+        None if location.contains("://") => bail!(
+            "library location {location:?}: unsupported scheme (use a path, file:// or s3://)"
+        ),
         None => location,
     };
     if path.is_empty() {

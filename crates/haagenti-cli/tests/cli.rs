@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::Dtype;
+use haagenti_core::synth::{self, Recipe, SynthTensor};
 
 fn haagenti(lib: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_haagenti"))
@@ -19,7 +19,11 @@ fn haagenti(lib: &Path, args: &[&str]) -> Output {
 
 fn ok(lib: &Path, args: &[&str]) -> String {
     let out = haagenti(lib, args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -34,7 +38,11 @@ fn model(path: &Path, seed: u64) {
                 format!("blocks.{i}.attn.qkv.weight"),
                 Dtype::BF16,
                 vec![512, 512],
-                Recipe::Normal { seed: seed + i, mean: 0.0, std: 0.02 },
+                Recipe::Normal {
+                    seed: seed + i,
+                    mean: 0.0,
+                    std: 0.02,
+                },
             )
         })
         .collect();
@@ -48,23 +56,51 @@ fn ingest_export_show_stats_verify_rm_gc() {
     let src = tmp.path().join("m.safetensors");
     model(&src, 1);
 
-    let report = json(&lib, &["ingest", "--model", "m1", src.to_str().unwrap(), "--json"]);
-    assert_eq!(report["logical_bytes"].as_u64(), Some(std::fs::metadata(&src).unwrap().len()));
-    json(&lib, &["ingest", "--model", "m2", src.to_str().unwrap(), "--json"]);
+    let report = json(
+        &lib,
+        &["ingest", "--model", "m1", src.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(
+        report["logical_bytes"].as_u64(),
+        Some(std::fs::metadata(&src).unwrap().len())
+    );
+    json(
+        &lib,
+        &["ingest", "--model", "m2", src.to_str().unwrap(), "--json"],
+    );
 
     let out = tmp.path().join("out");
-    ok(&lib, &["export", "--model", "m1", "--out", out.to_str().unwrap()]);
-    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(out.join("m.safetensors")).unwrap());
+    ok(
+        &lib,
+        &["export", "--model", "m1", "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        std::fs::read(out.join("m.safetensors")).unwrap()
+    );
 
     let list = json(&lib, &["list", "--json"]);
-    let names: Vec<&str> = list["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["m1", "m2"]);
 
     let show = json(&lib, &["show", "--model", "m1", "--json"]);
     let frags = show["files"][0]["fragments"].as_array().unwrap();
     assert!(!frags.is_empty());
-    assert!(frags.iter().all(|f| f["shared_with"] == serde_json::json!(["m2"])));
-    assert!(frags.iter().all(|f| f["encoding"].as_str().is_some_and(|e| !e.is_empty())));
+    assert!(
+        frags
+            .iter()
+            .all(|f| f["shared_with"] == serde_json::json!(["m2"]))
+    );
+    assert!(
+        frags
+            .iter()
+            .all(|f| f["encoding"].as_str().is_some_and(|e| !e.is_empty()))
+    );
 
     let stats = json(&lib, &["stats", "--json"]);
     for field in ["models", "fragments", "logical_bytes", "stored_bytes"] {
@@ -72,12 +108,18 @@ fn ingest_export_show_stats_verify_rm_gc() {
     }
     assert_eq!(stats["models"], 2);
     assert!(stats["savings"]["exact_dedup_bytes"].as_u64().unwrap() > 0);
-    assert!(stats["savings"]["compression_bytes"].as_i64().unwrap() > 0, "bf16 weights must compress");
+    assert!(
+        stats["savings"]["compression_bytes"].as_i64().unwrap() > 0,
+        "bf16 weights must compress"
+    );
 
     ok(&lib, &["verify"]);
     ok(&lib, &["rm", "--model", "m1"]);
     let gc = json(&lib, &["gc", "--grace", "0", "--json"]);
-    assert_eq!(gc["garbage_objects"], 0, "m2 still references every fragment");
+    assert_eq!(
+        gc["garbage_objects"], 0,
+        "m2 still references every fragment"
+    );
     ok(&lib, &["rm", "--model", "m2"]);
     let gc = json(&lib, &["gc", "--grace", "0", "--json"]);
     assert!(gc["garbage_objects"].as_u64().unwrap() > 0);
@@ -94,7 +136,9 @@ fn bad_input_exits_1_with_a_message_and_changes_nothing() {
     let stats = ok(&lib, &["stats", "--json"]);
     let good = std::fs::read(&src).unwrap();
     let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap().to_string();
+    let header = std::str::from_utf8(&good[8..8 + header_len])
+        .unwrap()
+        .to_string();
 
     let write = |name: &str, bytes: &[u8]| {
         let p = tmp.path().join(name);
@@ -108,26 +152,90 @@ fn bad_input_exits_1_with_a_message_and_changes_nothing() {
         v
     };
     let cases = [
-        ("truncated", write("truncated.safetensors", &good[..good.len() - 100]), "truncated"),
-        ("long-header", write("long.safetensors", &[&u64::MAX.to_le_bytes()[..], b"{}"].concat()), "header length"),
-        ("beyond", write("beyond.safetensors", &[&1000u64.to_le_bytes()[..], b"{}"].concat()), "past the end"),
-        ("json", write("json.safetensors", &with_header("{\"a\": nope}")), "not valid JSON"),
-        ("dtype", write("dtype.safetensors", &with_header(&header.replacen("BF16", "X42", 1))), "unknown dtype"),
-        ("oob", write("oob.safetensors", &with_header(&header.replacen("[0,524288]", "[0,99999999999]", 1))), "out of bounds"),
-        ("overlap", write("overlap.safetensors", &with_header(&header.replacen("[524288,1048576]", "[0,524288]", 1))), "overlaps"),
-        ("shape", write("shape.safetensors", &with_header(&header.replacen("[512,512]", "[512,511]", 1))), "span"),
+        (
+            "truncated",
+            write("truncated.safetensors", &good[..good.len() - 100]),
+            "truncated",
+        ),
+        (
+            "long-header",
+            write(
+                "long.safetensors",
+                &[&u64::MAX.to_le_bytes()[..], b"{}"].concat(),
+            ),
+            "header length",
+        ),
+        (
+            "beyond",
+            write(
+                "beyond.safetensors",
+                &[&1000u64.to_le_bytes()[..], b"{}"].concat(),
+            ),
+            "past the end",
+        ),
+        (
+            "json",
+            write("json.safetensors", &with_header("{\"a\": nope}")),
+            "not valid JSON",
+        ),
+        (
+            "dtype",
+            write(
+                "dtype.safetensors",
+                &with_header(&header.replacen("BF16", "X42", 1)),
+            ),
+            "unknown dtype",
+        ),
+        (
+            "oob",
+            write(
+                "oob.safetensors",
+                &with_header(&header.replacen("[0,524288]", "[0,99999999999]", 1)),
+            ),
+            "out of bounds",
+        ),
+        (
+            "overlap",
+            write(
+                "overlap.safetensors",
+                &with_header(&header.replacen("[524288,1048576]", "[0,524288]", 1)),
+            ),
+            "overlaps",
+        ),
+        (
+            "shape",
+            write(
+                "shape.safetensors",
+                &with_header(&header.replacen("[512,512]", "[512,511]", 1)),
+            ),
+            "span",
+        ),
     ];
     for (name, path, needle) in &cases {
         let out = haagenti(&lib, &["ingest", "--model", name, path.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
-        assert!(err.contains(needle), "{name}: message {err:?} lacks {needle:?}");
-        assert_eq!(err.trim().lines().count(), 1, "{name}: one line expected: {err}");
+        assert!(
+            err.contains(needle),
+            "{name}: message {err:?} lacks {needle:?}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{name}: one line expected: {err}"
+        );
         assert!(!err.contains("panicked"));
-        assert_eq!(ok(&lib, &["stats", "--json"]), stats, "{name} changed the library");
+        assert_eq!(
+            ok(&lib, &["stats", "--json"]),
+            stats,
+            "{name} changed the library"
+        );
     }
     for bad_name in ["", "a/b", "..", "../x"] {
-        let out = haagenti(&lib, &["ingest", "--model", bad_name, src.to_str().unwrap()]);
+        let out = haagenti(
+            &lib,
+            &["ingest", "--model", bad_name, src.to_str().unwrap()],
+        );
         assert_eq!(out.status.code(), Some(1), "{bad_name:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid model name"));
         assert_eq!(ok(&lib, &["stats", "--json"]), stats);
@@ -145,7 +253,10 @@ fn a_damaged_fragment_fails_verify_and_export_naming_it() {
     let lib = tmp.path().join("lib");
     let src = tmp.path().join("m.safetensors");
     model(&src, 3);
-    ok(&lib, &["ingest", "--model", "victim", src.to_str().unwrap()]);
+    ok(
+        &lib,
+        &["ingest", "--model", "victim", src.to_str().unwrap()],
+    );
     let show = json(&lib, &["show", "--model", "victim", "--json"]);
     let frag = &show["files"][0]["fragments"][0];
     let id = frag["id"].as_str().unwrap();
@@ -155,11 +266,26 @@ fn a_damaged_fragment_fails_verify_and_export_naming_it() {
     bytes[last] ^= 0x10;
     std::fs::write(&path, bytes).unwrap();
 
-    for args in [vec!["verify"], vec!["export", "--model", "victim", "--out", tmp.path().join("o").to_str().unwrap()]] {
+    for args in [
+        vec!["verify"],
+        vec![
+            "export",
+            "--model",
+            "victim",
+            "--out",
+            tmp.path().join("o").to_str().unwrap(),
+        ],
+    ] {
         let out = haagenti(&lib, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(err.contains("victim") && err.contains(&id[..12]), "{args:?}: {err}");
-        assert!(err.contains(frag["tensor"].as_str().unwrap()), "{args:?} must name the tensor: {err}");
+        assert!(
+            err.contains("victim") && err.contains(&id[..12]),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(frag["tensor"].as_str().unwrap()),
+            "{args:?} must name the tensor: {err}"
+        );
     }
 }

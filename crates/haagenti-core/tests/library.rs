@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
-    CodecRegistry, Dtype, FragmentError, FragmentLibrary, FragmentStore, GcOptions, IngestOptions, LibraryConfig,
-    MemoryStore, ObjectKey,
+    CodecRegistry, Dtype, FragmentError, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
+    LibraryConfig, MemoryStore, ObjectKey,
 };
 
 fn library(store: Arc<MemoryStore>) -> FragmentLibrary {
@@ -18,7 +18,16 @@ fn library(store: Arc<MemoryStore>) -> FragmentLibrary {
 }
 
 fn tensor(name: &str, dtype: Dtype, shape: &[u64], seed: u64) -> SynthTensor {
-    SynthTensor::new(name, dtype, shape.to_vec(), Recipe::Normal { seed, mean: 0.0, std: 0.02 })
+    SynthTensor::new(
+        name,
+        dtype,
+        shape.to_vec(),
+        Recipe::Normal {
+            seed,
+            mean: 0.0,
+            std: 0.02,
+        },
+    )
 }
 
 /// Every file under `a` equals the file at the same relative path under `b`.
@@ -45,7 +54,9 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 async fn ingest(lib: &FragmentLibrary, name: &str, path: &Path) -> haagenti_core::IngestReport {
-    lib.ingest(name, path, IngestOptions::default()).await.unwrap()
+    lib.ingest(name, path, IngestOptions::default())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +76,11 @@ async fn family_round_trips_bit_exact_with_cross_model_dedup() {
     let after = lib.stats().await.unwrap();
     assert_eq!(copy.new_fragments, 0);
     let added = after.stored_bytes - before.stored_bytes;
-    assert!(added * 100 <= first.bytes, "identical copy added {added} bytes for {}", first.bytes);
+    assert!(
+        added * 100 <= first.bytes,
+        "identical copy added {added} bytes for {}",
+        first.bytes
+    );
     assert_eq!(after.logical_bytes, before.logical_bytes + first.bytes);
 
     for m in &family.models {
@@ -76,7 +91,10 @@ async fn family_round_trips_bit_exact_with_cross_model_dedup() {
             assert_same_tree(&m.path, out.path());
         } else {
             let name = m.path.file_name().unwrap();
-            assert_eq!(std::fs::read(&m.path).unwrap(), std::fs::read(out.path().join(name)).unwrap());
+            assert_eq!(
+                std::fs::read(&m.path).unwrap(),
+                std::fs::read(out.path().join(name)).unwrap()
+            );
         }
     }
     let verify = lib.verify(None, None).await.unwrap();
@@ -88,7 +106,14 @@ async fn family_round_trips_bit_exact_with_cross_model_dedup() {
 async fn all_in_one_checkpoint_stores_only_its_new_tensors() {
     let src = tempfile::tempdir().unwrap();
     let base: Vec<SynthTensor> = (0..6)
-        .map(|i| tensor(&format!("model.layers.{i}.mlp.up_proj.weight"), Dtype::BF16, &[256, 384], i))
+        .map(|i| {
+            tensor(
+                &format!("model.layers.{i}.mlp.up_proj.weight"),
+                Dtype::BF16,
+                &[256, 384],
+                i,
+            )
+        })
         .collect();
     let base_path = src.path().join("base.safetensors");
     synth::write_safetensors(&base_path, &base, None).unwrap();
@@ -96,7 +121,10 @@ async fn all_in_one_checkpoint_stores_only_its_new_tensors() {
     let mut aio: Vec<SynthTensor> = base
         .iter()
         .rev()
-        .map(|t| SynthTensor { name: format!("text_encoder.{}", t.name), ..t.clone() })
+        .map(|t| SynthTensor {
+            name: format!("text_encoder.{}", t.name),
+            ..t.clone()
+        })
         .collect();
     let head = tensor("head.weight", Dtype::BF16, &[128, 256], 99);
     let head_bytes = head.byte_len().unwrap();
@@ -109,26 +137,46 @@ async fn all_in_one_checkpoint_stores_only_its_new_tensors() {
     let before = lib.stats().await.unwrap().stored_bytes;
     let report = ingest(&lib, "all-in-one", &aio_path).await;
     let added = lib.stats().await.unwrap().stored_bytes - before;
-    assert!(added <= aio_size * 3 / 100 + head_bytes, "added {added} of {aio_size} (head {head_bytes})");
+    assert!(
+        added <= aio_size * 3 / 100 + head_bytes,
+        "added {added} of {aio_size} (head {head_bytes})"
+    );
     assert_eq!(report.new_fragment_bytes, head_bytes);
 
     let out = tempfile::tempdir().unwrap();
     lib.export("all-in-one", out.path(), None).await.unwrap();
-    assert_eq!(std::fs::read(&aio_path).unwrap(), std::fs::read(out.path().join("all-in-one.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(&aio_path).unwrap(),
+        std::fs::read(out.path().join("all-in-one.safetensors")).unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_model_keeps_every_file_at_its_path() {
     let src = tempfile::tempdir().unwrap();
     let dir = src.path().join("model");
-    synth::write_safetensors(&dir.join("unet/diffusion.safetensors"), &[tensor("conv_in.weight", Dtype::F16, &[64, 64], 1)], None).unwrap();
+    synth::write_safetensors(
+        &dir.join("unet/diffusion.safetensors"),
+        &[tensor("conv_in.weight", Dtype::F16, &[64, 64], 1)],
+        None,
+    )
+    .unwrap();
     std::fs::write(dir.join("config.json"), br#"{"hidden_size": 64}"#).unwrap();
     let mut tokenizer = vec![0u8; 700_000];
     synth::Rng::new(3).fill_bytes(&mut tokenizer);
     std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
     std::fs::write(dir.join("empty.txt"), b"").unwrap();
     let zero_dim = vec![
-        SynthTensor::new("scalar", Dtype::F32, vec![], Recipe::Normal { seed: 1, mean: 1.0, std: 0.0 }),
+        SynthTensor::new(
+            "scalar",
+            Dtype::F32,
+            vec![],
+            Recipe::Normal {
+                seed: 1,
+                mean: 1.0,
+                std: 0.0,
+            },
+        ),
         tensor("empty", Dtype::F32, &[0, 4], 2),
     ];
     synth::write_safetensors(&dir.join("scalars.safetensors"), &zero_dim, None).unwrap();
@@ -153,7 +201,11 @@ async fn bad_inputs_fail_cleanly_and_change_nothing() {
     let dir = src.path().join("dir");
     std::fs::create_dir(&dir).unwrap();
     std::fs::copy(&good, dir.join("a.safetensors")).unwrap();
-    std::fs::write(dir.join("b.safetensors"), b"\x10\0\0\0\0\0\0\0{not json}      ").unwrap();
+    std::fs::write(
+        dir.join("b.safetensors"),
+        b"\x10\0\0\0\0\0\0\0{not json}      ",
+    )
+    .unwrap();
 
     let store = Arc::new(MemoryStore::new());
     let lib = library(store.clone());
@@ -168,13 +220,28 @@ async fn bad_inputs_fail_cleanly_and_change_nothing() {
         ("a/b", good.clone(), "path separator"),
         ("..", good.clone(), ".."),
         ("existing", good.clone(), "already exists"),
-        ("missing", src.path().join("nope.safetensors"), "nope.safetensors"),
+        (
+            "missing",
+            src.path().join("nope.safetensors"),
+            "nope.safetensors",
+        ),
     ];
     for (name, path, needle) in cases {
-        let err = lib.ingest(name, &path, IngestOptions::default()).await.unwrap_err();
+        let err = lib
+            .ingest(name, &path, IngestOptions::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(needle), "{name:?}: {err}");
-        assert_eq!(lib.stats().await.unwrap(), before, "{name:?} changed the library");
-        assert_eq!(store.list("").await.unwrap().len(), objects_before, "{name:?} left objects behind");
+        assert_eq!(
+            lib.stats().await.unwrap(),
+            before,
+            "{name:?} changed the library"
+        );
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            objects_before,
+            "{name:?} left objects behind"
+        );
     }
 }
 
@@ -182,7 +249,17 @@ async fn bad_inputs_fail_cleanly_and_change_nothing() {
 async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("m.safetensors");
-    synth::write_safetensors(&path, &[tensor("layers.0.attn.q_proj.weight", Dtype::F32, &[128, 256], 5)], None).unwrap();
+    synth::write_safetensors(
+        &path,
+        &[tensor(
+            "layers.0.attn.q_proj.weight",
+            Dtype::F32,
+            &[128, 256],
+            5,
+        )],
+        None,
+    )
+    .unwrap();
     let store = Arc::new(MemoryStore::new());
     let lib = library(store.clone());
     ingest(&lib, "victim", &path).await;
@@ -202,8 +279,14 @@ async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
     }
     let out = tempfile::tempdir().unwrap();
     let err = lib.export("victim", out.path(), None).await.unwrap_err();
-    assert!(err.is_corruption() && err.to_string().contains(&frag.short()), "{err}");
-    assert!(!out.path().join("m.safetensors").exists(), "a damaged file must not be left in place");
+    assert!(
+        err.is_corruption() && err.to_string().contains(&frag.short()),
+        "{err}"
+    );
+    assert!(
+        !out.path().join("m.safetensors").exists(),
+        "a damaged file must not be left in place"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,28 +295,65 @@ async fn gc_removes_only_unreferenced_fragments_past_the_grace_period() {
     let shared = tensor("shared.weight", Dtype::BF16, &[256, 256], 1);
     let a = src.path().join("a.safetensors");
     let b = src.path().join("b.safetensors");
-    synth::write_safetensors(&a, &[shared.clone(), tensor("a_only", Dtype::BF16, &[256, 256], 2)], None).unwrap();
-    synth::write_safetensors(&b, &[shared, tensor("b_only", Dtype::BF16, &[256, 256], 3)], None).unwrap();
+    synth::write_safetensors(
+        &a,
+        &[
+            shared.clone(),
+            tensor("a_only", Dtype::BF16, &[256, 256], 2),
+        ],
+        None,
+    )
+    .unwrap();
+    synth::write_safetensors(
+        &b,
+        &[shared, tensor("b_only", Dtype::BF16, &[256, 256], 3)],
+        None,
+    )
+    .unwrap();
     let store = Arc::new(MemoryStore::new());
     let lib = library(store.clone());
     ingest(&lib, "a", &a).await;
     ingest(&lib, "b", &b).await;
     let total = store.list("fragments/").await.unwrap().len();
     lib.remove("a").await.unwrap();
-    assert!(matches!(lib.remove("a").await, Err(FragmentError::ModelNotFound(_))));
+    assert!(matches!(
+        lib.remove("a").await,
+        Err(FragmentError::ModelNotFound(_))
+    ));
 
     let young = lib.gc(GcOptions::default()).await.unwrap();
-    assert_eq!(young.garbage_objects, 0, "everything is younger than the default grace");
+    assert_eq!(
+        young.garbage_objects, 0,
+        "everything is younger than the default grace"
+    );
     assert!(young.young_objects > 0);
-    let dry = lib.gc(GcOptions { dry_run: true, grace: Duration::ZERO }).await.unwrap();
+    let dry = lib
+        .gc(GcOptions {
+            dry_run: true,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert!(dry.garbage_objects > 0);
     assert_eq!(store.list("fragments/").await.unwrap().len(), total);
-    let done = lib.gc(GcOptions { dry_run: false, grace: Duration::ZERO }).await.unwrap();
+    let done = lib
+        .gc(GcOptions {
+            dry_run: false,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert_eq!(done.garbage_objects, dry.garbage_objects);
-    assert_eq!(store.list("fragments/").await.unwrap().len() as u64, total as u64 - done.garbage_objects);
+    assert_eq!(
+        store.list("fragments/").await.unwrap().len() as u64,
+        total as u64 - done.garbage_objects
+    );
     let out = tempfile::tempdir().unwrap();
     lib.export("b", out.path(), None).await.unwrap();
-    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(out.path().join("b.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(&b).unwrap(),
+        std::fs::read(out.path().join("b.safetensors")).unwrap()
+    );
     assert!(lib.verify(None, None).await.unwrap().is_ok());
 }
 
@@ -247,17 +367,29 @@ async fn replace_supersedes_and_gc_refuses_while_an_ingest_holds_its_lock() {
     let store = Arc::new(MemoryStore::new());
     let lib = library(store.clone());
     ingest(&lib, "m", &v1).await;
-    lib.ingest("m", &v2, IngestOptions::default().replace(true)).await.unwrap();
+    lib.ingest("m", &v2, IngestOptions::default().replace(true))
+        .await
+        .unwrap();
     assert_eq!(store.list("manifests/m/").await.unwrap().len(), 1);
-    assert_eq!(lib.manifest("m").await.unwrap().files[0].path, "v2.safetensors");
+    assert_eq!(
+        lib.manifest("m").await.unwrap().files[0].path,
+        "v2.safetensors"
+    );
 
     // A live ingest lock (as another process would hold) blocks gc.
     let lock = ObjectKey::new("locks/ingest-00000000000000000001-abc").unwrap();
     store.put(&lock, Bytes::from_static(b"x")).await.unwrap();
     let err = lib.gc(GcOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("lock"), "{err}");
-    assert_eq!(store.list("locks/").await.unwrap().len(), 1, "gc must remove its own lock");
+    assert_eq!(
+        store.list("locks/").await.unwrap().len(),
+        1,
+        "gc must remove its own lock"
+    );
     // The same lock, stale, no longer blocks.
-    store.set_modified_for_test(&lock, std::time::SystemTime::now() - Duration::from_secs(3600));
+    store.set_modified_for_test(
+        &lock,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
     lib.gc(GcOptions::default()).await.unwrap();
 }

@@ -1,1 +1,581 @@
-//! haagenti-store-s3: a `FragmentStore` on S3-compatible object storage.
+//! haagenti-store-s3: a [`FragmentStore`] on S3-compatible object storage (AWS S3, MinIO,
+//! Cloudflare R2, Ceph, moto), built on Apache Arrow's `object_store`.
+//!
+//! A store is a bucket plus an optional key prefix: `s3://bucket/some/prefix`. Object key
+//! `fragments/ab/cd/…` lives at `some/prefix/fragments/ab/cd/…` in the bucket.
+//!
+//! * Puts are create-only. Objects up to [`S3Options::multipart_threshold`] go up in one
+//!   request with `If-None-Match: *` (`PutMode::Create`), so of concurrent writers of one
+//!   key exactly one gets [`PutOutcome::Created`]. Larger objects use a multipart upload,
+//!   which S3 cannot make conditional: the store checks with HEAD first, and a racing
+//!   writer may overwrite. Keys are content addresses, so an overwrite writes the same bytes.
+//! * At most [`S3Options::max_concurrency`] requests of one store are in flight.
+//! * Transient failures (5xx, 429, timeouts, connection errors) are retried with
+//!   exponential backoff by `object_store`'s retry layer.
+//! * Credentials: [`S3Options::credentials`], else the standard `AWS_*` environment
+//!   variables, else the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
+//!   `~/.aws/config`, else web identity, container or instance credentials.
+
+mod profile;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt, stream};
+use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path;
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    UploadPart,
+};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+const BACKEND: &str = "s3";
+/// S3 rejects multipart parts below 5 MiB (except the last) and uploads above 10 000 parts.
+const MIN_PART_SIZE: usize = 5 << 20;
+const MAX_PARTS: usize = 10_000;
+/// Attempts of a create-only put that meets a concurrent conditional write (HTTP 409).
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Static AWS credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// How to reach the bucket and how hard to push it. `Default` suits AWS S3.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible service (`http://127.0.0.1:9000`); requests then use
+    /// path-style addressing, and an `http://` endpoint allows plain HTTP. `None`: the
+    /// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` variables, else AWS for the region.
+    pub endpoint: Option<String>,
+    /// `None`: `AWS_REGION` / `AWS_DEFAULT_REGION`, the profile's region, else `us-east-1`.
+    pub region: Option<String>,
+    /// `None`: the standard AWS environment, profile files and instance credentials.
+    pub credentials: Option<S3Credentials>,
+    /// Requests of this store in flight at once (at least 1).
+    pub max_concurrency: usize,
+    /// Objects larger than this many bytes go up as multipart uploads.
+    pub multipart_threshold: usize,
+    /// Size of a multipart part (raised to S3's 5 MiB minimum and to fit 10 000 parts).
+    pub part_size: usize,
+    /// Retries of a request failing transiently.
+    pub max_retries: usize,
+    /// No retry starts later than this after a request's first attempt.
+    pub retry_timeout: Duration,
+    /// Timeout of one HTTP request, body included.
+    pub request_timeout: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            credentials: None,
+            max_concurrency: 16,
+            multipart_threshold: 8 << 20,
+            part_size: 8 << 20,
+            max_retries: 10,
+            retry_timeout: Duration::from_secs(180),
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A [`FragmentStore`] in an S3 bucket, under a key prefix.
+pub struct S3Store {
+    s3: AmazonS3,
+    bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the bucket root.
+    prefix: String,
+    permits: Semaphore,
+    max_concurrency: usize,
+    multipart_threshold: usize,
+    part_size: usize,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Store({})", self.location())
+    }
+}
+
+impl S3Store {
+    /// Opens `s3://bucket/optional/prefix`. Performs no network request: a wrong bucket or
+    /// credentials show up on the first operation (or call [`S3Store::check`]).
+    pub fn from_url(url: &str, options: S3Options) -> Result<S3Store> {
+        let (bucket, prefix) = parse_url(url)?;
+        let invalid = |what: &str, e: &dyn fmt::Display| {
+            FragmentError::InvalidInput(format!("S3 store {url}: {what}: {e}"))
+        };
+
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+        let has_keys = options.credentials.is_some()
+            || builder
+                .get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+                .is_some();
+        let has_region = options.region.is_some()
+            || builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .is_some();
+        if !has_keys || !has_region {
+            let prof = profile::Profile::load_from_env();
+            if let (false, Some(c)) = (has_keys, prof.credentials) {
+                builder = apply_credentials(builder, c);
+            }
+            if let (false, Some(region)) = (has_region, prof.region) {
+                builder = builder.with_region(region);
+            }
+        }
+        if let Some(c) = options.credentials {
+            builder = apply_credentials(builder, c);
+        }
+        if let Some(region) = options.region {
+            builder = builder.with_region(region);
+        }
+        let endpoint = options.endpoint.or_else(|| {
+            builder
+                .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
+                .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint))
+        });
+        if let Some(endpoint) = endpoint {
+            if endpoint.starts_with("http://") {
+                builder = builder.with_allow_http(true);
+            }
+            // Custom services rarely have per-bucket DNS names: address by path.
+            builder = builder
+                .with_endpoint(&endpoint)
+                .with_config(AmazonS3ConfigKey::S3Endpoint, &endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let retry = RetryConfig {
+            max_retries: options.max_retries,
+            retry_timeout: options.retry_timeout,
+            ..RetryConfig::default()
+        };
+        let s3 = builder
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}ms", options.request_timeout.as_millis()),
+            )
+            .with_retry(retry)
+            .build()
+            .map_err(|e| invalid("configuration", &e))?;
+
+        let max_concurrency = options.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        Ok(S3Store {
+            s3,
+            bucket,
+            prefix,
+            permits: Semaphore::new(max_concurrency),
+            max_concurrency,
+            multipart_threshold: options.multipart_threshold,
+            part_size: options.part_size.max(MIN_PART_SIZE),
+        })
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix inside the bucket (no leading or trailing `/`; empty for the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Makes one listing request, so that a missing bucket, a wrong endpoint or bad
+    /// credentials fail here with a clear error rather than on the first read.
+    pub async fn check(&self) -> Result<()> {
+        let _permit = self.permit("check", "").await?;
+        let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        self.s3
+            .list_with_delimiter(dir.as_ref())
+            .await
+            .map_err(|e| self.backend_error("check", "", &e))?;
+        Ok(())
+    }
+
+    /// Bucket path of a store key.
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// `s3://bucket/prefix/key`, for messages.
+    fn url(&self, key: &str) -> String {
+        let mut url = self.location();
+        if !key.is_empty() {
+            url.push('/');
+            url.push_str(key);
+        }
+        url
+    }
+
+    async fn permit(&self, op: &'static str, key: &str) -> Result<SemaphorePermit<'_>> {
+        // The semaphore is never closed; map the impossible error rather than panic.
+        self.permits
+            .acquire()
+            .await
+            .map_err(|e| self.error(op, key, e.to_string()))
+    }
+
+    fn error(&self, op: &'static str, key: &str, reason: String) -> FragmentError {
+        FragmentError::Backend {
+            backend: BACKEND,
+            op,
+            key: self.url(key),
+            reason,
+        }
+    }
+
+    /// Any `object_store` error as a backend error (even NotFound: used where a missing
+    /// object is not the question, so a 404 means a missing bucket).
+    fn backend_error(&self, op: &'static str, key: &str, e: &object_store::Error) -> FragmentError {
+        let mut reason = e.to_string();
+        if reason.contains("NoSuchBucket") {
+            reason = format!("bucket {} does not exist ({reason})", self.bucket);
+        }
+        self.error(op, key, reason)
+    }
+
+    /// A NotFound for a missing object, a backend error for everything else (a missing
+    /// bucket included: S3 says `NoSuchBucket` in the body of its 404).
+    fn object_error(&self, op: &'static str, key: &str, e: object_store::Error) -> FragmentError {
+        match &e {
+            object_store::Error::NotFound { .. } if !e.to_string().contains("NoSuchBucket") => {
+                FragmentError::NotFound {
+                    key: self.url(key),
+                    op,
+                }
+            }
+            _ => self.backend_error(op, key, &e),
+        }
+    }
+
+    async fn head_path(&self, key: &ObjectKey, path: &Path) -> Result<Option<ObjectMeta>> {
+        let _permit = self.permit("head", key.as_str()).await?;
+        match self.s3.head(path).await {
+            Ok(meta) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: meta.size,
+                modified: SystemTime::from(meta.last_modified),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend_error("head", key.as_str(), &e)),
+        }
+    }
+
+    async fn put_single(&self, key: &ObjectKey, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
+        let payload = PutPayload::from(bytes);
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=CONFLICT_ATTEMPTS {
+            let result = {
+                let _permit = self.permit("put", key.as_str()).await?;
+                let options = PutOptions::from(PutMode::Create);
+                self.s3.put_opts(path, payload.clone(), options).await
+            };
+            match result {
+                Ok(_) => return Ok(PutOutcome::Created),
+                // object_store maps 412 (and 304) to AlreadyExists wrapping its own error:
+                // the object exists.
+                Err(object_store::Error::AlreadyExists { source, .. })
+                    if source.downcast_ref::<object_store::Error>().is_some() =>
+                {
+                    return Ok(PutOutcome::AlreadyExists);
+                }
+                // A bare AlreadyExists is HTTP 409: S3's ConditionalRequestConflict, another
+                // conditional write of this key is in flight and may still fail. Try again
+                // until one of them settles the question.
+                Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                    if attempt == CONFLICT_ATTEMPTS {
+                        return Err(self.backend_error("put", key.as_str(), &e));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(self.backend_error("put", key.as_str(), &e)),
+            }
+        }
+        Err(self.error("put", key.as_str(), "conflicting writes".into()))
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        bytes: Bytes,
+    ) -> Result<PutOutcome> {
+        // No conditional multipart upload on S3: check first. Losing a race overwrites the
+        // object with identical bytes (the key is their hash), which readers cannot tell.
+        if self.head_path(key, path).await?.is_some() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let k = key.as_str();
+        let mut upload = {
+            let _permit = self.permit("put", k).await?;
+            self.s3
+                .put_multipart(path)
+                .await
+                .map_err(|e| self.backend_error("put", k, &e))?
+        };
+        let part_size = self.part_size.max(bytes.len().div_ceil(MAX_PARTS));
+        // Parts are lazy futures numbered in creation order; each takes a permit while it
+        // runs. (A plain loop, not a closure: closures here trip rustc's Send inference.)
+        let mut parts: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = bytes.len().min(start + part_size);
+            let part = upload.put_part(PutPayload::from(bytes.slice(start..end)));
+            parts.push(Box::pin(self.upload_part(k, part)));
+            start = end;
+        }
+        let uploaded = stream::iter(parts)
+            .buffer_unordered(self.max_concurrency)
+            .try_collect::<Vec<()>>()
+            .await;
+        let completed = match uploaded {
+            Ok(_) => {
+                let _permit = self.permit("put", k).await?;
+                upload
+                    .complete()
+                    .await
+                    .map_err(|e| self.backend_error("put", k, &e))
+            }
+            Err(e) => Err(e),
+        };
+        match completed {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) => {
+                // Best effort: an unaborted upload only costs storage until the bucket's
+                // lifecycle rule (if any) removes it; the original error matters more.
+                let _permit = self.permit("put", k).await?;
+                let _ = upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl S3Store {
+    async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
+        let _permit = self.permit("put", key).await?;
+        part.await.map_err(|e| self.backend_error("put", key, &e))
+    }
+}
+
+fn apply_credentials(builder: AmazonS3Builder, c: S3Credentials) -> AmazonS3Builder {
+    let builder = builder
+        .with_access_key_id(c.access_key_id)
+        .with_secret_access_key(c.secret_access_key);
+    match c.session_token {
+        Some(token) => builder.with_token(token),
+        None => builder,
+    }
+}
+
+/// Splits `s3://bucket/optional/prefix` into bucket and prefix (no surrounding `/`).
+fn parse_url(url: &str) -> Result<(String, String)> {
+    let bad = |why: &str| FragmentError::InvalidInput(format!("S3 URL {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| bad("must start with s3://"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_end_matches('/');
+    // Bucket names: 3 to 63 of a-z 0-9 . - (S3's rules; MinIO and R2 follow them).
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !bucket_ok {
+        return Err(bad("bucket name must be 3 to 63 characters of a-z 0-9 . -"));
+    }
+    if !prefix.is_empty() {
+        // The same rules as object keys: the prefix is part of every key.
+        ObjectKey::new(prefix).map_err(|e| bad(&format!("prefix: {e}")))?;
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+#[async_trait]
+impl FragmentStore for S3Store {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        let path = self.path(key.as_str());
+        if bytes.len() > self.multipart_threshold {
+            self.put_multipart(key, &path, bytes).await
+        } else {
+            self.put_single(key, &path, bytes).await
+        }
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        let k = key.as_str();
+        let _permit = self.permit("get", k).await?;
+        let result = self
+            .s3
+            .get(&self.path(k))
+            .await
+            .map_err(|e| self.object_error("get", k, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.object_error("get", k, e))
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        self.head_path(key, &self.path(key.as_str())).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        // object_store lists whole path segments; list the deepest complete directory of
+        // the prefix and filter the rest by string.
+        let full = self.path_string(prefix);
+        let dir = full.rfind('/').map(|i| Path::from(&full[..i]));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let _permit = self.permit("list", prefix).await?;
+        let mut objects = self.s3.list(dir.as_ref());
+        let mut out = Vec::new();
+        while let Some(meta) = objects.next().await {
+            let meta = meta.map_err(|e| self.backend_error("list", prefix, &e))?;
+            let location = meta.location.as_ref();
+            if !location.starts_with(&full) {
+                continue;
+            }
+            // Objects that are not valid keys were not written by a store; leave them be.
+            let Some(Ok(key)) = location.strip_prefix(&strip).map(ObjectKey::new) else {
+                continue;
+            };
+            out.push(ObjectMeta {
+                key,
+                size: meta.size,
+                modified: SystemTime::from(meta.last_modified),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        let k = key.as_str();
+        let _permit = self.permit("delete", k).await?;
+        match self.s3.delete(&self.path(k)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.object_error("delete", k, e) {
+                FragmentError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+impl S3Store {
+    /// Bucket key string of a store key prefix (which may end inside a segment).
+    fn path_string(&self, prefix: &str) -> String {
+        if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_bucket_and_prefix() {
+        assert_eq!(
+            parse_url("s3://my-bucket").unwrap(),
+            ("my-bucket".into(), "".into())
+        );
+        assert_eq!(
+            parse_url("s3://my-bucket/").unwrap(),
+            ("my-bucket".into(), "".into())
+        );
+        assert_eq!(
+            parse_url("s3://my.bucket/a/b-c/").unwrap(),
+            ("my.bucket".into(), "a/b-c".into())
+        );
+        for bad in [
+            "my-bucket",
+            "http://my-bucket/x",
+            "s3://",
+            "s3://ab",
+            "s3://My-Bucket",
+            "s3://bucket/a//b",
+            "s3://bucket/../x",
+            "s3://bucket/a b",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn location_and_paths_include_the_prefix() {
+        let options = || S3Options {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            credentials: Some(S3Credentials {
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            }),
+            ..S3Options::default()
+        };
+        let store = S3Store::from_url("s3://bucket/lib/one", options()).unwrap();
+        assert_eq!(store.location(), "s3://bucket/lib/one");
+        assert_eq!(store.url("manifests/m"), "s3://bucket/lib/one/manifests/m");
+        assert_eq!(store.path("manifests/m").as_ref(), "lib/one/manifests/m");
+        assert_eq!(format!("{store:?}"), "S3Store(s3://bucket/lib/one)");
+
+        let root = S3Store::from_url("s3://bucket", options()).unwrap();
+        assert_eq!(root.location(), "s3://bucket");
+        assert_eq!(root.path("a/b").as_ref(), "a/b");
+    }
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let c = S3Credentials {
+            access_key_id: "AKIA".into(),
+            secret_access_key: "hunter2".into(),
+            session_token: Some("tok".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AKIA") && !shown.contains("hunter2") && !shown.contains("tok\""));
+    }
+}

@@ -22,7 +22,9 @@ use crate::error::{FragmentError, Result};
 use crate::manifest::ModelManifest;
 use crate::object::{self, ObjectHeader};
 use crate::store::{FragmentStore, MANIFESTS_PREFIX, ObjectKey};
-use crate::types::{Dtype, Encoding, FragmentId, LibraryConfig, validate_model_name};
+use crate::types::{
+    Dtype, Encoding, FragmentId, FragmentMetadata, LibraryConfig, validate_model_name,
+};
 
 /// A library of models stored as content-addressed fragments in one store.
 ///
@@ -146,8 +148,15 @@ impl FragmentLibrary {
 
     /// How a fragment is stored (`None` if it is not): its header plus the object size.
     pub async fn fragment_info(&self, id: &FragmentId) -> Result<Option<FragmentMetadata>> {
-        let Some(header) = self.fragment_header(id).await? else { return Ok(None) };
-        let stored_len = self.inner.store.head(&ObjectKey::fragment(id)).await?.map_or(0, |m| m.size);
+        let Some(header) = self.fragment_header(id).await? else {
+            return Ok(None);
+        };
+        let stored_len = self
+            .inner
+            .store
+            .head(&ObjectKey::fragment(id))
+            .await?
+            .map_or(0, |m| m.size);
         Ok(Some(FragmentMetadata {
             id: *id,
             len: header.decoded_len,
