@@ -5,11 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::{Family, FamilyModel};
-use haagenti_core::{CodecRegistry, FragmentLibrary, IngestOptions, LibraryConfig};
+use haagenti_core::synth::{Family, FamilyModel, generate_model};
+use haagenti_core::{
+    Codec, CodecRegistry, CodecTag, Dtype, EncodeHint, FragmentLibrary, IngestOptions,
+    LibraryConfig,
+};
 use haagenti_store_fs::FsStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,8 +35,35 @@ pub struct ModelResult {
     pub peak_rss_export_bytes: Option<u64>,
     /// Every exported file equals its source, byte for byte.
     pub identical: bool,
+    pub ingest_profile: Profile,
+    pub export_profile: Profile,
     /// The library's own `IngestReport`.
     pub ingest_report: Value,
+}
+
+/// Where a phase's CPU time went.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub wall_secs: f64,
+    /// User + system CPU seconds of the child process (kernel accounting).
+    pub cpu_secs: Option<f64>,
+    /// Seconds inside codec encode/decode calls, summed over threads (measured).
+    pub codec_secs: f64,
+    /// BLAKE3 seconds, estimated: two passes over the bytes (fragment ids and whole-file
+    /// hashes) at the single-thread speed measured in the same child.
+    pub hash_secs_est: f64,
+}
+
+impl Profile {
+    fn add(&mut self, other: &Profile) {
+        self.wall_secs += other.wall_secs;
+        self.cpu_secs = match (self.cpu_secs, other.cpu_secs) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.codec_secs += other.codec_secs;
+        self.hash_secs_est += other.hash_secs_est;
+    }
 }
 
 /// haagenti's part of a run.
@@ -41,6 +72,9 @@ pub struct HaagentiRun {
     pub summary: SystemResult,
     pub models: Vec<ModelResult>,
     pub stats: Option<Value>,
+    /// Sums over every model.
+    pub ingest_profile: Profile,
+    pub export_profile: Profile,
 }
 
 impl HaagentiRun {
@@ -67,8 +101,27 @@ impl HaagentiRun {
 struct ChildOutput {
     /// Seconds the library call took inside the child.
     secs: f64,
+    cpu_secs: Option<f64>,
+    codec_secs: f64,
+    /// Single-thread BLAKE3 speed measured in the child after the operation.
+    blake3_bytes_per_sec: f64,
     peak_rss_bytes: Option<u64>,
     report: Value,
+}
+
+impl ChildOutput {
+    fn profile(&self, bytes: u64) -> Profile {
+        Profile {
+            wall_secs: self.secs,
+            cpu_secs: self.cpu_secs,
+            codec_secs: self.codec_secs,
+            hash_secs_est: if self.blake3_bytes_per_sec > 0.0 {
+                2.0 * bytes as f64 / self.blake3_bytes_per_sec
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// The codecs haagenti stores with.
@@ -78,13 +131,95 @@ fn codecs() -> CodecRegistry {
     CodecRegistry::default()
 }
 
-fn open_library(dir: &Path) -> Result<FragmentLibrary> {
+/// A codec that times its inner codec's calls.
+#[derive(Debug)]
+struct TimedCodec {
+    inner: Arc<dyn Codec>,
+    nanos: Arc<AtomicU64>,
+}
+
+impl TimedCodec {
+    fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = f();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        out
+    }
+}
+
+impl Codec for TimedCodec {
+    fn tag(&self) -> CodecTag {
+        self.inner.tag()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn encode(
+        &self,
+        input: &[u8],
+        hint: EncodeHint,
+        out: &mut Vec<u8>,
+    ) -> haagenti_core::Result<()> {
+        self.time(|| self.inner.encode(input, hint, out))
+    }
+
+    fn decode(
+        &self,
+        input: &[u8],
+        decoded_len: usize,
+        out: &mut Vec<u8>,
+    ) -> haagenti_core::Result<()> {
+        self.time(|| self.inner.decode(input, decoded_len, out))
+    }
+}
+
+/// `codecs()` with every codec wrapped in a [`TimedCodec`] sharing `nanos`.
+fn timed_codecs(nanos: &Arc<AtomicU64>) -> CodecRegistry {
+    let base = codecs();
+    let wrap = |c: &Arc<dyn Codec>| -> Arc<dyn Codec> {
+        Arc::new(TimedCodec {
+            inner: c.clone(),
+            nanos: nanos.clone(),
+        })
+    };
+    let registry = base
+        .codecs()
+        .fold(CodecRegistry::default(), |r, c| r.register(wrap(c)));
+    registry.with_encoder(wrap(base.encoder()))
+}
+
+fn open_library(dir: &Path, codecs: CodecRegistry) -> Result<FragmentLibrary> {
     let store = FsStore::open(dir).with_context(|| format!("open library {}", dir.display()))?;
     Ok(FragmentLibrary::new(
         Arc::new(store),
-        codecs(),
+        codecs,
         LibraryConfig::default(),
     )?)
+}
+
+/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`
+/// (clock ticks of 1/100 s, Linux's USER_HZ).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Single-thread BLAKE3 bytes per second on 16 MiB.
+fn blake3_speed() -> f64 {
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&data);
+    std::hint::black_box(hasher.finalize());
+    data.len() as f64 / started.elapsed().as_secs_f64().max(1e-9)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -98,7 +233,8 @@ pub fn child(args: &[String]) -> Result<()> {
     let [op, lib, name, path] = args else {
         bail!("usage: haagenti-bench child ingest|export LIBRARY NAME PATH");
     };
-    let library = open_library(Path::new(lib))?;
+    let nanos = Arc::new(AtomicU64::new(0));
+    let library = open_library(Path::new(lib), timed_codecs(&nanos))?;
     let rt = runtime()?;
     let started = Instant::now();
     let report = match op.as_str() {
@@ -112,9 +248,14 @@ pub fn child(args: &[String]) -> Result<()> {
         )?,
         other => bail!("unknown child operation {other:?}"),
     };
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu_secs, peak_rss_bytes) = (cpu_secs(), util::peak_rss_bytes());
     let out = ChildOutput {
-        secs: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: util::peak_rss_bytes(),
+        secs,
+        cpu_secs,
+        codec_secs: nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        blake3_bytes_per_sec: blake3_speed(),
+        peak_rss_bytes,
         report,
     };
     println!("{}", serde_json::to_string(&out)?);
@@ -187,6 +328,8 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
             peak_rss_ingest_bytes: child.peak_rss_bytes,
             peak_rss_export_bytes: None,
             identical: false,
+            ingest_profile: child.profile(m.bytes),
+            export_profile: Profile::default(),
             ingest_report: child.report,
         });
     }
@@ -194,6 +337,7 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         let out = export_root.join(&m.name);
         let child = run_child("export", &lib, &m.name, &out)?;
         result.export_secs = child.secs;
+        result.export_profile = child.profile(m.bytes);
         result.peak_rss_export_bytes = child.peak_rss_bytes;
         let pairs = exported_pairs(m, &out);
         let mut identical = util::files_under(&out)?.len() == pairs.len();
@@ -203,7 +347,14 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         result.identical = identical;
         util::remove_dir_if_exists(&out)?;
     }
-    let stats = runtime()?.block_on(open_library(&lib)?.stats())?;
+    let stats = runtime()?.block_on(open_library(&lib, codecs())?.stats())?;
+    let (mut ingest_profile, mut export_profile) = (Profile::default(), Profile::default());
+    ingest_profile.cpu_secs = Some(0.0);
+    export_profile.cpu_secs = Some(0.0);
+    for m in &models {
+        ingest_profile.add(&m.ingest_profile);
+        export_profile.add(&m.export_profile);
+    }
     let stats_json = serde_json::to_value(&stats)?;
     let summary = SystemResult {
         stored_bytes: Some(stats.stored_bytes),
@@ -223,5 +374,48 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         summary,
         models,
         stats: Some(stats_json),
+        ingest_profile,
+        export_profile,
+    })
+}
+
+/// One large single-file model on its own: ingest and export time and peak RSS (peak
+/// RSS must not grow with model size).
+#[derive(Clone, Debug, Serialize)]
+pub struct BigModelResult {
+    pub bytes: u64,
+    pub dtype: String,
+    pub ingest_secs: f64,
+    pub export_secs: f64,
+    pub peak_rss_ingest_bytes: Option<u64>,
+    pub peak_rss_export_bytes: Option<u64>,
+    pub identical: bool,
+}
+
+pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
+    let dir = work.join("big-model");
+    let src = dir.join("big.safetensors");
+    let started = Instant::now();
+    let size = generate_model(&src, bytes, seed, Dtype::BF16)
+        .with_context(|| format!("generate {}", src.display()))?;
+    eprintln!(
+        "  generated {} in {:.1} s",
+        util::human(size),
+        started.elapsed().as_secs_f64()
+    );
+    let lib = dir.join("library");
+    let out = dir.join("export");
+    let ingest = run_child("ingest", &lib, "big", &src)?;
+    let export = run_child("export", &lib, "big", &out)?;
+    let identical = util::same_bytes(&src, &out.join("big.safetensors"))?;
+    util::remove_dir_if_exists(&dir)?;
+    Ok(BigModelResult {
+        bytes: size,
+        dtype: "BF16".into(),
+        ingest_secs: ingest.secs,
+        export_secs: export.secs,
+        peak_rss_ingest_bytes: ingest.peak_rss_bytes,
+        peak_rss_export_bytes: export.peak_rss_bytes,
+        identical,
     })
 }

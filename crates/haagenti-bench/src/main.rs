@@ -1,9 +1,10 @@
 //! `haagenti-bench`: run by `cargo xtask bench`; prints a markdown table and writes JSON.
 //!
 //! Subcommands:
-//! - `run [--quick] [--scale BYTES] [--seed N] [--out DIR]`: generate (or reuse) the corpus,
-//!   run haagenti and the baselines on it side by side, print the table, write
-//!   `OUT/latest.json` and, for a full run, `docs/benchmarks.md`.
+//! - `run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES]`: generate
+//!   the corpus, run haagenti and the baselines on it side by side, ingest and export one
+//!   large model on its own (peak RSS), print the table, write `OUT/latest.json` and, for
+//!   a full run, `docs/benchmarks.md`.
 //! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
 //! - `child ...`: internal; the ingest and export phases run in a child process so their
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
@@ -24,6 +25,8 @@ use anyhow::{Context, Result, bail};
 const DEFAULT_SCALE: u64 = 1_000_000_000;
 /// Corpus size of `--quick`.
 const QUICK_SCALE: u64 = 50_000_000;
+/// Size of the single large model of a full run (0 in `--quick`).
+const DEFAULT_BIG_MODEL: u64 = 2 << 30;
 const DEFAULT_SEED: u64 = 42;
 
 fn main() {
@@ -62,6 +65,8 @@ struct Options {
     scale: u64,
     seed: u64,
     out: PathBuf,
+    /// Size of the single large model (0: skip).
+    big_model: u64,
     positional: Option<PathBuf>,
 }
 
@@ -72,6 +77,7 @@ impl Options {
         let mut seed = DEFAULT_SEED;
         let mut out = util::workspace_root().join("target/bench");
         let mut positional = None;
+        let mut big_model = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -80,6 +86,7 @@ impl Options {
                 "--scale" => scale = Some(util::parse_bytes(value("--scale")?)?),
                 "--seed" => seed = value("--seed")?.parse().context("--seed")?,
                 "--out" => out = PathBuf::from(value("--out")?),
+                "--big-model" => big_model = Some(util::parse_bytes(value("--big-model")?)?),
                 s if want_positional && !s.starts_with('-') && positional.is_none() => {
                     positional = Some(PathBuf::from(s))
                 }
@@ -87,11 +94,13 @@ impl Options {
             }
         }
         let scale = scale.unwrap_or(if quick { QUICK_SCALE } else { DEFAULT_SCALE });
+        let big_model = big_model.unwrap_or(if quick { 0 } else { DEFAULT_BIG_MODEL });
         Ok(Self {
             quick,
             scale,
             seed,
             out,
+            big_model,
             positional,
         })
     }
@@ -124,12 +133,23 @@ fn run(opts: &Options) -> Result<()> {
     }
     eprintln!("restic ...");
     systems.push(baselines::restic(&family, &work)?);
+    let big_model = if opts.big_model > 0 {
+        eprintln!("one {} model on its own ...", util::human(opts.big_model));
+        Some(haagenti::big_model(&work, opts.big_model, opts.seed)?)
+    } else {
+        None
+    };
 
     // TODO(issue 4, issue 5): call codecs::run(opts.quick) and lsh::run(opts.quick) here
     // and add their `markdown` sections to the report once those modules land.
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
-    let identical = haagenti.check();
+    let identical = haagenti.check().and_then(|()| match &big_model {
+        Some(b) if !b.identical => {
+            anyhow::bail!("the large model's export differs from its source")
+        }
+        _ => Ok(()),
+    });
     let results = report::Results {
         quick: opts.quick,
         machine: report::Machine::detect(),
@@ -137,6 +157,9 @@ fn run(opts: &Options) -> Result<()> {
         systems,
         haagenti_models: haagenti.models,
         haagenti_stats: haagenti.stats,
+        haagenti_ingest_profile: haagenti.ingest_profile,
+        haagenti_export_profile: haagenti.export_profile,
+        big_model,
         wall_secs: started.elapsed().as_secs_f64(),
     };
     let markdown = report::markdown(&results);

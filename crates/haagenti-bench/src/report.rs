@@ -9,7 +9,7 @@ use haagenti_core::synth::Family;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::haagenti::ModelResult;
+use crate::haagenti::{BigModelResult, ModelResult, Profile};
 use crate::util::{self, human, mb_per_s};
 
 /// Version of the `latest.json` layout (docs/benchmarks.md describes it).
@@ -155,7 +155,25 @@ pub struct Results<'a> {
     pub haagenti_models: Vec<ModelResult>,
     /// `stats` of the haagenti library after the run, as the library reports it.
     pub haagenti_stats: Option<Value>,
+    pub haagenti_ingest_profile: Profile,
+    pub haagenti_export_profile: Profile,
+    pub big_model: Option<BigModelResult>,
     pub wall_secs: f64,
+}
+
+fn profile_line(phase: &str, p: &Profile) -> String {
+    let share = |secs: f64| match p.cpu_secs {
+        Some(cpu) if cpu > 0.0 => format!("{secs:.2} s ({:.0}%)", 100.0 * secs / cpu),
+        _ => format!("{secs:.2} s"),
+    };
+    format!(
+        "- {phase}: {:.1} s wall, {} CPU (kernel); codec calls {}; BLAKE3 ≈ {} (estimate: 2 passes at single-thread speed); signatures: not measured yet (issue 5)",
+        p.wall_secs,
+        p.cpu_secs
+            .map_or_else(|| "?".to_string(), |c| format!("{c:.1} s")),
+        share(p.codec_secs),
+        share(p.hash_secs_est),
+    )
 }
 
 fn opt_secs(v: Option<f64>) -> String {
@@ -293,6 +311,33 @@ pub fn markdown(r: &Results<'_>) -> String {
             );
         }
     }
+    if !r.haagenti_models.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nWhere haagenti's time went (shares of the phase's CPU time):\n"
+        );
+        let _ = writeln!(s, "{}", profile_line("ingest", &r.haagenti_ingest_profile));
+        let _ = writeln!(s, "{}", profile_line("export", &r.haagenti_export_profile));
+    }
+    if let Some(b) = &r.big_model {
+        let _ = writeln!(s, "\n### haagenti, one large model on its own\n");
+        let _ = writeln!(
+            s,
+            "| model | ingest MB/s | export MB/s | peak RSS ingest / export MiB | byte-identical |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---|");
+        let _ = writeln!(
+            s,
+            "| {} {} (single file) | {:.0} | {:.0} | {} / {} | {} |",
+            human(b.bytes),
+            b.dtype,
+            mb_per_s(b.bytes, b.ingest_secs),
+            mb_per_s(b.bytes, b.export_secs),
+            opt_mib(b.peak_rss_ingest_bytes),
+            opt_mib(b.peak_rss_export_bytes),
+            if b.identical { "yes" } else { "**NO**" }
+        );
+    }
     if let Some(stats) = &r.haagenti_stats {
         let _ = writeln!(
             s,
@@ -343,6 +388,9 @@ pub fn json(r: &Results<'_>) -> Value {
         "haagenti": {
             "models": r.haagenti_models,
             "stats": r.haagenti_stats,
+            "ingest_profile": r.haagenti_ingest_profile,
+            "export_profile": r.haagenti_export_profile,
+            "big_model": r.big_model,
         },
     })
 }
