@@ -54,7 +54,7 @@ fn cmd(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn test(_root: &Path, args: &[String]) -> Result<()> {
+fn test(root: &Path, args: &[String]) -> Result<()> {
     let lint = !args.iter().any(|a| a == "--no-lint");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if lint {
@@ -77,6 +77,16 @@ fn test(_root: &Path, args: &[String]) -> Result<()> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )?;
     }
-    cmd(&cargo, &["test", "--workspace", "--all-features"], &[])?;
-    Ok(())
+    // Build first so the S3 server does not idle through compilation.
+    cmd(
+        &cargo,
+        &["test", "--workspace", "--all-features", "--no-run"],
+        &[],
+    )?;
+    let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tests = cmd(&cargo, &["test", "--workspace", "--all-features"], &env);
+    drop(server); // stops the server (by PID) whether or not the tests passed
+    tests
 }

@@ -1,0 +1,400 @@
+//! [`PlanesCodec`] (tag 3): byte planes by element width, each plane coded by the method
+//! that suits it: raw, a constant, Huffman, LZ4 or zstd.
+//!
+//! # Payload format, version 1
+//!
+//! All integers little-endian. `decoded_len` is stored beside the fragment, not here.
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | format version, `1`; other values are rejected |
+//! | 1 | `width` W: 1, 2, 4 or 8 (1 = no split) |
+//! | 1 | layout: `0` plain planes, `1` each element rotated left one bit first (only with W > 1) |
+//! | … | W plane records, plane `j` holding byte `j` of each of the `n = decoded_len / W` elements |
+//! | `decoded_len % W` | the trailing partial element, verbatim |
+//!
+//! Nothing may follow. A plane record is a method byte and its data:
+//!
+//! | method | data |
+//! |---|---|
+//! | `0` raw | the `n` plane bytes |
+//! | `1` constant | 1 byte, repeated `n` times |
+//! | `2` Huffman | `u32` size, then a Huffman body (see below) decoding to `n` bytes |
+//! | `3` LZ4 | `u32` size, then one LZ4 block decoding to exactly `n` bytes |
+//! | `4` zstd | `u32` size, then zstd frame(s) decoding to exactly `n` bytes |
+//!
+//! A Huffman body is: `max_symbol` (1 byte); the code lengths of symbols
+//! `0..=max_symbol`, 4 bits each, low nibble first, 0 meaning absent, at most 11, forming
+//! a complete prefix code; the byte sizes of streams 0, 1, 2 as three `u32` (stream 3
+//! takes the rest). The `n` symbols are cut into four segments of `ceil(n / 4)` (the last
+//! shorter or empty), stream `k` coding segment `k` with canonical codes (shorter codes
+//! first, ties by symbol value) packed least significant bit first, each code's bits
+//! reversed. Each stream must end within its last byte.
+//!
+//! Rotation (layout 1) treats each element as a W-byte little-endian integer and rotates
+//! it left by one bit before splitting; it is chosen for bf16 and f32, where it makes the
+//! top plane exactly the 8-bit exponent.
+//!
+//! # Choosing a method per plane
+//!
+//! A plane whose bytes are all equal is stored as a constant. Otherwise a histogram of a
+//! sample (32 blocks of 1 KiB spread over the plane) estimates the order-0 entropy: a
+//! plane that would shrink by less than 1/16 (a float's low mantissa bytes) is stored raw
+//! at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
+//! entropy estimate by 10 % or more (blobs, sparse or quantised data); only then an LZ coder
+//! is tried on the whole plane. Whatever is chosen, a plane never costs more than raw + 1.
+//!
+//! | policy | entropy coder | LZ coder when the probe favours it |
+//! |---|---|---|
+//! | `Fast` | Huffman, codes built from the sample | LZ4 |
+//! | `Balanced` | Huffman, codes built from the whole plane | zstd level 3 |
+//! | `Max` | every method is tried on every plane (zstd at level 19); the smallest wins | |
+
+use haagenti_core::codec::CodecTag;
+use haagenti_core::{Codec, CodecPolicy, EncodeHint, FragmentError, Result};
+
+use crate::huffman::{self, Histogram};
+use crate::{decode_appending, planes};
+
+/// Byte planes with a per-plane entropy coder or LZ coder; the library's default encoder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanesCodec;
+
+/// Tag of [`PlanesCodec`].
+pub const PLANES_CODEC_TAG: CodecTag = 3;
+
+/// Version byte at the start of every [`PlanesCodec`] payload.
+pub const PLANES_FORMAT_VERSION: u8 = 1;
+
+const LAYOUT_PLAIN: u8 = 0;
+const LAYOUT_ROTATED: u8 = 1;
+
+const METHOD_RAW: u8 = 0;
+const METHOD_CONST: u8 = 1;
+const METHOD_HUFFMAN: u8 = 2;
+const METHOD_LZ4: u8 = 3;
+const METHOD_ZSTD: u8 = 4;
+
+const SAMPLE_BLOCKS: usize = 32;
+const SAMPLE_BLOCK: usize = 1024;
+const PROBE_LEN: usize = 16 << 10;
+#[cfg(feature = "zstd")]
+const BALANCED_ZSTD_LEVEL: i32 = 3;
+#[cfg(feature = "zstd")]
+const MAX_ZSTD_LEVEL: i32 = 19;
+
+impl Codec for PlanesCodec {
+    fn tag(&self) -> CodecTag {
+        PLANES_CODEC_TAG
+    }
+
+    fn name(&self) -> &'static str {
+        "planes"
+    }
+
+    fn encode(&self, input: &[u8], hint: EncodeHint, out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        let result = encode(input, hint, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result.map_err(|e| FragmentError::codec("planes", e))
+    }
+
+    fn decode(&self, input: &[u8], decoded_len: usize, out: &mut Vec<u8>) -> Result<()> {
+        decode_appending("planes", out, decoded_len, |dst| {
+            decode(input, dst).map_err(|e| FragmentError::codec("planes", e))
+        })
+    }
+}
+
+fn encode(input: &[u8], hint: EncodeHint, out: &mut Vec<u8>) -> Result<(), String> {
+    let (width, rotate) = planes::layout_for(hint.dtype);
+    let n = input.len() / width;
+    let body = n * width;
+    out.extend([
+        PLANES_FORMAT_VERSION,
+        width as u8,
+        if rotate { LAYOUT_ROTATED } else { LAYOUT_PLAIN },
+    ]);
+    let mut scratch = Vec::new();
+    if width == 1 {
+        encode_plane(input, hint.policy, out, &mut scratch)?;
+    } else {
+        let mut split = vec![0u8; body];
+        planes::split(input, width, rotate, &mut split);
+        for j in 0..width {
+            encode_plane(&split[j * n..(j + 1) * n], hint.policy, out, &mut scratch)?;
+        }
+    }
+    out.extend_from_slice(&input[body..]);
+    Ok(())
+}
+
+/// A byte histogram of up to [`SAMPLE_BLOCKS`] blocks spread over `plane`.
+struct Sample {
+    hist: Histogram,
+    len: usize,
+    whole: bool,
+}
+
+fn sample(plane: &[u8]) -> Sample {
+    if plane.len() <= SAMPLE_BLOCKS * SAMPLE_BLOCK * 2 {
+        return Sample {
+            hist: huffman::histogram(plane),
+            len: plane.len(),
+            whole: true,
+        };
+    }
+    let stride = plane.len() / SAMPLE_BLOCKS;
+    let mut hist = [0u32; 256];
+    for i in 0..SAMPLE_BLOCKS {
+        let block = &plane[i * stride..i * stride + SAMPLE_BLOCK];
+        for (h, c) in hist.iter_mut().zip(huffman::histogram(block)) {
+            *h += c;
+        }
+    }
+    Sample {
+        hist,
+        len: SAMPLE_BLOCKS * SAMPLE_BLOCK,
+        whole: false,
+    }
+}
+
+/// `part / of` of `len`, without overflow.
+fn scale(len: usize, part: usize, of: usize) -> usize {
+    (len as u128 * part as u128 / of.max(1) as u128) as usize
+}
+
+fn encode_plane(
+    plane: &[u8],
+    policy: CodecPolicy,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let Some(&first) = plane.first() else {
+        out.push(METHOD_RAW);
+        return Ok(());
+    };
+    let s = sample(plane);
+    if s.hist.iter().filter(|&&c| c > 0).count() == 1 && plane.iter().all(|&b| b == first) {
+        out.extend([METHOD_CONST, first]);
+        return Ok(());
+    }
+    let mark = out.len();
+    let mut best = Best { out, mark, scratch };
+
+    if policy == CodecPolicy::Max {
+        best.offer(METHOD_HUFFMAN, |o| {
+            huffman::encode(plane, &huffman::histogram(plane), o);
+            Ok(())
+        })?;
+        #[cfg(feature = "lz4")]
+        best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
+        #[cfg(feature = "zstd")]
+        best.offer(METHOD_ZSTD, |o| {
+            crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL, o)
+        })?;
+        return best.finish(plane);
+    }
+
+    let estimate = scale(plane.len(), huffman::entropy_bytes(&s.hist), s.len);
+    if estimate < plane.len() - plane.len() / 16 {
+        let hist = if s.whole {
+            s.hist
+        } else if policy == CodecPolicy::Fast {
+            smoothed(&s.hist)
+        } else {
+            huffman::histogram(plane)
+        };
+        best.offer(METHOD_HUFFMAN, |o| {
+            huffman::encode(plane, &hist, o);
+            Ok(())
+        })?;
+    }
+    let to_beat = best.size().unwrap_or(plane.len()).min(estimate);
+    if lz_probe_wins(plane, to_beat) {
+        offer_lz(&mut best, plane, policy)?;
+    }
+    best.finish(plane)
+}
+
+/// Sample counts with every symbol given a count, so symbols the sample missed still
+/// have a (long) code.
+fn smoothed(hist: &Histogram) -> Histogram {
+    hist.map(|c| c.saturating_mul(4).saturating_add(1))
+}
+
+/// Whether LZ4 on the start of `plane` beats `to_beat` (bytes for the whole plane) by 10 %.
+fn lz_probe_wins(plane: &[u8], to_beat: usize) -> bool {
+    let probe = &plane[..plane.len().min(PROBE_LEN)];
+    let mut buf = Vec::new();
+    #[cfg(feature = "lz4")]
+    let ok = crate::lz4::compress(probe, &mut buf).is_ok();
+    #[cfg(all(not(feature = "lz4"), feature = "zstd"))]
+    let ok = crate::zstd_codec::compress(probe, 1, &mut buf).is_ok();
+    #[cfg(not(any(feature = "lz4", feature = "zstd")))]
+    let ok = false;
+    ok && scale(plane.len(), buf.len(), probe.len()) < to_beat - to_beat / 10
+}
+
+#[allow(unused_variables, reason = "unused when no LZ coder is compiled in")]
+fn offer_lz(best: &mut Best<'_>, plane: &[u8], policy: CodecPolicy) -> Result<(), String> {
+    #[cfg(feature = "zstd")]
+    if policy != CodecPolicy::Fast || cfg!(not(feature = "lz4")) {
+        let level = if policy == CodecPolicy::Fast {
+            1
+        } else {
+            BALANCED_ZSTD_LEVEL
+        };
+        return best.offer(METHOD_ZSTD, |o| {
+            crate::zstd_codec::compress(plane, level, o)
+        });
+    }
+    #[cfg(feature = "lz4")]
+    best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
+    Ok(())
+}
+
+/// The smallest plane record offered so far, kept at `out[mark..]`.
+struct Best<'a> {
+    out: &'a mut Vec<u8>,
+    mark: usize,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl Best<'_> {
+    fn size(&self) -> Option<usize> {
+        (self.out.len() > self.mark).then(|| self.out.len() - self.mark)
+    }
+
+    /// Writes `[method][u32 size][body]`, in place when nothing is held yet, else into
+    /// the scratch buffer, keeping it only when smaller.
+    fn offer(
+        &mut self,
+        method: u8,
+        body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match self.size() {
+            None => write_sized(self.out, method, body),
+            Some(held) => {
+                self.scratch.clear();
+                write_sized(self.scratch, method, body)?;
+                if self.scratch.len() < held {
+                    self.out.truncate(self.mark);
+                    self.out.extend_from_slice(self.scratch);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Falls back to raw unless what is held is smaller.
+    fn finish(self, plane: &[u8]) -> Result<(), String> {
+        if self.size().is_none_or(|held| held > plane.len()) {
+            self.out.truncate(self.mark);
+            self.out.push(METHOD_RAW);
+            self.out.extend_from_slice(plane);
+        }
+        Ok(())
+    }
+}
+
+fn write_sized(
+    out: &mut Vec<u8>,
+    method: u8,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), String> {
+    let start = out.len();
+    out.extend([method, 0, 0, 0, 0]);
+    body(out)?;
+    let size = u32::try_from(out.len() - start - 5)
+        .map_err(|_| "plane record exceeds 4 GiB".to_string())?;
+    out[start + 1..start + 5].copy_from_slice(&size.to_le_bytes());
+    Ok(())
+}
+
+/// Bounds-checked reads from a payload.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let (head, rest) = self
+            .rest
+            .split_at_checked(n)
+            .ok_or_else(|| format!("payload truncated in {what}"))?;
+        self.rest = rest;
+        Ok(head)
+    }
+
+    /// A `u32` size followed by that many bytes.
+    fn sized(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let size = self.take(4, what)?;
+        let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]);
+        self.take(size as usize, what)
+    }
+}
+
+fn decode(input: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    let mut r = Reader { rest: input };
+    let version = r.u8("header")?;
+    if version != PLANES_FORMAT_VERSION {
+        return Err(format!(
+            "payload format version {version}; this build reads version {PLANES_FORMAT_VERSION}"
+        ));
+    }
+    let width = usize::from(r.u8("header")?);
+    if !matches!(width, 1 | 2 | 4 | 8) {
+        return Err(format!("invalid plane width {width}"));
+    }
+    let rotate = match r.u8("header")? {
+        LAYOUT_PLAIN => false,
+        LAYOUT_ROTATED if width > 1 => true,
+        other => return Err(format!("invalid layout {other} for width {width}")),
+    };
+    let n = dst.len() / width;
+    let body = n * width;
+    let (elements, tail) = dst.split_at_mut(body);
+    if width == 1 {
+        decode_plane(&mut r, elements)?;
+    } else {
+        let mut split = vec![0u8; body];
+        for j in 0..width {
+            decode_plane(&mut r, &mut split[j * n..(j + 1) * n])
+                .map_err(|e| format!("plane {j}: {e}"))?;
+        }
+        planes::merge(&split, width, rotate, elements);
+    }
+    tail.copy_from_slice(r.take(tail.len(), "trailing element")?);
+    if !r.rest.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the payload",
+            r.rest.len()
+        ));
+    }
+    Ok(())
+}
+
+fn decode_plane(r: &mut Reader<'_>, dst: &mut [u8]) -> Result<(), String> {
+    match r.u8("plane method")? {
+        METHOD_RAW => dst.copy_from_slice(r.take(dst.len(), "raw plane")?),
+        METHOD_CONST => dst.fill(r.u8("constant plane")?),
+        METHOD_HUFFMAN => huffman::decode(r.sized("huffman plane")?, dst)?,
+        #[cfg(feature = "lz4")]
+        METHOD_LZ4 => crate::lz4::decompress(r.sized("lz4 plane")?, dst)?,
+        #[cfg(feature = "zstd")]
+        METHOD_ZSTD => crate::zstd_codec::decompress(r.sized("zstd plane")?, dst)?,
+        #[cfg(not(feature = "lz4"))]
+        METHOD_LZ4 => return Err("lz4 planes are not compiled into this build".into()),
+        #[cfg(not(feature = "zstd"))]
+        METHOD_ZSTD => return Err("zstd planes are not compiled into this build".into()),
+        m => return Err(format!("unknown plane method {m}")),
+    }
+    Ok(())
+}
