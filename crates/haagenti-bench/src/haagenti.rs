@@ -47,7 +47,7 @@ pub struct Profile {
     pub wall_secs: f64,
     /// User + system CPU seconds of the child process (kernel accounting).
     pub cpu_secs: Option<f64>,
-    /// Seconds inside codec encode/decode calls, summed over threads (measured).
+    /// CPU seconds inside codec encode/decode calls, summed over threads (measured).
     pub codec_secs: f64,
     /// BLAKE3 seconds, estimated: two passes over the bytes (fragment ids and whole-file
     /// hashes) at the single-thread speed measured in the same child.
@@ -124,26 +124,34 @@ impl ChildOutput {
     }
 }
 
-/// The codecs haagenti stores with.
-// TODO(issue 4): switch to `haagenti_codec::default_registry()` once the codec crate
-// exports it; until then fragments are stored raw and the ratio shows dedup alone.
+/// The codecs haagenti stores with: the same default registry as the `haagenti` CLI.
 fn codecs() -> CodecRegistry {
-    CodecRegistry::default()
+    haagenti_codec::default_registry()
 }
 
-/// A codec that times its inner codec's calls.
+/// A codec that adds up the CPU time of its inner codec's calls.
 #[derive(Debug)]
 struct TimedCodec {
     inner: Arc<dyn Codec>,
     nanos: Arc<AtomicU64>,
 }
 
+/// CPU nanoseconds the calling thread has run (`/proc/thread-self/schedstat`): unlike
+/// wall time, this does not count time the thread waited for a core on a busy machine.
+fn thread_cpu_nanos() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 impl TimedCodec {
     fn time<T>(&self, f: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
+        let (cpu, wall) = (thread_cpu_nanos(), Instant::now());
         let out = f();
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        let spent = match (cpu, thread_cpu_nanos()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => u64::try_from(wall.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        };
+        self.nanos.fetch_add(spent, Ordering::Relaxed);
         out
     }
 }
