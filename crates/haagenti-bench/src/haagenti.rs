@@ -138,7 +138,11 @@ struct TimedCodec {
 
 /// CPU nanoseconds the calling thread has run (`/proc/thread-self/schedstat`): unlike
 /// wall time, this does not count time the thread waited for a core on a busy machine.
+/// The kernel brings a running thread's figure up to date only at ticks and switches, but
+/// reading the process's `/proc/self/stat` updates it (`thread_group_cputime`), so that
+/// read comes first.
 fn thread_cpu_nanos() -> Option<u64> {
+    std::fs::read("/proc/self/stat").ok()?;
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     s.split_whitespace().next()?.parse().ok()
 }

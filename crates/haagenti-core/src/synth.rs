@@ -321,6 +321,7 @@ pub struct SynthTensor {
 const CHUNK_ELEMENTS: usize = 16 * 1024;
 
 impl SynthTensor {
+    /// A tensor spec; nothing is generated until it is written.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>, recipe: Recipe) -> Self {
         Self {
             name: name.into(),
@@ -910,6 +911,7 @@ pub struct FamilySpec {
 pub const FAMILY_SIZE_FACTOR: f64 = 4.5;
 
 impl FamilySpec {
+    /// A family with an fp32 parent of about `scale_bytes` and the default shard limit.
     pub fn new(seed: u64, scale_bytes: u64) -> Self {
         Self {
             seed,
@@ -952,6 +954,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// Short lowercase name, as in reports and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Parent => "parent",
@@ -989,6 +992,7 @@ pub struct FamilyModel {
 }
 
 impl FamilyModel {
+    /// Whether the model is a directory (else a single `.safetensors` file).
     pub fn is_dir(&self) -> bool {
         self.path.is_dir()
     }
@@ -1003,6 +1007,7 @@ pub struct Family {
 }
 
 impl Family {
+    /// The model called `name`.
     pub fn model(&self, name: &str) -> Option<&FamilyModel> {
         self.models.iter().find(|m| m.name == name)
     }
