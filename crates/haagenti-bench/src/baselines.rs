@@ -4,8 +4,8 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use haagenti_core::synth::Family;
@@ -81,32 +81,52 @@ pub fn restic(family: &Family, work: &Path) -> Result<SystemResult> {
     };
     let repo = work.join("restic-repo");
     let target = work.join("restic-restore");
-    let restic = |args: &[&str]| -> Result<()> {
-        let out = Command::new("restic")
+    let stderr_path = work.join("restic.stderr");
+    // Runs restic; returns its peak RSS, sampled from /proc every 10 ms (VmHWM only grows,
+    // so the last sample misses at most the final 10 ms).
+    let restic = |args: &[&str]| -> Result<Option<u64>> {
+        let mut child = Command::new("restic")
             .arg("--repo")
             .arg(&repo)
             .args(["--no-cache", "--quiet"])
             .args(args)
             .env("RESTIC_PASSWORD", "haagenti-bench")
-            .output()
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr_path)?)
+            .spawn()
             .context("run restic")?;
-        if !out.status.success() {
+        let status_file = format!("/proc/{}/status", child.id());
+        let mut peak = None;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if let Some(hwm) = fs::read_to_string(&status_file)
+                .ok()
+                .as_deref()
+                .and_then(util::vm_hwm_bytes)
+            {
+                peak = peak.max(Some(hwm));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !status.success() {
             bail!(
                 "restic {}: {}",
                 args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                fs::read_to_string(&stderr_path).unwrap_or_default().trim()
             );
         }
-        Ok(())
+        Ok(peak)
     };
     restic(&["init", "--repository-version", "2"])?;
     let corpus = family.dir.to_string_lossy().into_owned();
     let started = Instant::now();
-    restic(&["--compression", "auto", "backup", &corpus])?;
+    let backup_rss = restic(&["--compression", "auto", "backup", &corpus])?;
     let ingest_secs = started.elapsed().as_secs_f64();
     let stored = util::dir_size(&repo)?;
     let started = Instant::now();
-    restic(&["restore", "latest", "--target", &target.to_string_lossy()])?;
+    let restore_rss = restic(&["restore", "latest", "--target", &target.to_string_lossy()])?;
     let restore_secs = started.elapsed().as_secs_f64();
     // restic restores absolute paths under the target.
     let restored_root = target.join(family.dir.strip_prefix("/").unwrap_or(&family.dir));
@@ -124,7 +144,11 @@ pub fn restic(family: &Family, work: &Path) -> Result<SystemResult> {
         ingest_secs: Some(ingest_secs),
         restore_secs: Some(restore_secs),
         verified: Some(verified),
-        note: format!("{version}, repository v2, all cores, whole corpus in one backup"),
+        peak_rss_ingest_bytes: backup_rss,
+        peak_rss_restore_bytes: restore_rss,
+        note: format!(
+            "{version}, repository v2, all cores, whole corpus in one backup; peak RSS sampled every 10 ms"
+        ),
         ..SystemResult::new(name, logical)
     })
 }

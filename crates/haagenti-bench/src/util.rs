@@ -102,7 +102,11 @@ pub fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
 
 /// Peak resident set size of this process so far (`VmHWM` in `/proc/self/status`).
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_bytes(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmHWM` (peak RSS) from the text of a `/proc/PID/status` file.
+pub fn vm_hwm_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
