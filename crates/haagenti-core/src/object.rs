@@ -9,18 +9,25 @@
 //!  8     8   decoded length, u64 LE
 //! 16     1   dtype tag (0: none)
 //! 17     7   reserved, zero
-//! 24    32   delta: base id | cast: source id      (absent for standalone)
-//! 56     2   cast: from dtype tag, to dtype tag      (absent otherwise)
+//! 24     8   checksum: xxh3-64 of bytes 32.. seeded with xxh3-64 of bytes 0..24
+//! 32    32   delta: base id | cast: source id      (absent for standalone)
+//! 64     2   cast: from dtype tag, to dtype tag      (absent otherwise)
 //! ..         payload (codec output; empty for cast)
 //! ```
+//!
+//! The checksum catches damage to the stored form even where a codec would decode
+//! damaged bytes to the right output (padding bits, unused fields): corruption is
+//! reported as soon as it happens, not when it finally changes the data. The BLAKE3
+//! check of the decoded bytes remains the authority.
 
 use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
 use crate::types::{Dtype, Encoding, FragmentId, LIBRARY_FORMAT_VERSION};
 
 pub const FRAGMENT_MAGIC: [u8; 4] = *b"HGFR";
-const FIXED_HEADER: usize = 24;
-/// Bytes needed to read any fragment header (the longest, cast, is 58 bytes).
+const FIXED_HEADER: usize = 32;
+const CHECKSUM_AT: usize = 24;
+/// Bytes needed to read any fragment header (the longest, cast, is 66 bytes).
 pub const MAX_HEADER_LEN: usize = FIXED_HEADER + 32 + 2;
 
 /// The decoded header of a stored fragment object.
@@ -63,6 +70,7 @@ pub fn write_header(
     out.extend_from_slice(&decoded_len.to_le_bytes());
     out.push(dtype.map_or(0, Dtype::tag));
     out.extend_from_slice(&[0u8; 7]);
+    out.extend_from_slice(&[0u8; 8]); // checksum, filled in by `seal`
     match encoding {
         Encoding::Standalone { .. } => {}
         Encoding::Delta { base, .. } => out.extend_from_slice(base.as_bytes()),
@@ -72,6 +80,37 @@ pub fn write_header(
             out.push(to.tag());
         }
     }
+}
+
+/// Computes the checksum of a complete object (header written by [`write_header`], then
+/// the payload) and stores it in the header.
+pub fn seal(object: &mut [u8]) {
+    let sum = checksum(object);
+    object[CHECKSUM_AT..FIXED_HEADER].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn checksum(object: &[u8]) -> u64 {
+    let seed = xxhash_rust::xxh3::xxh3_64(&object[..CHECKSUM_AT]);
+    xxhash_rust::xxh3::xxh3_64_with_seed(&object[FIXED_HEADER..], seed)
+}
+
+/// Checks the checksum of a complete object whose header parsed.
+pub fn verify_checksum(object: &[u8], key: &str) -> Result<()> {
+    if object.len() < FIXED_HEADER {
+        return Err(FragmentError::corrupt(
+            key,
+            "shorter than a fragment header",
+        ));
+    }
+    let mut stored = [0u8; 8];
+    stored.copy_from_slice(&object[CHECKSUM_AT..FIXED_HEADER]);
+    if u64::from_le_bytes(stored) != checksum(object) {
+        return Err(FragmentError::corrupt(
+            key,
+            "checksum mismatch: the stored object is damaged",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses and validates a fragment header. `key` names the object in errors.
@@ -103,7 +142,7 @@ pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
         0 => None,
         t => Some(Dtype::from_tag(t).ok_or_else(|| corrupt(&format!("unknown dtype tag {t}")))?),
     };
-    if bytes[17..24].iter().any(|&b| b != 0) {
+    if bytes[17..CHECKSUM_AT].iter().any(|&b| b != 0) {
         return Err(corrupt("reserved header bytes are not zero"));
     }
     let id_at = |at: usize| -> Result<FragmentId> {
@@ -169,11 +208,19 @@ mod tests {
             let mut buf = Vec::new();
             write_header(&mut buf, &enc, 1234, Some(Dtype::BF16));
             buf.extend_from_slice(b"payload");
+            seal(&mut buf);
+            verify_checksum(&buf, "k").unwrap();
             let h = read_header(&buf, "k").unwrap();
             assert_eq!(h.encoding, enc);
             assert_eq!(h.decoded_len, 1234);
             assert_eq!(h.dtype, Some(Dtype::BF16));
             assert_eq!(&buf[h.header_len..], b"payload");
+            // Any flipped bit anywhere is caught by the checksum.
+            for i in 0..buf.len() {
+                let mut bad = buf.clone();
+                bad[i] ^= 0x10;
+                assert!(verify_checksum(&bad, "k").is_err(), "flip at {i}");
+            }
             // Every truncation of the header is an error, never a panic.
             for cut in 0..h.header_len {
                 assert!(read_header(&buf[..cut], "k").is_err());

@@ -303,31 +303,30 @@ pub(crate) fn encode_standalone(
 ) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(object::MAX_HEADER_LEN + data.len() / 2);
     let encoder = codecs.encoder();
+    let standalone = |codec| Encoding::Standalone { codec };
     if encoder.tag() != RAW_CODEC_TAG && !data.is_empty() {
         object::write_header(
             &mut out,
-            &Encoding::Standalone {
-                codec: encoder.tag(),
-            },
+            &standalone(encoder.tag()),
             data.len() as u64,
             hint.dtype,
         );
         let header_len = out.len();
         encoder.encode(data, hint, &mut out)?;
         if out.len() - header_len < data.len() {
+            object::seal(&mut out);
             return Ok(out);
         }
         out.clear();
     }
     object::write_header(
         &mut out,
-        &Encoding::Standalone {
-            codec: RAW_CODEC_TAG,
-        },
+        &standalone(RAW_CODEC_TAG),
         data.len() as u64,
         hint.dtype,
     );
     out.extend_from_slice(data);
+    object::seal(&mut out);
     Ok(out)
 }
 
@@ -341,6 +340,7 @@ fn decode_verified(
     dependency: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let key = || ObjectKey::fragment(id).to_string();
+    object::verify_checksum(raw, &key())?;
     let payload = &raw[header.header_len..];
     let len = header.decoded_len as usize; // bounded by read_header
     let codec = |tag: u16| {
