@@ -140,8 +140,10 @@ fn run(opts: &Options) -> Result<()> {
         None
     };
 
-    // TODO(issue 4, issue 5): call codecs::run(opts.quick) and lsh::run(opts.quick) here
-    // and add their `markdown` sections to the report once those modules land.
+    eprintln!("codec micro-benchmarks ...");
+    let codec_rows = codecs::run(opts.quick)?;
+    eprintln!("signature and index micro-benchmarks ...");
+    let lsh_bench = lsh::run(opts.quick)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -160,6 +162,12 @@ fn run(opts: &Options) -> Result<()> {
         haagenti_ingest_profile: haagenti.ingest_profile,
         haagenti_export_profile: haagenti.export_profile,
         big_model,
+        micro: report::Micro {
+            codecs_markdown: codecs::markdown(&codec_rows),
+            codecs: serde_json::to_value(&codec_rows)?,
+            lsh_markdown: lsh::markdown(&lsh_bench),
+            lsh: serde_json::to_value(&lsh_bench)?,
+        },
         wall_secs: started.elapsed().as_secs_f64(),
     };
     let markdown = report::markdown(&results);

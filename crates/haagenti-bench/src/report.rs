@@ -158,7 +158,18 @@ pub struct Results<'a> {
     pub haagenti_ingest_profile: Profile,
     pub haagenti_export_profile: Profile,
     pub big_model: Option<BigModelResult>,
+    pub micro: Micro,
     pub wall_secs: f64,
+}
+
+/// The codec (issue 4) and signature/index (issue 5) micro-benchmarks, as their modules
+/// render them.
+#[derive(Debug)]
+pub struct Micro {
+    pub codecs_markdown: String,
+    pub codecs: Value,
+    pub lsh_markdown: String,
+    pub lsh: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -167,7 +178,7 @@ fn profile_line(phase: &str, p: &Profile) -> String {
         _ => format!("{secs:.2} s"),
     };
     format!(
-        "- {phase}: {:.1} s wall, {} CPU (kernel); codec calls {}; BLAKE3 ≈ {} (estimate: 2 passes at single-thread speed); signatures: not measured yet (issue 5)",
+        "- {phase}: {:.1} s wall, {} CPU (kernel); codec calls {}; BLAKE3 ≈ {} (estimate: 2 passes at single-thread speed); signatures: not measured separately (the library does not expose their time)",
         p.wall_secs,
         p.cpu_secs
             .map_or_else(|| "?".to_string(), |c| format!("{c:.1} s")),
@@ -345,6 +356,12 @@ pub fn markdown(r: &Results<'_>) -> String {
             serde_json::to_string_pretty(stats).unwrap_or_default()
         );
     }
+    let _ = writeln!(
+        s,
+        "\n### Codec micro-benchmarks (one core, 1 MiB fragments)\n\n{}",
+        r.micro.codecs_markdown.trim_end()
+    );
+    let _ = writeln!(s, "\n{}", r.micro.lsh_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -391,6 +408,10 @@ pub fn json(r: &Results<'_>) -> Value {
             "ingest_profile": r.haagenti_ingest_profile,
             "export_profile": r.haagenti_export_profile,
             "big_model": r.big_model,
+        },
+        "micro": {
+            "codecs": r.micro.codecs,
+            "lsh": r.micro.lsh,
         },
     })
 }
