@@ -6,6 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
+mod moto;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("xtask: error: {e:#}");
@@ -19,6 +22,8 @@ fn run() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("gen-corpus") => bench::gen_corpus(&args[1..]),
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(
@@ -86,7 +91,13 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
     let env = server.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let tests = cmd(&cargo, &["test", "--workspace", "--all-features"], &env);
+    let tests = cmd(
+        &cargo,
+        &["test", "--workspace", "--all-features", "--no-fail-fast"],
+        &env,
+    );
     drop(server); // stops the server (by PID) whether or not the tests passed
-    tests
+    tests?;
+    // Smoke test: the quick bench must complete and every export must be byte-identical.
+    bench::run(&["--quick".to_string()])
 }
