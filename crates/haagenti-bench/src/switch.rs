@@ -46,6 +46,8 @@ pub struct SwitchRow {
     /// Loading B into an empty cache.
     pub cold_seconds: f64,
     pub cold_bytes_fetched: u64,
+    /// CPU seconds spent decoding and verifying fragments in a cold load of B.
+    pub cold_decode_seconds: f64,
     /// Loading B right after A.
     pub warm_seconds: f64,
     pub warm_bytes_fetched: u64,
@@ -123,14 +125,12 @@ async fn measure(
     runs: usize,
 ) -> Result<SwitchRow> {
     let library = |budget: u64| -> Result<FragmentLibrary> {
-        Ok(
-            FragmentLibrary::new(
-                store.clone(),
-                haagenti_codec::default_registry(),
-                LibraryConfig::default(),
-            )?
-            .with_cache_bytes(budget),
-        )
+        Ok(FragmentLibrary::new(
+            store.clone(),
+            haagenti_codec::default_registry(),
+            LibraryConfig::default(),
+        )?
+        .with_cache_bytes(budget))
     };
     let setup = library(0)?;
     for (name, path) in [("a", a), ("b", b)] {
@@ -145,7 +145,11 @@ async fn measure(
         .iter()
         .flat_map(|t| t.fragments.iter().map(|r| r.id))
         .collect();
-    let frags_b: Vec<_> = hb.tensors().iter().flat_map(|t| t.fragments.clone()).collect();
+    let frags_b: Vec<_> = hb
+        .tensors()
+        .iter()
+        .flat_map(|t| t.fragments.clone())
+        .collect();
     let shared: Vec<_> = frags_b.iter().filter(|r| ids_a.contains(&r.id)).collect();
     let shared_bytes: u64 = shared.iter().map(|r| u64::from(r.len)).sum();
     // Room for all of A: B after A finds every shared fragment.
@@ -177,6 +181,7 @@ async fn measure(
         a_seconds: median(a_secs),
         cold_seconds,
         cold_bytes_fetched,
+        cold_decode_seconds: median(cold.iter().map(|l| l.decode_seconds).collect()),
         warm_seconds,
         warm_bytes_fetched,
         warm_bytes_from_cache: w.map_or(0, |l| l.from_cache),
@@ -190,6 +195,7 @@ struct Load {
     seconds: f64,
     fetched: u64,
     from_cache: u64,
+    decode_seconds: f64,
 }
 
 /// Loads every tensor of `model`, then drops them.
@@ -204,6 +210,7 @@ async fn load(lib: &FragmentLibrary, model: &str) -> Result<Load> {
         seconds,
         fetched: used.bytes_fetched,
         from_cache: used.cache_hit_bytes,
+        decode_seconds: used.decode_seconds,
     })
 }
 
@@ -263,7 +270,12 @@ fn write_pair(dir: &Path, d: &Dims) -> Result<(PathBuf, PathBuf)> {
                 std: 0.02 * 3e-3,
             }
         };
-        a.push(SynthTensor::new(name.clone(), Dtype::BF16, shape.clone(), base));
+        a.push(SynthTensor::new(
+            name.clone(),
+            Dtype::BF16,
+            shape.clone(),
+            base,
+        ));
         b.push(SynthTensor::new(name, Dtype::BF16, shape, tuned));
     }
     let (pa, pb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
@@ -327,12 +339,12 @@ pub fn markdown(bench: &SwitchBench) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let mut out = String::from(
         "### Model switching (B after A vs cold B)\n\n\
-         | store | A / B tensor MB | B's fragments shared with A (count / bytes) | load A s | cold B s | B after A s | time ratio (<= 0.60) | cold B fetched MB | B after A fetched MB | bytes ratio (<= 0.55) | cold B GB/s |\n\
+         | store | A / B tensor MB | B's fragments shared with A (count / bytes) | load A s | cold B s (decode CPU s) | B after A s | time ratio (<= 0.60) | cold B fetched MB | B after A fetched MB | bytes ratio (<= 0.55) | cold B GB/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &bench.rows {
         out.push_str(&format!(
-            "| {} | {:.0} / {:.0} | {:.0}% / {:.0}% | {:.3} | {:.3} | {:.3} | {:.2} {} | {:.1} | {:.1} | {:.2} {} | {:.2} {} |\n",
+            "| {} | {:.0} / {:.0} | {:.0}% / {:.0}% | {:.3} | {:.3} ({:.2}) | {:.3} | {:.2} {} | {:.1} | {:.1} | {:.2} {} | {:.2} {} |\n",
             r.store,
             mb(r.model_a_bytes),
             mb(r.model_b_bytes),
@@ -340,6 +352,7 @@ pub fn markdown(bench: &SwitchBench) -> String {
             r.shared_bytes * 100.0,
             r.a_seconds,
             r.cold_seconds,
+            r.cold_decode_seconds,
             r.warm_seconds,
             r.time_ratio,
             mark(r.time_ratio <= TARGET_TIME_RATIO),

@@ -96,7 +96,7 @@ pub async fn load_model(lib: &FragmentLibrary, model: &str) -> Result<ModelLoad>
     Ok(ModelLoad {
         model: model.to_string(),
         tensors: tensors.len() as u64,
-        bytes: tensors.iter().map(|t| t.data.len() as u64).sum(),
+        bytes: tensors.iter().map(|t| t.len()).sum(),
         seconds,
         bytes_fetched: used.bytes_fetched,
         bytes_from_cache: used.cache_hit_bytes,

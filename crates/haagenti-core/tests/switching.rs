@@ -150,7 +150,7 @@ async fn assert_tensors_match_file(handle: &ModelHandle, file: &Path) {
         let tensor = handle.read(info).await.unwrap();
         let range = info.offset as usize..(info.offset + info.len) as usize;
         assert!(
-            tensor.data[..] == source[range],
+            tensor.to_bytes()[..] == source[range],
             "{} of {} differs from the source",
             info.name,
             handle.name()
@@ -179,13 +179,18 @@ async fn reading_one_tensor_fetches_only_its_fragments() {
     assert_eq!(wanted.len(), 4);
     assert_eq!(gets.keys().cloned().collect::<BTreeSet<_>>(), wanted);
     assert!(gets.values().all(|&n| n == 1), "{gets:?}");
-    assert_eq!(tensor.data.len(), 256 * 512 * 2);
+    assert_eq!(tensor.len(), 256 * 512 * 2);
+    assert_eq!(tensor.parts.len(), 4);
     let m = lib.metrics();
     assert_eq!((m.store_reads, m.cache_misses, m.cache_hits), (4, 4, 0));
 
-    // Read again: all from the cache.
-    handle.read_tensor("layers.5.weight").await.unwrap();
+    // Read again: all from the cache, sharing the first read's bytes.
+    let again = handle.read_tensor("layers.5.weight").await.unwrap();
     assert!(store.take_fragment_gets().is_empty());
+    assert_eq!(again, tensor);
+    for (x, y) in again.parts.iter().zip(&tensor.parts) {
+        assert_eq!(x.as_ptr(), y.as_ptr(), "a cached fragment is not copied");
+    }
     let m = lib.metrics();
     assert_eq!((m.store_reads, m.cache_hits), (4, 4));
     assert_eq!(m.cache_hit_bytes, 4 * FRAGMENT as u64);
@@ -302,7 +307,12 @@ async fn every_tensor_read_equals_the_source_bytes() {
                 std::fs::read(path).unwrap()
             });
             let range = info.offset as usize..(info.offset + info.len) as usize;
-            assert!(t.data[..] == source[range], "{} {}", m.name, info.name);
+            assert!(
+                t.to_bytes()[..] == source[range],
+                "{} {}",
+                m.name,
+                info.name
+            );
         }
         assert!(!sources.is_empty(), "{} has tensors", m.name);
         if !m.is_dir() {
@@ -343,7 +353,7 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
     );
     let m = lib.metrics();
     assert_eq!((m.cache_misses, m.cache_hits), (1, 15));
-    // One-fragment tensors share the cached bytes: no copies.
-    let first = tensors[0].data.as_ptr();
-    assert!(tensors.iter().all(|t| t.data.as_ptr() == first));
+    // Every reader holds the same cached bytes: no copies.
+    let first = tensors[0].parts[0].as_ptr();
+    assert!(tensors.iter().all(|t| t.parts[0].as_ptr() == first));
 }

@@ -2,6 +2,7 @@
 //!
 //! Reading a tensor fetches only its fragments, through the library's shared cache, so
 //! switching to a model that shares fragments with one loaded before fetches only the rest.
+//! A tensor holds its fragments' cached bytes as they are: loading never copies them.
 
 use std::sync::Arc;
 
@@ -29,15 +30,41 @@ pub struct TensorInfo {
     pub fragments: Vec<FragmentRef>,
 }
 
-/// A tensor read from the library. `data` is the tensor's little-endian bytes as in the
-/// source file; a tensor held in one fragment shares the cached fragment's bytes.
+/// A tensor read from the library: its bytes as in the source file, held as the bytes of
+/// its fragments, shared with the cache and every other reader (never copied).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tensor {
     pub name: String,
     pub file: String,
     pub dtype: Dtype,
     pub shape: Vec<u64>,
-    pub data: Bytes,
+    /// The fragments' bytes, in order; together exactly the tensor's data.
+    pub parts: Vec<Bytes>,
+}
+
+impl Tensor {
+    /// Length of the tensor's data in bytes.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+
+    /// The data in one buffer: the single fragment's bytes without a copy, or the parts
+    /// concatenated once.
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                many.iter().for_each(|p| joined.extend_from_slice(p));
+                joined.freeze()
+            }
+        }
+    }
 }
 
 /// An open model: its tensor list, and reads of single tensors or all of them.
@@ -115,22 +142,22 @@ impl ModelHandle {
         self.read(self.tensor(name)?).await
     }
 
-    /// Reads one tensor, fetching its fragments `parallelism` at a time.
+    /// Reads one tensor, fetching its fragments [`in_flight`](Self::in_flight) at a time.
     pub async fn read(&self, info: &TensorInfo) -> Result<Tensor> {
         let parts: Vec<Bytes> = self
             .fetch(info)
-            .buffered(self.parallelism())
+            .buffered(self.in_flight())
             .try_collect()
             .await?;
-        self.assemble(info, parts).await
+        self.assemble(info, parts)
     }
 
-    /// Reads every tensor, in [`tensors`](Self::tensors) order, keeping `parallelism`
-    /// fragments in flight across tensor boundaries.
+    /// Reads every tensor, in [`tensors`](Self::tensors) order, keeping
+    /// [`in_flight`](Self::in_flight) fragments in flight across tensor boundaries.
     pub async fn load_all(&self) -> Result<Vec<Tensor>> {
         let mut fetched = futures::stream::iter(self.tensors.iter())
             .flat_map(|t| self.fetch(t))
-            .buffered(self.parallelism());
+            .buffered(self.in_flight());
         let mut out = Vec::with_capacity(self.tensors.len());
         for info in self.tensors.iter() {
             let mut parts = Vec::with_capacity(info.fragments.len());
@@ -140,13 +167,15 @@ impl ModelHandle {
                     None => return Err(self.corrupt(info, "fragment stream ended early")),
                 }
             }
-            out.push(self.assemble(info, parts).await?);
+            out.push(self.assemble(info, parts)?);
         }
         Ok(out)
     }
 
-    fn parallelism(&self) -> usize {
-        self.library.config().parallelism
+    /// Fragments fetched at once: twice the library's `parallelism` (as export does), so
+    /// that decoding never waits for a read.
+    pub fn in_flight(&self) -> usize {
+        self.library.config().parallelism.saturating_mul(2)
     }
 
     /// One future per fragment of `info`, each fetching on its own task so fetches advance
@@ -167,30 +196,18 @@ impl ModelHandle {
         })
     }
 
-    /// The tensor from its fragments: the one fragment's bytes as they are, or several
-    /// concatenated once.
-    async fn assemble(&self, info: &TensorInfo, mut parts: Vec<Bytes>) -> Result<Tensor> {
+    /// The tensor from its fragments, checked against its length.
+    fn assemble(&self, info: &TensorInfo, parts: Vec<Bytes>) -> Result<Tensor> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if total != info.len {
             return Err(self.corrupt(info, "fragments do not add up to the tensor's length"));
         }
-        let data = if parts.len() <= 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            tokio::task::spawn_blocking(move || {
-                let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-                parts.iter().for_each(|p| joined.extend_from_slice(p));
-                joined.freeze()
-            })
-            .await
-            .map_err(join_error)?
-        };
         Ok(Tensor {
             name: info.name.clone(),
             file: info.file.clone(),
             dtype: info.dtype,
             shape: info.shape.clone(),
-            data,
+            parts,
         })
     }
 
