@@ -15,7 +15,7 @@ use crate::open::open_library;
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     /// A model to load; repeat to load several, in order.
-    #[arg(long = "model", required = true)]
+    #[arg(long = "model", value_name = "NAME", required = true)]
     pub models: Vec<String>,
     /// Fragment cache budget in MiB, shared by all the loads.
     #[arg(long, default_value_t = 1024)]
