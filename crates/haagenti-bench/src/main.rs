@@ -2,5 +2,6 @@
 
 mod codecs;
 mod lsh;
+mod s3;
 
 fn main() {}
