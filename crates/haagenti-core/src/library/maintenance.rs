@@ -118,7 +118,12 @@ impl FragmentLibrary {
         let mut attempts = 0u32;
         loop {
             let key = unique_lock_key(kind)?;
-            store.put(&key, lock_contents()).await?;
+            if let Err(e) = store.put(&key, lock_contents()).await {
+                // The put may have written the lock before failing: a lock left behind
+                // by this live process would block gc until it goes stale.
+                let _ = store.delete(&key).await;
+                return Err(e);
+            }
             let now = SystemTime::now();
             let candidates: Vec<ObjectKey> = store
                 .list(LOCKS_PREFIX)
