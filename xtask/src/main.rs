@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod moto;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("xtask: error: {e:#}");

@@ -33,6 +33,8 @@ impl MotoServer {
     /// Installs moto if needed, starts it on a free port of 127.0.0.1 and creates the bucket.
     pub fn start(workspace_root: &Path) -> Result<MotoServer> {
         let target = workspace_root.join("target");
+        std::fs::create_dir_all(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
         let venv = target.join("moto-venv");
         let server_bin = venv.join("bin").join("moto_server");
         if !server_bin.exists() {

@@ -1,5 +1,6 @@
 //! The `haagenti` command's contract: exit codes, messages, JSON, and an unchanged library
 //! after bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;
 use std::process::{Command, Output};

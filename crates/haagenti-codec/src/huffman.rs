@@ -1,19 +1,12 @@
-//! Canonical, length-limited Huffman coding of a byte stream, split into four
-//! interleaved bit streams so the decoder runs four independent dependency chains.
+//! Canonical, length-limited (11 bits) Huffman coding of bytes in four streams.
 //!
-//! Body layout (all integers little-endian):
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 1 | `max_symbol`: highest symbol with a code |
-//! | `(max_symbol + 2) / 2` | code lengths of symbols `0..=max_symbol`, 4 bits each, low nibble first; 0 = no code |
-//! | 3 × 4 | byte sizes of streams 0, 1 and 2; stream 3 takes the rest of the body |
-//! | … | the four streams |
-//!
-//! The `n` symbols are cut into four segments of `ceil(n / 4)` symbols (the last one
-//! shorter or empty); stream `k` codes segment `k`. Bits are packed least significant
-//! first, codes are canonical and bit-reversed so a decoder indexes a `2^11` table with
-//! the next 11 bits. Lengths must form a complete prefix code (Kraft sum exactly 1).
+//! The body format is specified in [`crate::planes_codec`]. Encoding counts each
+//! quarter's bytes, so every stream's exact size is known before a bit is written, and
+//! codes the four quarters in lock-step; decoding reads 64 bits per refill, resolves
+//! five symbols per refill through a `2^11`-entry table, and runs the four streams in
+//! lock-step too, so the core overlaps four independent dependency chains.
+//! Lengths over 11 bits are avoided by halving the frequencies and rebuilding the tree,
+//! which costs little because only very rare symbols are affected.
 
 /// Longest code; bounds the decode table to `2^11` entries (4 KiB, in L1).
 pub const MAX_CODE_LEN: u32 = 11;
@@ -157,10 +150,17 @@ fn segments(n: usize) -> [std::ops::Range<usize>; STREAMS] {
     std::array::from_fn(|k| (k * seg).min(n)..((k + 1) * seg).min(n))
 }
 
-/// Appends the Huffman body of `data` to `out`, with codes built from `hist`, which must
-/// count every byte of `data` (it may count more symbols, as a smoothed estimate does).
-pub fn encode(data: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
-    let lens = code_lengths(hist);
+/// Appends the Huffman body of `data` to `out`.
+pub fn encode(data: &[u8], out: &mut Vec<u8>) {
+    let ranges = segments(data.len());
+    let seg_hists = ranges.clone().map(|r| histogram(&data[r]));
+    let mut hist = [0u32; 256];
+    for h in &seg_hists {
+        for (t, c) in hist.iter_mut().zip(h) {
+            *t += c;
+        }
+    }
+    let lens = code_lengths(&hist);
     let codes = canonical_codes(&lens);
     // code in the low 16 bits, length above.
     let mut table = [0u32; 256];
@@ -174,47 +174,98 @@ pub fn encode(data: &[u8], hist: &Histogram, out: &mut Vec<u8>) {
         let hi = pair.get(1).copied().unwrap_or(0);
         out.push(pair[0] | (hi << 4));
     }
-    let sizes_at = out.len();
-    out.extend_from_slice(&[0u8; 4 * (STREAMS - 1)]);
-    for (k, range) in segments(data.len()).into_iter().enumerate() {
-        let written = encode_stream(&data[range], &table, out);
-        if k < STREAMS - 1 {
-            let at = sizes_at + 4 * k;
-            out[at..at + 4].copy_from_slice(&(written as u32).to_le_bytes());
+    // Exact stream sizes from the segment histograms: the output is laid out once.
+    let sizes = seg_hists.map(|h| {
+        let bits: u64 = h
+            .iter()
+            .zip(&lens)
+            .map(|(&c, &l)| u64::from(c) * u64::from(l))
+            .sum();
+        bits.div_ceil(8) as usize
+    });
+    for size in &sizes[..STREAMS - 1] {
+        out.extend((*size as u32).to_le_bytes());
+    }
+    let start = out.len();
+    out.resize(start + sizes.iter().sum::<usize>(), 0);
+    let (b0, rest) = out[start..].split_at_mut(sizes[0]);
+    let (b1, rest) = rest.split_at_mut(sizes[1]);
+    let (b2, b3) = rest.split_at_mut(sizes[2]);
+    let mut w = [b0, b1, b2, b3].map(BitWriter::new);
+    let [s0, s1, s2, s3] = ranges.map(|r| &data[r]);
+
+    // Four independent accumulators in lock-step, as in the decoder.
+    let common = s3.len() / PER_REFILL * PER_REFILL;
+    for (((g0, g1), g2), g3) in s0[..common]
+        .chunks_exact(PER_REFILL)
+        .zip(s1[..common].chunks_exact(PER_REFILL))
+        .zip(s2[..common].chunks_exact(PER_REFILL))
+        .zip(s3[..common].chunks_exact(PER_REFILL))
+    {
+        w[0].put(g0, &table);
+        w[1].put(g1, &table);
+        w[2].put(g2, &table);
+        w[3].put(g3, &table);
+    }
+    for (w, s) in w.iter_mut().zip([s0, s1, s2, s3]) {
+        for g in s[common..].chunks(PER_REFILL) {
+            w.put(g, &table);
         }
+        w.finish();
     }
 }
 
-/// Appends one LSB-first bit stream; returns its size in bytes.
-fn encode_stream(symbols: &[u8], table: &[u32; 256], out: &mut Vec<u8>) -> usize {
-    let start = out.len();
-    // Worst case 11 bits a symbol, plus room for the last whole-word store.
-    out.resize(start + symbols.len() * MAX_CODE_LEN as usize / 8 + 16, 0);
-    let buf = &mut out[start..];
-    let mut pos = 0usize;
-    let mut acc = 0u64;
-    let mut nbits = 0u32;
-    let mut put = |group: &[u8], buf: &mut [u8]| {
+/// LSB-first bit writer into a slice sized exactly for its stream.
+struct BitWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+    acc: u64,
+    nbits: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            acc: 0,
+            nbits: 0,
+        }
+    }
+
+    /// Codes up to [`PER_REFILL`] symbols and stores the accumulator.
+    #[inline(always)]
+    fn put(&mut self, group: &[u8], table: &[u32; 256]) {
         for &s in group {
             let e = table[usize::from(s)];
-            acc |= u64::from(e & 0xffff) << nbits;
-            nbits += e >> 16;
+            self.acc |= u64::from(e & 0xffff) << self.nbits;
+            self.nbits += e >> 16;
         }
-        // nbits <= 7 + 5 * 11 = 62: the whole accumulator fits one store.
-        buf[pos..pos + 8].copy_from_slice(&acc.to_le_bytes());
-        let whole = nbits / 8;
-        pos += whole as usize;
-        acc >>= whole * 8;
-        nbits -= whole * 8;
-    };
-    let mut groups = symbols.chunks_exact(PER_REFILL);
-    for g in &mut groups {
-        put(g, buf);
+        // nbits <= 7 + 5 * 11 = 62: the accumulator holds it all. Bytes stored past the
+        // whole ones are rewritten by the next store, which starts at the partial byte.
+        let bytes = self.acc.to_le_bytes();
+        match self.buf.get_mut(self.pos..self.pos + 8) {
+            Some(dst) => dst.copy_from_slice(&bytes),
+            None => {
+                let tail = self.buf.get_mut(self.pos..).unwrap_or_default();
+                for (d, b) in tail.iter_mut().zip(bytes) {
+                    *d = b;
+                }
+            }
+        }
+        let whole = self.nbits / 8;
+        self.pos += whole as usize;
+        self.acc >>= whole * 8;
+        self.nbits -= whole * 8;
     }
-    put(groups.remainder(), buf);
-    let len = pos + usize::from(nbits > 0);
-    out.truncate(start + len);
-    len
+
+    fn finish(&mut self) {
+        if self.nbits > 0 {
+            if let Some(b) = self.buf.get_mut(self.pos) {
+                *b = self.acc as u8;
+            }
+        }
+    }
 }
 
 /// Reads 64 bits at `bitpos`, zero-padded past the end of `data`; at least 57 are valid.
@@ -355,7 +406,7 @@ mod tests {
 
     fn round_trip(data: &[u8]) -> usize {
         let mut body = Vec::new();
-        encode(data, &histogram(data), &mut body);
+        encode(data, &mut body);
         let mut back = vec![0u8; data.len()];
         decode(&body, &mut back).unwrap();
         assert_eq!(back, data);

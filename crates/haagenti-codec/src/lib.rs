@@ -10,7 +10,7 @@
 //! Tags are stored with every fragment and never reused. Every decoder treats its input
 //! as hostile: declared sizes are checked against the payload and the expected output,
 //! nothing is allocated beyond the expected output (itself capped at
-//! [`MAX_DECODED_LEN`](haagenti_core::codec::MAX_DECODED_LEN)), and no input panics.
+//! [`MAX_DECODED_LEN`]), and no input panics.
 //!
 //! [`PlanesCodec`] reads [`CodecPolicy`](haagenti_core::CodecPolicy) from the
 //! [`EncodeHint`](haagenti_core::EncodeHint): `Fast`, `Balanced` (the default) or `Max`.

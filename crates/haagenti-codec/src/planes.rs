@@ -25,66 +25,137 @@ pub fn layout_for(dtype: Option<Dtype>) -> (usize, bool) {
 /// Writes the planes of the `planes.len() / width` whole elements at the start of
 /// `input` into `planes`, plane after plane. `width` must be 1, 2, 4 or 8.
 pub fn split(input: &[u8], width: usize, rotate: bool, planes: &mut [u8]) {
-    match width {
-        2 => split_w::<2>(input, rotate, planes),
-        4 => split_w::<4>(input, rotate, planes),
-        8 => split_w::<8>(input, rotate, planes),
+    match (width, rotate) {
+        (2, false) => split_2::<0>(input, planes),
+        (2, true) => split_2::<1>(input, planes),
+        (4, false) => split_4::<0>(input, planes),
+        (4, true) => split_4::<1>(input, planes),
+        (8, _) => split_8(input, rotate, planes),
         _ => planes.copy_from_slice(&input[..planes.len()]),
     }
 }
 
 /// Inverse of [`split`]: interleaves `planes` back into `out` (same length).
 pub fn merge(planes: &[u8], width: usize, rotate: bool, out: &mut [u8]) {
-    match width {
-        2 => merge_w::<2>(planes, rotate, out),
-        4 => merge_w::<4>(planes, rotate, out),
-        8 => merge_w::<8>(planes, rotate, out),
+    match (width, rotate) {
+        (2, false) => merge_2::<0>(planes, out),
+        (2, true) => merge_2::<1>(planes, out),
+        (4, false) => merge_4::<0>(planes, out),
+        (4, true) => merge_4::<1>(planes, out),
+        (8, _) => merge_8(planes, rotate, out),
         _ => out.copy_from_slice(planes),
     }
 }
 
-fn split_w<const W: usize>(input: &[u8], rotate: bool, planes: &mut [u8]) {
-    let n = planes.len() / W;
+// The 2- and 4-byte paths are written as plain element loops over equal-length slices,
+// which the compiler turns into vector shuffles; `ROT` is the rotation in bits (0 or 1).
+
+fn split_2<const ROT: u32>(input: &[u8], planes: &mut [u8]) {
+    let n = planes.len() / 2;
+    let (p0, p1) = planes.split_at_mut(n);
+    // Four elements per step as one 64-bit word: whole-word loads and shifts instead of
+    // byte gathers, which the compiler does not vectorise well.
+    let mut words = input[..2 * n].chunks_exact(8);
+    let mut d0 = p0.chunks_exact_mut(4);
+    let mut d1 = p1.chunks_exact_mut(4);
+    for ((w, a), b) in (&mut words).zip(&mut d0).zip(&mut d1) {
+        let mut v = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        if ROT == 1 {
+            v = ((v << 1) & 0xfffe_fffe_fffe_fffe) | ((v >> 15) & 0x0001_0001_0001_0001);
+        }
+        a.copy_from_slice(&even_bytes(v).to_le_bytes());
+        b.copy_from_slice(&even_bytes(v >> 8).to_le_bytes());
+    }
+    let tail = words.remainder().chunks_exact(2);
+    for ((e, a), b) in tail.zip(d0.into_remainder()).zip(d1.into_remainder()) {
+        let v = u16::from_le_bytes([e[0], e[1]]).rotate_left(ROT);
+        [*a, *b] = v.to_le_bytes();
+    }
+}
+
+/// Bytes 0, 2, 4 and 6 of `v`, packed.
+fn even_bytes(v: u64) -> u32 {
+    let x = v & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
+    (x | (x >> 16)) as u32
+}
+
+fn merge_2<const ROT: u32>(planes: &[u8], out: &mut [u8]) {
+    let n = planes.len() / 2;
+    let (p0, p1) = planes.split_at(n);
+    for ((e, &a), &b) in out[..2 * n].chunks_exact_mut(2).zip(p0).zip(p1) {
+        let v = u16::from_le_bytes([a, b]).rotate_right(ROT);
+        e.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn split_4<const ROT: u32>(input: &[u8], planes: &mut [u8]) {
+    let n = planes.len() / 4;
+    let (p0, rest) = planes.split_at_mut(n);
+    let (p1, rest) = rest.split_at_mut(n);
+    let (p2, p3) = rest.split_at_mut(n);
+    let elements = input[..4 * n].chunks_exact(4);
+    for ((((e, a), b), c), d) in elements.zip(p0).zip(p1).zip(p2).zip(p3) {
+        let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]).rotate_left(ROT);
+        [*a, *b, *c, *d] = v.to_le_bytes();
+    }
+}
+
+fn merge_4<const ROT: u32>(planes: &[u8], out: &mut [u8]) {
+    let n = planes.len() / 4;
+    let (p0, rest) = planes.split_at(n);
+    let (p1, rest) = rest.split_at(n);
+    let (p2, p3) = rest.split_at(n);
+    let elements = out[..4 * n].chunks_exact_mut(4);
+    for ((((e, &a), &b), &c), &d) in elements.zip(p0).zip(p1).zip(p2).zip(p3) {
+        let v = u32::from_le_bytes([a, b, c, d]).rotate_right(ROT);
+        e.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// 8-byte elements: gathered plane by plane in L1-sized blocks, so the input is read
+/// from memory once.
+fn split_8(input: &[u8], rotate: bool, planes: &mut [u8]) {
+    let n = planes.len() / 8;
     let mut rotated = [0u8; BLOCK * 8];
-    for (b, block) in input[..n * W].chunks(BLOCK * W).enumerate() {
+    for (b, block) in input[..n * 8].chunks(BLOCK * 8).enumerate() {
         let elements = if rotate {
             let tmp = &mut rotated[..block.len()];
-            for (t, e) in tmp.chunks_exact_mut(W).zip(block.chunks_exact(W)) {
-                for k in 0..W {
-                    t[k] = (e[k] << 1) | (e[(k + W - 1) % W] >> 7);
-                }
+            for (t, e) in tmp.chunks_exact_mut(8).zip(block.chunks_exact(8)) {
+                let v = u64::from_le_bytes(std::array::from_fn(|k| e[k]));
+                t.copy_from_slice(&v.rotate_left(1).to_le_bytes());
             }
             &*tmp
         } else {
             block
         };
         let base = b * BLOCK;
-        for j in 0..W {
+        for j in 0..8 {
             let start = j * n + base;
-            let plane = &mut planes[start..start + elements.len() / W];
-            for (p, e) in plane.iter_mut().zip(elements.chunks_exact(W)) {
+            let plane = &mut planes[start..start + elements.len() / 8];
+            for (p, e) in plane.iter_mut().zip(elements.chunks_exact(8)) {
                 *p = e[j];
             }
         }
     }
 }
 
-fn merge_w<const W: usize>(planes: &[u8], rotate: bool, out: &mut [u8]) {
-    let n = planes.len() / W;
-    for (b, elements) in out[..n * W].chunks_mut(BLOCK * W).enumerate() {
+fn merge_8(planes: &[u8], rotate: bool, out: &mut [u8]) {
+    let n = planes.len() / 8;
+    for (b, elements) in out[..n * 8].chunks_mut(BLOCK * 8).enumerate() {
         let base = b * BLOCK;
-        let count = elements.len() / W;
-        for j in 0..W {
+        let count = elements.len() / 8;
+        for j in 0..8 {
             let start = j * n + base;
             let plane = &planes[start..start + count];
-            for (e, &p) in elements.chunks_exact_mut(W).zip(plane) {
+            for (e, &p) in elements.chunks_exact_mut(8).zip(plane) {
                 e[j] = p;
             }
         }
         if rotate {
-            for e in elements.chunks_exact_mut(W) {
-                let r: [u8; W] = std::array::from_fn(|k| (e[k] >> 1) | (e[(k + 1) % W] << 7));
-                e.copy_from_slice(&r);
+            for e in elements.chunks_exact_mut(8) {
+                let v = u64::from_le_bytes(std::array::from_fn(|k| e[k]));
+                e.copy_from_slice(&v.rotate_right(1).to_le_bytes());
             }
         }
     }

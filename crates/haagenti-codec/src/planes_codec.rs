@@ -23,13 +23,22 @@
 //! | `3` LZ4 | `u32` size, then one LZ4 block decoding to exactly `n` bytes |
 //! | `4` zstd | `u32` size, then zstd frame(s) decoding to exactly `n` bytes |
 //!
-//! A Huffman body is: `max_symbol` (1 byte); the code lengths of symbols
-//! `0..=max_symbol`, 4 bits each, low nibble first, 0 meaning absent, at most 11, forming
-//! a complete prefix code; the byte sizes of streams 0, 1, 2 as three `u32` (stream 3
-//! takes the rest). The `n` symbols are cut into four segments of `ceil(n / 4)` (the last
-//! shorter or empty), stream `k` coding segment `k` with canonical codes (shorter codes
-//! first, ties by symbol value) packed least significant bit first, each code's bits
-//! reversed. Each stream must end within its last byte.
+//! A Huffman body is:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | `max_symbol`: the highest symbol that has a code |
+//! | `(max_symbol + 2) / 2` | code lengths of symbols `0..=max_symbol`, 4 bits each, low nibble first; 0 = no code, at most 11; they must form a complete prefix code (Kraft sum exactly 1) |
+//! | 3 × 4 | `u32` byte sizes of streams 0, 1 and 2; stream 3 takes the rest of the body |
+//! | … | the four streams, back to back |
+//!
+//! The `n` plane bytes are cut into four segments of `ceil(n / 4)` bytes (the last one
+//! shorter, possibly empty); stream `k` codes segment `k`. Codes are canonical and packed
+//! exactly as in DEFLATE (RFC 1951, 3.1.1 and 3.2.2): codes of one length are consecutive
+//! integers in symbol order, shorter lengths first; bytes fill from their least
+//! significant bit; each code goes out most significant bit first. Each stream ends in
+//! its last byte, padded with zero bits; a stream that decodes past that byte, or ends
+//! before it, is corrupt.
 //!
 //! Rotation (layout 1) treats each element as a W-byte little-endian integer and rotates
 //! it left by one bit before splitting; it is chosen for bf16 and f32, where it makes the
@@ -37,18 +46,21 @@
 //!
 //! # Choosing a method per plane
 //!
-//! A plane whose bytes are all equal is stored as a constant. Otherwise a histogram of a
-//! sample (32 blocks of 1 KiB spread over the plane) estimates the order-0 entropy: a
-//! plane that would shrink by less than 1/16 (a float's low mantissa bytes) is stored raw
-//! at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
+//! A plane whose bytes are all equal is stored as a constant. Otherwise, under `Fast` and
+//! `Balanced`, a histogram of a sample (32 blocks of 1 KiB spread over the plane)
+//! estimates the order-0 entropy: a plane that would shrink by less than 1/16 (a float's
+//! low mantissa bytes) is stored raw at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
 //! entropy estimate by 10 % or more (blobs, sparse or quantised data); only then an LZ coder
 //! is tried on the whole plane. Whatever is chosen, a plane never costs more than raw + 1.
 //!
 //! | policy | entropy coder | LZ coder when the probe favours it |
 //! |---|---|---|
-//! | `Fast` | Huffman, codes built from the sample | LZ4 |
-//! | `Balanced` | Huffman, codes built from the whole plane | zstd level 3 |
-//! | `Max` | every method is tried on every plane (zstd at level 19); the smallest wins | |
+//! | `Fast` | Huffman | LZ4 |
+//! | `Balanced` | Huffman | zstd level 3 |
+//! | `Max` | Huffman, LZ4 and zstd level 9 are tried on every plane, zstd level 19 too where level 9 won; the smallest wins | |
+//!
+//! On dense floats `Fast` and `Balanced` make the same choice (the probe never fires); they
+//! differ on data with repetition.
 
 use haagenti_core::codec::CodecTag;
 use haagenti_core::{Codec, CodecPolicy, EncodeHint, FragmentError, Result};
@@ -80,6 +92,8 @@ const SAMPLE_BLOCK: usize = 1024;
 const PROBE_LEN: usize = 16 << 10;
 #[cfg(feature = "zstd")]
 const BALANCED_ZSTD_LEVEL: i32 = 3;
+#[cfg(feature = "zstd")]
+const MAX_ZSTD_LEVEL_FIRST: i32 = 9;
 #[cfg(feature = "zstd")]
 const MAX_ZSTD_LEVEL: i32 = 19;
 
@@ -135,7 +149,6 @@ fn encode(input: &[u8], hint: EncodeHint, out: &mut Vec<u8>) -> Result<(), Strin
 struct Sample {
     hist: Histogram,
     len: usize,
-    whole: bool,
 }
 
 fn sample(plane: &[u8]) -> Sample {
@@ -143,7 +156,6 @@ fn sample(plane: &[u8]) -> Sample {
         return Sample {
             hist: huffman::histogram(plane),
             len: plane.len(),
-            whole: true,
         };
     }
     let stride = plane.len() / SAMPLE_BLOCKS;
@@ -157,7 +169,6 @@ fn sample(plane: &[u8]) -> Sample {
     Sample {
         hist,
         len: SAMPLE_BLOCKS * SAMPLE_BLOCK,
-        whole: false,
     }
 }
 
@@ -185,30 +196,13 @@ fn encode_plane(
     let mut best = Best { out, mark, scratch };
 
     if policy == CodecPolicy::Max {
-        best.offer(METHOD_HUFFMAN, |o| {
-            huffman::encode(plane, &huffman::histogram(plane), o);
-            Ok(())
-        })?;
-        #[cfg(feature = "lz4")]
-        best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
-        #[cfg(feature = "zstd")]
-        best.offer(METHOD_ZSTD, |o| {
-            crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL, o)
-        })?;
-        return best.finish(plane);
+        return encode_plane_max(plane, best);
     }
 
     let estimate = scale(plane.len(), huffman::entropy_bytes(&s.hist), s.len);
     if estimate < plane.len() - plane.len() / 16 {
-        let hist = if s.whole {
-            s.hist
-        } else if policy == CodecPolicy::Fast {
-            smoothed(&s.hist)
-        } else {
-            huffman::histogram(plane)
-        };
         best.offer(METHOD_HUFFMAN, |o| {
-            huffman::encode(plane, &hist, o);
+            huffman::encode(plane, o);
             Ok(())
         })?;
     }
@@ -219,23 +213,53 @@ fn encode_plane(
     best.finish(plane)
 }
 
-/// Sample counts with every symbol given a count, so symbols the sample missed still
-/// have a (long) code.
-fn smoothed(hist: &Histogram) -> Histogram {
-    hist.map(|c| c.saturating_mul(4).saturating_add(1))
+/// Tries every method; zstd at its highest level only where it already beat the
+/// entropy coder at a moderate one (where matches exist, the search pays).
+fn encode_plane_max(plane: &[u8], mut best: Best<'_>) -> Result<(), String> {
+    best.offer(METHOD_HUFFMAN, |o| {
+        huffman::encode(plane, o);
+        Ok(())
+    })?;
+    #[cfg(feature = "lz4")]
+    best.offer(METHOD_LZ4, |o| crate::lz4::compress(plane, o))?;
+    #[cfg(feature = "zstd")]
+    {
+        best.offer(METHOD_ZSTD, |o| {
+            crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL_FIRST, o)
+        })?;
+        if best.method() == Some(METHOD_ZSTD) {
+            best.offer(METHOD_ZSTD, |o| {
+                crate::zstd_codec::compress(plane, MAX_ZSTD_LEVEL, o)
+            })?;
+        }
+    }
+    best.finish(plane)
 }
 
-/// Whether LZ4 on the start of `plane` beats `to_beat` (bytes for the whole plane) by 10 %.
+/// Whether an LZ coder on the start of `plane` beats `to_beat` (bytes for the whole
+/// plane) by 10 %.
 fn lz_probe_wins(plane: &[u8], to_beat: usize) -> bool {
     let probe = &plane[..plane.len().min(PROBE_LEN)];
-    let mut buf = Vec::new();
-    #[cfg(feature = "lz4")]
-    let ok = crate::lz4::compress(probe, &mut buf).is_ok();
-    #[cfg(all(not(feature = "lz4"), feature = "zstd"))]
-    let ok = crate::zstd_codec::compress(probe, 1, &mut buf).is_ok();
+    lz_probe_size(probe)
+        .is_some_and(|size| scale(plane.len(), size, probe.len()) < to_beat - to_beat / 10)
+}
+
+/// Size of `probe` under LZ4 (zstd -1 without LZ4); `None` when neither is compiled in.
+fn lz_probe_size(probe: &[u8]) -> Option<usize> {
+    #[cfg(any(feature = "lz4", feature = "zstd"))]
+    {
+        let mut buf = Vec::new();
+        #[cfg(feature = "lz4")]
+        crate::lz4::compress(probe, &mut buf).ok()?;
+        #[cfg(not(feature = "lz4"))]
+        crate::zstd_codec::compress(probe, 1, &mut buf).ok()?;
+        Some(buf.len())
+    }
     #[cfg(not(any(feature = "lz4", feature = "zstd")))]
-    let ok = false;
-    ok && scale(plane.len(), buf.len(), probe.len()) < to_beat - to_beat / 10
+    {
+        _ = probe;
+        None
+    }
 }
 
 #[allow(unused_variables, reason = "unused when no LZ coder is compiled in")]
@@ -264,6 +288,11 @@ struct Best<'a> {
 }
 
 impl Best<'_> {
+    #[cfg(feature = "zstd")]
+    fn method(&self) -> Option<u8> {
+        self.out.get(self.mark).copied()
+    }
+
     fn size(&self) -> Option<usize> {
         (self.out.len() > self.mark).then(|| self.out.len() - self.mark)
     }

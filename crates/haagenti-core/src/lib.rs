@@ -15,6 +15,7 @@ pub mod signature;
 pub mod store;
 pub mod synth;
 #[cfg(feature = "testkit")]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 pub mod testkit;
 pub mod types;
 

@@ -1,4 +1,5 @@
 //! End-to-end behaviour of `FragmentLibrary` on generated model families.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 use std::sync::Arc;
 
 use async_trait::async_trait;

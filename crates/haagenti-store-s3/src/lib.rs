@@ -12,6 +12,10 @@
 //! * At most [`S3Options::max_concurrency`] requests of one store are in flight.
 //! * Transient failures (5xx, 429, timeouts, connection errors) are retried with
 //!   exponential backoff by `object_store`'s retry layer.
+//! * Errors are [`FragmentError::Backend`] naming `s3://bucket/prefix/key` and the
+//!   operation, or [`FragmentError::NotFound`] for a missing object. A missing bucket is a
+//!   backend error, except for `head`, which cannot tell (a HEAD response has no body) and
+//!   answers `None`: [`S3Store::check`] tells a missing bucket apart.
 //! * Credentials: [`S3Options::credentials`], else the standard `AWS_*` environment
 //!   variables, else the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
 //!   `~/.aws/config`, else web identity, container or instance credentials.
@@ -19,6 +23,7 @@
 mod profile;
 
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -125,6 +130,9 @@ impl S3Store {
     /// Opens `s3://bucket/optional/prefix`. Performs no network request: a wrong bucket or
     /// credentials show up on the first operation (or call [`S3Store::check`]).
     pub fn from_url(url: &str, options: S3Options) -> Result<S3Store> {
+        // TLS is rustls with the ring provider (see the workspace manifest); an error means
+        // another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (bucket, prefix) = parse_url(url)?;
         let invalid = |what: &str, e: &dyn fmt::Display| {
             FragmentError::InvalidInput(format!("S3 store {url}: {what}: {e}"))
@@ -219,10 +227,15 @@ impl S3Store {
 
     /// Bucket path of a store key.
     fn path(&self, key: &str) -> Path {
+        Path::from(self.path_string(key))
+    }
+
+    /// Bucket key string of a store key or key prefix (which may end inside a segment).
+    fn path_string(&self, key: &str) -> String {
         if self.prefix.is_empty() {
-            Path::from(key)
+            key.to_string()
         } else {
-            Path::from(format!("{}/{key}", self.prefix))
+            format!("{}/{key}", self.prefix)
         }
     }
 
@@ -256,7 +269,7 @@ impl S3Store {
     /// Any `object_store` error as a backend error (even NotFound: used where a missing
     /// object is not the question, so a 404 means a missing bucket).
     fn backend_error(&self, op: &'static str, key: &str, e: &object_store::Error) -> FragmentError {
-        let mut reason = e.to_string();
+        let mut reason = summarize(&e.to_string());
         if reason.contains("NoSuchBucket") {
             reason = format!("bucket {} does not exist ({reason})", self.bucket);
         }
@@ -293,7 +306,9 @@ impl S3Store {
     async fn put_single(&self, key: &ObjectKey, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
         let payload = PutPayload::from(bytes);
         let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=CONFLICT_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let result = {
                 let _permit = self.permit("put", key.as_str()).await?;
                 let options = PutOptions::from(PutMode::Create);
@@ -311,17 +326,19 @@ impl S3Store {
                 // A bare AlreadyExists is HTTP 409: S3's ConditionalRequestConflict, another
                 // conditional write of this key is in flight and may still fail. Try again
                 // until one of them settles the question.
-                Err(e @ object_store::Error::AlreadyExists { .. }) => {
-                    if attempt == CONFLICT_ATTEMPTS {
-                        return Err(self.backend_error("put", key.as_str(), &e));
-                    }
+                Err(object_store::Error::AlreadyExists { .. }) if attempt < CONFLICT_ATTEMPTS => {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
                 Err(e) => return Err(self.backend_error("put", key.as_str(), &e)),
             }
         }
-        Err(self.error("put", key.as_str(), "conflicting writes".into()))
+    }
+
+    /// Sends one part of a multipart upload, holding a request permit.
+    async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
+        let _permit = self.permit("put", key).await?;
+        part.await.map_err(|e| self.backend_error("put", key, &e))
     }
 
     async fn put_multipart(
@@ -381,11 +398,27 @@ impl S3Store {
     }
 }
 
-impl S3Store {
-    async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
-        let _permit = self.permit("put", key).await?;
-        part.await.map_err(|e| self.backend_error("put", key, &e))
-    }
+/// An `object_store` error message with the S3 XML error document it may quote replaced
+/// by its `Code: Message`, on one line.
+fn summarize(message: &str) -> String {
+    let Some(xml_start) = message.find("<?xml") else {
+        return message.to_string();
+    };
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = message.find(&open)? + open.len();
+        let len = message[start..].find(&format!("</{name}>"))?;
+        Some(message[start..start + len].trim().to_string())
+    };
+    let detail = match (tag("Code"), tag("Message")) {
+        (Some(code), Some(text)) => format!("{code}: {text}"),
+        (Some(code), None) => code,
+        _ => message[xml_start..]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    format!("{}{detail}", &message[..xml_start])
 }
 
 fn apply_credentials(builder: AmazonS3Builder, c: S3Credentials) -> AmazonS3Builder {
@@ -446,6 +479,35 @@ impl FragmentStore for S3Store {
             .map_err(|e| self.object_error("get", k, e))
     }
 
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        let k = key.as_str();
+        let path = self.path(k);
+        // S3 refuses empty ranges and ranges starting at or past the end (416); the trait
+        // wants them clipped to empty, and a missing object must still be NotFound.
+        if range.start < range.end {
+            let result = {
+                let _permit = self.permit("get", k).await?;
+                self.s3.get_range(&path, range.clone()).await
+            };
+            match result {
+                Ok(bytes) => return Ok(bytes),
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    return Err(self.object_error("get", k, e));
+                }
+                Err(e) => match self.head_path(key, &path).await? {
+                    Some(meta) if meta.size <= range.start => {}
+                    _ => return Err(self.backend_error("get", k, &e)),
+                },
+            }
+        } else if self.head_path(key, &path).await?.is_none() {
+            return Err(FragmentError::NotFound {
+                key: self.url(k),
+                op: "get",
+            });
+        }
+        Ok(Bytes::new())
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         self.head_path(key, &self.path(key.as_str())).await
     }
@@ -503,17 +565,6 @@ impl FragmentStore for S3Store {
     }
 }
 
-impl S3Store {
-    /// Bucket key string of a store key prefix (which may end inside a segment).
-    fn path_string(&self, prefix: &str) -> String {
-        if self.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", self.prefix)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +617,22 @@ mod tests {
         let root = S3Store::from_url("s3://bucket", options()).unwrap();
         assert_eq!(root.location(), "s3://bucket");
         assert_eq!(root.path("a/b").as_ref(), "a/b");
+    }
+
+    #[test]
+    fn s3_error_documents_are_summarized() {
+        let message = "Error performing GET http://h/b/k in 3ms - Server returned non-2xx status \
+            code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Error>\n  \
+            <Code>NoSuchBucket</Code>\n  <Message>The specified bucket does not exist</Message>\n\
+            <BucketName>b</BucketName></Error>";
+        assert_eq!(
+            summarize(message),
+            "Error performing GET http://h/b/k in 3ms - Server returned non-2xx status code: \
+             404 Not Found: NoSuchBucket: The specified bucket does not exist"
+        );
+        assert_eq!(summarize("connection refused"), "connection refused");
+        // Truncated documents do not panic.
+        assert_eq!(summarize("x: <?xml <Code>Slow"), "x: <?xml <Code>Slow");
     }
 
     #[test]

@@ -11,8 +11,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use haagenti_core::synth::Rng;
+use haagenti_core::testkit::store::{Tamper, check_store};
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, PutOutcome};
 use haagenti_store_s3::{S3Credentials, S3Options, S3Store};
 
@@ -83,6 +85,44 @@ fn sorted_keys(metas: &[haagenti_core::ObjectMeta]) -> Vec<String> {
     let mut keys: Vec<String> = metas.iter().map(|m| m.key.to_string()).collect();
     keys.sort();
     keys
+}
+
+/// Overwrites objects behind the store's back with a client of its own (plain
+/// unconditional puts), as bit rot or a foreign writer would.
+struct S3Tamper {
+    s3: object_store::aws::AmazonS3,
+    prefix: String,
+}
+
+#[async_trait]
+impl Tamper for S3Tamper {
+    async fn overwrite(&self, key: &ObjectKey, bytes: Bytes) {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(format!("{}/{key}", self.prefix));
+        self.s3.put(&path, bytes.into()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_store_conforms() {
+    let Some(server) = server("s3_store_conforms") else {
+        return;
+    };
+    let prefix = unique_prefix("conformance");
+    let store = Arc::new(store_at(&server, &prefix));
+    let tamper = S3Tamper {
+        s3: object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&server.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(&server.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap(),
+        prefix,
+    };
+    check_store(store, &tamper).await;
 }
 
 #[tokio::test]
@@ -161,6 +201,31 @@ async fn put_get_head_list_delete() {
         [m.to_string()]
     );
     assert!(store.list("nothing/").await.unwrap().is_empty());
+    // Ranged reads, clipped to the object's end.
+    assert_eq!(
+        store.get_range(&a, 10..20).await.unwrap(),
+        bytes_a.slice(10..20)
+    );
+    assert_eq!(
+        store.get_range(&a, 990..2000).await.unwrap(),
+        bytes_a.slice(990..)
+    );
+    assert!(store.get_range(&a, 1000..1001).await.unwrap().is_empty());
+    assert!(store.get_range(&a, 5..5).await.unwrap().is_empty());
+    assert!(
+        store
+            .get_range(&missing, 0..1)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        store
+            .get_range(&missing, 0..0)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
     let listed_b = store.list("fragments/ab/ef").await.unwrap();
     assert_eq!(listed_b.len(), 1);
     assert_eq!(listed_b[0].size, 3);
