@@ -31,6 +31,10 @@ use crate::types::{Encoding, FragmentId, LibraryStats, validate_model_name};
 
 pub(crate) const LOCK_REFRESH: Duration = Duration::from_secs(60);
 pub(crate) const LOCK_STALE: Duration = Duration::from_secs(300);
+/// Objects under `tmp/` are a backend's in-flight writes, and a listing cannot tell whose:
+/// gc leaves them at least this long whatever the grace period, so a short grace never
+/// pulls a temporary file from under another process's put.
+pub(crate) const TMP_MIN_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockKind {
@@ -207,7 +211,7 @@ impl FragmentLibrary {
 
     /// Mark and sweep: deletes fragment and temporary objects that no manifest references
     /// (delta bases and cast sources count as referenced) and that are older than the
-    /// grace period.
+    /// grace period (temporary objects: and older than a minute, see `TMP_MIN_AGE`).
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let lock = self.acquire_lock(LockKind::Gc).await?;
         let result = self.gc_locked(opts).await;
@@ -235,7 +239,12 @@ impl FragmentLibrary {
             if meta.key.fragment_id().is_some_and(|id| live.contains(&id)) {
                 continue;
             }
-            if now.duration_since(meta.modified).unwrap_or_default() < opts.grace {
+            let grace = if meta.key.as_str().starts_with(TMP_PREFIX) {
+                opts.grace.max(TMP_MIN_AGE)
+            } else {
+                opts.grace
+            };
+            if now.duration_since(meta.modified).unwrap_or_default() < grace {
                 report.young_objects += 1;
                 continue;
             }
