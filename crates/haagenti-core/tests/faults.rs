@@ -1,18 +1,21 @@
 //! Store faults: a write that fails at every possible point of an ingest, a write that
-//! succeeds but reports failure, and reads that come back truncated. Each gives a clear
-//! error, and the library stays consistent: every other model verifies and exports
-//! bit-exact, and `gc` returns the store to its state before the failed ingest.
+//! succeeds but reports failure, a store that stops accepting writes, reads that come
+//! back truncated, and the leftovers of a killed writer. Each gives a clear error, and
+//! the library stays consistent: every other model verifies and exports bit-exact, and
+//! `gc` returns the store to its state before the failed ingest.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 
 use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::testkit::faults::{FaultyStore, PutFault};
 use haagenti_core::{
-    CodecRegistry, Dtype, FragmentLibrary, FragmentStore, GcOptions, IngestOptions, LibraryConfig,
-    MemoryStore,
+    CodecRegistry, Dtype, FragmentId, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
+    LibraryConfig, MemoryStore, ObjectKey,
 };
 
 fn tensor(name: &str, seed: u64) -> SynthTensor {
@@ -228,4 +231,81 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
     assert!(lib.verify(None, None).await.unwrap().is_ok());
     assert_exports(&lib, "a", &a).await;
     assert_exports(&lib, "b", &b).await;
+}
+
+/// The text of a lock object owned by process `pid` started at `start` on this machine
+/// (the format of docs/format.md, *Concurrency*).
+fn lock_of(pid: u32, start: u64) -> Bytes {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    Bytes::from(format!(
+        "haagenti lock\nhost=test\nboot={}\npidns={}\npid={pid}\nstart={start}\n",
+        boot.trim(),
+        pidns.display()
+    ))
+}
+
+/// This process's start time in clock ticks since boot.
+fn own_start() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_collects_what_a_killed_writer_left_and_nothing_in_flight() {
+    let src = tempfile::tempdir().unwrap();
+    let (a, _) = models(src.path());
+    let memory = Arc::new(MemoryStore::new());
+    let lib = library(memory.clone());
+    lib.ingest("a", &a, IngestOptions::default()).await.unwrap();
+    let before = listing(&*memory).await;
+    let key = |k: &str| ObjectKey::new(k).unwrap();
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+
+    // What a killed ingest leaves: an orphan fragment, a temporary file, and its lock,
+    // all fresh. A lock from a process that is gone must not block gc for minutes.
+    let orphan = FragmentId::of(b"orphan");
+    memory
+        .put(&ObjectKey::fragment(&orphan), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let dead_lock = key("locks/ingest-00000000000000000001-deadbeef0000");
+    memory.put(&dead_lock, lock_of(1 << 30, 1)).await.unwrap();
+    let old_tmp = key("tmp/1-1-1.tmp");
+    memory
+        .put(&old_tmp, Bytes::from_static(b"t"))
+        .await
+        .unwrap();
+    memory.set_modified_for_test(&old_tmp, hour_ago);
+    // A temporary file just written may be another process's put in progress.
+    let young_tmp = key("tmp/2-2-2.tmp");
+    memory
+        .put(&young_tmp, Bytes::from_static(b"t"))
+        .await
+        .unwrap();
+
+    // A lock held by a live process (this one) blocks gc.
+    let live_lock = key(&format!(
+        "locks/ingest-00000000000000000002-{:012x}",
+        std::process::id()
+    ));
+    memory
+        .put(&live_lock, lock_of(std::process::id(), own_start()))
+        .await
+        .unwrap();
+    let err = lib.gc(GC_NOW).await.unwrap_err();
+    assert!(err.to_string().contains("conflicting lock"), "{err}");
+    memory.delete(&live_lock).await.unwrap();
+
+    let report = lib.gc(GC_NOW).await.unwrap();
+    assert_eq!(
+        report.garbage_objects, 2,
+        "the orphan and the old temporary file"
+    );
+    assert_eq!(report.young_objects, 1, "the fresh temporary file");
+    let mut expected = before;
+    expected.insert(young_tmp.to_string(), 1);
+    assert_eq!(listing(&*memory).await, expected);
+    assert!(lib.verify(None, None).await.unwrap().is_ok());
 }

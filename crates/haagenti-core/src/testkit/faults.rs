@@ -72,16 +72,20 @@ impl FaultyStore {
     }
 
     /// The `n`th put from now (1-based) fails as `fault` says; later puts succeed.
+    /// Replaces any earlier put fault.
     pub fn fail_put(&self, n: u64, fault: PutFault) {
         let mut s = self.state();
         s.puts = 0;
         s.fail_put = Some((n, fault));
+        s.fail_puts_after = None;
     }
 
     /// The next `n` puts succeed and every one after them fails, writing nothing.
+    /// Replaces any earlier put fault.
     pub fn fail_puts_after(&self, n: u64) {
         let mut s = self.state();
         s.puts = 0;
+        s.fail_put = None;
         s.fail_puts_after = Some(n);
     }
 
