@@ -548,3 +548,31 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
         .overwrite_for_test(&ObjectKey::fragment(&other), good_other);
     assert!(f.lib.verify(None, None).await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_file_that_changes_while_read_fails_the_ingest() {
+    // Proc files report a size of 0 and then yield bytes: to the reader, the file changed
+    // after it was validated.
+    let f = Fixture::new().await;
+    let before = f.snapshot().await;
+    let err = f
+        .lib
+        .ingest(
+            "moving",
+            Path::new("/proc/self/status"),
+            IngestOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("changed while"), "{err}");
+    assert_eq!(f.lib.models().await.unwrap(), ["base"]);
+    // Chunks read before the change was seen are unreferenced: gc removes them.
+    f.lib
+        .gc(haagenti_core::GcOptions {
+            dry_run: false,
+            grace: std::time::Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(f.snapshot().await, before);
+}
