@@ -1,6 +1,194 @@
 //! `haagenti-bench`: run by `cargo xtask bench`; prints a markdown table and writes JSON.
+//!
+//! Subcommands:
+//! - `run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES]`: generate
+//!   the corpus, run haagenti and the baselines on it side by side, ingest and export one
+//!   large model on its own (peak RSS), print the table, write `OUT/latest.json` and, for
+//!   a full run, `docs/benchmarks.md`.
+//! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
+//! - `child ...`: internal; the ingest and export phases run in a child process so their
+//!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
 
+mod baselines;
 mod codecs;
+mod corpus;
+mod haagenti;
 mod lsh;
+mod report;
+mod s3;
+mod util;
 
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+/// Default corpus size of a full run (all models together).
+const DEFAULT_SCALE: u64 = 1_000_000_000;
+/// Corpus size of `--quick`.
+const QUICK_SCALE: u64 = 50_000_000;
+/// Size of the single large model of a full run (0 in `--quick`).
+const DEFAULT_BIG_MODEL: u64 = 2 << 30;
+const DEFAULT_SEED: u64 = 42;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = dispatch(&args) {
+        eprintln!("haagenti-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("run") => run(&Options::parse(&args[1..], false)?),
+        Some("gen-corpus") => {
+            let opts = Options::parse(&args[1..], true)?;
+            let dir = opts
+                .positional
+                .clone()
+                .context("gen-corpus needs a directory")?;
+            let family = corpus::generate(&dir, opts.seed, opts.scale)?;
+            print!("{}", report::corpus_table(&family));
+            Ok(())
+        }
+        Some("child") => haagenti::child(&args[1..]),
+        _ => bail!(
+            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
+        ),
+    }
+}
+
+/// Parsed command-line options of `run` and `gen-corpus`.
+#[derive(Debug)]
+struct Options {
+    quick: bool,
+    /// Total corpus size in bytes.
+    scale: u64,
+    seed: u64,
+    out: PathBuf,
+    /// Size of the single large model (0: skip).
+    big_model: u64,
+    positional: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String], want_positional: bool) -> Result<Self> {
+        let mut quick = false;
+        let mut scale = None;
+        let mut seed = DEFAULT_SEED;
+        let mut out = util::workspace_root().join("target/bench");
+        let mut positional = None;
+        let mut big_model = None;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--scale" => scale = Some(util::parse_bytes(value("--scale")?)?),
+                "--seed" => seed = value("--seed")?.parse().context("--seed")?,
+                "--out" => out = PathBuf::from(value("--out")?),
+                "--big-model" => big_model = Some(util::parse_bytes(value("--big-model")?)?),
+                s if want_positional && !s.starts_with('-') && positional.is_none() => {
+                    positional = Some(PathBuf::from(s))
+                }
+                s => bail!("unknown argument {s:?}"),
+            }
+        }
+        let scale = scale.unwrap_or(if quick { QUICK_SCALE } else { DEFAULT_SCALE });
+        let big_model = big_model.unwrap_or(if quick { 0 } else { DEFAULT_BIG_MODEL });
+        Ok(Self {
+            quick,
+            scale,
+            seed,
+            out,
+            big_model,
+            positional,
+        })
+    }
+}
+
+fn run(opts: &Options) -> Result<()> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
+    let corpus_dir = opts
+        .out
+        .join(format!("corpus-{}-{}", opts.seed, opts.scale));
+    eprintln!(
+        "corpus: {} ({} bytes, seed {})",
+        corpus_dir.display(),
+        opts.scale,
+        opts.seed
+    );
+    let family = corpus::generate(&corpus_dir, opts.seed, opts.scale)?;
+    let work = opts.out.join("work");
+    util::remove_dir_if_exists(&work)?;
+    std::fs::create_dir_all(&work)?;
+
+    let mut systems = Vec::new();
+    eprintln!("haagenti ...");
+    let haagenti = haagenti::run(&family, &work)?;
+    systems.push(haagenti.summary.clone());
+    for threads in [1, util::cores()] {
+        eprintln!("zstd -3, {threads} thread(s) ...");
+        systems.push(baselines::zstd(&family, &work, threads)?);
+    }
+    eprintln!("restic ...");
+    systems.push(baselines::restic(&family, &work)?);
+    let big_model = if opts.big_model > 0 {
+        eprintln!("one {} model on its own ...", util::human(opts.big_model));
+        Some(haagenti::big_model(&work, opts.big_model, opts.seed)?)
+    } else {
+        None
+    };
+
+    eprintln!("codec micro-benchmarks ...");
+    let codec_rows = codecs::run(opts.quick)?;
+    eprintln!("signature and index micro-benchmarks ...");
+    let lsh_bench = lsh::run(opts.quick)?;
+    eprintln!("S3 (local server) next to the filesystem store ...");
+    let s3_bench = s3::run(opts.quick)?;
+
+    // Checked after the report is out, so a failure still leaves the numbers to look at.
+    let identical = haagenti.check().and_then(|()| match &big_model {
+        Some(b) if !b.identical => {
+            anyhow::bail!("the large model's export differs from its source")
+        }
+        _ => Ok(()),
+    });
+    let results = report::Results {
+        quick: opts.quick,
+        machine: report::Machine::detect(),
+        family: &family,
+        systems,
+        haagenti_models: haagenti.models,
+        haagenti_stats: haagenti.stats,
+        haagenti_ingest_profile: haagenti.ingest_profile,
+        haagenti_export_profile: haagenti.export_profile,
+        big_model,
+        micro: report::Micro {
+            codecs_markdown: codecs::markdown(&codec_rows),
+            codecs: serde_json::to_value(&codec_rows)?,
+            lsh_markdown: lsh::markdown(&lsh_bench),
+            lsh: serde_json::to_value(&lsh_bench)?,
+            s3_markdown: s3_bench.as_ref().map(s3::markdown),
+            s3: serde_json::to_value(&s3_bench)?,
+        },
+        wall_secs: started.elapsed().as_secs_f64(),
+    };
+    let markdown = report::markdown(&results);
+    println!("{markdown}");
+    let json_path = opts.out.join("latest.json");
+    std::fs::write(
+        &json_path,
+        serde_json::to_vec_pretty(&report::json(&results))?,
+    )
+    .with_context(|| format!("write {}", json_path.display()))?;
+    eprintln!("wrote {}", json_path.display());
+    if !opts.quick {
+        let docs = util::workspace_root().join("docs/benchmarks.md");
+        report::update_docs(&docs, &markdown)?;
+        eprintln!("updated {}", docs.display());
+    }
+    util::remove_dir_if_exists(&work)?;
+    identical
+}

@@ -321,6 +321,7 @@ pub struct SynthTensor {
 const CHUNK_ELEMENTS: usize = 16 * 1024;
 
 impl SynthTensor {
+    /// A tensor spec; nothing is generated until it is written.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>, recipe: Recipe) -> Self {
         Self {
             name: name.into(),
@@ -787,12 +788,14 @@ fn vocab_for(params: u64) -> u64 {
     }
 }
 
-/// Dimensions whose parameter count comes closest to `params` from below: hidden size a
-/// multiple of 64, depth about hidden / 64 (at least 2), then as many layers as still fit.
+/// Dimensions whose parameter count comes close to `params` from below, among shapes a
+/// real model could have: hidden size a multiple of 64, depth between hidden / 128 and
+/// hidden / 32 (at least 2 layers). Of the shapes within 5% of the best fit, the one with
+/// depth nearest hidden / 64 wins. The smallest shape when nothing fits.
 fn fit_dims(arch: Arch, params: u64) -> Dims {
     let vocab = vocab_for(params);
-    let depth = |hidden: u64| u32::try_from((hidden / 64).max(2)).unwrap_or(u32::MAX);
-    let count = |hidden: u64, layers: u32| {
+    let count = |hidden: u64, layers: u64| {
+        let layers = u32::try_from(layers).unwrap_or(u32::MAX);
         param_count(&arch_tensors(
             arch,
             Dims {
@@ -802,17 +805,26 @@ fn fit_dims(arch: Arch, params: u64) -> Dims {
             },
         ))
     };
-    let mut hidden = 64;
-    while hidden < 16_384 && count(hidden + 64, depth(hidden + 64)) <= params {
-        hidden += 64;
+    let mut fits = Vec::new();
+    for hidden in (64..=16_384).step_by(64) {
+        let fixed = count(hidden, 0);
+        let per_layer = count(hidden, 1) - fixed;
+        let min_layers = (hidden / 128).max(2);
+        if fixed + min_layers * per_layer > params {
+            break;
+        }
+        let layers = ((params - fixed) / per_layer).min((hidden / 32).max(2));
+        fits.push((fixed + layers * per_layer, hidden, layers));
     }
-    let mut layers = depth(hidden);
-    while layers < 4096 && count(hidden, layers + 1) <= params {
-        layers += 1;
-    }
+    let best = fits.iter().map(|f| f.0).max().unwrap_or(0);
+    let (_, hidden, layers) = fits
+        .into_iter()
+        .filter(|f| f.0 >= best - best / 20)
+        .min_by_key(|&(_, hidden, layers)| (hidden / 64).abs_diff(layers))
+        .unwrap_or((0, 64, 2));
     Dims {
         hidden,
-        layers,
+        layers: u32::try_from(layers).unwrap_or(u32::MAX),
         vocab,
     }
 }
@@ -899,6 +911,7 @@ pub struct FamilySpec {
 pub const FAMILY_SIZE_FACTOR: f64 = 4.5;
 
 impl FamilySpec {
+    /// A family with an fp32 parent of about `scale_bytes` and the default shard limit.
     pub fn new(seed: u64, scale_bytes: u64) -> Self {
         Self {
             seed,
@@ -941,6 +954,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// Short lowercase name, as in reports and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Parent => "parent",
@@ -978,6 +992,7 @@ pub struct FamilyModel {
 }
 
 impl FamilyModel {
+    /// Whether the model is a directory (else a single `.safetensors` file).
     pub fn is_dir(&self) -> bool {
         self.path.is_dir()
     }
@@ -992,6 +1007,7 @@ pub struct Family {
 }
 
 impl Family {
+    /// The model called `name`.
     pub fn model(&self, name: &str) -> Option<&FamilyModel> {
         self.models.iter().find(|m| m.name == name)
     }
@@ -1162,11 +1178,12 @@ pub fn generate_family(dir: &Path, spec: &FamilySpec) -> io::Result<Family> {
     let parent_params = (spec.scale_bytes / 4).max(1);
     let lm_dims = fit_dims(Arch::Llama, parent_params);
     let lm = arch_tensors(Arch::Llama, lm_dims);
-    let enc_dims = fit_dims(Arch::ClipText, parent_params / 16);
+    // The encoder is about P/8 bytes in bf16, each transformer about P/4.
+    let enc_dims = fit_dims(Arch::ClipText, parent_params / 4);
     let enc = arch_tensors(Arch::ClipText, enc_dims);
-    let flux_dims = fit_dims(Arch::FluxDit, parent_params / 8);
+    let flux_dims = fit_dims(Arch::FluxDit, parent_params / 2);
     let flux = arch_tensors(Arch::FluxDit, flux_dims);
-    let mmdit_dims = fit_dims(Arch::Mmdit, parent_params / 8);
+    let mmdit_dims = fit_dims(Arch::Mmdit, parent_params / 2);
     let mmdit = arch_tensors(Arch::Mmdit, mmdit_dims);
 
     let mut seen = HashSet::new();
@@ -1986,7 +2003,7 @@ mod tests {
     }
 
     const GOLDEN_SMALL_FAMILY: &str =
-        "0f16743e3d7dc44d77fe0d4c88696c61087092538a2cecd63137466c2ced04f3";
+        "a0548daeeddea9601e87e3597ca417ce48ceadfd1d121ecee0f587c79ec27182";
 
     #[test]
     fn generate_model_hits_its_size() {

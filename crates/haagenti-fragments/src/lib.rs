@@ -1,6 +1,9 @@
 //! haagenti-fragments: the umbrella crate. Re-exports `haagenti-core` and, by feature, the
 //! filesystem (`fs`, default) and S3 (`s3`) stores, the codecs (`zstd`, `lz4`) and the
 //! similarity schemes (`lsh`).
+//!
+//! The project README follows; its examples are compiled as doc tests.
+#![doc = include_str!("../../../README.md")]
 
 pub use haagenti_core::*;
 

@@ -1,0 +1,439 @@
+//! haagenti on the corpus, through the library API. Every ingest and export runs in a
+//! child process (this binary re-invoked as `child ingest|export`), so its time and peak
+//! RSS (`VmHWM`, the kernel's accounting) belong to that phase alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use haagenti_core::synth::{Family, FamilyModel, generate_model};
+use haagenti_core::{
+    Codec, CodecRegistry, CodecTag, Dtype, EncodeHint, FragmentLibrary, IngestOptions,
+    LibraryConfig,
+};
+use haagenti_store_fs::FsStore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::report::SystemResult;
+use crate::util;
+
+/// One model's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelResult {
+    pub name: String,
+    pub kind: String,
+    pub logical_bytes: u64,
+    /// Bytes this model's ingest added to the store (new fragments plus its manifest).
+    pub stored_bytes_added: u64,
+    pub ingest_secs: f64,
+    pub export_secs: f64,
+    pub peak_rss_ingest_bytes: Option<u64>,
+    pub peak_rss_export_bytes: Option<u64>,
+    /// Every exported file equals its source, byte for byte.
+    pub identical: bool,
+    pub ingest_profile: Profile,
+    pub export_profile: Profile,
+    /// The library's own `IngestReport`.
+    pub ingest_report: Value,
+}
+
+/// Where a phase's CPU time went.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub wall_secs: f64,
+    /// User + system CPU seconds of the child process (kernel accounting).
+    pub cpu_secs: Option<f64>,
+    /// CPU seconds inside codec encode/decode calls, summed over threads (measured).
+    pub codec_secs: f64,
+    /// BLAKE3 seconds, estimated: two passes over the bytes (fragment ids and whole-file
+    /// hashes) at the single-thread speed measured in the same child.
+    pub hash_secs_est: f64,
+}
+
+impl Profile {
+    fn add(&mut self, other: &Profile) {
+        self.wall_secs += other.wall_secs;
+        self.cpu_secs = match (self.cpu_secs, other.cpu_secs) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.codec_secs += other.codec_secs;
+        self.hash_secs_est += other.hash_secs_est;
+    }
+}
+
+/// haagenti's part of a run.
+#[derive(Debug)]
+pub struct HaagentiRun {
+    pub summary: SystemResult,
+    pub models: Vec<ModelResult>,
+    pub stats: Option<Value>,
+    /// Sums over every model.
+    pub ingest_profile: Profile,
+    pub export_profile: Profile,
+}
+
+impl HaagentiRun {
+    /// Fails unless every exported file was byte-identical to its source.
+    pub fn check(&self) -> Result<()> {
+        let bad: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|m| !m.identical)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !bad.is_empty() {
+            bail!(
+                "haagenti exported files that differ from their sources: {}",
+                bad.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a child prints (one JSON line on stdout).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildOutput {
+    /// Seconds the library call took inside the child.
+    secs: f64,
+    cpu_secs: Option<f64>,
+    codec_secs: f64,
+    /// Single-thread BLAKE3 speed measured in the child after the operation.
+    blake3_bytes_per_sec: f64,
+    peak_rss_bytes: Option<u64>,
+    report: Value,
+}
+
+impl ChildOutput {
+    fn profile(&self, bytes: u64) -> Profile {
+        Profile {
+            wall_secs: self.secs,
+            cpu_secs: self.cpu_secs,
+            codec_secs: self.codec_secs,
+            hash_secs_est: if self.blake3_bytes_per_sec > 0.0 {
+                2.0 * bytes as f64 / self.blake3_bytes_per_sec
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// The codecs haagenti stores with: the same default registry as the `haagenti` CLI.
+fn codecs() -> CodecRegistry {
+    haagenti_codec::default_registry()
+}
+
+/// A codec that adds up the CPU time of its inner codec's calls.
+#[derive(Debug)]
+struct TimedCodec {
+    inner: Arc<dyn Codec>,
+    nanos: Arc<AtomicU64>,
+}
+
+/// CPU nanoseconds the calling thread has run (`/proc/thread-self/schedstat`): unlike
+/// wall time, this does not count time the thread waited for a core on a busy machine.
+/// The kernel brings a running thread's figure up to date only at ticks and switches, but
+/// reading the process's `/proc/self/stat` updates it (`thread_group_cputime`), so that
+/// read comes first.
+fn thread_cpu_nanos() -> Option<u64> {
+    std::fs::read("/proc/self/stat").ok()?;
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+impl TimedCodec {
+    fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let (cpu, wall) = (thread_cpu_nanos(), Instant::now());
+        let out = f();
+        let spent = match (cpu, thread_cpu_nanos()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => u64::try_from(wall.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        };
+        self.nanos.fetch_add(spent, Ordering::Relaxed);
+        out
+    }
+}
+
+impl Codec for TimedCodec {
+    fn tag(&self) -> CodecTag {
+        self.inner.tag()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn encode(
+        &self,
+        input: &[u8],
+        hint: EncodeHint,
+        out: &mut Vec<u8>,
+    ) -> haagenti_core::Result<()> {
+        self.time(|| self.inner.encode(input, hint, out))
+    }
+
+    fn decode(
+        &self,
+        input: &[u8],
+        decoded_len: usize,
+        out: &mut Vec<u8>,
+    ) -> haagenti_core::Result<()> {
+        self.time(|| self.inner.decode(input, decoded_len, out))
+    }
+}
+
+/// `codecs()` with every codec wrapped in a [`TimedCodec`] sharing `nanos`.
+fn timed_codecs(nanos: &Arc<AtomicU64>) -> CodecRegistry {
+    let base = codecs();
+    let wrap = |c: &Arc<dyn Codec>| -> Arc<dyn Codec> {
+        Arc::new(TimedCodec {
+            inner: c.clone(),
+            nanos: nanos.clone(),
+        })
+    };
+    let registry = base
+        .codecs()
+        .fold(CodecRegistry::default(), |r, c| r.register(wrap(c)));
+    registry.with_encoder(wrap(base.encoder()))
+}
+
+fn open_library(dir: &Path, codecs: CodecRegistry) -> Result<FragmentLibrary> {
+    let store = FsStore::open(dir).with_context(|| format!("open library {}", dir.display()))?;
+    Ok(FragmentLibrary::new(
+        Arc::new(store),
+        codecs,
+        LibraryConfig::default(),
+    )?)
+}
+
+/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`
+/// (clock ticks of 1/100 s, Linux's USER_HZ).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Single-thread BLAKE3 bytes per second of CPU time, hashing 16 MiB four times.
+fn blake3_speed() -> f64 {
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (cpu, wall) = (thread_cpu_nanos(), Instant::now());
+    for _ in 0..4 {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&data);
+        std::hint::black_box(hasher.finalize());
+    }
+    let secs = match (cpu, thread_cpu_nanos()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => wall.elapsed().as_secs_f64(),
+    };
+    4.0 * data.len() as f64 / secs.max(1e-9)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `child ingest LIBRARY NAME PATH` or `child export LIBRARY NAME OUT_DIR`.
+pub fn child(args: &[String]) -> Result<()> {
+    let [op, lib, name, path] = args else {
+        bail!("usage: haagenti-bench child ingest|export LIBRARY NAME PATH");
+    };
+    let nanos = Arc::new(AtomicU64::new(0));
+    let library = open_library(Path::new(lib), timed_codecs(&nanos))?;
+    let rt = runtime()?;
+    let started = Instant::now();
+    let report = match op.as_str() {
+        "ingest" => serde_json::to_value(
+            rt.block_on(library.ingest(name, Path::new(path), IngestOptions::default()))
+                .with_context(|| format!("ingest {name} from {path}"))?,
+        )?,
+        "export" => serde_json::to_value(
+            rt.block_on(library.export(name, Path::new(path), None))
+                .with_context(|| format!("export {name} to {path}"))?,
+        )?,
+        other => bail!("unknown child operation {other:?}"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu_secs, peak_rss_bytes) = (cpu_secs(), util::peak_rss_bytes());
+    let out = ChildOutput {
+        secs,
+        cpu_secs,
+        codec_secs: nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        blake3_bytes_per_sec: blake3_speed(),
+        peak_rss_bytes,
+        report,
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn run_child(op: &str, lib: &Path, name: &str, path: &Path) -> Result<ChildOutput> {
+    let exe = std::env::current_exe().context("locate haagenti-bench")?;
+    let out = Command::new(exe)
+        .arg("child")
+        .arg(op)
+        .arg(lib)
+        .arg(name)
+        .arg(path)
+        .output()
+        .with_context(|| format!("run child {op} {name}"))?;
+    if !out.status.success() {
+        bail!(
+            "child {op} {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("child {op} {name} printed {line:?}"))
+}
+
+/// Where the export of `model` under `out` puts each of its source files.
+fn exported_pairs(model: &FamilyModel, out: &Path) -> Vec<(PathBuf, PathBuf)> {
+    if model.path.is_dir() {
+        model
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    out.join(f.strip_prefix(&model.path).unwrap_or(f)),
+                )
+            })
+            .collect()
+    } else {
+        let file_name = model
+            .path
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        vec![(model.path.clone(), out.join(file_name))]
+    }
+}
+
+/// Ingests every model of the family (in order) into a fresh library, then exports and
+/// compares each one.
+pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
+    let lib = work.join("haagenti-library");
+    let export_root = work.join("haagenti-export");
+    let mut models = Vec::new();
+    for m in &family.models {
+        let child = run_child("ingest", &lib, &m.name, &m.path)?;
+        let added = ["stored_bytes", "manifest_bytes"]
+            .iter()
+            .filter_map(|k| child.report.get(*k).and_then(Value::as_u64))
+            .sum();
+        models.push(ModelResult {
+            name: m.name.clone(),
+            kind: m.kind.to_string(),
+            logical_bytes: m.bytes,
+            stored_bytes_added: added,
+            ingest_secs: child.secs,
+            export_secs: 0.0,
+            peak_rss_ingest_bytes: child.peak_rss_bytes,
+            peak_rss_export_bytes: None,
+            identical: false,
+            ingest_profile: child.profile(m.bytes),
+            export_profile: Profile::default(),
+            ingest_report: child.report,
+        });
+    }
+    for (m, result) in family.models.iter().zip(&mut models) {
+        let out = export_root.join(&m.name);
+        let child = run_child("export", &lib, &m.name, &out)?;
+        result.export_secs = child.secs;
+        result.export_profile = child.profile(m.bytes);
+        result.peak_rss_export_bytes = child.peak_rss_bytes;
+        let pairs = exported_pairs(m, &out);
+        let mut identical = util::files_under(&out)?.len() == pairs.len();
+        for (src, exported) in &pairs {
+            identical &= util::same_bytes(src, exported).unwrap_or(false);
+        }
+        result.identical = identical;
+        util::remove_dir_if_exists(&out)?;
+    }
+    let stats = runtime()?.block_on(open_library(&lib, codecs())?.stats())?;
+    let (mut ingest_profile, mut export_profile) = (Profile::default(), Profile::default());
+    ingest_profile.cpu_secs = Some(0.0);
+    export_profile.cpu_secs = Some(0.0);
+    for m in &models {
+        ingest_profile.add(&m.ingest_profile);
+        export_profile.add(&m.export_profile);
+    }
+    let stats_json = serde_json::to_value(&stats)?;
+    let summary = SystemResult {
+        stored_bytes: Some(stats.stored_bytes),
+        ingest_secs: Some(models.iter().map(|m| m.ingest_secs).sum()),
+        restore_secs: Some(models.iter().map(|m| m.export_secs).sum()),
+        peak_rss_ingest_bytes: models.iter().filter_map(|m| m.peak_rss_ingest_bytes).max(),
+        peak_rss_restore_bytes: models.iter().filter_map(|m| m.peak_rss_export_bytes).max(),
+        verified: Some(models.iter().all(|m| m.identical)),
+        note: format!(
+            "library API, fs store (fsync on), {} codecs; one ingest per model, restore = export of every model",
+            codecs().encoder().name()
+        ),
+        ..SystemResult::new("haagenti".into(), family.total_bytes())
+    };
+    util::remove_dir_if_exists(&lib)?;
+    Ok(HaagentiRun {
+        summary,
+        models,
+        stats: Some(stats_json),
+        ingest_profile,
+        export_profile,
+    })
+}
+
+/// One large single-file model on its own: ingest and export time and peak RSS (peak
+/// RSS must not grow with model size).
+#[derive(Clone, Debug, Serialize)]
+pub struct BigModelResult {
+    pub bytes: u64,
+    pub dtype: String,
+    pub ingest_secs: f64,
+    pub export_secs: f64,
+    pub peak_rss_ingest_bytes: Option<u64>,
+    pub peak_rss_export_bytes: Option<u64>,
+    pub identical: bool,
+}
+
+pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
+    let dir = work.join("big-model");
+    let src = dir.join("big.safetensors");
+    let started = Instant::now();
+    let size = generate_model(&src, bytes, seed, Dtype::BF16)
+        .with_context(|| format!("generate {}", src.display()))?;
+    eprintln!(
+        "  generated {} in {:.1} s",
+        util::human(size),
+        started.elapsed().as_secs_f64()
+    );
+    let lib = dir.join("library");
+    let out = dir.join("export");
+    let ingest = run_child("ingest", &lib, "big", &src)?;
+    let export = run_child("export", &lib, "big", &out)?;
+    let identical = util::same_bytes(&src, &out.join("big.safetensors"))?;
+    util::remove_dir_if_exists(&dir)?;
+    Ok(BigModelResult {
+        bytes: size,
+        dtype: "BF16".into(),
+        ingest_secs: ingest.secs,
+        export_secs: export.secs,
+        peak_rss_ingest_bytes: ingest.peak_rss_bytes,
+        peak_rss_export_bytes: export.peak_rss_bytes,
+        identical,
+    })
+}

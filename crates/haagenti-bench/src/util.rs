@@ -1,0 +1,171 @@
+//! Small helpers: sizes, paths, file comparison, the kernel's peak-RSS accounting.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root (this crate lives in `crates/haagenti-bench`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// Parses `1000000`, `50M`, `1G`, `512Mi`, `2GiB` (K/M/G decimal, Ki/Mi/Gi binary).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim().trim_end_matches(['B', 'b']);
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("not a size: {s:?}"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => bail!("unknown size unit in {s:?}"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size too large: {s:?}"))
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
+    }
+}
+
+/// Every regular file under `dir` (or `dir` itself if it is a file), sorted.
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&p).with_context(|| format!("read {}", p.display()))? {
+                stack.push(entry?.path());
+            }
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sum of the sizes of every file under `dir`.
+pub fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for f in files_under(dir)? {
+        total += fs::metadata(&f)?.len();
+    }
+    Ok(total)
+}
+
+/// Whether two files have the same bytes (streamed, constant memory).
+pub fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    let (ma, mb) = (fs::metadata(a)?, fs::metadata(b)?);
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let open = |p: &Path| -> Result<BufReader<File>> {
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            File::open(p).with_context(|| format!("open {}", p.display()))?,
+        ))
+    };
+    let (mut ra, mut rb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = ra.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        rb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Peak resident set size of this process so far (`VmHWM` in `/proc/self/status`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    vm_hwm_bytes(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmHWM` (peak RSS) from the text of a `/proc/PID/status` file.
+pub fn vm_hwm_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Megabytes (10^6 bytes) per second.
+pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / 1e6 / secs
+    } else {
+        0.0
+    }
+}
+
+/// `1.23 GB`, `45.6 MB`, `789 kB` (decimal units, as the MB/s figures).
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("50M").unwrap(), 50_000_000);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("512Mi").unwrap(), 512 << 20);
+        assert!(parse_bytes("12X").is_err());
+        assert!(parse_bytes("M").is_err());
+    }
+
+    #[test]
+    fn compares_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        fs::write(&a, vec![7u8; 3 << 20]).unwrap();
+        fs::write(&b, vec![7u8; 3 << 20]).unwrap();
+        let mut other = vec![7u8; 3 << 20];
+        other[2 << 20] = 8;
+        fs::write(&c, other).unwrap();
+        assert!(same_bytes(&a, &b).unwrap());
+        assert!(!same_bytes(&a, &c).unwrap());
+        assert_eq!(files_under(dir.path()).unwrap().len(), 3);
+        assert_eq!(dir_size(dir.path()).unwrap(), 9 << 20);
+        assert!(peak_rss_bytes().unwrap() > 0);
+    }
+}

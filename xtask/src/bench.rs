@@ -1,0 +1,49 @@
+//! `cargo xtask bench` and `cargo xtask gen-corpus`: build `haagenti-bench` in release and
+//! run it from the workspace root (it writes `target/bench/latest.json` and, for a full
+//! run, `docs/benchmarks.md`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// `cargo xtask bench [--quick] [--scale BYTES] [--seed N] [--out DIR]`.
+/// `env` points the bench at a running S3 server (its S3 rows are skipped without one).
+pub fn run(args: &[String], env: &[(&str, &str)]) -> Result<()> {
+    bench_binary("run", args, env)
+}
+
+/// `cargo xtask gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`.
+pub fn gen_corpus(args: &[String]) -> Result<()> {
+    if !args.iter().any(|a| !a.starts_with('-')) {
+        bail!("usage: cargo xtask gen-corpus DIR [--quick] [--scale BYTES] [--seed N]");
+    }
+    bench_binary("gen-corpus", args, &[])
+}
+
+fn bench_binary(subcommand: &str, args: &[String], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf();
+    let status = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "haagenti-bench",
+            "--",
+            subcommand,
+        ])
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("running {cargo} run -p haagenti-bench"))?;
+    if !status.success() {
+        bail!("haagenti-bench {subcommand} failed ({status})");
+    }
+    Ok(())
+}
