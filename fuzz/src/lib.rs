@@ -296,7 +296,11 @@ pub fn codec_roundtrip(mut data: &[u8]) {
     let decoded = codec
         .decode_to_vec(&encoded, input.len())
         .unwrap_or_else(|e| panic!("{}: own encoding does not decode: {e}", codec.name()));
-    assert!(decoded == input, "{}: round trip changed the bytes", codec.name());
+    assert!(
+        decoded == input,
+        "{}: round trip changed the bytes",
+        codec.name()
+    );
 
     let mut damaged = encoded;
     if !damaged.is_empty() {

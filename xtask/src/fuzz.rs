@@ -85,7 +85,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             // Room for inputs spanning several codec blocks.
             libfuzzer_args.push("-max_len=65536".into());
         }
-        println!("$ cargo fuzz run -s none {target} -- {}", libfuzzer_args.join(" "));
+        println!(
+            "$ cargo fuzz run -s none {target} -- {}",
+            libfuzzer_args.join(" ")
+        );
         let out = fuzz_cmd(&cargo, &fuzz_dir)
             .args(["fuzz", "run", "-s", "none", target, "--"])
             .args(&libfuzzer_args)

@@ -5,6 +5,8 @@
 //! orphans, nothing under `tmp/` once a minute old, no locks), and the next ingest
 //! succeeds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

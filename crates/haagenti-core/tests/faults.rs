@@ -4,6 +4,8 @@
 //! the library stays consistent: every other model verifies and exports bit-exact, and
 //! `gc` returns the store to its state before the failed ingest.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

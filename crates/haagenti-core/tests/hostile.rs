@@ -2,6 +2,8 @@
 //! ingest that fails leaves the library exactly as it was (same store listing, same
 //! statistics).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;

@@ -2,6 +2,8 @@
 //! handle, and two processes ingest overlapping models while `gc --grace 0` runs again
 //! and again; afterwards every model exports bit-exact and gc leaves only live objects.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //!
 //! Mounting needs root (CI runs as root); elsewhere the test prints SKIPPED and passes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
