@@ -8,8 +8,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// `cargo xtask bench [--quick] [--scale BYTES] [--seed N] [--out DIR]`.
-pub fn run(args: &[String]) -> Result<()> {
-    bench_binary("run", args)
+/// `env` points the bench at a running S3 server (its S3 rows are skipped without one).
+pub fn run(args: &[String], env: &[(&str, &str)]) -> Result<()> {
+    bench_binary("run", args, env)
 }
 
 /// `cargo xtask gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`.
@@ -17,10 +18,10 @@ pub fn gen_corpus(args: &[String]) -> Result<()> {
     if !args.iter().any(|a| !a.starts_with('-')) {
         bail!("usage: cargo xtask gen-corpus DIR [--quick] [--scale BYTES] [--seed N]");
     }
-    bench_binary("gen-corpus", args)
+    bench_binary("gen-corpus", args, &[])
 }
 
-fn bench_binary(subcommand: &str, args: &[String]) -> Result<()> {
+fn bench_binary(subcommand: &str, args: &[String], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -38,6 +39,7 @@ fn bench_binary(subcommand: &str, args: &[String]) -> Result<()> {
             subcommand,
         ])
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("running {cargo} run -p haagenti-bench"))?;
     if !status.success() {

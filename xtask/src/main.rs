@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod fuzz;
 mod moto;
 
 fn main() {
@@ -22,8 +23,14 @@ fn run() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
-        Some("bench") => bench::run(&args[1..]),
+        Some("bench") => {
+            let server = moto::MotoServer::start(&root).context("starting the local S3 server")?;
+            let env = server.env();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            bench::run(&args[1..], &env)
+        }
         Some("gen-corpus") => bench::gen_corpus(&args[1..]),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(
@@ -96,8 +103,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &["test", "--workspace", "--all-features", "--no-fail-fast"],
         &env,
     );
-    drop(server); // stops the server (by PID) whether or not the tests passed
-    tests?;
     // Smoke test: the quick bench must complete and every export must be byte-identical.
-    bench::run(&["--quick".to_string()])
+    let bench = tests.and_then(|()| bench::run(&["--quick".to_string()], &env));
+    drop(server); // stops the server (by PID) whether or not the tests passed
+    bench
 }

@@ -34,10 +34,6 @@ const FRAGMENT: usize = 1 << 20;
 const BASELINE_LEVEL: i32 = 3;
 
 /// Measures every codec and policy; `quick` uses 8 MiB per dtype instead of 64 MiB.
-#[allow(
-    dead_code,
-    reason = "entry point for main.rs, wired by the bench driver (issue 3)"
-)]
 pub fn run(quick: bool) -> anyhow::Result<Vec<CodecRow>> {
     let total = if quick { 8 << 20 } else { 64 << 20 };
     let runs = if quick { 3 } else { 5 };
@@ -190,10 +186,6 @@ fn mb_s(bytes: usize, time: Duration) -> f64 {
 }
 
 /// The rows as a markdown table.
-#[allow(
-    dead_code,
-    reason = "entry point for main.rs, wired by the bench driver (issue 3)"
-)]
 pub fn markdown(rows: &[CodecRow]) -> String {
     let mut s = String::from(
         "| dtype | codec | policy | ratio | compress MB/s | decompress MB/s |\n|---|---|---|---:|---:|---:|\n",

@@ -170,6 +170,11 @@ pub struct Micro {
     pub codecs: Value,
     pub lsh_markdown: String,
     pub lsh: Value,
+    /// `None` when no S3 server was configured.
+    pub s3_markdown: Option<String>,
+    pub s3: Value,
+    pub switch_markdown: String,
+    pub switch: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -362,6 +367,10 @@ pub fn markdown(r: &Results<'_>) -> String {
         r.micro.codecs_markdown.trim_end()
     );
     let _ = writeln!(s, "\n{}", r.micro.lsh_markdown.trim_end());
+    if let Some(md) = &r.micro.s3_markdown {
+        let _ = writeln!(s, "\n{}", md.trim_end());
+    }
+    let _ = writeln!(s, "\n{}", r.micro.switch_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -412,6 +421,8 @@ pub fn json(r: &Results<'_>) -> Value {
         "micro": {
             "codecs": r.micro.codecs,
             "lsh": r.micro.lsh,
+            "s3": r.micro.s3,
+            "switch": r.micro.switch,
         },
     })
 }

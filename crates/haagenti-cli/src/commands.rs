@@ -22,10 +22,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ingest(args) => {
             let policy: CodecPolicy = args.codec.parse()?;
-            ingest(&open(policy, args.fragment_size)?, args).await
+            ingest(&open(policy, args.fragment_size).await?, args).await
         }
         Command::Export { model, out, json } => {
-            let lib = open(CodecPolicy::default(), None)?;
+            let lib = open(CodecPolicy::default(), None).await?;
             let bar = Bar::new("export", json);
             let report = lib
                 .export(&model, &out, bar.as_deref().map(|b| b as &dyn Progress))
@@ -51,16 +51,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::List { json } => list(&open(CodecPolicy::default(), None)?, json).await,
+        Command::List { json } => list(&open(CodecPolicy::default(), None).await?, json).await,
         Command::Show { model, json } => {
-            show(&open(CodecPolicy::default(), None)?, &model, json).await
+            show(&open(CodecPolicy::default(), None).await?, &model, json).await
         }
         Command::Stats { json } => {
-            let stats = open(CodecPolicy::default(), None)?.stats().await?;
+            let stats = open(CodecPolicy::default(), None).await?.stats().await?;
             print_stats(&stats, json)
         }
         Command::Verify { model, json } => {
-            let lib = open(CodecPolicy::default(), None)?;
+            let lib = open(CodecPolicy::default(), None).await?;
             let bar = Bar::new("verify", json);
             let report = lib
                 .verify(model.as_deref(), bar.as_deref().map(|b| b as &dyn Progress))
@@ -84,7 +84,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Rm { model } => {
-            open(CodecPolicy::default(), None)?.remove(&model).await?;
+            let lib = open(CodecPolicy::default(), None).await?;
+            lib.remove(&model).await?;
             println!("removed {model} (run `haagenti gc` to free its unshared fragments)");
             Ok(())
         }
@@ -93,7 +94,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             grace,
             json,
         } => {
-            let lib = open(CodecPolicy::default(), None)?;
+            let lib = open(CodecPolicy::default(), None).await?;
             let report = lib
                 .gc(GcOptions {
                     dry_run,

@@ -43,7 +43,8 @@ pub struct ModelLoad {
 }
 
 pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> Result<()> {
-    let lib = open_library(location, s3_endpoint, CodecPolicy::default(), None)?
+    let lib = open_library(location, s3_endpoint, CodecPolicy::default(), None)
+        .await?
         .with_cache_bytes(args.cache_mb.saturating_mul(1 << 20));
     let mut loads = Vec::with_capacity(args.models.len());
     for model in &args.models {

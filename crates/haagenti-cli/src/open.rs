@@ -12,7 +12,13 @@ pub fn codecs() -> CodecRegistry {
 }
 
 /// Opens the store a location names: a directory, `file:///path` or `s3://bucket/prefix`.
-pub fn open_store(location: &str, s3_endpoint: Option<&str>) -> Result<Arc<dyn FragmentStore>> {
+///
+/// An S3 location is checked with one request, so a missing bucket, a wrong endpoint or
+/// bad credentials fail here with one clear error instead of midway through a command.
+pub async fn open_store(
+    location: &str,
+    s3_endpoint: Option<&str>,
+) -> Result<Arc<dyn FragmentStore>> {
     if let Some(rest) = location.strip_prefix("s3://") {
         if rest.is_empty() {
             bail!("library location {location:?} names no bucket");
@@ -22,6 +28,10 @@ pub fn open_store(location: &str, s3_endpoint: Option<&str>) -> Result<Arc<dyn F
             ..Default::default()
         };
         let store = haagenti_store_s3::S3Store::from_url(location, options)
+            .with_context(|| format!("opening library {location}"))?;
+        store
+            .check()
+            .await
             .with_context(|| format!("opening library {location}"))?;
         return Ok(Arc::new(store));
     }
@@ -43,13 +53,13 @@ pub fn open_store(location: &str, s3_endpoint: Option<&str>) -> Result<Arc<dyn F
 }
 
 /// Opens a library with the given codec policy and optional fragment size.
-pub fn open_library(
+pub async fn open_library(
     location: &str,
     s3_endpoint: Option<&str>,
     policy: CodecPolicy,
     fragment_size: Option<usize>,
 ) -> Result<FragmentLibrary> {
-    let store = open_store(location, s3_endpoint)?;
+    let store = open_store(location, s3_endpoint).await?;
     let mut config = LibraryConfig::default();
     config.codec_policy = policy;
     if let Some(size) = fragment_size {

@@ -290,3 +290,27 @@ fn a_damaged_fragment_fails_verify_and_export_naming_it() {
         );
     }
 }
+
+#[test]
+fn demo_round_trips_its_family_bit_exact() {
+    let out = Command::new(env!("CARGO_BIN_EXE_haagenti"))
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["bit_exact"], true);
+    assert_eq!(doc["models"].as_array().unwrap().len(), 9);
+    let (logical, stored) = (
+        doc["logical_bytes"].as_u64().unwrap(),
+        doc["stored_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        stored * 3 < logical * 2,
+        "the demo family must store at least 1.5x smaller: {stored} of {logical}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Model switching: tensor reads through the shared fragment cache fetch only what they
 //! need, once, and return the source bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;

@@ -3,7 +3,8 @@
 //! Each object is one file at `ROOT/<key>` (fragment keys are already sharded by id
 //! prefix). Writes are atomic and create-only: the bytes go to a temporary file under
 //! `ROOT/tmp/`, are fsynced, and are published with a hard link, which fails if the
-//! destination exists; then the directory is fsynced. No global index file exists, so
+//! destination exists; then the directory is fsynced (and, when the put created
+//! directories, their parents up to the root). No global index file exists, so
 //! any number of processes can write into one library at once.
 
 use std::fs::{self, File};
@@ -103,7 +104,18 @@ fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Resul
         return Ok(PutOutcome::AlreadyExists);
     }
     let parent = dest.parent().unwrap_or(root);
-    fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+    if !parent.is_dir() {
+        fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+        if sync {
+            // The new directories' entries must be durable too, or a power cut could
+            // lose the object while the manifest naming it (another directory) survives.
+            let mut dir = parent;
+            while let Some(up) = dir.parent().filter(|_| dir != root) {
+                sync_dir(up)?;
+                dir = up;
+            }
+        }
+    }
     let tmp = root.join(TMP_PREFIX).join(temp_name());
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;

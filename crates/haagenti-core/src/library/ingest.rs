@@ -257,15 +257,7 @@ impl FragmentLibrary {
         let (depends_on, stored) = match known {
             Some(dep) => (dep, None),
             None => {
-                let put = match self.fragment_header(&id).await? {
-                    Some(h) => super::PutFragment {
-                        id,
-                        created: false,
-                        stored_len: 0,
-                        depends_on: h.dependency(),
-                    },
-                    None => self.store_new(id, job.data, job.dtype).await?,
-                };
+                let put = self.put_hashed(id, job.data, job.dtype).await?;
                 session
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -7,6 +7,10 @@
 //! sees a `gc` lock backs off and retries, a `gc` that sees an ingest lock gives up.
 //! Live locks are refreshed every [`LOCK_REFRESH`]; one older than [`LOCK_STALE`] is left
 //! by a dead process and ignored.
+//!
+//! A lock object also names its owner (see [`LockOwner`]): a conflicting lock whose owner
+//! runs on this machine, in this PID namespace, and is no longer alive was left by a
+//! killed process; it is deleted at once instead of blocking for [`LOCK_STALE`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +31,10 @@ use crate::types::{Encoding, FragmentId, LibraryStats, validate_model_name};
 
 pub(crate) const LOCK_REFRESH: Duration = Duration::from_secs(60);
 pub(crate) const LOCK_STALE: Duration = Duration::from_secs(300);
+/// Objects under `tmp/` are a backend's in-flight writes, and a listing cannot tell whose:
+/// gc leaves them at least this long whatever the grace period, so a short grace never
+/// pulls a temporary file from under another process's put.
+pub(crate) const TMP_MIN_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockKind {
@@ -114,11 +122,14 @@ impl FragmentLibrary {
         let mut attempts = 0u32;
         loop {
             let key = unique_lock_key(kind)?;
-            store
-                .put(&key, Bytes::from_static(b"haagenti lock\n"))
-                .await?;
+            if let Err(e) = store.put(&key, lock_contents()).await {
+                // The put may have written the lock before failing: a lock left behind
+                // by this live process would block gc until it goes stale.
+                let _ = store.delete(&key).await;
+                return Err(e);
+            }
             let now = SystemTime::now();
-            let blockers: Vec<ObjectKey> = store
+            let candidates: Vec<ObjectKey> = store
                 .list(LOCKS_PREFIX)
                 .await?
                 .into_iter()
@@ -133,6 +144,16 @@ impl FragmentLibrary {
                 })
                 .map(|m| m.key)
                 .collect();
+            let mut blockers = Vec::with_capacity(candidates.len());
+            for other in candidates {
+                match store.get(&other).await {
+                    Ok(contents) if LockOwner::parse(&contents).is_some_and(|o| o.is_dead()) => {
+                        store.delete(&other).await?;
+                    }
+                    Err(e) if e.is_not_found() => {} // released meanwhile
+                    _ => blockers.push(other),
+                }
+            }
             if blockers.is_empty() {
                 let current = Arc::new(tokio::sync::Mutex::new(key));
                 let refresher = tokio::spawn(refresh_lock(store.clone(), current.clone(), kind));
@@ -190,7 +211,7 @@ impl FragmentLibrary {
 
     /// Mark and sweep: deletes fragment and temporary objects that no manifest references
     /// (delta bases and cast sources count as referenced) and that are older than the
-    /// grace period.
+    /// grace period (temporary objects: and older than a minute, see `TMP_MIN_AGE`).
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let lock = self.acquire_lock(LockKind::Gc).await?;
         let result = self.gc_locked(opts).await;
@@ -218,7 +239,12 @@ impl FragmentLibrary {
             if meta.key.fragment_id().is_some_and(|id| live.contains(&id)) {
                 continue;
             }
-            if now.duration_since(meta.modified).unwrap_or_default() < opts.grace {
+            let grace = if meta.key.as_str().starts_with(TMP_PREFIX) {
+                opts.grace.max(TMP_MIN_AGE)
+            } else {
+                opts.grace
+            };
+            if now.duration_since(meta.modified).unwrap_or_default() < grace {
                 report.young_objects += 1;
                 continue;
             }
@@ -317,13 +343,150 @@ async fn refresh_lock(
         let Ok(next) = unique_lock_key(kind) else {
             continue;
         };
-        if store
-            .put(&next, Bytes::from_static(b"haagenti lock\n"))
-            .await
-            .is_ok()
-        {
+        if store.put(&next, lock_contents()).await.is_ok() {
             let old = std::mem::replace(&mut *current.lock().await, next);
             let _ = store.delete(&old).await;
         }
+    }
+}
+
+/// Who wrote a lock object: enough to tell, on the same machine, whether that process
+/// still runs. Lock objects are text: a first line `haagenti lock`, then `name=value` lines
+/// (`host`, `boot`, `pidns`, `pid`, `start`); unknown lines are ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LockOwner {
+    /// The kernel's boot id: equal only on the same machine since its last boot.
+    boot: String,
+    /// The PID namespace (`pid:[inode]`): PIDs mean the same process only inside it.
+    pidns: String,
+    pid: u32,
+    /// Start time of the process in clock ticks since boot: tells a reused PID apart.
+    start: u64,
+}
+
+impl LockOwner {
+    /// This process, where the system tells (Linux `/proc`); `None` elsewhere.
+    fn current() -> Option<&'static LockOwner> {
+        static CURRENT: std::sync::OnceLock<Option<LockOwner>> = std::sync::OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                let pid = std::process::id();
+                Some(LockOwner {
+                    boot: read_trimmed("/proc/sys/kernel/random/boot_id")?,
+                    pidns: std::fs::read_link("/proc/self/ns/pid")
+                        .ok()?
+                        .to_str()?
+                        .to_string(),
+                    pid,
+                    start: process_start(pid)?.0,
+                })
+            })
+            .as_ref()
+    }
+
+    fn parse(contents: &[u8]) -> Option<LockOwner> {
+        let text = std::str::from_utf8(contents).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(LockOwner {
+            boot: field("boot")?,
+            pidns: field("pidns")?,
+            pid: field("pid")?.parse().ok()?,
+            start: field("start")?.parse().ok()?,
+        })
+    }
+
+    /// True only when the owner provably no longer runs: same boot and PID namespace as
+    /// this process, and its PID is gone, a zombie, or now names a process started later.
+    fn is_dead(&self) -> bool {
+        let Some(me) = Self::current() else {
+            return false;
+        };
+        if self.boot != me.boot || self.pidns != me.pidns {
+            return false;
+        }
+        match process_start(self.pid) {
+            None => !std::path::Path::new(&format!("/proc/{}", self.pid)).exists(),
+            Some((start, state)) => start != self.start || matches!(state, 'Z' | 'X'),
+        }
+    }
+}
+
+/// The contents of a new lock object.
+fn lock_contents() -> Bytes {
+    let mut text = String::from("haagenti lock\n");
+    if let Some(me) = LockOwner::current() {
+        let host = read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default();
+        text.push_str(&format!(
+            "host={host}\nboot={}\npidns={}\npid={}\nstart={}\n",
+            me.boot, me.pidns, me.pid, me.start
+        ));
+    }
+    Bytes::from(text)
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    Some(std::fs::read_to_string(path).ok()?.trim().to_string())
+}
+
+/// Start time (clock ticks after boot) and state of a process, from `/proc/PID/stat`.
+fn process_start(pid: u32) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields after the last
+    // ')' are state (3) .. starttime (22).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((start, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_owners_are_recorded_and_judged() {
+        let contents = lock_contents();
+        assert!(contents.starts_with(b"haagenti lock\n"));
+        let Some(me) = LockOwner::current() else {
+            // No /proc: owners are not recorded and locks go stale by age only.
+            assert!(LockOwner::parse(&contents).is_none());
+            return;
+        };
+        let parsed = LockOwner::parse(&contents).unwrap();
+        assert_eq!(&parsed, me);
+        assert!(!parsed.is_dead(), "this process is alive");
+
+        // The same PID started at another time: the PID was reused.
+        let reused = LockOwner {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert!(reused.is_dead());
+        // A PID above any pid_max.
+        let gone = LockOwner {
+            pid: 1 << 30,
+            ..me.clone()
+        };
+        assert!(gone.is_dead());
+        // Another machine or PID namespace: cannot tell, so never dead.
+        for other in [
+            LockOwner {
+                boot: "another-boot".into(),
+                ..gone.clone()
+            },
+            LockOwner {
+                pidns: "pid:[1]".into(),
+                ..gone.clone()
+            },
+        ] {
+            assert!(!other.is_dead());
+        }
+        // Old lock objects carry no owner.
+        assert!(LockOwner::parse(b"haagenti lock\n").is_none());
     }
 }

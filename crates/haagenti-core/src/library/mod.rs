@@ -91,6 +91,16 @@ impl FragmentLibrary {
     /// Stores `data` as a standalone fragment unless an object with its id exists.
     pub async fn put_fragment(&self, data: Bytes, dtype: Option<Dtype>) -> Result<PutFragment> {
         let id = hash_blocking(data.clone()).await?;
+        self.put_hashed(id, data, dtype).await
+    }
+
+    /// [`Self::put_fragment`] for bytes whose id the caller has just computed.
+    async fn put_hashed(
+        &self,
+        id: FragmentId,
+        data: Bytes,
+        dtype: Option<Dtype>,
+    ) -> Result<PutFragment> {
         if let Some(header) = self.fragment_header(&id).await? {
             return Ok(PutFragment {
                 id,

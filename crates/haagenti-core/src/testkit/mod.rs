@@ -2,4 +2,5 @@
 //! (feature `testkit`).
 
 pub mod codec;
+pub mod faults;
 pub mod store;

@@ -1,0 +1,319 @@
+//! The checks behind each fuzz target. Every function takes the fuzzer's bytes, must
+//! never panic on its own account, and asserts the invariants a correct decoder keeps
+//! (a panic inside an `assert!` here is a finding, like any other crash).
+//!
+//! Inputs that ever crashed are kept as regular tests in
+//! `crates/haagenti-core/tests/fuzz_regressions.rs` and
+//! `crates/haagenti-cli/tests/fuzz_regressions.rs` (codec regressions need the codecs).
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use haagenti_core::codec::MAX_DECODED_LEN;
+use haagenti_core::object::{self, ObjectHeader};
+use haagenti_core::safetensors::read_header_from;
+use haagenti_core::store::FragmentStore;
+use haagenti_core::{
+    Codec, CodecPolicy, CodecRegistry, Dtype, EncodeHint, Encoding, FragmentId, FragmentLibrary,
+    LibraryConfig, MemoryStore, ModelManifest, ObjectKey, RawCodec, cast,
+};
+
+/// Every codec the project ships, in tag order.
+pub fn codecs() -> Vec<Arc<dyn Codec>> {
+    vec![
+        Arc::new(RawCodec),
+        Arc::new(haagenti_codec::Lz4Codec),
+        Arc::new(haagenti_codec::ZstdCodec::default()),
+        Arc::new(haagenti_codec::PlanesCodec),
+    ]
+}
+
+/// Decoded lengths asked of codecs stay below this (fast iterations, still many blocks).
+const FUZZ_MAX_LEN: usize = 1 << 20;
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+});
+
+/// Splits the first `n` bytes off `data` (fewer if it is shorter).
+fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (head, tail) = data.split_at(n.min(data.len()));
+    *data = tail;
+    head
+}
+
+fn byte(data: &mut &[u8]) -> u8 {
+    take(data, 1).first().copied().unwrap_or(0)
+}
+
+fn u16_le(data: &mut &[u8]) -> u16 {
+    let b = take(data, 2);
+    u16::from(b.first().copied().unwrap_or(0)) | u16::from(b.get(1).copied().unwrap_or(0)) << 8
+}
+
+fn u24_le(data: &mut &[u8]) -> usize {
+    take(data, 3)
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &b| acc << 8 | usize::from(b))
+}
+
+/// Safetensors header parser. Mode byte even: the bytes are a whole file. Odd: the rest
+/// after a u16 data length is the JSON, and the length prefix and a data region of that
+/// length are made up around it, so the fuzzer works on the JSON validation.
+pub fn safetensors_header(mut data: &[u8]) {
+    let mode = byte(&mut data);
+    let file: Vec<u8> = if mode & 1 == 0 {
+        data.to_vec()
+    } else {
+        let data_len = usize::from(u16_le(&mut data));
+        let mut f = (data.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(data);
+        f.resize(f.len() + data_len, 0xA5);
+        f
+    };
+    let Ok(h) = read_header_from(&mut &file[..], file.len() as u64, Path::new("fuzz")) else {
+        return;
+    };
+    // Accepted headers describe the file exactly: tensors tile the data region, each
+    // spanning what its shape and dtype say.
+    assert_eq!(h.raw[..], file[..h.raw.len()]);
+    let mut cursor = h.data_start();
+    for t in &h.tensors {
+        assert_eq!(t.start, cursor, "tensors must tile the data region");
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+        assert_eq!(bytes, Some(t.len()), "tensor {:?}", t.name);
+        cursor = t.end;
+    }
+    assert_eq!(cursor, file.len() as u64);
+}
+
+/// Manifest decoder. Mode byte even: the bytes are a whole stored manifest. Odd: they
+/// are the body, wrapped in a valid envelope so the fuzzer gets past the checksum.
+pub fn manifest_decode(mut data: &[u8]) {
+    let mode = byte(&mut data);
+    let bytes: Vec<u8> = if mode & 1 == 0 {
+        data.to_vec()
+    } else {
+        wrap_manifest_body(data)
+    };
+    let Ok(manifest) = ModelManifest::decode(&bytes, "fuzz") else {
+        return;
+    };
+    // What decodes re-encodes to something that decodes to the same encoding.
+    let again = manifest.encode().expect("a decoded manifest encodes");
+    let back = ModelManifest::decode(&again, "fuzz").expect("a re-encoded manifest decodes");
+    assert_eq!(back.encode().expect("encodes"), again);
+}
+
+/// A stored manifest around `body`: magic, version, BLAKE3 of the body, body.
+pub fn wrap_manifest_body(body: &[u8]) -> Vec<u8> {
+    let mut out = haagenti_core::manifest::MANIFEST_MAGIC.to_vec();
+    out.push(haagenti_core::LIBRARY_FORMAT_VERSION);
+    out.extend_from_slice(blake3_of(body).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn blake3_of(data: &[u8]) -> FragmentId {
+    FragmentId::of(data)
+}
+
+/// Stored-object decoder: `read_header` and `verify_checksum` on the raw bytes, then two
+/// objects planted in a store and read through `FragmentLibrary::get_fragment`.
+///
+/// Layout: flags (1 byte), length of the first object (u16), the first object, the
+/// second object (planted at the first one's dependency, if it has one). Both are sealed
+/// (valid checksum) so decoding is reached. With flag bit 0 set, dependency ids are
+/// patched to the hash of what the dependency decodes to and the first object is planted
+/// under the id of its own decoding, so a consistent pair must read back exactly.
+pub fn stored_object(mut data: &[u8]) {
+    let _ = object::read_header(data, "fuzz");
+    let _ = object::verify_checksum(data, "fuzz");
+
+    let flags = byte(&mut data);
+    let first_len = usize::from(u16_le(&mut data));
+    let mut first = take(&mut data, first_len).to_vec();
+    let mut second = data.to_vec();
+    seal(&mut second);
+    if object::read_header(&second, "fuzz").is_ok_and(|h| h.decoded_len > FUZZ_MAX_LEN as u64) {
+        return; // see below
+    }
+    let registry = haagenti_codec::default_registry();
+    let second_decoded = standalone_decoding(&registry, &second);
+
+    let Ok(header) = object::read_header(&first, "fuzz") else {
+        return;
+    };
+    if header.decoded_len > FUZZ_MAX_LEN as u64 {
+        // Valid up to 16 MiB, but zero-filling that much per input would starve the
+        // fuzzer; `codec_decode` covers the length checks.
+        return;
+    }
+    let consistent = flags & 1 == 1;
+    if consistent && header.dependency().is_some() {
+        if let Some(dep) = &second_decoded {
+            first[32..64].copy_from_slice(FragmentId::of(dep).as_bytes());
+        }
+    }
+    seal(&mut first);
+    let Ok(header) = object::read_header(&first, "fuzz") else {
+        unreachable!("patching the id and the checksum keeps a header valid");
+    };
+    let expected = if consistent {
+        expected_decoding(&registry, &first, &header, second_decoded.as_deref())
+    } else {
+        None
+    };
+    let id = match &expected {
+        Some(bytes) => FragmentId::of(bytes),
+        None => FragmentId::of(b"fuzz: planted object"),
+    };
+
+    let store = Arc::new(MemoryStore::new());
+    let lib = FragmentLibrary::new(store.clone(), registry, LibraryConfig::default())
+        .expect("default config is valid");
+    RUNTIME.block_on(async {
+        store
+            .put(&ObjectKey::fragment(&id), Bytes::from(first))
+            .await
+            .expect("memory put");
+        if let Some(dep) = header.dependency() {
+            store
+                .put(&ObjectKey::fragment(&dep), Bytes::from(second))
+                .await
+                .expect("memory put");
+        }
+        let info = lib.fragment_info(&id).await;
+        assert!(matches!(info, Ok(Some(_))), "{info:?}");
+        let got = lib.get_fragment(&id).await;
+        match (&expected, got) {
+            (Some(want), Ok(got)) => assert_eq!(&got[..], &want[..]),
+            (Some(_), Err(e)) => panic!("a consistent object failed to read: {e}"),
+            (None, Ok(got)) => assert_eq!(FragmentId::of(&got), id),
+            (None, Err(_)) => {}
+        }
+    });
+}
+
+/// Seals `object` (valid checksum) when it is long enough to hold one.
+fn seal(object: &mut [u8]) {
+    if object.len() >= 32 {
+        object::seal(object);
+    }
+}
+
+/// What a standalone object decodes to, if it is a valid one.
+fn standalone_decoding(registry: &CodecRegistry, raw: &[u8]) -> Option<Vec<u8>> {
+    let header = object::read_header(raw, "fuzz").ok()?;
+    let Encoding::Standalone { codec } = header.encoding else {
+        return None;
+    };
+    object::verify_checksum(raw, "fuzz").ok()?;
+    let payload = raw.get(header.header_len..)?;
+    registry
+        .get(codec)?
+        .decode_to_vec(payload, usize::try_from(header.decoded_len).ok()?)
+        .ok()
+}
+
+/// The bytes a sealed object must read back as, from the format description alone
+/// (docs/format.md), given what its dependency decodes to.
+fn expected_decoding(
+    registry: &CodecRegistry,
+    raw: &[u8],
+    header: &ObjectHeader,
+    dependency: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    let len = usize::try_from(header.decoded_len).ok()?;
+    let payload = raw.get(header.header_len..)?;
+    match (header.encoding, dependency) {
+        (Encoding::Standalone { .. }, _) => standalone_decoding(registry, raw),
+        (Encoding::Delta { codec, .. }, Some(base)) => {
+            let mut xor = registry.get(codec)?.decode_to_vec(payload, len).ok()?;
+            if xor.len() != base.len() {
+                return None;
+            }
+            xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
+            Some(xor)
+        }
+        (
+            Encoding::Cast {
+                from: Dtype::F32,
+                to,
+                ..
+            },
+            Some(source),
+        ) => cast::cast_f32_bytes(source, to).filter(|v| v.len() == len),
+        _ => None,
+    }
+}
+
+/// Every codec's decoder on raw bytes: codec selector (1 byte), decoded length (u24,
+/// below 1 MiB), payload. Success must produce exactly the declared length.
+pub fn codec_decode(mut data: &[u8]) {
+    let codecs = codecs();
+    let codec = &codecs[usize::from(byte(&mut data)) % codecs.len()];
+    let len = u24_le(&mut data) % FUZZ_MAX_LEN;
+    if let Ok(out) = codec.decode_to_vec(data, len) {
+        assert_eq!(out.len(), len, "{}", codec.name());
+    }
+    // Appending after existing bytes leaves them alone.
+    let mut out = vec![0x5A; 3];
+    if codec.decode(data, len, &mut out).is_ok() {
+        assert_eq!(out.len(), 3 + len, "{}", codec.name());
+        assert_eq!(out[..3], [0x5A; 3], "{}", codec.name());
+    }
+}
+
+/// Encode, then damage, then decode: codec selector, dtype tag, policy, mutation count
+/// (each mutation: u16 position, xor byte), a length lie (i8), then the input. The
+/// undamaged encoding must decode to the input exactly; damaged ones and lying lengths
+/// must fail cleanly or produce exactly the declared length.
+pub fn codec_roundtrip(mut data: &[u8]) {
+    let codecs = codecs();
+    let codec = &codecs[usize::from(byte(&mut data)) % codecs.len()];
+    let dtype = Dtype::from_tag(byte(&mut data) % 16);
+    let policy = match byte(&mut data) % 3 {
+        0 => CodecPolicy::Fast,
+        1 => CodecPolicy::Balanced,
+        _ => CodecPolicy::Max,
+    };
+    let mutations: Vec<(usize, u8)> = (0..byte(&mut data) % 8)
+        .map(|_| (usize::from(u16_le(&mut data)), byte(&mut data)))
+        .collect();
+    let lie = byte(&mut data) as i8;
+    let input = data;
+    let encoded = codec
+        .encode_to_vec(input, EncodeHint { dtype, policy })
+        .expect("encoding never fails");
+    let decoded = codec
+        .decode_to_vec(&encoded, input.len())
+        .unwrap_or_else(|e| panic!("{}: own encoding does not decode: {e}", codec.name()));
+    assert!(
+        decoded == input,
+        "{}: round trip changed the bytes",
+        codec.name()
+    );
+
+    let mut damaged = encoded;
+    if !damaged.is_empty() {
+        for &(pos, x) in &mutations {
+            let at = pos % damaged.len();
+            damaged[at] ^= x;
+        }
+    }
+    let len = input
+        .len()
+        .saturating_add_signed(isize::from(lie))
+        .min(MAX_DECODED_LEN);
+    if let Ok(out) = codec.decode_to_vec(&damaged, len) {
+        assert_eq!(out.len(), len, "{}", codec.name());
+    }
+}
