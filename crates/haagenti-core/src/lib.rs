@@ -22,9 +22,8 @@ pub mod types;
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    DEFAULT_CACHE_BYTES, ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions,
-    IngestReport, MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor, TensorInfo,
-    VerifyReport,
+    ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions, IngestReport,
+    MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor, TensorInfo, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

@@ -358,3 +358,41 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
     let first = tensors[0].parts[0].as_ptr();
     assert!(tensors.iter().all(|t| t.parts[0].as_ptr() == first));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_opt_in_and_uncached_reads_check_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::default());
+    ingest_pair(&store, dir.path()).await;
+    let cached = library(store.clone(), 64 << 20);
+    let mut config = LibraryConfig::default();
+    config.fragment_size = FRAGMENT;
+    let plain = FragmentLibrary::new(store.clone(), CodecRegistry::default(), config).unwrap();
+    let head = cached.open_model("a").await.unwrap();
+    let id = head.tensor("head.weight").unwrap().fragments[0].id;
+    let good = cached.get_fragment(&id).await.unwrap();
+    assert_eq!(plain.get_fragment(&id).await.unwrap(), good);
+    plain.sync_cache().await;
+    assert_eq!(
+        plain.metrics().cache_entries,
+        0,
+        "no cache unless asked for"
+    );
+
+    // Damage the stored object: the cached copy (verified when it was read) still serves,
+    // every read that goes to the store reports the damage.
+    let key = ObjectKey::fragment(&id);
+    let mut damaged = store.inner.get(&key).await.unwrap().to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    store.inner.overwrite_for_test(&key, Bytes::from(damaged));
+    assert_eq!(cached.get_fragment(&id).await.unwrap(), good);
+    assert!(
+        cached
+            .get_fragment_uncached(&id)
+            .await
+            .unwrap_err()
+            .is_corruption()
+    );
+    assert!(plain.get_fragment(&id).await.unwrap_err().is_corruption());
+}

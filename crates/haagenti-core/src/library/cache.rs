@@ -5,6 +5,10 @@
 //! a fragment used by several models is fetched and decoded once while it stays cached,
 //! and every reader gets the same [`Bytes`] without a copy.
 //!
+//! The cache is off (a budget of 0) unless [`FragmentLibrary::with_cache_bytes`] turns it
+//! on: by default every read goes to the store and is verified there, and memory stays
+//! what the caller holds. Concurrent reads of one fragment share one fetch either way.
+//!
 //! Budget guarantee: the cache (moka, TinyLFU admission, LRU eviction) applies evictions
 //! in batches; every insertion here is followed by `run_pending_tasks`, so once a read
 //! has returned, the cached bytes are within the budget again. While reads are in
@@ -26,9 +30,6 @@ use crate::error::{FragmentError, Result};
 use crate::object;
 use crate::store::ObjectKey;
 use crate::types::FragmentId;
-
-/// Cache budget of a library unless [`FragmentLibrary::with_cache_bytes`] says otherwise.
-pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// The shared cache of decoded fragments, with the counters of every fragment read.
 pub(super) struct FragmentCache {
@@ -135,9 +136,11 @@ impl MetricsSnapshot {
 }
 
 impl FragmentLibrary {
-    /// This library with a fragment cache of `bytes` (0 disables caching; concurrent
-    /// reads of one fragment still share one fetch). The returned library and its clones
-    /// share the new cache and fresh metrics; clones made before keep the old ones.
+    /// This library with a fragment cache of `bytes` (0, the default, keeps nothing;
+    /// concurrent reads of one fragment still share one fetch). The returned library and
+    /// its clones share the new cache and fresh metrics; clones made before keep the old
+    /// ones. Reads served by the cache are not checked against the store again: use
+    /// [`get_fragment_uncached`](Self::get_fragment_uncached) to check the store itself.
     pub fn with_cache_bytes(self, bytes: u64) -> Self {
         let inner = super::Inner {
             store: self.inner.store.clone(),
@@ -175,15 +178,21 @@ impl FragmentLibrary {
         self.inner.cache.cache.run_pending_tasks().await;
     }
 
+    /// Fetches, decodes and verifies a fragment from the store, its delta base or cast
+    /// source too, ignoring and leaving alone the cache: what checking the store needs.
+    pub async fn get_fragment_uncached(&self, id: &FragmentId) -> Result<Bytes> {
+        self.load_fragment(id, Dependency::FromStore).await
+    }
+
     /// A fragment through the cache: concurrent callers for one fragment share one fetch.
     pub(super) async fn cached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         let cache = &self.inner.cache;
         let entry = cache
             .cache
             .entry(*id)
-            .or_try_insert_with(self.load_fragment(id, true))
+            .or_try_insert_with(self.load_fragment(id, Dependency::Cached))
             .await
-            .map_err(|e| unshare(e, id))?;
+            .map_err(unshare)?;
         let fresh = entry.is_fresh();
         let bytes = entry.into_value();
         if fresh {
@@ -195,33 +204,36 @@ impl FragmentLibrary {
         Ok(bytes)
     }
 
-    /// Fetches, decodes and verifies one fragment; its dependency (delta base or cast
-    /// source) comes from the cache or is fetched here, and must not have one itself
-    /// (deltas have depth 1, so any fragment decodes with at most two reads).
-    async fn load_fragment(&self, id: &FragmentId, allow_dependency: bool) -> Result<Bytes> {
+    /// Fetches, decodes and verifies one fragment and, as `dependency` says, its delta
+    /// base or cast source, which must not have one itself (deltas have depth 1, so any
+    /// fragment decodes with at most two reads).
+    async fn load_fragment(&self, id: &FragmentId, dependency: Dependency) -> Result<Bytes> {
         let key = ObjectKey::fragment(id);
         let raw = self.inner.store.get(&key).await?;
         let cache = &self.inner.cache;
         FragmentCache::add(&cache.counters.store_reads, 1);
         FragmentCache::add(&cache.counters.store_bytes, raw.len() as u64);
         let header = object::read_header(&raw, key.as_str())?;
-        let dependency = match header.dependency() {
-            None => None,
-            Some(dep) if !allow_dependency || dep == *id => {
+        let dependency = match (header.dependency(), dependency) {
+            (None, _) => None,
+            (Some(dep), _) if dependency == Dependency::Refused || dep == *id => {
                 return Err(FragmentError::corrupt(
                     key.as_str(),
                     "a fragment's dependency has a dependency itself (depth must be 1)",
                 ));
             }
+            (Some(dep), Dependency::FromStore) => {
+                Some(Box::pin(self.load_fragment(&dep, Dependency::Refused)).await?)
+            }
             // Not single-flight: waiting here for another fetch while this one holds its
             // own slot could deadlock on a hostile pair of objects that depend on each other.
-            Some(dep) => Some(match cache.cache.get(&dep).await {
+            (Some(dep), _) => Some(match cache.cache.get(&dep).await {
                 Some(bytes) => {
                     cache.hit(&bytes);
                     bytes
                 }
                 None => {
-                    let bytes = Box::pin(self.load_fragment(&dep, false)).await?;
+                    let bytes = Box::pin(self.load_fragment(&dep, Dependency::Refused)).await?;
                     cache.miss(&bytes);
                     cache.cache.insert(dep, bytes.clone()).await;
                     bytes
@@ -245,22 +257,129 @@ impl FragmentLibrary {
     }
 }
 
-/// The error of a fetch several callers waited for: the original when this caller holds
-/// the only reference, else a copy that keeps its kind (not found, corruption) and text.
-fn unshare(e: Arc<FragmentError>, id: &FragmentId) -> FragmentError {
-    Arc::try_unwrap(e).unwrap_or_else(|shared| {
-        let key = ObjectKey::fragment(id).to_string();
-        if shared.is_not_found() {
-            FragmentError::NotFound { key, op: "get" }
-        } else if shared.is_corruption() {
-            FragmentError::corrupt(key, shared.to_string())
-        } else {
-            FragmentError::Backend {
-                backend: "cache",
-                op: "shared fetch",
-                key,
-                reason: shared.to_string(),
-            }
+/// Where [`FragmentLibrary::load_fragment`] gets a fragment's dependency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dependency {
+    /// From the cache, else the store (then cached).
+    Cached,
+    /// From the store.
+    FromStore,
+    /// Nowhere: the fragment must not have one.
+    Refused,
+}
+
+/// The error of a fetch several callers may have waited for (moka shares it): the
+/// original when this caller holds the only reference, else a copy of it.
+fn unshare(e: Arc<FragmentError>) -> FragmentError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| duplicate(&shared))
+}
+
+/// A copy of `e` with the same variant and fields (an I/O error keeps its kind and text).
+fn duplicate(e: &FragmentError) -> FragmentError {
+    use FragmentError as E;
+    match e {
+        E::Io { op, path, source } => E::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        E::InvalidSafetensors { path, reason } => E::InvalidSafetensors {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        E::InvalidModelName { name, reason } => E::InvalidModelName {
+            name: name.clone(),
+            reason: reason.clone(),
+        },
+        E::InvalidInput(why) => E::InvalidInput(why.clone()),
+        E::ModelNotFound(name) => E::ModelNotFound(name.clone()),
+        E::ModelExists(name) => E::ModelExists(name.clone()),
+        E::NotFound { key, op } => E::NotFound {
+            key: key.clone(),
+            op,
+        },
+        E::Conflict { key } => E::Conflict { key: key.clone() },
+        E::CorruptObject { key, reason } => E::CorruptObject {
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+        E::HashMismatch { id, actual } => E::HashMismatch {
+            id: *id,
+            actual: *actual,
+        },
+        E::UnsupportedVersion {
+            key,
+            found,
+            supported,
+        } => E::UnsupportedVersion {
+            key: key.clone(),
+            found: *found,
+            supported: *supported,
+        },
+        E::UnknownTag { key, what, tag } => E::UnknownTag {
+            key: key.clone(),
+            what,
+            tag: *tag,
+        },
+        E::Codec { codec, reason } => E::Codec {
+            codec,
+            reason: reason.clone(),
+        },
+        E::Backend {
+            backend,
+            op,
+            key,
+            reason,
+        } => E::Backend {
+            backend,
+            op,
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+        E::FileHashMismatch { model, file } => E::FileHashMismatch {
+            model: model.clone(),
+            file: file.clone(),
+        },
+        E::InModel {
+            model,
+            location,
+            source,
+        } => E::InModel {
+            model: model.clone(),
+            location: location.clone(),
+            source: Box::new(duplicate(source)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicated_error_reads_and_classifies_like_the_original() {
+        let id = FragmentId::of(b"x");
+        let errors = [
+            FragmentError::io("read", "/a", std::io::Error::other("disk")),
+            FragmentError::NotFound {
+                key: "k".into(),
+                op: "get",
+            },
+            FragmentError::corrupt("k", "bad"),
+            FragmentError::HashMismatch { id, actual: id },
+            FragmentError::UnknownTag {
+                key: "k".into(),
+                what: "codec",
+                tag: 9,
+            },
+            FragmentError::corrupt("k", "bad").in_model("m", "tensor t"),
+        ];
+        for e in &errors {
+            let d = duplicate(e);
+            assert_eq!(d.to_string(), e.to_string());
+            assert_eq!(d.is_corruption(), e.is_corruption());
+            assert_eq!(d.is_not_found(), e.is_not_found());
+            assert_eq!(std::mem::discriminant(&d), std::mem::discriminant(e), "{e}");
         }
-    })
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-pub use cache::{DEFAULT_CACHE_BYTES, MetricsSnapshot};
+pub use cache::MetricsSnapshot;
 pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
@@ -71,7 +71,7 @@ impl FragmentLibrary {
                 store,
                 codecs,
                 config,
-                cache: cache::FragmentCache::new(cache::DEFAULT_CACHE_BYTES),
+                cache: cache::FragmentCache::new(0),
             }),
         })
     }
@@ -183,7 +183,8 @@ impl FragmentLibrary {
     }
 
     /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1),
-    /// through the library's fragment cache.
+    /// through the library's fragment cache (off unless
+    /// [`with_cache_bytes`](Self::with_cache_bytes) turned it on).
     pub async fn get_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         self.cached_fragment(id).await
     }
