@@ -181,7 +181,7 @@ impl FragmentLibrary {
         let entry = cache
             .cache
             .entry(*id)
-            .or_try_insert_with(self.load_fragment(id, true))
+            .or_try_insert_with(self.load_fragment(id, true, true))
             .await
             .map_err(|e| unshare(e, id))?;
         let fresh = entry.is_fresh();
@@ -195,10 +195,21 @@ impl FragmentLibrary {
         Ok(bytes)
     }
 
+    /// A fragment read from the store, bypassing the cache for it and its dependency:
+    /// what export and verify use, since their job is to check the stored objects.
+    pub(super) async fn uncached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
+        self.load_fragment(id, true, false).await
+    }
+
     /// Fetches, decodes and verifies one fragment; its dependency (delta base or cast
-    /// source) comes from the cache or is fetched here, and must not have one itself
-    /// (deltas have depth 1, so any fragment decodes with at most two reads).
-    async fn load_fragment(&self, id: &FragmentId, allow_dependency: bool) -> Result<Bytes> {
+    /// source) comes from the cache (with `use_cache`) or is fetched here, and must not
+    /// have one itself (deltas have depth 1, so any fragment decodes with at most two reads).
+    async fn load_fragment(
+        &self,
+        id: &FragmentId,
+        allow_dependency: bool,
+        use_cache: bool,
+    ) -> Result<Bytes> {
         let key = ObjectKey::fragment(id);
         let raw = self.inner.store.get(&key).await?;
         let cache = &self.inner.cache;
@@ -215,13 +226,16 @@ impl FragmentLibrary {
             }
             // Not single-flight: waiting here for another fetch while this one holds its
             // own slot could deadlock on a hostile pair of objects that depend on each other.
+            Some(dep) if !use_cache => {
+                Some(Box::pin(self.load_fragment(&dep, false, false)).await?)
+            }
             Some(dep) => Some(match cache.cache.get(&dep).await {
                 Some(bytes) => {
                     cache.hit(&bytes);
                     bytes
                 }
                 None => {
-                    let bytes = Box::pin(self.load_fragment(&dep, false)).await?;
+                    let bytes = Box::pin(self.load_fragment(&dep, false, true)).await?;
                     cache.miss(&bytes);
                     cache.cache.insert(dep, bytes.clone()).await;
                     bytes
@@ -250,6 +264,34 @@ impl FragmentLibrary {
 fn unshare(e: Arc<FragmentError>, id: &FragmentId) -> FragmentError {
     Arc::try_unwrap(e).unwrap_or_else(|shared| {
         let key = ObjectKey::fragment(id).to_string();
+        // Variants made of plain data are rebuilt exactly, so callers can match on them.
+        match &*shared {
+            FragmentError::UnknownTag { key, what, tag } => {
+                return FragmentError::UnknownTag {
+                    key: key.clone(),
+                    what,
+                    tag: *tag,
+                };
+            }
+            FragmentError::UnsupportedVersion {
+                key,
+                found,
+                supported,
+            } => {
+                return FragmentError::UnsupportedVersion {
+                    key: key.clone(),
+                    found: *found,
+                    supported: *supported,
+                };
+            }
+            FragmentError::HashMismatch { id, actual } => {
+                return FragmentError::HashMismatch {
+                    id: *id,
+                    actual: *actual,
+                };
+            }
+            _ => {}
+        }
         if shared.is_not_found() {
             FragmentError::NotFound { key, op: "get" }
         } else if shared.is_corruption() {
