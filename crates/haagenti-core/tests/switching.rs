@@ -360,7 +360,7 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cache_is_opt_in_and_uncached_reads_check_the_store() {
+async fn the_cache_is_opt_in_and_verify_and_export_check_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(CountingStore::default());
     ingest_pair(&store, dir.path()).await;
@@ -387,12 +387,11 @@ async fn the_cache_is_opt_in_and_uncached_reads_check_the_store() {
     damaged[last] ^= 1;
     store.inner.overwrite_for_test(&key, Bytes::from(damaged));
     assert_eq!(cached.get_fragment(&id).await.unwrap(), good);
-    assert!(
-        cached
-            .get_fragment_uncached(&id)
-            .await
-            .unwrap_err()
-            .is_corruption()
-    );
     assert!(plain.get_fragment(&id).await.unwrap_err().is_corruption());
+    // Verify and export check the store, cache or not.
+    let report = cached.verify(Some("a"), None).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let out = tempfile::tempdir().unwrap();
+    let err = cached.export("a", out.path(), None).await.unwrap_err();
+    assert!(err.is_corruption(), "{err}");
 }

@@ -139,8 +139,8 @@ impl FragmentLibrary {
     /// This library with a fragment cache of `bytes` (0, the default, keeps nothing;
     /// concurrent reads of one fragment still share one fetch). The returned library and
     /// its clones share the new cache and fresh metrics; clones made before keep the old
-    /// ones. Reads served by the cache are not checked against the store again: use
-    /// [`get_fragment_uncached`](Self::get_fragment_uncached) to check the store itself.
+    /// ones. Reads served by the cache are not checked against the store again; export
+    /// and verify always read the store.
     pub fn with_cache_bytes(self, bytes: u64) -> Self {
         let inner = super::Inner {
             store: self.inner.store.clone(),
@@ -178,9 +178,9 @@ impl FragmentLibrary {
         self.inner.cache.cache.run_pending_tasks().await;
     }
 
-    /// Fetches, decodes and verifies a fragment from the store, its delta base or cast
-    /// source too, ignoring and leaving alone the cache: what checking the store needs.
-    pub async fn get_fragment_uncached(&self, id: &FragmentId) -> Result<Bytes> {
+    /// A fragment read from the store, bypassing the cache for it and its dependency:
+    /// what export and verify use, since their job is to check the stored objects.
+    pub(super) async fn uncached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         self.load_fragment(id, Dependency::FromStore).await
     }
 
