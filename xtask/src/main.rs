@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod fuzz;
 mod moto;
 
 fn main() {
@@ -29,6 +30,7 @@ fn run() -> Result<()> {
             bench::run(&args[1..], &env)
         }
         Some("gen-corpus") => bench::gen_corpus(&args[1..]),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(

@@ -16,6 +16,7 @@ mod haagenti;
 mod lsh;
 mod report;
 mod s3;
+mod switch;
 mod util;
 
 use std::path::PathBuf;
@@ -147,6 +148,8 @@ fn run(opts: &Options) -> Result<()> {
     let lsh_bench = lsh::run(opts.quick)?;
     eprintln!("S3 (local server) next to the filesystem store ...");
     let s3_bench = s3::run(opts.quick)?;
+    eprintln!("model switching through the shared fragment cache ...");
+    let switch_bench = switch::run(opts.quick)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -172,6 +175,8 @@ fn run(opts: &Options) -> Result<()> {
             lsh: serde_json::to_value(&lsh_bench)?,
             s3_markdown: s3_bench.as_ref().map(s3::markdown),
             s3: serde_json::to_value(&s3_bench)?,
+            switch_markdown: switch::markdown(&switch_bench),
+            switch: serde_json::to_value(&switch_bench)?,
         },
         wall_secs: started.elapsed().as_secs_f64(),
     };

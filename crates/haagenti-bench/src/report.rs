@@ -173,6 +173,8 @@ pub struct Micro {
     /// `None` when no S3 server was configured.
     pub s3_markdown: Option<String>,
     pub s3: Value,
+    pub switch_markdown: String,
+    pub switch: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -368,6 +370,7 @@ pub fn markdown(r: &Results<'_>) -> String {
     if let Some(md) = &r.micro.s3_markdown {
         let _ = writeln!(s, "\n{}", md.trim_end());
     }
+    let _ = writeln!(s, "\n{}", r.micro.switch_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -419,6 +422,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "codecs": r.micro.codecs,
             "lsh": r.micro.lsh,
             "s3": r.micro.s3,
+            "switch": r.micro.switch,
         },
     })
 }

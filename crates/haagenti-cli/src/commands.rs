@@ -116,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo { json } => crate::demo::run(json).await,
+        Command::Load(args) => crate::load::run(&cli.library, endpoint, args).await,
     }
 }
 

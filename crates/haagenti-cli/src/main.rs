@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod load;
 mod open;
 mod progress;
 
@@ -89,6 +90,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load models in sequence through one fragment cache and report what each fetched.
+    Load(load::LoadArgs),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo {
         #[arg(long)]

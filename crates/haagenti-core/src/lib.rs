@@ -22,8 +22,9 @@ pub mod types;
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions, IngestReport, Progress,
-    PutFragment, VerifyReport,
+    DEFAULT_CACHE_BYTES, ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions,
+    IngestReport, MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor, TensorInfo,
+    VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

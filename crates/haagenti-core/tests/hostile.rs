@@ -497,7 +497,15 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
     for (what, object) in lies {
         plant(&f.store, &victim, object);
         let listing = f.listing().await;
-        let err = f.lib.get_fragment(&victim).await.unwrap_err();
+        // A fresh cache: the fixture's library has the good bytes cached (verified when
+        // they were read), and would rightly serve them.
+        let err = f
+            .lib
+            .clone()
+            .with_cache_bytes(0)
+            .get_fragment(&victim)
+            .await
+            .unwrap_err();
         assert!(
             err.is_corruption() || matches!(err, FragmentError::UnknownTag { .. }),
             "{what}: {err}"
@@ -539,7 +547,15 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
             &vec![0; data.len()],
         ),
     );
-    let err = f.lib.get_fragment(&victim).await.unwrap_err();
+    // A fresh cache: the fixture's library has the good bytes cached (verified when
+    // they were read), and would rightly serve them.
+    let err = f
+        .lib
+        .clone()
+        .with_cache_bytes(0)
+        .get_fragment(&victim)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("depth"), "{err}");
     // Reads never repair or change anything: with the true objects back, all is well.
     let header: ObjectHeader = object::read_header(&good, "k").unwrap();

@@ -166,6 +166,10 @@ impl FragmentLibrary {
     }
 
     /// Streams one file's bytes into `sink`, fetching fragments `parallelism` ahead.
+    ///
+    /// Export and verify read the stored objects, never the fragment cache: their job is
+    /// to check what is stored, and a bulk rebuild would only evict the fragments that
+    /// model handles share.
     async fn rebuild_file(
         &self,
         manifest: &ModelManifest,
@@ -197,7 +201,7 @@ impl FragmentLibrary {
         };
         let mut fetched =
             futures::stream::iter(pieces.into_iter().map(|(tensor, i, id)| async move {
-                self.get_fragment(&id).await.map_err(|e| {
+                self.uncached_fragment(&id).await.map_err(|e| {
                     let location = if tensor.is_empty() {
                         format!("file {} chunk {i} (fragment {})", file.path, id.short())
                     } else {

@@ -3,18 +3,22 @@
 //!
 //! [`Codec`]: crate::Codec
 
+mod cache;
 mod export;
 mod ingest;
 mod maintenance;
+mod model;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use cache::{DEFAULT_CACHE_BYTES, MetricsSnapshot};
 pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
+pub use model::{ModelHandle, Tensor, TensorInfo};
 
 use crate::cast;
 use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
@@ -28,7 +32,7 @@ use crate::types::{
 
 /// A library of models stored as content-addressed fragments in one store.
 ///
-/// Cheap to clone: clones share the store and codecs.
+/// Cheap to clone: clones share the store, codecs and fragment cache.
 #[derive(Clone, Debug)]
 pub struct FragmentLibrary {
     inner: Arc<Inner>,
@@ -39,6 +43,7 @@ struct Inner {
     store: Arc<dyn FragmentStore>,
     codecs: CodecRegistry,
     config: LibraryConfig,
+    cache: cache::FragmentCache,
 }
 
 /// What [`FragmentLibrary::put_fragment`] did.
@@ -66,6 +71,7 @@ impl FragmentLibrary {
                 store,
                 codecs,
                 config,
+                cache: cache::FragmentCache::new(cache::DEFAULT_CACHE_BYTES),
             }),
         })
     }
@@ -176,44 +182,10 @@ impl FragmentLibrary {
         }))
     }
 
-    /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1).
+    /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1),
+    /// through the library's fragment cache.
     pub async fn get_fragment(&self, id: &FragmentId) -> Result<Bytes> {
-        let key = ObjectKey::fragment(id);
-        let raw = self.inner.store.get(&key).await?;
-        let header = object::read_header(&raw, key.as_str())?;
-        let dependency = match header.dependency() {
-            None => None,
-            Some(dep) => {
-                let dep_key = ObjectKey::fragment(&dep);
-                let dep_raw = self.inner.store.get(&dep_key).await?;
-                let dep_header = object::read_header(&dep_raw, dep_key.as_str())?;
-                if dep_header.dependency().is_some() {
-                    return Err(FragmentError::corrupt(
-                        key.as_str(),
-                        "depends on a fragment that itself depends on another (depth must be 1)",
-                    ));
-                }
-                Some((dep, dep_raw, dep_header))
-            }
-        };
-        let codecs = self.inner.codecs.clone();
-        let id = *id;
-        tokio::task::spawn_blocking(move || {
-            let dep = match dependency {
-                None => None,
-                Some((dep_id, dep_raw, dep_header)) => Some(decode_verified(
-                    &codecs,
-                    &dep_id,
-                    &dep_raw,
-                    &dep_header,
-                    None,
-                )?),
-            };
-            decode_verified(&codecs, &id, &raw, &header, dep.as_deref())
-        })
-        .await
-        .map_err(join_error)?
-        .map(Bytes::from)
+        self.cached_fragment(id).await
     }
 
     /// Names of all models, sorted.

@@ -212,12 +212,14 @@ async fn large_object(store: &dyn FragmentStore) {
 }
 
 async fn corrupt_objects_are_detected(store: Arc<dyn FragmentStore>, tamper: &dyn Tamper) {
+    // No cache: every read below must reach the (tampered) stored object.
     let lib = FragmentLibrary::new(
         store.clone(),
         CodecRegistry::default(),
         LibraryConfig::default(),
     )
-    .unwrap();
+    .unwrap()
+    .with_cache_bytes(0);
     let mut data = vec![0u8; 4096];
     Rng::new(2).fill_bytes(&mut data);
     let put = lib

@@ -1,0 +1,308 @@
+//! The library's fragment cache and read metrics.
+//!
+//! Every clone of a [`FragmentLibrary`] (and every [`ModelHandle`](super::ModelHandle) it
+//! opens) shares one cache of *decoded, verified* fragments, weighted by their length, so
+//! a fragment used by several models is fetched and decoded once while it stays cached,
+//! and every reader gets the same [`Bytes`] without a copy.
+//!
+//! Budget guarantee: the cache (moka, TinyLFU admission, LRU eviction) applies evictions
+//! in batches; every insertion here is followed by `run_pending_tasks`, so once a read
+//! has returned, the cached bytes are within the budget again. While reads are in
+//! flight the cache may exceed it by at most the fragments being inserted at that moment
+//! (about `parallelism` fragments). A fragment larger than the whole budget is never kept.
+//! Bytes handed to callers stay alive as long as the callers hold them, whatever the cache
+//! evicts: the budget bounds what the cache itself keeps.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{FragmentLibrary, decode_verified, join_error};
+use crate::error::{FragmentError, Result};
+use crate::object;
+use crate::store::ObjectKey;
+use crate::types::FragmentId;
+
+/// Cache budget of a library unless [`FragmentLibrary::with_cache_bytes`] says otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+/// The shared cache of decoded fragments, with the counters of every fragment read.
+pub(super) struct FragmentCache {
+    cache: moka::future::Cache<FragmentId, Bytes>,
+    budget: u64,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    store_reads: AtomicU64,
+    store_bytes: AtomicU64,
+    hits: AtomicU64,
+    hit_bytes: AtomicU64,
+    misses: AtomicU64,
+    miss_bytes: AtomicU64,
+    decode_nanos: AtomicU64,
+}
+
+impl fmt::Debug for FragmentCache {
+    // moka's own Debug lists every entry; a summary is enough.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FragmentCache")
+            .field("budget", &self.budget)
+            .field("weighted_size", &self.cache.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FragmentCache {
+    pub(super) fn new(budget: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(budget)
+            // Fragments are at most MAX_DECODED_LEN (16 MiB) long, well within u32.
+            .weigher(|_: &FragmentId, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .build();
+        Self {
+            cache,
+            budget,
+            counters: Counters::default(),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn hit(&self, bytes: &Bytes) {
+        Self::add(&self.counters.hits, 1);
+        Self::add(&self.counters.hit_bytes, bytes.len() as u64);
+    }
+
+    fn miss(&self, bytes: &Bytes) {
+        Self::add(&self.counters.misses, 1);
+        Self::add(&self.counters.miss_bytes, bytes.len() as u64);
+    }
+}
+
+/// Counters of a library's fragment reads since it was opened, and the cache's state.
+///
+/// Cache lookups include those of delta bases and cast sources, so a fragment stored as
+/// a delta against a cached base counts one miss (its own object) and one hit (the base).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Fragment objects read from the store.
+    pub store_reads: u64,
+    /// Bytes of those objects (stored, encoded size).
+    pub bytes_fetched: u64,
+    /// Lookups answered by the cache, or by waiting for a concurrent fetch of the same
+    /// fragment.
+    pub cache_hits: u64,
+    /// Decoded bytes of those lookups.
+    pub cache_hit_bytes: u64,
+    /// Lookups that fetched and decoded the fragment.
+    pub cache_misses: u64,
+    /// Decoded bytes of those lookups.
+    pub cache_miss_bytes: u64,
+    /// Time spent decoding and verifying fragments, summed over threads.
+    pub decode_seconds: f64,
+    /// Decoded bytes the cache holds now.
+    pub cache_bytes: u64,
+    /// Fragments the cache holds now.
+    pub cache_entries: u64,
+    /// The cache's budget in bytes.
+    pub cache_budget: u64,
+}
+
+impl MetricsSnapshot {
+    /// The counters accumulated between `earlier` and `self`; the cache's state is `self`'s.
+    pub fn since(&self, earlier: &MetricsSnapshot) -> MetricsSnapshot {
+        MetricsSnapshot {
+            store_reads: self.store_reads.saturating_sub(earlier.store_reads),
+            bytes_fetched: self.bytes_fetched.saturating_sub(earlier.bytes_fetched),
+            cache_hits: self.cache_hits.saturating_sub(earlier.cache_hits),
+            cache_hit_bytes: self.cache_hit_bytes.saturating_sub(earlier.cache_hit_bytes),
+            cache_misses: self.cache_misses.saturating_sub(earlier.cache_misses),
+            cache_miss_bytes: self
+                .cache_miss_bytes
+                .saturating_sub(earlier.cache_miss_bytes),
+            decode_seconds: (self.decode_seconds - earlier.decode_seconds).max(0.0),
+            ..*self
+        }
+    }
+}
+
+impl FragmentLibrary {
+    /// This library with a fragment cache of `bytes` (0 disables caching; concurrent
+    /// reads of one fragment still share one fetch). The returned library and its clones
+    /// share the new cache and fresh metrics; clones made before keep the old ones.
+    pub fn with_cache_bytes(self, bytes: u64) -> Self {
+        let inner = super::Inner {
+            store: self.inner.store.clone(),
+            codecs: self.inner.codecs.clone(),
+            config: self.inner.config.clone(),
+            cache: FragmentCache::new(bytes),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Read counters and the cache's state.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let cache = &self.inner.cache;
+        let c = &cache.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            store_reads: get(&c.store_reads),
+            bytes_fetched: get(&c.store_bytes),
+            cache_hits: get(&c.hits),
+            cache_hit_bytes: get(&c.hit_bytes),
+            cache_misses: get(&c.misses),
+            cache_miss_bytes: get(&c.miss_bytes),
+            decode_seconds: get(&c.decode_nanos) as f64 * 1e-9,
+            cache_bytes: cache.cache.weighted_size(),
+            cache_entries: cache.cache.entry_count(),
+            cache_budget: cache.budget,
+        }
+    }
+
+    /// Applies the cache's pending evictions, so that [`MetricsSnapshot::cache_bytes`] is
+    /// exact and within the budget.
+    pub async fn sync_cache(&self) {
+        self.inner.cache.cache.run_pending_tasks().await;
+    }
+
+    /// A fragment through the cache: concurrent callers for one fragment share one fetch.
+    pub(super) async fn cached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
+        let cache = &self.inner.cache;
+        let entry = cache
+            .cache
+            .entry(*id)
+            .or_try_insert_with(self.load_fragment(id, true, true))
+            .await
+            .map_err(|e| unshare(e, id))?;
+        let fresh = entry.is_fresh();
+        let bytes = entry.into_value();
+        if fresh {
+            cache.miss(&bytes);
+            cache.cache.run_pending_tasks().await;
+        } else {
+            cache.hit(&bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// A fragment read from the store, bypassing the cache for it and its dependency:
+    /// what export and verify use, since their job is to check the stored objects.
+    pub(super) async fn uncached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
+        self.load_fragment(id, true, false).await
+    }
+
+    /// Fetches, decodes and verifies one fragment; its dependency (delta base or cast
+    /// source) comes from the cache (with `use_cache`) or is fetched here, and must not
+    /// have one itself (deltas have depth 1, so any fragment decodes with at most two reads).
+    async fn load_fragment(
+        &self,
+        id: &FragmentId,
+        allow_dependency: bool,
+        use_cache: bool,
+    ) -> Result<Bytes> {
+        let key = ObjectKey::fragment(id);
+        let raw = self.inner.store.get(&key).await?;
+        let cache = &self.inner.cache;
+        FragmentCache::add(&cache.counters.store_reads, 1);
+        FragmentCache::add(&cache.counters.store_bytes, raw.len() as u64);
+        let header = object::read_header(&raw, key.as_str())?;
+        let dependency = match header.dependency() {
+            None => None,
+            Some(dep) if !allow_dependency || dep == *id => {
+                return Err(FragmentError::corrupt(
+                    key.as_str(),
+                    "a fragment's dependency has a dependency itself (depth must be 1)",
+                ));
+            }
+            // Not single-flight: waiting here for another fetch while this one holds its
+            // own slot could deadlock on a hostile pair of objects that depend on each other.
+            Some(dep) if !use_cache => {
+                Some(Box::pin(self.load_fragment(&dep, false, false)).await?)
+            }
+            Some(dep) => Some(match cache.cache.get(&dep).await {
+                Some(bytes) => {
+                    cache.hit(&bytes);
+                    bytes
+                }
+                None => {
+                    let bytes = Box::pin(self.load_fragment(&dep, false, true)).await?;
+                    cache.miss(&bytes);
+                    cache.cache.insert(dep, bytes.clone()).await;
+                    bytes
+                }
+            }),
+        };
+        let codecs = self.inner.codecs.clone();
+        let id = *id;
+        let (data, nanos) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let data = decode_verified(&codecs, &id, &raw, &header, dependency.as_deref());
+            (data, started.elapsed().as_nanos())
+        })
+        .await
+        .map_err(join_error)?;
+        FragmentCache::add(
+            &cache.counters.decode_nanos,
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        );
+        data.map(Bytes::from)
+    }
+}
+
+/// The error of a fetch several callers waited for: the original when this caller holds
+/// the only reference, else a copy that keeps its kind (not found, corruption) and text.
+fn unshare(e: Arc<FragmentError>, id: &FragmentId) -> FragmentError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| {
+        let key = ObjectKey::fragment(id).to_string();
+        // Variants made of plain data are rebuilt exactly, so callers can match on them.
+        match &*shared {
+            FragmentError::UnknownTag { key, what, tag } => {
+                return FragmentError::UnknownTag {
+                    key: key.clone(),
+                    what,
+                    tag: *tag,
+                };
+            }
+            FragmentError::UnsupportedVersion {
+                key,
+                found,
+                supported,
+            } => {
+                return FragmentError::UnsupportedVersion {
+                    key: key.clone(),
+                    found: *found,
+                    supported: *supported,
+                };
+            }
+            FragmentError::HashMismatch { id, actual } => {
+                return FragmentError::HashMismatch {
+                    id: *id,
+                    actual: *actual,
+                };
+            }
+            _ => {}
+        }
+        if shared.is_not_found() {
+            FragmentError::NotFound { key, op: "get" }
+        } else if shared.is_corruption() {
+            FragmentError::corrupt(key, shared.to_string())
+        } else {
+            FragmentError::Backend {
+                backend: "cache",
+                op: "shared fetch",
+                key,
+                reason: shared.to_string(),
+            }
+        }
+    })
+}

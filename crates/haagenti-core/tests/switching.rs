@@ -1,0 +1,360 @@
+//! Model switching: tensor reads through the shared fragment cache fetch only what they
+//! need, once, and return the source bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use haagenti_core::synth::{self, Recipe, SynthTensor};
+use haagenti_core::{
+    CodecRegistry, Dtype, FragmentLibrary, FragmentStore, IngestOptions, LibraryConfig,
+    MemoryStore, ModelHandle, ObjectKey, ObjectMeta, PutOutcome, Result,
+};
+
+const FRAGMENT: usize = 64 << 10;
+
+/// A memory store that counts the `get`s of every key and can make them slow.
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    gets: Mutex<HashMap<ObjectKey, u64>>,
+    delay: Mutex<Option<Duration>>,
+}
+
+impl CountingStore {
+    /// Fragment keys fetched so far with their counts; forgets them.
+    fn take_fragment_gets(&self) -> HashMap<ObjectKey, u64> {
+        let mut gets = self.gets.lock().unwrap();
+        std::mem::take(&mut *gets)
+            .into_iter()
+            .filter(|(k, _)| k.fragment_id().is_some())
+            .collect()
+    }
+
+    fn set_delay(&self, delay: Option<Duration>) {
+        *self.delay.lock().unwrap() = delay;
+    }
+}
+
+#[async_trait]
+impl FragmentStore for CountingStore {
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        self.inner.put(key, bytes).await
+    }
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        *self.gets.lock().unwrap().entry(key.clone()).or_default() += 1;
+        let delay = *self.delay.lock().unwrap();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    // Header reads (ingest's existence checks) are not fragment fetches: not counted.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        self.inner.get_range(key, range).await
+    }
+}
+
+fn library(store: Arc<CountingStore>, cache_bytes: u64) -> FragmentLibrary {
+    let mut config = LibraryConfig::default();
+    config.fragment_size = FRAGMENT;
+    config.parallelism = 4;
+    FragmentLibrary::new(store, CodecRegistry::default(), config)
+        .unwrap()
+        .with_cache_bytes(cache_bytes)
+}
+
+fn normal(seed: u64) -> Recipe {
+    Recipe::Normal {
+        seed,
+        mean: 0.0,
+        std: 0.02,
+    }
+}
+
+/// Model A: eight 256 KiB layers (four fragments each) and a one-fragment head. Model B:
+/// A with layers 4..8 fine-tuned, so half its layer fragments are A's.
+fn write_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let layer = |i: u64, recipe: Recipe| {
+        SynthTensor::new(
+            format!("layers.{i}.weight"),
+            Dtype::BF16,
+            vec![256, 512],
+            recipe,
+        )
+    };
+    let head = SynthTensor::new("head.weight", Dtype::BF16, vec![128, 256], normal(100));
+    let a: Vec<SynthTensor> = (0..8)
+        .map(|i| layer(i, normal(i)))
+        .chain([head.clone()])
+        .collect();
+    let b: Vec<SynthTensor> = (0..8)
+        .map(|i| {
+            if i < 4 {
+                layer(i, normal(i))
+            } else {
+                let tuned = Recipe::Perturb {
+                    base: Box::new(normal(i)),
+                    seed: 1000 + i,
+                    std: 0.002,
+                };
+                layer(i, tuned)
+            }
+        })
+        .chain([head])
+        .collect();
+    let (pa, pb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    synth::write_safetensors(&pa, &a, None).unwrap();
+    synth::write_safetensors(&pb, &b, None).unwrap();
+    (pa, pb)
+}
+
+async fn ingest_pair(store: &Arc<CountingStore>, dir: &Path) {
+    let (pa, pb) = write_pair(dir);
+    let lib = library(store.clone(), 0);
+    for (name, path) in [("a", &pa), ("b", &pb)] {
+        lib.ingest(name, path, IngestOptions::default())
+            .await
+            .unwrap();
+    }
+    store.take_fragment_gets();
+}
+
+fn fragment_keys(handle: &ModelHandle, tensor: Option<&str>) -> BTreeSet<ObjectKey> {
+    handle
+        .tensors()
+        .iter()
+        .filter(|t| tensor.is_none_or(|n| t.name == n))
+        .flat_map(|t| t.fragments.iter().map(|r| ObjectKey::fragment(&r.id)))
+        .collect()
+}
+
+/// Every tensor of `handle` read with `read_tensor` equals the bytes of `file` at its offsets.
+async fn assert_tensors_match_file(handle: &ModelHandle, file: &Path) {
+    let source = std::fs::read(file).unwrap();
+    assert!(!handle.tensors().is_empty());
+    for info in handle.tensors() {
+        let tensor = handle.read(info).await.unwrap();
+        let range = info.offset as usize..(info.offset + info.len) as usize;
+        assert!(
+            tensor.to_bytes()[..] == source[range],
+            "{} of {} differs from the source",
+            info.name,
+            handle.name()
+        );
+        assert_eq!(
+            (tensor.dtype, &tensor.shape),
+            (info.dtype, &info.shape),
+            "{}",
+            info.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_one_tensor_fetches_only_its_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::default());
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let handle = lib.open_model("a").await.unwrap();
+    assert_eq!(handle.tensors().len(), 9);
+
+    let tensor = handle.read_tensor("layers.5.weight").await.unwrap();
+    let gets = store.take_fragment_gets();
+    let wanted = fragment_keys(&handle, Some("layers.5.weight"));
+    assert_eq!(wanted.len(), 4);
+    assert_eq!(gets.keys().cloned().collect::<BTreeSet<_>>(), wanted);
+    assert!(gets.values().all(|&n| n == 1), "{gets:?}");
+    assert_eq!(tensor.len(), 256 * 512 * 2);
+    assert_eq!(tensor.parts.len(), 4);
+    let m = lib.metrics();
+    assert_eq!((m.store_reads, m.cache_misses, m.cache_hits), (4, 4, 0));
+
+    // Read again: all from the cache, sharing the first read's bytes.
+    let again = handle.read_tensor("layers.5.weight").await.unwrap();
+    assert!(store.take_fragment_gets().is_empty());
+    assert_eq!(again, tensor);
+    for (x, y) in again.parts.iter().zip(&tensor.parts) {
+        assert_eq!(x.as_ptr(), y.as_ptr(), "a cached fragment is not copied");
+    }
+    let m = lib.metrics();
+    assert_eq!((m.store_reads, m.cache_hits), (4, 4));
+    assert_eq!(m.cache_hit_bytes, 4 * FRAGMENT as u64);
+
+    let missing = handle.read_tensor("no.such.tensor").await.unwrap_err();
+    assert!(missing.to_string().contains("no.such.tensor"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_shared_by_two_models_is_fetched_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::default());
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let b = lib.open_model("b").await.unwrap();
+    let (keys_a, keys_b) = (fragment_keys(&a, None), fragment_keys(&b, None));
+    let shared: BTreeSet<_> = keys_a.intersection(&keys_b).cloned().collect();
+    assert_eq!(shared.len(), 4 * 4 + 1, "layers 0..4 and the head");
+
+    a.load_all().await.unwrap();
+    assert_eq!(store.take_fragment_gets().len(), keys_a.len());
+    let before = lib.metrics();
+    let loaded = b.load_all().await.unwrap();
+    assert_eq!(loaded.len(), b.tensors().len());
+    let gets = store.take_fragment_gets();
+    let fetched: BTreeSet<_> = gets.keys().cloned().collect();
+    assert_eq!(fetched, &keys_b - &shared, "B fetches only what A lacks");
+    assert!(gets.values().all(|&n| n == 1), "{gets:?}");
+    let used = lib.metrics().since(&before);
+    assert_eq!(used.cache_hits, shared.len() as u64);
+    assert_eq!(used.cache_hit_bytes, shared.len() as u64 * FRAGMENT as u64);
+    assert_eq!(used.store_reads, fetched.len() as u64);
+
+    // A handle opened from a clone shares the cache: nothing is fetched again.
+    let again = lib.clone().open_model("b").await.unwrap();
+    again.load_all().await.unwrap();
+    assert!(store.take_fragment_gets().is_empty());
+
+    // A library with its own cache fetches everything again.
+    let cold = library(store.clone(), 64 << 20)
+        .open_model("b")
+        .await
+        .unwrap();
+    cold.load_all().await.unwrap();
+    assert_eq!(store.take_fragment_gets().len(), keys_b.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_never_exceeds_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::default());
+    ingest_pair(&store, dir.path()).await;
+    // Room for five of the 33 fragments each model has (+ one byte to be sure the
+    // fifth fits): reads must evict, and still return the right bytes.
+    let budget = 5 * FRAGMENT as u64 + 1;
+    let lib = library(store.clone(), budget);
+    for (name, file) in [
+        ("a", "a.safetensors"),
+        ("b", "b.safetensors"),
+        ("a", "a.safetensors"),
+    ] {
+        let handle = lib.open_model(name).await.unwrap();
+        for info in handle.tensors() {
+            handle.read(info).await.unwrap();
+            lib.sync_cache().await;
+            let m = lib.metrics();
+            assert!(m.cache_bytes <= budget, "{m:?}");
+            // Every fragment weighs its length.
+            assert_eq!(m.cache_bytes, m.cache_entries * FRAGMENT as u64, "{m:?}");
+        }
+        handle.load_all().await.unwrap();
+        lib.sync_cache().await;
+        let m = lib.metrics();
+        assert!(m.cache_bytes <= budget && m.cache_entries > 0, "{m:?}");
+        assert_tensors_match_file(&handle, &dir.path().join(file)).await;
+    }
+    let m = lib.metrics();
+    assert!(m.store_reads > 66, "a small cache refetches: {m:?}");
+
+    // A budget of zero keeps nothing.
+    let none = library(store.clone(), 0);
+    let a = none.open_model("a").await.unwrap();
+    a.load_all().await.unwrap();
+    a.load_all().await.unwrap();
+    none.sync_cache().await;
+    let m = none.metrics();
+    assert_eq!((m.cache_bytes, m.cache_entries, m.store_reads), (0, 0, 66));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tensor_read_equals_the_source_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let family = synth::small_family(dir.path(), 11).unwrap();
+    let store = Arc::new(CountingStore::default());
+    let lib = library(store.clone(), 2 << 20);
+    for m in &family.models {
+        lib.ingest(&m.name, &m.path, IngestOptions::default())
+            .await
+            .unwrap();
+    }
+    for m in &family.models {
+        let handle = lib.open_model(&m.name).await.unwrap();
+        let tensors = handle.load_all().await.unwrap();
+        let mut sources: HashMap<&str, Vec<u8>> = HashMap::new();
+        for (info, t) in handle.tensors().iter().zip(&tensors) {
+            assert_eq!((&t.name, &t.file), (&info.name, &info.file));
+            let source = sources.entry(info.file.as_str()).or_insert_with(|| {
+                let path = if m.is_dir() {
+                    m.path.join(&info.file)
+                } else {
+                    m.path.clone()
+                };
+                std::fs::read(path).unwrap()
+            });
+            let range = info.offset as usize..(info.offset + info.len) as usize;
+            assert!(
+                t.to_bytes()[..] == source[range],
+                "{} {}",
+                m.name,
+                info.name
+            );
+        }
+        assert!(!sources.is_empty(), "{} has tensors", m.name);
+        if !m.is_dir() {
+            assert_tensors_match_file(&handle, &m.path).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_one_fragment_fetch_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::default());
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let handle = lib.open_model("a").await.unwrap();
+    let key = fragment_keys(&handle, Some("head.weight"));
+    assert_eq!(key.len(), 1, "the head is one fragment");
+
+    // Slow reads make the sixteen requests overlap.
+    store.set_delay(Some(Duration::from_millis(200)));
+    let reads: Vec<_> = (0..16)
+        .map(|_| {
+            let h = handle.clone();
+            tokio::spawn(async move { h.read_tensor("head.weight").await.unwrap() })
+        })
+        .collect();
+    let mut tensors = Vec::new();
+    for r in reads {
+        tensors.push(r.await.unwrap());
+    }
+    store.set_delay(None);
+    let gets = store.take_fragment_gets();
+    assert_eq!(gets.len(), 1);
+    assert_eq!(
+        gets.values().next(),
+        Some(&1),
+        "one fetch for sixteen readers"
+    );
+    let m = lib.metrics();
+    assert_eq!((m.cache_misses, m.cache_hits), (1, 15));
+    // Every reader holds the same cached bytes: no copies.
+    let first = tensors[0].parts[0].as_ptr();
+    assert!(tensors.iter().all(|t| t.parts[0].as_ptr() == first));
+}
