@@ -2,9 +2,10 @@
 //! never panic on its own account, and asserts the invariants a correct decoder keeps
 //! (a panic inside an `assert!` here is a finding, like any other crash).
 //!
-//! Inputs that ever crashed are kept as regular tests in
-//! `crates/haagenti-core/tests/fuzz_regressions.rs` and
-//! `crates/haagenti-cli/tests/fuzz_regressions.rs` (codec regressions need the codecs).
+//! An input that crashes a target is kept as a regular test, calling the same public
+//! API with the input inline: `crates/haagenti-core/tests/fuzz_regressions.rs` for the
+//! header, manifest and object targets, the codec crate's tests for codec targets. (No
+//! target has crashed yet; see `docs/guarantees.md`, *Fuzzing*, for the campaigns run.)
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};

@@ -4,7 +4,7 @@
 //! prefix). Writes are atomic and create-only: the bytes go to a temporary file under
 //! `ROOT/tmp/`, are fsynced, and are published with a hard link, which fails if the
 //! destination exists; then the directory is fsynced (and, when the put created
-//! directories, their parents up to the root). No global index file exists, so
+//! directories, each directory that gained an entry). No global index file exists, so
 //! any number of processes can write into one library at once.
 
 use std::fs::{self, File};
@@ -105,13 +105,24 @@ fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Resul
     }
     let parent = dest.parent().unwrap_or(root);
     if !parent.is_dir() {
+        let mut first_existing = parent;
+        while !first_existing.is_dir() {
+            match first_existing.parent() {
+                Some(up) => first_existing = up,
+                None => break,
+            }
+        }
         fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
         if sync {
             // The new directories' entries must be durable too, or a power cut could
-            // lose the object while the manifest naming it (another directory) survives.
+            // lose the object while the manifest naming it (another directory) survives:
+            // fsync each directory that gained an entry (usually one, for a new shard).
             let mut dir = parent;
-            while let Some(up) = dir.parent().filter(|_| dir != root) {
+            while let Some(up) = dir.parent() {
                 sync_dir(up)?;
+                if up == first_existing {
+                    break;
+                }
                 dir = up;
             }
         }
