@@ -212,16 +212,6 @@ fn open_library(dir: &Path, codecs: CodecRegistry) -> Result<FragmentLibrary> {
     )?)
 }
 
-/// User + system CPU seconds of this process (all threads), from `/proc/self/stat`
-/// (clock ticks of 1/100 s, Linux's USER_HZ).
-fn cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
-}
-
 /// Single-thread BLAKE3 bytes per second of CPU time, hashing 16 MiB four times.
 fn blake3_speed() -> f64 {
     let data: Vec<u8> = (0..16u32 << 20)
@@ -267,7 +257,7 @@ pub fn child(args: &[String]) -> Result<()> {
         other => bail!("unknown child operation {other:?}"),
     };
     let secs = started.elapsed().as_secs_f64();
-    let (cpu_secs, peak_rss_bytes) = (cpu_secs(), util::peak_rss_bytes());
+    let (cpu_secs, peak_rss_bytes) = (util::cpu_secs(), util::peak_rss_bytes());
     let out = ChildOutput {
         secs,
         cpu_secs,

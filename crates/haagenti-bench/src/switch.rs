@@ -211,11 +211,11 @@ struct Load {
 /// Loads every tensor of `model`, then drops them.
 async fn load(lib: &FragmentLibrary, model: &str) -> Result<Load> {
     let before = lib.metrics();
-    let cpu = cpu_secs();
+    let cpu = crate::util::cpu_secs().unwrap_or(0.0);
     let started = Instant::now();
     let tensors = lib.open_model(model).await?.load_all().await?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = cpu_secs() - cpu;
+    let cpu_seconds = crate::util::cpu_secs().unwrap_or(0.0) - cpu;
     drop(tensors);
     let used = lib.metrics().since(&before);
     Ok(Load {
@@ -225,25 +225,6 @@ async fn load(lib: &FragmentLibrary, model: &str) -> Result<Load> {
         decode_seconds: used.decode_seconds,
         cpu_seconds,
     })
-}
-
-/// User + system CPU seconds of this process, all threads (`/proc/self/stat`, in 1/100 s
-/// ticks); 0 where there is no procfs. Unlike wall time, this does not count waiting for
-/// a core while other programs use the machine.
-fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (tick(11) + tick(12)) as f64 / 100.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

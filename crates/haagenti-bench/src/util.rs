@@ -135,6 +135,17 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// User + system CPU seconds of this process, all threads (`/proc/self/stat`, in 1/100 s
+/// ticks); `None` where there is no procfs. Unlike wall time, it does not count waiting
+/// for a core while other programs use the machine.
+pub fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
