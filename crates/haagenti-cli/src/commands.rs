@@ -122,7 +122,9 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
     let bar = Bar::new("ingest", args.json);
-    let mut opts = IngestOptions::default().replace(args.replace);
+    let mut opts = IngestOptions::default()
+        .replace(args.replace)
+        .lossy_max_rel_error(args.lossy_max_rel_error);
     if let Some(bar) = bar {
         opts = opts.progress(bar);
     }
@@ -155,6 +157,25 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
             human(report.new_fragment_bytes),
             human(report.stored_bytes),
         );
+        if report.delta_fragments + report.cast_fragments > 0 {
+            println!(
+                "  of which {} as deltas ({} stored) and {} as casts of f32 fragments (no payload)",
+                human(report.delta_fragment_bytes),
+                human(report.delta_stored_bytes),
+                human(report.cast_fragment_bytes),
+            );
+        }
+        if report.lossy_fragments > 0 {
+            println!(
+                "  LOSSY: {} fragments ({}) reference a similar stored fragment; largest relative L2 error {:.3e}",
+                report.lossy_fragments,
+                human(report.lossy_fragment_bytes),
+                report.max_rel_error,
+            );
+        }
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }
@@ -343,6 +364,16 @@ fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
             base.short()
         ),
         Encoding::Cast { source, from, to } => format!("cast {from}->{to} of {}", source.short()),
+        Encoding::CastDelta {
+            codec,
+            source,
+            from,
+            to,
+        } => format!(
+            "delta({}) vs cast {from}->{to} of {}",
+            lib.codecs().name_of(*codec),
+            source.short()
+        ),
     }
 }
 

@@ -111,9 +111,15 @@ struct IngestArgs {
     /// Codec effort: fast, balanced or max.
     #[arg(long, default_value = "balanced")]
     codec: String,
-    /// Tensor fragment size in bytes (65536 to 16777216).
+    /// Fragment size in bytes of 16-bit tensors (65536 to 8388608; f32 fragments cover the
+    /// same elements and are twice as large).
     #[arg(long)]
     fragment_size: Option<usize>,
+    /// Opt-in lossy sharing: reference a stored fragment of the same dtype and length
+    /// whose values are within this relative L2 error (e.g. 0.001) instead of storing the
+    /// new one. Every substitution and its measured error is recorded in the manifest.
+    #[arg(long, value_name = "E")]
+    lossy_max_rel_error: Option<f64>,
     #[arg(long)]
     json: bool,
 }

@@ -65,5 +65,6 @@ pub async fn open_library(
     if let Some(size) = fragment_size {
         config.fragment_size = size;
     }
-    Ok(FragmentLibrary::new(store, codecs(), config)?)
+    Ok(FragmentLibrary::new(store, codecs(), config)?
+        .with_similarity(haagenti_lsh::cosine_similarity()))
 }

@@ -17,7 +17,7 @@ pub const RAW_CODEC_TAG: CodecTag = 0;
 
 /// Largest decoded size a codec is ever asked to produce (bounds every allocation
 /// made while decoding stored data).
-pub const MAX_DECODED_LEN: usize = crate::types::MAX_FRAGMENT_SIZE;
+pub const MAX_DECODED_LEN: usize = 16 << 20;
 
 /// What the encoder knows about the bytes it is given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

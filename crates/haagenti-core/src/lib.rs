@@ -22,12 +22,15 @@ pub mod types;
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ExportReport, FragmentLibrary, GcOptions, GcReport, IngestOptions, IngestReport,
-    MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor, TensorInfo, VerifyReport,
+    DELTA_MAX_FRACTION, ExportReport, FragmentLibrary, GcOptions, GcReport, IndexReport,
+    IngestOptions, IngestReport, MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor,
+    TensorInfo, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,
 };
-pub use signature::{SchemeTag, Signature, SignatureScheme};
+pub use signature::{
+    CandidateIndex, EntryMeta, IndexFactory, SchemeTag, Signature, SignatureScheme, Similarity,
+};
 pub use store::{FragmentStore, MemoryStore, ObjectKey, ObjectMeta, PutOutcome};
 pub use types::*;

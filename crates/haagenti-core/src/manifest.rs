@@ -90,6 +90,12 @@ impl FileManifest {
 /// A fragment stored in place of a different original one (opt-in lossy mode).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossySubstitution {
+    /// File of the substituted fragment.
+    pub file: String,
+    /// Tensor of the substituted fragment.
+    pub tensor: String,
+    /// Index of the fragment within its tensor.
+    pub fragment: u32,
     /// Id of the original bytes, which were not stored.
     pub original: FragmentId,
     /// The stored fragment used instead.
@@ -131,6 +137,16 @@ impl ModelManifest {
 
     pub fn is_lossy(&self) -> bool {
         !self.lossy.is_empty()
+    }
+
+    /// The largest relative L2 error of any substitution (0 for a lossless model).
+    pub fn max_rel_error(&self) -> f64 {
+        self.lossy.iter().map(|l| l.rel_error).fold(0.0, f64::max)
+    }
+
+    /// Whether some fragment of `file` was substituted (its bytes differ from the source).
+    pub fn file_is_lossy(&self, file: &str) -> bool {
+        self.lossy.iter().any(|l| l.file == file)
     }
 
     /// Tensors grouped by layer across all files.

@@ -4,14 +4,14 @@
 //! offset size
 //!  0     4   magic "HGFR"
 //!  4     1   format version (LIBRARY_FORMAT_VERSION)
-//!  5     1   encoding: 0 standalone, 1 delta, 2 cast
+//!  5     1   encoding: 0 standalone, 1 delta, 2 cast, 3 delta against a cast
 //!  6     2   codec tag, u16 LE (0 for cast)
 //!  8     8   decoded length, u64 LE
 //! 16     1   dtype tag (0: none)
 //! 17     7   reserved, zero
 //! 24     8   checksum: xxh3-64 of bytes 32.. seeded with xxh3-64 of bytes 0..24
-//! 32    32   delta: base id | cast: source id      (absent for standalone)
-//! 64     2   cast: from dtype tag, to dtype tag      (absent otherwise)
+//! 32    32   delta: base id | cast, cast delta: source id   (absent for standalone)
+//! 64     2   cast, cast delta: from dtype tag, to dtype tag  (absent otherwise)
 //! ..         payload (codec output; empty for cast)
 //! ```
 //!
@@ -46,7 +46,7 @@ impl ObjectHeader {
         match self.encoding {
             Encoding::Standalone { .. } => None,
             Encoding::Delta { base, .. } => Some(base),
-            Encoding::Cast { source, .. } => Some(source),
+            Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => Some(source),
         }
     }
 }
@@ -64,6 +64,7 @@ pub fn write_header(
         Encoding::Standalone { codec } => (0u8, *codec),
         Encoding::Delta { codec, .. } => (1, *codec),
         Encoding::Cast { .. } => (2, 0),
+        Encoding::CastDelta { codec, .. } => (3, *codec),
     };
     out.push(kind);
     out.extend_from_slice(&codec.to_le_bytes());
@@ -74,7 +75,10 @@ pub fn write_header(
     match encoding {
         Encoding::Standalone { .. } => {}
         Encoding::Delta { base, .. } => out.extend_from_slice(base.as_bytes()),
-        Encoding::Cast { source, from, to } => {
+        Encoding::Cast { source, from, to }
+        | Encoding::CastDelta {
+            source, from, to, ..
+        } => {
             out.extend_from_slice(source.as_bytes());
             out.push(from.tag());
             out.push(to.tag());
@@ -162,7 +166,7 @@ pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
             },
             FIXED_HEADER + 32,
         ),
-        2 => {
+        kind @ (2 | 3) => {
             let source = id_at(FIXED_HEADER)?;
             let tags = bytes
                 .get(FIXED_HEADER + 32..MAX_HEADER_LEN)
@@ -170,14 +174,18 @@ pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
             let dt = |t: u8| {
                 Dtype::from_tag(t).ok_or_else(|| corrupt(&format!("unknown dtype tag {t}")))
             };
-            (
-                Encoding::Cast {
+            let (from, to) = (dt(tags[0])?, dt(tags[1])?);
+            let encoding = if kind == 2 {
+                Encoding::Cast { source, from, to }
+            } else {
+                Encoding::CastDelta {
+                    codec,
                     source,
-                    from: dt(tags[0])?,
-                    to: dt(tags[1])?,
-                },
-                MAX_HEADER_LEN,
-            )
+                    from,
+                    to,
+                }
+            };
+            (encoding, MAX_HEADER_LEN)
         }
         k => return Err(corrupt(&format!("unknown encoding kind {k}"))),
     };
@@ -203,6 +211,12 @@ mod tests {
                 source: base,
                 from: Dtype::F32,
                 to: Dtype::BF16,
+            },
+            Encoding::CastDelta {
+                codec: 3,
+                source: base,
+                from: Dtype::F32,
+                to: Dtype::F16,
             },
         ] {
             let mut buf = Vec::new();

@@ -13,7 +13,7 @@ use crate::error::FragmentError;
 pub const LIBRARY_FORMAT_VERSION: u8 = 1;
 
 /// Default cosine similarity above which two fragments are considered related.
-pub const DEFAULT_SIMILARITY_THRESHOLD: SimilarityThreshold = SimilarityThreshold(0.95);
+pub const DEFAULT_SIMILARITY_THRESHOLD: SimilarityThreshold = SimilarityThreshold(0.97);
 
 /// Content address of a fragment: the full 32-byte BLAKE3 hash of its *decoded* bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -305,6 +305,15 @@ pub enum Encoding {
         from: Dtype,
         to: Dtype,
     },
+    /// The payload is a codec-encoded XOR difference against the round-to-nearest-even
+    /// cast of `source` to `to`: a bf16 fine-tune stored against its fp32 parent. `source`
+    /// is standalone, so this too decodes with two reads.
+    CastDelta {
+        codec: u16,
+        source: FragmentId,
+        from: Dtype,
+        to: Dtype,
+    },
 }
 
 /// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
@@ -402,20 +411,37 @@ impl fmt::Display for CodecPolicy {
 
 /// Smallest and largest allowed tensor fragment sizes.
 pub const MIN_FRAGMENT_SIZE: usize = 64 << 10;
-pub const MAX_FRAGMENT_SIZE: usize = 16 << 20;
+pub const MAX_FRAGMENT_SIZE: usize = 8 << 20;
+
+/// Elements per fragment of a `dtype` tensor: `fragment_size / 2` for 2- and 4-byte
+/// dtypes, so an f32 tensor and its bf16 or f16 cast are cut at the same elements (the
+/// f32 fragments are twice `fragment_size`) and every cast fragment lines up with one
+/// f32 fragment; `fragment_size / size` for the others.
+pub fn fragment_elements(fragment_size: usize, dtype: Dtype) -> usize {
+    match dtype.size() {
+        2 | 4 => fragment_size / 2,
+        size => fragment_size / size,
+    }
+    .max(1)
+}
 
 /// Tunables of a [`crate::FragmentLibrary`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LibraryConfig {
-    /// Target tensor fragment size in bytes (64 KiB to 16 MiB), rounded down to whole elements.
+    /// Tensor fragment size in bytes for 16-bit dtypes (64 KiB to 8 MiB); see
+    /// [`fragment_elements`] for the others.
     pub fragment_size: usize,
     /// Average content-defined chunk size for blob files.
     pub blob_chunk_avg: usize,
     pub codec_policy: CodecPolicy,
     /// How many fragments are hashed/encoded/stored at once; bounds memory.
     pub parallelism: usize,
+    /// Estimated cosine from which a stored fragment is tried as a delta base, cast
+    /// source or lossy substitute (with similarity on).
     pub similarity_threshold: SimilarityThreshold,
+    /// How many candidates of each kind ingest tries per fragment (bounds the work).
+    pub similarity_candidates: usize,
 }
 
 impl Default for LibraryConfig {
@@ -426,6 +452,7 @@ impl Default for LibraryConfig {
             codec_policy: CodecPolicy::default(),
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             similarity_threshold: DEFAULT_SIMILARITY_THRESHOLD,
+            similarity_candidates: 2,
         }
     }
 }
@@ -443,6 +470,12 @@ impl LibraryConfig {
                 "blob chunk size {} is outside 4096..={}",
                 self.blob_chunk_avg,
                 MAX_FRAGMENT_SIZE / 4
+            )));
+        }
+        if !(1..=16).contains(&self.similarity_candidates) {
+            return Err(FragmentError::InvalidInput(format!(
+                "similarity candidates {} is outside 1..=16",
+                self.similarity_candidates
             )));
         }
         if self.parallelism == 0 {

@@ -255,7 +255,7 @@ async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
         &[tensor(
             "layers.0.attn.q_proj.weight",
             Dtype::F32,
-            &[128, 256],
+            &[256, 256],
             5,
         )],
         None,

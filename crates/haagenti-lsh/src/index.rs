@@ -27,7 +27,8 @@
 //! scheme and length) load into one index; a fragment present in several loads once.
 
 use haagenti_core::{
-    FragmentError, FragmentId, Result, SchemeTag, Signature, SimilarityMatch, SimilarityThreshold,
+    CandidateIndex, FragmentError, FragmentId, Result, SchemeTag, Signature, SimilarityMatch,
+    SimilarityThreshold,
 };
 
 use crate::{
@@ -343,6 +344,30 @@ impl SimilarityIndex {
                 + self.recent_heads.capacity()
                 + self.recent_next.capacity())
                 * 4
+    }
+
+    /// The signature and `meta` tag stored for `id`.
+    pub fn entry(&self, id: &FragmentId) -> Option<(Signature, u64)> {
+        let e = self.lookup(id).filter(|&e| self.live[e])?;
+        let signature = Signature {
+            scheme: self.config.scheme,
+            words: self.sig(e).to_vec(),
+        };
+        Some((signature, self.meta[e]))
+    }
+
+    /// The live entries of `ids` (duplicates and absent ids skipped) as one segment.
+    pub fn segment_of(&self, ids: &[FragmentId]) -> Vec<u8> {
+        let mut writer = SegmentWriter::new(self.config.scheme, self.config.bits);
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.lookup(id).filter(|&e| self.live[e])
+                && seen.insert(e)
+            {
+                writer.push_words(&self.ids[e], self.sig(e), self.meta[e]);
+            }
+        }
+        writer.finish()
     }
 
     /// Every live entry as one segment (see the module documentation).
@@ -750,4 +775,43 @@ fn parse_segment(bytes: &[u8]) -> Result<ParsedSegment<'_>> {
         count,
         body,
     })
+}
+
+impl CandidateIndex for SimilarityIndex {
+    fn insert(&mut self, id: FragmentId, signature: &Signature, meta: u64) -> Result<bool> {
+        SimilarityIndex::insert(self, id, signature, meta)
+    }
+
+    fn remove(&mut self, id: &FragmentId) -> bool {
+        SimilarityIndex::remove(self, id)
+    }
+
+    fn entry(&self, id: &FragmentId) -> Option<(Signature, u64)> {
+        SimilarityIndex::entry(self, id)
+    }
+
+    fn find_similar_where(
+        &self,
+        signature: &Signature,
+        threshold: SimilarityThreshold,
+        limit: usize,
+        keep: &mut dyn FnMut(&FragmentId, u64) -> bool,
+    ) -> Result<Vec<SimilarityMatch>> {
+        SimilarityIndex::find_similar_where(self, signature, threshold, limit, keep)
+    }
+
+    fn load_segment(&mut self, bytes: &[u8]) -> Result<usize> {
+        SimilarityIndex::load_segment(self, bytes)
+    }
+
+    fn len(&self) -> usize {
+        SimilarityIndex::len(self)
+    }
+
+    fn segment(&self, ids: Option<&[FragmentId]>) -> Vec<u8> {
+        match ids {
+            Some(ids) => self.segment_of(ids),
+            None => self.to_bytes(),
+        }
+    }
 }

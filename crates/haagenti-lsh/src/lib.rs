@@ -23,6 +23,21 @@ pub use minhash::{
     BYTE_MINHASH_TAG, ByteMinHash, DEFAULT_MINHASH_BITS, MAX_MINHASH_BITS, MIN_BLOB_LEN, SCAN_END,
 };
 
+/// The similarity setup the library uses by default: [`CosineSketch`] signatures (256
+/// bits) in a [`SimilarityIndex`] with 16 bands of 16 bits.
+pub fn cosine_similarity() -> haagenti_core::Similarity {
+    haagenti_core::Similarity {
+        scheme: std::sync::Arc::new(CosineSketch::default()),
+        new_index: std::sync::Arc::new(|| {
+            // The default configuration is valid by construction (checked by a test).
+            match SimilarityIndex::new(IndexConfig::cosine()) {
+                Ok(index) => Box::new(index),
+                Err(e) => unreachable!("default index config rejected: {e}"),
+            }
+        }),
+    }
+}
+
 /// Number of differing bits between two equally long bit vectors.
 pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()

@@ -146,7 +146,8 @@ impl FragmentLibrary {
             store: self.inner.store.clone(),
             codecs: self.inner.codecs.clone(),
             config: self.inner.config.clone(),
-            cache: FragmentCache::new(bytes),
+            cache: Arc::new(FragmentCache::new(bytes)),
+            similarity: self.inner.similarity.clone(),
         };
         Self {
             inner: Arc::new(inner),

@@ -24,6 +24,10 @@ pub struct ExportReport {
     pub seconds: f64,
     /// True when the model was ingested with a lossy option (bytes differ from the source).
     pub lossy: bool,
+    /// Largest relative L2 error of a substituted fragment (0 when lossless).
+    pub max_rel_error: f64,
+    /// Files whose bytes differ from the ingested ones (their fragments are still verified).
+    pub lossy_files: u64,
 }
 
 /// What a verification found.
@@ -83,6 +87,7 @@ impl FragmentLibrary {
         let mut report = ExportReport {
             model: name.to_string(),
             lossy: manifest.is_lossy(),
+            max_rel_error: manifest.max_rel_error(),
             ..Default::default()
         };
         for file in &manifest.files {
@@ -117,6 +122,7 @@ impl FragmentLibrary {
             std::fs::rename(&partial, &dest).map_err(|e| FragmentError::io("rename", &dest, e))?;
             report.files += 1;
             report.bytes += file.size;
+            report.lossy_files += u64::from(manifest.file_is_lossy(&file.path));
         }
         if let Some(p) = progress {
             p.finish();
@@ -230,7 +236,11 @@ impl FragmentLibrary {
                 p.advance(data.len() as u64);
             }
         }
-        if hasher.count() != file.size || hasher.finalize().as_bytes() != &file.blake3 {
+        // A file with lossy substitutions cannot match the source's hash; its fragments were
+        // each verified against their ids, and its length must still match.
+        let hash_ok =
+            manifest.file_is_lossy(&file.path) || hasher.finalize().as_bytes() == &file.blake3;
+        if hasher.count() != file.size || !hash_ok {
             return Err(FragmentError::FileHashMismatch {
                 model: manifest.name.clone(),
                 file: file.path.clone(),

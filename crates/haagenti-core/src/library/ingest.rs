@@ -15,13 +15,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::maintenance::LockKind;
+use super::similarity::{Placement, Policy};
 use super::{FragmentLibrary, hash_blocking, join_error, now_unix_ms};
 use crate::error::{FragmentError, Result};
 use crate::manifest::{
-    FileContent, FileManifest, FragmentRef, ModelManifest, TensorRef, validate_relative_path,
+    FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, TensorRef,
+    validate_relative_path,
 };
 use crate::safetensors::{self, SafetensorsHeader};
-use crate::types::{Dtype, FragmentId, validate_model_name};
+use crate::signature::EntryMeta;
+use crate::types::{Dtype, Encoding, FragmentId, fragment_elements, validate_model_name};
 
 /// Receives progress of long operations (ingest, export, verify). Implementations must
 /// be cheap: `advance` is called once per fragment.
@@ -39,12 +42,18 @@ pub struct IngestOptions {
     /// Replace an existing model of the same name instead of failing.
     pub replace: bool,
     pub progress: Option<Arc<dyn Progress>>,
+    /// Opt-in lossy sharing: a fragment whose values are within this relative L2 error of
+    /// a stored fragment of the same dtype and length references that fragment instead of
+    /// being stored. Every substitution is recorded in the manifest. `None` (the default)
+    /// keeps every byte.
+    pub lossy_max_rel_error: Option<f64>,
 }
 
 impl std::fmt::Debug for IngestOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestOptions")
             .field("replace", &self.replace)
+            .field("lossy_max_rel_error", &self.lossy_max_rel_error)
             .finish_non_exhaustive()
     }
 }
@@ -57,6 +66,12 @@ impl IngestOptions {
 
     pub fn progress(mut self, progress: Arc<dyn Progress>) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Turns on lossy sharing with the largest relative L2 error allowed per fragment.
+    pub fn lossy_max_rel_error(mut self, max: Option<f64>) -> Self {
+        self.lossy_max_rel_error = max;
         self
     }
 }
@@ -79,8 +94,27 @@ pub struct IngestReport {
     pub stored_bytes: u64,
     /// Bytes of fragments that were already stored (exact dedup).
     pub dedup_bytes: u64,
+    /// New fragments stored as deltas (against a similar fragment or a cast of one).
+    pub delta_fragments: u64,
+    /// Decoded bytes of those delta fragments.
+    pub delta_fragment_bytes: u64,
+    /// Stored bytes of those delta fragments.
+    pub delta_stored_bytes: u64,
+    /// New fragments stored as casts of an f32 fragment (no payload).
+    pub cast_fragments: u64,
+    /// Decoded bytes of those cast fragments.
+    pub cast_fragment_bytes: u64,
+    /// Fragments replaced by a similar stored one (lossy mode only).
+    pub lossy_fragments: u64,
+    pub lossy_fragment_bytes: u64,
+    /// Largest relative L2 error of those substitutions.
+    pub max_rel_error: f64,
+    /// Time spent computing signatures, summed over workers.
+    pub signature_seconds: f64,
     pub manifest_bytes: u64,
     pub seconds: f64,
+    /// Problems that cost savings but not data (for example a damaged index segment).
+    pub warnings: Vec<String>,
 }
 
 /// One input file, validated.
@@ -117,6 +151,13 @@ impl FragmentLibrary {
     ) -> Result<IngestReport> {
         let started = Instant::now();
         validate_model_name(name)?;
+        if let Some(e) = opts.lossy_max_rel_error
+            && !(e.is_finite() && e > 0.0 && e < 1.0)
+        {
+            return Err(FragmentError::InvalidInput(format!(
+                "lossy max relative error {e} is outside (0, 1)"
+            )));
+        }
         if !opts.replace && !self.manifest_generations(name).await?.is_empty() {
             return Err(FragmentError::ModelExists(name.to_string()));
         }
@@ -155,11 +196,19 @@ impl FragmentLibrary {
             })
         };
 
-        let session: Arc<Mutex<HashMap<FragmentId, Option<FragmentId>>>> = Arc::default();
-        let mut slots: Vec<Vec<Option<FragmentRef>>> = vec![Vec::new(); sources.len()];
+        let index = self.refresh_index().await?;
+        let policy = Policy {
+            threshold: self.config().similarity_threshold,
+            candidates: self.config().similarity_candidates,
+            lossy_max_rel_error: opts.lossy_max_rel_error,
+        };
+        let session: Arc<Mutex<HashMap<FragmentId, Resolved>>> = Arc::default();
+        let mut slots: Vec<Vec<Option<Slot>>> = vec![Vec::new(); sources.len()];
         let mut hashes: Vec<Option<[u8; 32]>> = vec![None; sources.len()];
+        let mut new_index_entries = Vec::new();
         let mut report = IngestReport {
             model: name.to_string(),
+            warnings: index.warnings,
             ..Default::default()
         };
 
@@ -174,25 +223,55 @@ impl FragmentLibrary {
         let mut results = jobs
             .map(|job| {
                 let session = session.clone();
-                async move { self.ingest_fragment(job, &session).await }
+                async move { self.ingest_fragment(job, &session, policy).await }
             })
             .buffer_unordered(parallelism);
         while let Some(done) = results.next().await {
-            let (file, seq, fref, stored) = done?;
-            let len = u64::from(fref.len);
-            match stored {
-                Some(bytes) => {
+            let done = done?;
+            let len = u64::from(done.fref.len);
+            report.signature_seconds += done.signature_seconds;
+            let mut lossy = None;
+            match done.outcome {
+                Outcome::Written {
+                    encoding,
+                    stored_len,
+                    indexed,
+                } => {
                     report.new_fragments += 1;
                     report.new_fragment_bytes += len;
-                    report.stored_bytes += bytes;
+                    report.stored_bytes += stored_len;
+                    match encoding {
+                        Encoding::Standalone { .. } => {}
+                        Encoding::Delta { .. } | Encoding::CastDelta { .. } => {
+                            report.delta_fragments += 1;
+                            report.delta_fragment_bytes += len;
+                            report.delta_stored_bytes += stored_len;
+                        }
+                        Encoding::Cast { .. } => {
+                            report.cast_fragments += 1;
+                            report.cast_fragment_bytes += len;
+                        }
+                    }
+                    if indexed {
+                        new_index_entries.push(done.original);
+                    }
                 }
-                None => report.dedup_bytes += len,
+                Outcome::Dedup => report.dedup_bytes += len,
+                Outcome::Substituted { rel_error } => {
+                    report.lossy_fragments += 1;
+                    report.lossy_fragment_bytes += len;
+                    report.max_rel_error = report.max_rel_error.max(rel_error);
+                    lossy = Some((done.original, rel_error));
+                }
             }
-            let file_slots = &mut slots[file];
-            if file_slots.len() <= seq {
-                file_slots.resize(seq + 1, None);
+            let file_slots = &mut slots[done.file];
+            if file_slots.len() <= done.seq {
+                file_slots.resize(done.seq + 1, None);
             }
-            file_slots[seq] = Some(fref);
+            file_slots[done.seq] = Some(Slot {
+                fref: done.fref,
+                lossy,
+            });
             if let Some(p) = &opts.progress {
                 p.advance(len);
             }
@@ -201,21 +280,25 @@ impl FragmentLibrary {
         reader.await.map_err(join_error)??;
 
         let mut files = Vec::with_capacity(sources.len());
+        let mut substitutions = Vec::new();
         for (i, src) in sources.iter().enumerate() {
-            let refs: Vec<FragmentRef> = std::mem::take(&mut slots[i])
+            let refs: Vec<Slot> = std::mem::take(&mut slots[i])
                 .into_iter()
                 .flatten()
                 .collect();
             let blake3 = hashes[i].ok_or_else(|| {
                 FragmentError::InvalidInput(format!("{}: file was not read completely", src.rel))
             })?;
-            files.push(build_file_manifest(src, refs, blake3)?);
+            files.push(build_file_manifest(src, refs, blake3, &mut substitutions)?);
         }
+        // The index is advisory, but written before the manifest so that a model that
+        // exists always has its fragments indexed.
+        self.write_index_segment(&new_index_entries).await?;
         let manifest = ModelManifest {
             name: name.to_string(),
             created_unix_ms: now_unix_ms(),
             files,
-            lossy: Vec::new(),
+            lossy: substitutions,
         };
         report.files = manifest.files.len() as u64;
         report.tensors = manifest
@@ -239,43 +322,176 @@ impl FragmentLibrary {
         Ok(report)
     }
 
-    /// Hashes one fragment and stores it unless it is already stored. Returns its place,
-    /// its reference and, when written, the stored size.
+    /// Hashes one fragment and, unless it is already stored, decides how to keep it
+    /// (standalone, delta, cast reference or, in lossy mode, a substitute) and does it.
     async fn ingest_fragment(
         &self,
         job: Job,
-        session: &Mutex<HashMap<FragmentId, Option<FragmentId>>>,
-    ) -> Result<(usize, usize, FragmentRef, Option<u64>)> {
+        session: &Mutex<HashMap<FragmentId, Resolved>>,
+        policy: Policy,
+    ) -> Result<Done> {
         let len = u32::try_from(job.data.len())
             .map_err(|_| FragmentError::InvalidInput("fragment larger than 4 GiB".into()))?;
         let id = hash_blocking(job.data.clone()).await?;
-        let known = session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .copied();
-        let (depends_on, stored) = match known {
-            Some(dep) => (dep, None),
-            None => {
-                let put = self.put_hashed(id, job.data, job.dtype).await?;
-                session
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, put.depends_on);
-                (put.depends_on, put.created.then_some(put.stored_len))
-            }
-        };
-        Ok((
-            job.file,
-            job.seq,
-            FragmentRef {
-                id,
+        let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| Done {
+            file: job.file,
+            seq: job.seq,
+            fref: FragmentRef {
+                id: resolved.id,
                 len,
-                depends_on,
+                depends_on: resolved.depends_on,
             },
-            stored,
-        ))
+            original: id,
+            outcome,
+            signature_seconds,
+        };
+        let lock = |s: &Mutex<HashMap<FragmentId, Resolved>>| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .copied()
+        };
+        if let Some(resolved) = lock(session) {
+            let outcome = match resolved.rel_error {
+                Some(rel_error) => Outcome::Substituted { rel_error },
+                None => Outcome::Dedup,
+            };
+            return Ok(done(resolved, outcome, 0.0));
+        }
+        if let Some(header) = self.fragment_header(&id).await? {
+            let resolved = Resolved {
+                id,
+                depends_on: header.dependency(),
+                rel_error: None,
+            };
+            remember(session, id, resolved);
+            return Ok(done(resolved, Outcome::Dedup, 0.0));
+        }
+
+        let state = self.similarity_state().cloned();
+        let (signature, signature_seconds) = match (&state, job.dtype) {
+            (Some(state), Some(dtype)) => {
+                let (state, data) = (state.clone(), job.data.clone());
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let sig = state.similarity.scheme.signature(&data, Some(dtype));
+                    (sig, started.elapsed().as_secs_f64())
+                })
+                .await
+                .map_err(join_error)?
+            }
+            _ => (None, 0.0),
+        };
+        let placement = self
+            .place_similar(id, job.data, job.dtype, signature.clone(), policy)
+            .await?;
+        let (resolved, outcome) = match placement {
+            Placement::Written {
+                encoding,
+                stored_len,
+            } => {
+                if let (Some(state), Some(sig)) = (&state, &signature) {
+                    let meta = EntryMeta {
+                        len,
+                        dtype: job.dtype,
+                        standalone: matches!(encoding, Encoding::Standalone { .. }),
+                    };
+                    state.index().insert(id, sig, meta.pack())?;
+                }
+                let depends_on = match encoding {
+                    Encoding::Standalone { .. } => None,
+                    Encoding::Delta { base, .. } => Some(base),
+                    Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => {
+                        Some(source)
+                    }
+                };
+                let resolved = Resolved {
+                    id,
+                    depends_on,
+                    rel_error: None,
+                };
+                (
+                    resolved,
+                    Outcome::Written {
+                        encoding,
+                        stored_len,
+                        indexed: signature.is_some(),
+                    },
+                )
+            }
+            Placement::Raced { depends_on } => (
+                Resolved {
+                    id,
+                    depends_on,
+                    rel_error: None,
+                },
+                Outcome::Dedup,
+            ),
+            Placement::Substituted {
+                substitute,
+                depends_on,
+                rel_error,
+            } => (
+                Resolved {
+                    id: substitute,
+                    depends_on,
+                    rel_error: Some(rel_error),
+                },
+                Outcome::Substituted { rel_error },
+            ),
+        };
+        remember(session, id, resolved);
+        Ok(done(resolved, outcome, signature_seconds))
     }
+}
+
+/// How the fragments with one id were resolved earlier in the same ingest.
+#[derive(Clone, Copy, Debug)]
+struct Resolved {
+    /// The fragment the manifest references: the original, or a lossy substitute.
+    id: FragmentId,
+    depends_on: Option<FragmentId>,
+    /// Set for a lossy substitute.
+    rel_error: Option<f64>,
+}
+
+fn remember(session: &Mutex<HashMap<FragmentId, Resolved>>, id: FragmentId, r: Resolved) {
+    session
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, r);
+}
+
+enum Outcome {
+    /// Already stored (before this ingest, earlier in it, or by a concurrent writer).
+    Dedup,
+    Written {
+        encoding: Encoding,
+        stored_len: u64,
+        /// Its signature went into the index.
+        indexed: bool,
+    },
+    Substituted {
+        rel_error: f64,
+    },
+}
+
+/// One fragment, resolved.
+struct Done {
+    file: usize,
+    seq: usize,
+    fref: FragmentRef,
+    /// The id of the bytes read from the file.
+    original: FragmentId,
+    outcome: Outcome,
+    signature_seconds: f64,
+}
+
+/// A fragment reference in its file, with the original id when it was substituted.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    fref: FragmentRef,
+    lossy: Option<(FragmentId, f64)>,
 }
 
 /// Lists and validates the input: one safetensors or other file, or every regular file
@@ -409,7 +625,7 @@ fn read_sources(
                 }
                 hasher.update(&raw);
                 for t in &header.tensors {
-                    let step = (fragment_size / t.dtype.size()).max(1) * t.dtype.size();
+                    let step = fragment_elements(fragment_size, t.dtype) * t.dtype.size();
                     let mut left = t.len();
                     while left > 0 {
                         let n = left.min(step as u64) as usize;
@@ -466,16 +682,35 @@ fn changed(path: &Path) -> FragmentError {
     ))
 }
 
-/// Assembles a file's manifest from its fragment references in file order.
+/// Assembles a file's manifest from its fragment references in file order, recording
+/// lossy substitutions.
 fn build_file_manifest(
     src: &SourceFile,
-    refs: Vec<FragmentRef>,
+    slots: Vec<Slot>,
     blake3: [u8; 32],
+    substitutions: &mut Vec<LossySubstitution>,
 ) -> Result<FileManifest> {
+    let mut record = |tensor: &str, fragment: usize, slot: &Slot| {
+        if let Some((original, rel_error)) = slot.lossy {
+            substitutions.push(LossySubstitution {
+                file: src.rel.clone(),
+                tensor: tensor.to_string(),
+                fragment: fragment as u32,
+                original,
+                substitute: slot.fref.id,
+                rel_error,
+            });
+        }
+    };
     let content = match &src.header {
-        None => FileContent::Blob { chunks: refs },
+        None => {
+            slots.iter().enumerate().for_each(|(i, s)| record("", i, s));
+            FileContent::Blob {
+                chunks: slots.into_iter().map(|s| s.fref).collect(),
+            }
+        }
         Some(header) => {
-            let mut refs = refs.into_iter();
+            let mut slots = slots.into_iter();
             let tensors = header
                 .tensors
                 .iter()
@@ -483,11 +718,12 @@ fn build_file_manifest(
                     let mut fragments = Vec::new();
                     let mut covered = 0u64;
                     while covered < t.len() {
-                        let r = refs.next().ok_or_else(|| {
+                        let slot = slots.next().ok_or_else(|| {
                             FragmentError::InvalidInput(format!("{}: missing fragments", src.rel))
                         })?;
-                        covered += u64::from(r.len);
-                        fragments.push(r);
+                        record(&t.name, fragments.len(), &slot);
+                        covered += u64::from(slot.fref.len);
+                        fragments.push(slot.fref);
                     }
                     Ok(TensorRef {
                         name: t.name.clone(),

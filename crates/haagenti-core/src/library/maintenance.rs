@@ -94,6 +94,10 @@ pub struct GcReport {
     /// Unreferenced objects kept because they are younger than the grace period.
     pub young_objects: u64,
     pub dry_run: bool,
+    /// Similarity index segments merged into one without the entries of deleted fragments.
+    pub index_segments_merged: u64,
+    /// Problems met while compacting the index (savings only, never data).
+    pub warnings: Vec<String>,
 }
 
 fn unique_lock_key(kind: LockKind) -> Result<ObjectKey> {
@@ -254,6 +258,18 @@ impl FragmentLibrary {
                 self.store().delete(&meta.key).await?;
             }
         }
+        if !opts.dry_run && self.index_needs_compaction(report.garbage_objects).await? {
+            let remaining: HashSet<FragmentId> = self
+                .store()
+                .list(FRAGMENTS_PREFIX)
+                .await?
+                .iter()
+                .filter_map(|m| m.key.fragment_id())
+                .collect();
+            let index = self.compact_index(&remaining).await?;
+            report.index_segments_merged = index.removed_segments;
+            report.warnings = index.warnings;
+        }
         Ok(report)
     }
 
@@ -324,7 +340,9 @@ impl FragmentLibrary {
             let saved = len as i64 - stored as i64;
             match header.encoding {
                 Encoding::Standalone { .. } => stats.savings.compression_bytes += saved,
-                Encoding::Delta { .. } => stats.savings.delta_bytes += saved,
+                Encoding::Delta { .. } | Encoding::CastDelta { .. } => {
+                    stats.savings.delta_bytes += saved
+                }
                 Encoding::Cast { .. } => stats.savings.cast_bytes += saved.max(0) as u64,
             }
         }

@@ -8,6 +8,7 @@ mod export;
 mod ingest;
 mod maintenance;
 mod model;
+mod similarity;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
+pub use similarity::{DELTA_MAX_FRACTION, IndexReport};
 
 use crate::cast;
 use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
@@ -43,7 +45,8 @@ struct Inner {
     store: Arc<dyn FragmentStore>,
     codecs: CodecRegistry,
     config: LibraryConfig,
-    cache: cache::FragmentCache,
+    cache: Arc<cache::FragmentCache>,
+    similarity: Option<Arc<similarity::SimilarityState>>,
 }
 
 /// What [`FragmentLibrary::put_fragment`] did.
@@ -71,7 +74,8 @@ impl FragmentLibrary {
                 store,
                 codecs,
                 config,
-                cache: cache::FragmentCache::new(0),
+                cache: Arc::new(cache::FragmentCache::new(0)),
+                similarity: None,
             }),
         })
     }
@@ -119,31 +123,20 @@ impl FragmentLibrary {
         data: Bytes,
         dtype: Option<Dtype>,
     ) -> Result<PutFragment> {
-        let hint = EncodeHint {
-            dtype,
-            policy: self.inner.config.codec_policy,
-        };
-        let codecs = self.inner.codecs.clone();
-        let object = tokio::task::spawn_blocking(move || encode_standalone(&codecs, &data, hint))
-            .await
-            .map_err(join_error)??;
-        let key = ObjectKey::fragment(&id);
-        let stored_len = object.len() as u64;
-        let outcome = self.inner.store.put(&key, Bytes::from(object)).await?;
-        let created = outcome == crate::store::PutOutcome::Created;
-        let depends_on = if created {
-            None
-        } else {
-            // Someone else stored it first; it may be a delta, so ask what it depends on.
-            self.fragment_header(&id)
-                .await?
-                .and_then(|h| h.dependency())
-        };
-        Ok(PutFragment {
-            id,
-            created,
-            stored_len: if created { stored_len } else { 0 },
-            depends_on,
+        Ok(match self.write_standalone(id, data, dtype).await? {
+            similarity::Placement::Written { stored_len, .. } => PutFragment {
+                id,
+                created: true,
+                stored_len,
+                depends_on: None,
+            },
+            similarity::Placement::Raced { depends_on }
+            | similarity::Placement::Substituted { depends_on, .. } => PutFragment {
+                id,
+                created: false,
+                stored_len: 0,
+                depends_on,
+            },
         })
     }
 
@@ -364,6 +357,33 @@ fn decode_verified(
             .ok_or_else(|| {
                 FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
             })?,
+        (
+            Encoding::CastDelta {
+                codec: tag,
+                from: Dtype::F32,
+                to,
+                ..
+            },
+            Some(source),
+        ) => {
+            let base = cast::cast_f32_bytes(source, to)
+                .filter(|v| v.len() == len)
+                .ok_or_else(|| {
+                    FragmentError::corrupt(
+                        key(),
+                        format!("cannot rebuild a {to} cast of its source"),
+                    )
+                })?;
+            let mut xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
+            if base.len() != xor.len() {
+                return Err(FragmentError::corrupt(
+                    key(),
+                    "delta and base lengths differ",
+                ));
+            }
+            xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
+            xor
+        }
         _ => {
             return Err(FragmentError::corrupt(
                 key(),

@@ -1,0 +1,646 @@
+//! The library side of similarity: the in-memory [`CandidateIndex`], its segments under
+//! `index/`, and the storage decisions of ingest for fragments that are not exact
+//! duplicates (lossy substitute, cast reference, delta, or standalone).
+//!
+//! The index is advisory: it only nominates candidates, every decision is taken on the
+//! real bytes, and a missing, stale or damaged segment costs savings, never data. That is
+//! why a segment that fails to load is skipped with a warning instead of failing the
+//! operation, and why it can always be rebuilt from the fragments
+//! ([`FragmentLibrary::rebuild_index`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::maintenance::LockKind;
+use super::{FragmentLibrary, decode_verified, encode_standalone, join_error};
+use crate::cast;
+use crate::codec::{CodecRegistry, EncodeHint};
+use crate::error::{FragmentError, Result};
+use crate::object;
+use crate::signature::{CandidateIndex, EntryMeta, Signature, Similarity};
+use crate::store::{FRAGMENTS_PREFIX, INDEX_PREFIX, ObjectKey, PutOutcome};
+use crate::types::{Dtype, Encoding, FragmentId, SimilarityMatch, SimilarityThreshold};
+
+/// A delta is kept only when it is at most this fraction of the standalone encoding.
+pub const DELTA_MAX_FRACTION: f64 = 0.9;
+
+/// The index of one library, shared by its clones.
+pub(super) struct SimilarityState {
+    pub(super) similarity: Similarity,
+    index: Mutex<Box<dyn CandidateIndex>>,
+    /// Segment keys already merged into `index`.
+    loaded: tokio::sync::Mutex<HashSet<ObjectKey>>,
+}
+
+impl std::fmt::Debug for SimilarityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimilarityState")
+            .field("similarity", &self.similarity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimilarityState {
+    pub(super) fn new(similarity: Similarity) -> Self {
+        let index = (similarity.new_index)();
+        Self {
+            similarity,
+            index: Mutex::new(index),
+            loaded: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub(super) fn index(&self) -> MutexGuard<'_, Box<dyn CandidateIndex>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn prefix(&self) -> String {
+        format!("{INDEX_PREFIX}{}/", self.similarity.scheme.tag())
+    }
+}
+
+/// How ingest stored (or referenced) one fragment that was not already stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Placement {
+    /// Written by this ingest in `encoding`, `stored_len` bytes.
+    Written { encoding: Encoding, stored_len: u64 },
+    /// Another writer created the same object first.
+    Raced { depends_on: Option<FragmentId> },
+    /// Lossy mode: reference `substitute` instead (its values are within `rel_error`).
+    Substituted {
+        substitute: FragmentId,
+        depends_on: Option<FragmentId>,
+        rel_error: f64,
+    },
+}
+
+/// What a store decision needs from the ingest options.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Policy {
+    pub threshold: SimilarityThreshold,
+    pub candidates: usize,
+    pub lossy_max_rel_error: Option<f64>,
+}
+
+/// Warnings and counts of index maintenance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IndexReport {
+    /// Segments read (or written, for a rebuild).
+    pub segments: u64,
+    /// Fragments in the index afterwards.
+    pub entries: u64,
+    /// Segments removed (merged into a new one).
+    pub removed_segments: u64,
+    /// Problems that cost savings but not data (a damaged segment, a missing fragment).
+    pub warnings: Vec<String>,
+}
+
+impl FragmentLibrary {
+    /// Turns on similarity: ingest computes a signature of every new fragment, looks for
+    /// similar stored fragments and keeps a lossless delta or cast reference when that is
+    /// clearly smaller. The index persists under `index/`.
+    pub fn with_similarity(self, similarity: Similarity) -> Self {
+        let inner = super::Inner {
+            store: self.inner.store.clone(),
+            codecs: self.inner.codecs.clone(),
+            config: self.inner.config.clone(),
+            cache: self.inner.cache.clone(),
+            similarity: Some(Arc::new(SimilarityState::new(similarity))),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(super) fn similarity_state(&self) -> Option<&Arc<SimilarityState>> {
+        self.inner.similarity.as_ref()
+    }
+
+    /// Loads index segments written since the last call (by this or another process).
+    /// Damaged or vanished segments are skipped and reported as warnings.
+    pub async fn refresh_index(&self) -> Result<IndexReport> {
+        let mut report = IndexReport::default();
+        let Some(state) = self.similarity_state().cloned() else {
+            return Ok(report);
+        };
+        let mut loaded = state.loaded.lock().await;
+        let listing = self.store().list(&state.prefix()).await?;
+        for meta in listing {
+            if loaded.contains(&meta.key) {
+                continue;
+            }
+            let bytes = match self.store().get(&meta.key).await {
+                Ok(b) => b,
+                // Merged away by a concurrent compaction: its entries are in the new segment.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let st = state.clone();
+            let outcome =
+                tokio::task::spawn_blocking(move || st.index().load_segment(&bytes).map(|_| ()))
+                    .await
+                    .map_err(join_error)?;
+            match outcome {
+                Ok(()) => report.segments += 1,
+                Err(e) => report.warnings.push(format!(
+                    "similarity index segment {} skipped ({e}); `haagenti reindex` rebuilds it",
+                    meta.key
+                )),
+            }
+            loaded.insert(meta.key);
+        }
+        report.entries = state.index().len() as u64;
+        Ok(report)
+    }
+
+    /// Writes the index entries of `ids` as one new segment.
+    pub(super) async fn write_index_segment(&self, ids: &[FragmentId]) -> Result<()> {
+        let Some(state) = self.similarity_state().cloned() else {
+            return Ok(());
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let bytes = state.index().segment(Some(ids));
+        let key = unique_segment_key(&state)?;
+        self.store().put(&key, Bytes::from(bytes)).await?;
+        state.loaded.lock().await.insert(key);
+        Ok(())
+    }
+
+    /// Whether `gc` should rewrite the index: it deleted fragments, or segments piled up.
+    pub(super) async fn index_needs_compaction(&self, deleted: u64) -> Result<bool> {
+        let Some(state) = self.similarity_state() else {
+            return Ok(false);
+        };
+        let segments = self.store().list(&state.prefix()).await?.len();
+        Ok(segments > 1 || (deleted > 0 && segments > 0))
+    }
+
+    /// Replaces every segment by one holding only the entries of fragments that still
+    /// exist. Called by `gc` (under its lock) after sweeping.
+    pub(super) async fn compact_index(&self, live: &HashSet<FragmentId>) -> Result<IndexReport> {
+        let mut report = IndexReport::default();
+        let Some(state) = self.similarity_state().cloned() else {
+            return Ok(report);
+        };
+        let fresh = SimilarityState::new(state.similarity.clone());
+        let old = self.store().list(&state.prefix()).await?;
+        for meta in &old {
+            match self.store().get(&meta.key).await {
+                Ok(bytes) => {
+                    if let Err(e) = fresh.index().load_segment(&bytes) {
+                        report.warnings.push(format!(
+                            "similarity index segment {} dropped ({e})",
+                            meta.key
+                        ));
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let keep: Vec<FragmentId> = live.iter().copied().collect();
+        let bytes = fresh.index().segment(Some(&keep));
+        let key = unique_segment_key(&state)?;
+        self.store().put(&key, Bytes::from(bytes.clone())).await?;
+        for meta in &old {
+            self.store().delete(&meta.key).await?;
+            report.removed_segments += 1;
+        }
+        report.segments = 1;
+        // The in-memory index starts over from the compacted segment.
+        let mut loaded = state.loaded.lock().await;
+        let mut index = (state.similarity.new_index)();
+        index.load_segment(&bytes)?;
+        *state.index() = index;
+        loaded.clear();
+        loaded.insert(key);
+        drop(loaded);
+        report.entries = state.index().len() as u64;
+        Ok(report)
+    }
+
+    /// Rebuilds the similarity index from the stored fragments alone (every fragment is
+    /// read and decoded), replacing every existing segment. Use it when segments were lost
+    /// or damaged, or after changing the signature scheme.
+    pub async fn rebuild_index(&self) -> Result<IndexReport> {
+        let Some(state) = self.similarity_state().cloned() else {
+            return Err(FragmentError::InvalidInput(
+                "this library has no similarity index configured".into(),
+            ));
+        };
+        let lock = self.acquire_lock(LockKind::Ingest).await?;
+        let result = self.rebuild_index_locked(&state).await;
+        lock.release().await;
+        result
+    }
+
+    async fn rebuild_index_locked(&self, state: &Arc<SimilarityState>) -> Result<IndexReport> {
+        let mut report = IndexReport::default();
+        let old = self.store().list(&state.prefix()).await?;
+        let fragments = self.store().list(FRAGMENTS_PREFIX).await?;
+        let fresh = Arc::new(SimilarityState::new(state.similarity.clone()));
+        let parallelism = self.config().parallelism;
+        let mut results = futures::stream::iter(fragments.into_iter().filter_map(|m| {
+            let id = m.key.fragment_id()?;
+            let fresh = fresh.clone();
+            Some(async move {
+                let header = match self.fragment_header(&id).await {
+                    Ok(Some(h)) => h,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err((id, e)),
+                };
+                let data = self.uncached_fragment(&id).await.map_err(|e| (id, e))?;
+                let meta = EntryMeta {
+                    len: header.decoded_len as u32, // bounded by read_header
+                    dtype: header.dtype,
+                    standalone: header.dependency().is_none(),
+                };
+                tokio::task::spawn_blocking(move || {
+                    let Some(sig) = fresh.similarity.scheme.signature(&data, meta.dtype) else {
+                        return Ok(None);
+                    };
+                    fresh
+                        .index()
+                        .insert(id, &sig, meta.pack())
+                        .map(|_| Some(id))
+                        .map_err(|e| (id, e))
+                })
+                .await
+                .map_err(|e| (id, join_error(e)))?
+            })
+        }))
+        .buffer_unordered(parallelism);
+        while let Some(r) = results.next().await {
+            if let Err((id, e)) = r {
+                report
+                    .warnings
+                    .push(format!("fragment {} not indexed: {e}", id.short()));
+            }
+        }
+        drop(results);
+        let bytes = fresh.index().segment(None);
+        let key = unique_segment_key(state)?;
+        self.store().put(&key, Bytes::from(bytes.clone())).await?;
+        for meta in &old {
+            self.store().delete(&meta.key).await?;
+            report.removed_segments += 1;
+        }
+        let mut loaded = state.loaded.lock().await;
+        let mut index = (state.similarity.new_index)();
+        index.load_segment(&bytes)?;
+        *state.index() = index;
+        loaded.clear();
+        loaded.insert(key);
+        drop(loaded);
+        report.segments = 1;
+        report.entries = state.index().len() as u64;
+        Ok(report)
+    }
+
+    /// The index entry of a fragment: its signature and how it is stored.
+    pub fn index_entry(&self, id: &FragmentId) -> Option<(Signature, EntryMeta)> {
+        let state = self.similarity_state()?;
+        let (sig, meta) = state.index().entry(id)?;
+        Some((sig, EntryMeta::unpack(meta)))
+    }
+
+    /// Indexed fragments whose signature is similar to `signature`, best first.
+    pub fn find_similar(
+        &self,
+        signature: &Signature,
+        threshold: SimilarityThreshold,
+        limit: usize,
+    ) -> Result<Vec<SimilarityMatch>> {
+        let Some(state) = self.similarity_state() else {
+            return Ok(Vec::new());
+        };
+        state
+            .index()
+            .find_similar_where(signature, threshold, limit, &mut |_, _| true)
+    }
+
+    /// Decides how to keep a fragment that is not stored yet, given its signature, and
+    /// does it. Candidates come from the index; every decision is made on real bytes.
+    pub(super) async fn place_similar(
+        &self,
+        id: FragmentId,
+        data: Bytes,
+        dtype: Option<Dtype>,
+        signature: Option<Signature>,
+        policy: Policy,
+    ) -> Result<Placement> {
+        let state = self.similarity_state().cloned();
+        let (Some(state), Some(signature), Some(dtype)) = (state, signature, dtype) else {
+            return self.write_standalone(id, data, dtype).await;
+        };
+        let len = data.len() as u32; // fragments are at most 16 MiB
+        let cast_len = u64::from(len) * 2;
+        let mut same = Vec::new();
+        let mut casts = Vec::new();
+        let mut lossy = Vec::new();
+        {
+            let k = policy.candidates.max(1);
+            let found = state.index().find_similar_where(
+                &signature,
+                policy.threshold,
+                k * 3,
+                &mut |_, meta| {
+                    let m = EntryMeta::unpack(meta);
+                    let same_shape = m.len == len && m.dtype == Some(dtype);
+                    let cast_source = m.standalone
+                        && m.dtype == Some(Dtype::F32)
+                        && u64::from(m.len) == cast_len
+                        && matches!(dtype, Dtype::BF16 | Dtype::F16);
+                    same_shape || cast_source
+                },
+            )?;
+            for m in found {
+                let meta = state
+                    .index()
+                    .entry(&m.id)
+                    .map(|(_, meta)| EntryMeta::unpack(meta));
+                let Some(meta) = meta else { continue };
+                if meta.dtype == Some(dtype) && meta.len == len {
+                    if lossy.len() < k {
+                        lossy.push(m.id);
+                    }
+                    if meta.standalone && same.len() < k {
+                        same.push(m.id);
+                    }
+                } else if casts.len() < k {
+                    casts.push(m.id);
+                }
+            }
+        }
+
+        if let Some(max_error) = policy.lossy_max_rel_error {
+            for candidate in lossy {
+                let Ok(other) = self.uncached_fragment(&candidate).await else {
+                    continue;
+                };
+                let (a, b) = (data.clone(), other);
+                let error = tokio::task::spawn_blocking(move || relative_l2_error(&a, &b, dtype))
+                    .await
+                    .map_err(join_error)?;
+                if error.is_some_and(|e| e <= max_error) {
+                    let depends_on = self
+                        .fragment_header(&candidate)
+                        .await?
+                        .and_then(|h| h.dependency());
+                    return Ok(Placement::Substituted {
+                        substitute: candidate,
+                        depends_on,
+                        rel_error: error.unwrap_or(0.0),
+                    });
+                }
+            }
+        }
+
+        // Bases: same-dtype standalone fragments, and casts of f32 sources.
+        let mut bases: Vec<(Bytes, BaseKind)> = Vec::new();
+        for source in casts {
+            let Some(src) = self.standalone_fragment(&source).await? else {
+                continue;
+            };
+            let Some(casted) = cast::cast_f32_bytes(&src, dtype) else {
+                continue;
+            };
+            if casted == data[..] {
+                return self
+                    .write_object(
+                        id,
+                        Encoding::Cast {
+                            source,
+                            from: Dtype::F32,
+                            to: dtype,
+                        },
+                        &data,
+                        Vec::new(),
+                        Some(dtype),
+                    )
+                    .await;
+            }
+            bases.push((Bytes::from(casted), BaseKind::Cast(source)));
+        }
+        for base in same {
+            if let Some(b) = self.standalone_fragment(&base).await? {
+                bases.push((b, BaseKind::Same(base)));
+            }
+        }
+        if bases.is_empty() {
+            return self.write_standalone(id, data, Some(dtype)).await;
+        }
+
+        let codecs = self.codecs().clone();
+        let hint = EncodeHint {
+            dtype: Some(dtype),
+            policy: self.config().codec_policy,
+        };
+        let best = tokio::task::spawn_blocking(move || {
+            best_encoding(&codecs, &data, hint, &bases).map(|choice| (choice, data))
+        })
+        .await
+        .map_err(join_error)??;
+        match best {
+            (Choice::Standalone(object), _) => self.put_object(id, object, None).await,
+            (Choice::Delta(encoding, object), _) => {
+                self.put_object(id, object, Some(encoding)).await
+            }
+        }
+    }
+
+    /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
+    /// is stored standalone (depth 1) and decodes to its id. A damaged or vanished
+    /// candidate is simply not used.
+    async fn standalone_fragment(&self, id: &FragmentId) -> Result<Option<Bytes>> {
+        let key = ObjectKey::fragment(id);
+        let raw = match self.store().get(&key).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Ok(header) = object::read_header(&raw, key.as_str()) else {
+            return Ok(None);
+        };
+        if header.dependency().is_some() {
+            return Ok(None);
+        }
+        let codecs = self.codecs().clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            decode_verified(&codecs, &id, &raw, &header, None)
+                .ok()
+                .map(Bytes::from)
+        })
+        .await
+        .map_err(join_error)
+    }
+
+    /// Encodes and writes a standalone object.
+    pub(super) async fn write_standalone(
+        &self,
+        id: FragmentId,
+        data: Bytes,
+        dtype: Option<Dtype>,
+    ) -> Result<Placement> {
+        let hint = EncodeHint {
+            dtype,
+            policy: self.config().codec_policy,
+        };
+        let codecs = self.codecs().clone();
+        let object = tokio::task::spawn_blocking(move || encode_standalone(&codecs, &data, hint))
+            .await
+            .map_err(join_error)??;
+        self.put_object(id, object, None).await
+    }
+
+    /// Writes a payload-free or payload-carrying object of `encoding`.
+    async fn write_object(
+        &self,
+        id: FragmentId,
+        encoding: Encoding,
+        data: &[u8],
+        payload: Vec<u8>,
+        dtype: Option<Dtype>,
+    ) -> Result<Placement> {
+        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN + payload.len());
+        object::write_header(&mut object, &encoding, data.len() as u64, dtype);
+        object.extend_from_slice(&payload);
+        object::seal(&mut object);
+        self.put_object(id, object, Some(encoding)).await
+    }
+
+    /// Writes a sealed object create-only. `encoding` is `None` for standalone objects
+    /// (their codec is read back from the header when it matters).
+    async fn put_object(
+        &self,
+        id: FragmentId,
+        object: Vec<u8>,
+        encoding: Option<Encoding>,
+    ) -> Result<Placement> {
+        let encoding = match encoding {
+            Some(e) => e,
+            None => object::read_header(&object, "new object")?.encoding,
+        };
+        let stored_len = object.len() as u64;
+        let key = ObjectKey::fragment(&id);
+        match self.store().put(&key, Bytes::from(object)).await? {
+            PutOutcome::Created => Ok(Placement::Written {
+                encoding,
+                stored_len,
+            }),
+            _ => Ok(Placement::Raced {
+                depends_on: self
+                    .fragment_header(&id)
+                    .await?
+                    .and_then(|h| h.dependency()),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum BaseKind {
+    Same(FragmentId),
+    Cast(FragmentId),
+}
+
+enum Choice {
+    Standalone(Vec<u8>),
+    Delta(Encoding, Vec<u8>),
+}
+
+/// Encodes `data` standalone and as an XOR delta against each base; keeps the smallest
+/// delta if it is at most [`DELTA_MAX_FRACTION`] of the standalone object.
+fn best_encoding(
+    codecs: &CodecRegistry,
+    data: &[u8],
+    hint: EncodeHint,
+    bases: &[(Bytes, BaseKind)],
+) -> Result<Choice> {
+    let standalone = encode_standalone(codecs, data, hint)?;
+    let encoder = codecs.encoder();
+    let mut best: Option<(Encoding, Vec<u8>)> = None;
+    let mut xor = vec![0u8; data.len()];
+    for (base, kind) in bases {
+        if base.len() != data.len() {
+            continue;
+        }
+        for ((x, a), b) in xor.iter_mut().zip(data).zip(base.iter()) {
+            *x = a ^ b;
+        }
+        let encoding = match *kind {
+            BaseKind::Same(base) => Encoding::Delta {
+                codec: encoder.tag(),
+                base,
+            },
+            BaseKind::Cast(source) => Encoding::CastDelta {
+                codec: encoder.tag(),
+                source,
+                from: Dtype::F32,
+                to: hint.dtype.unwrap_or(Dtype::BF16),
+            },
+        };
+        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN + data.len() / 4);
+        object::write_header(&mut object, &encoding, data.len() as u64, hint.dtype);
+        encoder.encode(&xor, hint, &mut object)?;
+        object::seal(&mut object);
+        if best.as_ref().is_none_or(|(_, b)| object.len() < b.len()) {
+            best = Some((encoding, object));
+        }
+    }
+    Ok(match best {
+        Some((encoding, object))
+            if object.len() as f64 <= DELTA_MAX_FRACTION * standalone.len() as f64 =>
+        {
+            Choice::Delta(encoding, object)
+        }
+        _ => Choice::Standalone(standalone),
+    })
+}
+
+/// Relative L2 error `|a - b| / |a|` of two fragments' values; `None` when the lengths
+/// differ or a value is not finite. Two all-zero fragments have error 0.
+pub(super) fn relative_l2_error(a: &[u8], b: &[u8], dtype: Dtype) -> Option<f64> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    cast::decode_values(a, dtype, &mut va)?;
+    cast::decode_values(b, dtype, &mut vb)?;
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (x, y) in va.iter().zip(&vb) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        if !x.is_finite() || !y.is_finite() {
+            return None;
+        }
+        diff += (x - y) * (x - y);
+        norm += x * x;
+    }
+    if diff == 0.0 {
+        Some(0.0)
+    } else if norm == 0.0 {
+        None
+    } else {
+        Some((diff / norm).sqrt())
+    }
+}
+
+fn unique_segment_key(state: &SimilarityState) -> Result<ObjectKey> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let salt = FragmentId::of(format!("{nanos}-{}", std::process::id()).as_bytes());
+    ObjectKey::new(format!(
+        "{}{nanos:020}-{}",
+        state.prefix(),
+        &salt.to_hex()[..8]
+    ))
+}
