@@ -267,6 +267,8 @@ async fn lossy_sharing_is_opt_in_bounded_and_recorded() {
     let manifest = lib.manifest("lossy").await.unwrap();
     assert!(manifest.is_lossy());
     assert_eq!(manifest.lossy.len() as u64, lossy.lossy_fragments);
+    let stats = lib.stats().await.unwrap();
+    assert_eq!(stats.savings.lossy_bytes, lossy.lossy_fragment_bytes);
 
     let out = dir.path().join("out");
     let report = lib.export("lossy", &out, None).await.unwrap();
