@@ -252,6 +252,23 @@ fn expected_decoding(
             },
             Some(source),
         ) => cast::cast_f32_bytes(source, to).filter(|v| v.len() == len),
+        (
+            Encoding::CastDelta {
+                codec,
+                from: Dtype::F32,
+                to,
+                ..
+            },
+            Some(source),
+        ) => {
+            let base = cast::cast_f32_bytes(source, to).filter(|v| v.len() == len)?;
+            let mut xor = registry.get(codec)?.decode_to_vec(payload, len).ok()?;
+            if xor.len() != base.len() {
+                return None;
+            }
+            xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
+            Some(xor)
+        }
         _ => None,
     }
 }
