@@ -272,7 +272,7 @@ impl ModelManifest {
                 .and_then(|f| f.tensors().iter().find(|t| t.name == l.tensor))
                 .and_then(|t| t.fragments.get(l.fragment as usize))
                 .is_some_and(|r| r.id == l.substitute);
-            if !points_there || !(l.rel_error.is_finite() && l.rel_error >= 0.0) {
+            if !(points_there && l.rel_error.is_finite() && l.rel_error >= 0.0) {
                 return Err(bad(format!(
                     "lossy substitution in {:?} tensor {:?} fragment {} does not match the file",
                     l.file, l.tensor, l.fragment
