@@ -51,7 +51,7 @@ pub async fn similar(
                 String::new()
             };
             println!(
-                "      {:>6.3}  {:<model_w$}  {:<tensor_w$}  ({}{identical})",
+                "      {:>6.4}  {:<model_w$}  {:<tensor_w$}  ({}{identical})",
                 m.cosine, m.model, m.tensor, m.dtype
             );
         }
@@ -143,7 +143,7 @@ pub fn print_savings(s: &ModelSavings) {
         human(s.fragments.bytes)
     );
     println!(
-        "    exact        {} ({} shared with other models, {} repeated in this model)",
+        "    exact        {} ({} stored by models ingested earlier, {} repeated in this model)",
         human(s.savings.exact_dedup_bytes),
         human(s.shared.bytes),
         human(s.repeated.bytes)

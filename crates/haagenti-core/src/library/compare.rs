@@ -35,7 +35,7 @@ pub struct TensorSimilarity {
     /// Fragments with no signature in the index (values a signature does not apply to,
     /// or a fragment missing from the index): they take no part in the estimates.
     pub unsigned_fragments: u64,
-    /// Best first.
+    /// Best first (ties: more identical fragments first, then by name).
     pub matches: Vec<TensorMatch>,
 }
 
@@ -135,7 +135,7 @@ pub struct ModelSavings {
     pub logical_bytes: u64,
     /// Every fragment reference (file sizes minus safetensors headers).
     pub fragments: ByteCount,
-    /// First references to a fragment another model references too.
+    /// First references to a fragment that a model ingested earlier references too.
     pub shared: ByteCount,
     /// References repeating a fragment referenced earlier in this model.
     pub repeated: ByteCount,
@@ -143,14 +143,15 @@ pub struct ModelSavings {
     pub lossy: ByteCount,
     /// Largest relative L2 error of those substitutions (0 when lossless).
     pub max_rel_error: f64,
-    /// Fragments only this model references, by how they are stored.
+    /// The other fragments (no earlier model references them), by how they are stored.
     pub standalone: StoredCount,
     pub delta: StoredCount,
     pub cast: StoredCount,
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
     /// The saving per kind: exact = shared + repeated; delta, cast and compression from
-    /// the fragments only this model references.
+    /// `standalone`, `delta` and `cast`. Summed over all models, each stored fragment is
+    /// counted once (by the first model that references it).
     pub savings: Savings,
 }
 
@@ -310,6 +311,7 @@ impl FragmentLibrary {
         matches.sort_by(|a, b| {
             b.cosine
                 .total_cmp(&a.cosine)
+                .then_with(|| b.identical_fragments.cmp(&a.identical_fragments))
                 .then_with(|| (&a.model, &a.file, &a.tensor).cmp(&(&b.model, &b.file, &b.tensor)))
         });
         matches.truncate(limit);
@@ -345,11 +347,14 @@ impl FragmentLibrary {
     /// Where the savings of model `name` come from (see [`ModelSavings`]).
     pub async fn model_savings(&self, name: &str) -> Result<ModelSavings> {
         let manifest = self.manifest(name).await?;
-        let elsewhere: HashSet<FragmentId> = self
+        // A fragment is an exact saving of the later of two models that reference it; the
+        // first one is charged with storing it.
+        let this = (manifest.created_unix_ms, manifest.name.as_str());
+        let earlier: HashSet<FragmentId> = self
             .latest_manifests()
             .await?
             .iter()
-            .filter(|m| m.name != name)
+            .filter(|m| (m.created_unix_ms, m.name.as_str()) < this)
             .flat_map(|m| m.fragments().map(|r| r.id))
             .collect();
         let lossy: HashSet<(&str, &str, u32)> = manifest
@@ -387,7 +392,7 @@ impl FragmentLibrary {
                     report.lossy.add(r.len);
                 } else if !seen.insert(r.id) {
                     report.repeated.add(r.len);
-                } else if elsewhere.contains(&r.id) {
+                } else if earlier.contains(&r.id) {
                     report.shared.add(r.len);
                 } else {
                     own.push((r.id, r.len));
