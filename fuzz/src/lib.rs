@@ -252,6 +252,23 @@ fn expected_decoding(
             },
             Some(source),
         ) => cast::cast_f32_bytes(source, to).filter(|v| v.len() == len),
+        (
+            Encoding::CastDelta {
+                codec,
+                from: Dtype::F32,
+                to,
+                ..
+            },
+            Some(source),
+        ) => {
+            let base = cast::cast_f32_bytes(source, to).filter(|v| v.len() == len)?;
+            let mut xor = registry.get(codec)?.decode_to_vec(payload, len).ok()?;
+            if xor.len() != base.len() {
+                return None;
+            }
+            xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
+            Some(xor)
+        }
         _ => None,
     }
 }
@@ -317,4 +334,38 @@ pub fn codec_roundtrip(mut data: &[u8]) {
     if let Ok(out) = codec.decode_to_vec(&damaged, len) {
         assert_eq!(out.len(), len, "{}", codec.name());
     }
+}
+
+/// Similarity index segments: arbitrary bytes, or bytes given a valid segment header
+/// and checksum (so the fuzzer reaches the entry parser). A segment that loads must
+/// serialize back to one that loads to the same entries.
+pub fn index_segment(mut data: &[u8]) {
+    use haagenti_lsh::{IndexConfig, SEGMENT_MAGIC, SEGMENT_VERSION, SimilarityIndex};
+    let mode = byte(&mut data);
+    let config = IndexConfig::cosine();
+    let bytes: Vec<u8> = if mode & 1 == 0 {
+        data.to_vec()
+    } else {
+        let mut seg = SEGMENT_MAGIC.to_vec();
+        seg.push(SEGMENT_VERSION);
+        seg.extend_from_slice(&config.scheme.to_le_bytes());
+        seg.extend_from_slice(&(config.bits as u16).to_le_bytes());
+        let per_entry = 32 + 8 + config.bits as usize / 8;
+        seg.extend_from_slice(&((data.len() / per_entry) as u32).to_le_bytes());
+        seg.extend_from_slice(data);
+        let sum = blake3_of(&seg);
+        seg.extend_from_slice(&sum.0[..8]);
+        seg
+    };
+    let Ok(mut index) = SimilarityIndex::new(config) else {
+        return;
+    };
+    if index.load_segment(&bytes).is_err() {
+        assert!(index.is_empty(), "a rejected segment changed the index");
+        return;
+    }
+    let again = index.to_bytes();
+    let back = SimilarityIndex::from_bytes(config, &again).expect("a written segment loads");
+    assert_eq!(back.len(), index.len());
+    assert_eq!(back.to_bytes(), again);
 }

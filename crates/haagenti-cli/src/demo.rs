@@ -41,7 +41,8 @@ pub async fn run(json_out: bool) -> Result<()> {
     ));
 
     let store = std::sync::Arc::new(haagenti_store_fs::FsStore::open(&lib_dir)?);
-    let lib = FragmentLibrary::new(store, crate::open::codecs(), LibraryConfig::default())?;
+    let lib = FragmentLibrary::new(store, crate::open::codecs(), LibraryConfig::default())?
+        .with_similarity(haagenti_lsh::cosine_similarity());
     let mut rows = Vec::new();
     let t_all = Instant::now();
     for m in &family.models {

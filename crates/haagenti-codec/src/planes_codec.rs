@@ -51,7 +51,9 @@
 //! estimates the order-0 entropy: a plane that would shrink by less than 1/16 (a float's
 //! low mantissa bytes) is stored raw at the cost of a copy. LZ4 on the first 16 KiB tells whether repetition beats the
 //! entropy estimate by 10 % or more (blobs, sparse or quantised data); only then an LZ coder
-//! is tried on the whole plane. Whatever is chosen, a plane never costs more than raw + 1.
+//! is tried on the whole plane. A plane estimated below 2 bits per byte (XOR deltas of
+//! fine-tunes, mostly-zero tensors) always tries the LZ coder too: Huffman cannot spend
+//! less than one bit per byte, zstd's entropy stage can. Whatever is chosen, a plane never costs more than raw + 1.
 //!
 //! | policy | entropy coder | LZ coder when the probe favours it |
 //! |---|---|---|
@@ -177,6 +179,9 @@ fn scale(len: usize, part: usize, of: usize) -> usize {
     (len as u128 * part as u128 / of.max(1) as u128) as usize
 }
 
+/// Estimated bits per byte below which a plane counts as sparse (see `encode_plane`).
+const SPARSE_BITS: usize = 2;
+
 fn encode_plane(
     plane: &[u8],
     policy: CodecPolicy,
@@ -206,8 +211,11 @@ fn encode_plane(
             Ok(())
         })?;
     }
+    // Huffman spends at least one bit per byte: on sparse planes (XOR deltas, mostly-zero
+    // tensors) the LZ coder's entropy stage does better, so it is tried outright there.
+    let sparse = estimate < plane.len() * SPARSE_BITS / 8;
     let to_beat = best.size().unwrap_or(plane.len()).min(estimate);
-    if lz_probe_wins(plane, to_beat) {
+    if sparse || lz_probe_wins(plane, to_beat) {
         offer_lz(&mut best, plane, policy)?;
     }
     best.finish(plane)

@@ -262,6 +262,23 @@ impl ModelManifest {
                 }
             }
         }
+        // Every substitution names a fragment reference that points at its substitute, and
+        // a measured error: export and stats rely on both.
+        for l in &self.lossy {
+            let points_there = self
+                .files
+                .iter()
+                .find(|f| f.path == l.file)
+                .and_then(|f| f.tensors().iter().find(|t| t.name == l.tensor))
+                .and_then(|t| t.fragments.get(l.fragment as usize))
+                .is_some_and(|r| r.id == l.substitute);
+            if !points_there || !(l.rel_error.is_finite() && l.rel_error >= 0.0) {
+                return Err(bad(format!(
+                    "lossy substitution in {:?} tensor {:?} fragment {} does not match the file",
+                    l.file, l.tensor, l.fragment
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -365,6 +382,50 @@ mod tests {
         let mut m = sample();
         m.files[0].size += 1;
         assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn lossy_records_must_match_their_reference() {
+        let mut m = sample();
+        let sub = LossySubstitution {
+            file: "model.safetensors".into(),
+            tensor: "a.weight".into(),
+            fragment: 1,
+            original: FragmentId::of(b"deg"),
+            substitute: FragmentId::of(b"def"),
+            rel_error: 1e-3,
+        };
+        m.lossy = vec![sub.clone()];
+        m.validate().unwrap();
+        assert_eq!(m.max_rel_error(), 1e-3);
+        assert!(m.file_is_lossy("model.safetensors") && !m.file_is_lossy("dir/config.json"));
+        let bytes = m.encode().unwrap();
+        assert_eq!(ModelManifest::decode(&bytes, "k").unwrap(), m);
+        for bad in [
+            LossySubstitution {
+                fragment: 2,
+                ..sub.clone()
+            },
+            LossySubstitution {
+                tensor: "b".into(),
+                ..sub.clone()
+            },
+            LossySubstitution {
+                substitute: FragmentId::of(b"abc"),
+                ..sub.clone()
+            },
+            LossySubstitution {
+                rel_error: f64::NAN,
+                ..sub.clone()
+            },
+            LossySubstitution {
+                rel_error: -1.0,
+                ..sub.clone()
+            },
+        ] {
+            m.lossy = vec![bad.clone()];
+            assert!(m.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1018,6 +1018,124 @@ impl Family {
     }
 }
 
+/// A full bf16 fine-tune of `bf16` (the bf16 cast of the tensors `defs` describe): layers
+/// below `frozen_layers` (and the embeddings when `freeze_embeddings`) stay byte-identical,
+/// every other weight moves by N(0, (rel(name) * spread)^2).
+fn fine_tune(
+    seed: u64,
+    defs: &[TensorDef],
+    bf16: &[SynthTensor],
+    frozen_layers: u32,
+    freeze_embeddings: bool,
+    rel: impl Fn(&str) -> f64,
+) -> Vec<SynthTensor> {
+    defs.iter()
+        .zip(bf16)
+        .map(|(def, t)| {
+            let frozen = (freeze_embeddings && def.role == Role::Embedding)
+                || def.layer.is_some_and(|l| l < frozen_layers);
+            if frozen {
+                return t.clone();
+            }
+            let recipe = Recipe::Perturb {
+                base: Box::new(Recipe::Round {
+                    base: Box::new(t.recipe.clone()),
+                    dtype: Dtype::BF16,
+                }),
+                seed: derive_seed(seed, &["ft", &def.name]),
+                std: (rel(&def.name) * f64::from(recipe_std(&t.recipe))) as f32,
+            };
+            SynthTensor::new(t.name.clone(), Dtype::BF16, t.shape.clone(), recipe)
+        })
+        .collect()
+}
+
+/// `bf16` with a rank-8 update (spread 5% of each tensor's) merged into every attention
+/// weight; other tensors byte-identical.
+fn lora_merge(seed: u64, defs: &[TensorDef], bf16: &[SynthTensor]) -> Vec<SynthTensor> {
+    defs.iter()
+        .zip(bf16)
+        .map(|(def, t)| {
+            if def.role != Role::Attention {
+                return t.clone();
+            }
+            let recipe = Recipe::LowRank {
+                base: Box::new(Recipe::Round {
+                    base: Box::new(t.recipe.clone()),
+                    dtype: Dtype::BF16,
+                }),
+                seed: derive_seed(seed, &["lora", &def.name]),
+                rank: 8,
+                std: 0.05 * recipe_std(&t.recipe),
+            };
+            SynthTensor::new(t.name.clone(), Dtype::BF16, t.shape.clone(), recipe)
+        })
+        .collect()
+}
+
+/// The lineage of one language model, as the similarity acceptance criteria describe it
+/// (single files, in this order): `base-fp32` (Llama-shaped fp32 parent of about
+/// `parent_bytes`), its round-to-nearest-even casts `base-bf16` and `base-fp16`,
+/// `finetune-bf16` (full fine-tune of `base-bf16`: half of the layers frozen, every other
+/// weight, embeddings included, moved by N(0, (1e-3 * spread)^2)) and `lora-bf16` (as in
+/// [`generate_family`]). Deterministic in `seed`; streamed, so memory stays small.
+pub fn lineage_family(dir: &Path, seed: u64, parent_bytes: u64) -> io::Result<Family> {
+    fs::create_dir_all(dir)?;
+    let dims = fit_dims(Arch::Llama, (parent_bytes / 4).max(1));
+    let lm = arch_tensors(Arch::Llama, dims);
+    let mut seen = HashSet::new();
+    let mut models = Vec::new();
+    let bf16 = tensors_of(seed, "base", &lm, Dtype::BF16);
+    let half = dims.layers / 2;
+    let sets: [(&str, ModelKind, String, Vec<SynthTensor>); 5] = [
+        (
+            "base-fp32",
+            ModelKind::Parent,
+            format!(
+                "fp32 Llama-shaped parent (hidden {}, {} layers, vocab {})",
+                dims.hidden, dims.layers, dims.vocab
+            ),
+            tensors_of(seed, "base", &lm, Dtype::F32),
+        ),
+        (
+            "base-bf16",
+            ModelKind::Cast,
+            "bf16 cast of base-fp32".into(),
+            bf16.clone(),
+        ),
+        (
+            "base-fp16",
+            ModelKind::Cast,
+            "fp16 cast of base-fp32".into(),
+            tensors_of(seed, "base", &lm, Dtype::F16),
+        ),
+        (
+            "finetune-bf16",
+            ModelKind::FineTune,
+            format!(
+                "full bf16 fine-tune of base-bf16, layers 0..{half} frozen, others moved by 1e-3 of their spread"
+            ),
+            fine_tune(seed, &lm, &bf16, half, false, |_| 1e-3),
+        ),
+        (
+            "lora-bf16",
+            ModelKind::LoraMerge,
+            "base-bf16 with a rank-8 LoRA merged into every attention weight".into(),
+            lora_merge(seed, &lm, &bf16),
+        ),
+    ];
+    for (name, kind, description, tensors) in sets {
+        let mut w = ModelWriter::new(dir.join(format!("{name}.safetensors")), &mut seen);
+        w.safetensors("", &tensors)?;
+        models.push(w.finish(name, kind, description)?);
+    }
+    Ok(Family {
+        dir: dir.to_path_buf(),
+        spec: FamilySpec::new(seed, parent_bytes),
+        models,
+    })
+}
+
 /// A small family (a fp32 parent of 1 MiB, about 5 MB in all) that generates in well under
 /// a second in debug builds: for tests and the demo.
 pub fn small_family(dir: &Path, seed: u64) -> io::Result<Family> {
@@ -1217,27 +1335,9 @@ pub fn generate_family(dir: &Path, spec: &FamilySpec) -> io::Result<Family> {
 
     // Full fine-tune of the bf16 cast.
     let frozen_layers = (lm_dims.layers / 4).max(1);
-    let finetune: Vec<SynthTensor> = lm
-        .iter()
-        .zip(&bf16)
-        .map(|(def, t)| {
-            let frozen =
-                def.role == Role::Embedding || def.layer.is_some_and(|l| l < frozen_layers);
-            if frozen {
-                return t.clone();
-            }
-            let rel = 10f64.powf(-3.0 + unit(derive_seed(seed, &["ft-rel", &def.name])));
-            let recipe = Recipe::Perturb {
-                base: Box::new(Recipe::Round {
-                    base: Box::new(t.recipe.clone()),
-                    dtype: Dtype::BF16,
-                }),
-                seed: derive_seed(seed, &["ft", &def.name]),
-                std: (rel * f64::from(recipe_std(&t.recipe))) as f32,
-            };
-            SynthTensor::new(t.name.clone(), Dtype::BF16, t.shape.clone(), recipe)
-        })
-        .collect();
+    let finetune = fine_tune(seed, &lm, &bf16, frozen_layers, true, |name| {
+        10f64.powf(-3.0 + unit(derive_seed(seed, &["ft-rel", name])))
+    });
     let mut w = ModelWriter::new(dir.join("finetune-bf16.safetensors"), &mut seen);
     w.safetensors("", &finetune)?;
     models.push(w.finish(
@@ -1249,25 +1349,7 @@ pub fn generate_family(dir: &Path, spec: &FamilySpec) -> io::Result<Family> {
     )?);
 
     // LoRA merge into the attention weights of the bf16 cast.
-    let lora: Vec<SynthTensor> = lm
-        .iter()
-        .zip(&bf16)
-        .map(|(def, t)| {
-            if def.role != Role::Attention {
-                return t.clone();
-            }
-            let recipe = Recipe::LowRank {
-                base: Box::new(Recipe::Round {
-                    base: Box::new(t.recipe.clone()),
-                    dtype: Dtype::BF16,
-                }),
-                seed: derive_seed(seed, &["lora", &def.name]),
-                rank: 8,
-                std: 0.05 * recipe_std(&t.recipe),
-            };
-            SynthTensor::new(t.name.clone(), Dtype::BF16, t.shape.clone(), recipe)
-        })
-        .collect();
+    let lora = lora_merge(seed, &lm, &bf16);
     let mut w = ModelWriter::new(dir.join("lora-bf16.safetensors"), &mut seen);
     w.safetensors("", &lora)?;
     models.push(w.finish(

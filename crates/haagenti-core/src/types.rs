@@ -514,6 +514,9 @@ pub struct Savings {
     pub cast_bytes: u64,
     /// Bytes saved by compressing standalone fragments.
     pub compression_bytes: i64,
+    /// Bytes not stored because lossy mode referenced a similar fragment instead (opt-in;
+    /// counted here, not as exact dedup).
+    pub lossy_bytes: u64,
 }
 
 /// Checks a model name: non-empty, at most 128 bytes, `[A-Za-z0-9._-]`, not starting with a dot.

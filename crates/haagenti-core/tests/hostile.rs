@@ -491,6 +491,32 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
             "an unknown codec",
             object_of(Encoding::Standalone { codec: 999 }, len, &data),
         ),
+        (
+            "a delta against a cast whose source cannot cast to its length",
+            object_of(
+                Encoding::CastDelta {
+                    codec: 0,
+                    source: other,
+                    from: Dtype::F32,
+                    to: Dtype::BF16,
+                },
+                len,
+                &data,
+            ),
+        ),
+        (
+            "a delta against a cast to a dtype casts cannot make",
+            object_of(
+                Encoding::CastDelta {
+                    codec: 0,
+                    source: other,
+                    from: Dtype::F32,
+                    to: Dtype::I8,
+                },
+                len,
+                &data,
+            ),
+        ),
     ];
     let good = f.store.get(&ObjectKey::fragment(&victim)).await.unwrap();
     let good_other = f.store.get(&ObjectKey::fragment(&other)).await.unwrap();

@@ -295,7 +295,26 @@ impl FragmentLibrary {
             }
         }
         let unique_bytes: u64 = referenced.values().sum();
-        stats.savings.exact_dedup_bytes = ref_bytes - unique_bytes;
+        // A substituted fragment's reference points at its substitute: that saving is
+        // lossy sharing, not exact dedup.
+        stats.savings.lossy_bytes = latest
+            .values()
+            .flat_map(|m| {
+                m.lossy.iter().filter_map(|l| {
+                    m.files
+                        .iter()
+                        .find(|f| f.path == l.file)?
+                        .tensors()
+                        .iter()
+                        .find(|t| t.name == l.tensor)?
+                        .fragments
+                        .get(l.fragment as usize)
+                        .map(|r| u64::from(r.len))
+                })
+            })
+            .sum();
+        stats.savings.exact_dedup_bytes =
+            (ref_bytes - unique_bytes).saturating_sub(stats.savings.lossy_bytes);
 
         let fragments = self.store().list(FRAGMENTS_PREFIX).await?;
         stats.fragments = fragments.len() as u64;
