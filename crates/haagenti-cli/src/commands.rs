@@ -433,6 +433,12 @@ pub fn print_stats(stats: &LibraryStats, lossy: &[LossyModel], json: bool) -> Re
         "saved by compression   {}",
         human_signed(stats.savings.compression_bytes)
     );
+    if stats.savings.lossy_bytes > 0 {
+        println!(
+            "saved by lossy sharing {}",
+            human(stats.savings.lossy_bytes)
+        );
+    }
     if !lossy.is_empty() {
         let list: Vec<String> = lossy
             .iter()

@@ -136,7 +136,7 @@ pub fn print_savings(s: &ModelSavings) {
         + s.savings.delta_bytes
         + s.savings.cast_bytes as i64
         + s.savings.compression_bytes
-        + s.lossy.bytes as i64;
+        + s.savings.lossy_bytes as i64;
     println!(
         "  savings: {} of {} fragment bytes",
         human_signed(saved),
@@ -171,7 +171,7 @@ pub fn print_savings(s: &ModelSavings) {
     if s.lossy.fragments > 0 {
         println!(
             "    lossy        {} ({} fragments replaced by similar stored ones)",
-            human(s.lossy.bytes),
+            human(s.savings.lossy_bytes),
             s.lossy.fragments
         );
     }

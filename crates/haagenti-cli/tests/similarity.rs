@@ -294,6 +294,10 @@ fn lossy_models_are_reported_by_show_stats_and_export() {
         show["savings"]["lossy"]["fragments"],
         report["lossy_fragments"]
     );
+    assert_eq!(
+        show["savings"]["savings"]["lossy_bytes"],
+        report["lossy_fragment_bytes"]
+    );
     let text = ok(&lib, &["show", "--model", "near"]);
     assert!(
         text.contains(&format!("LOSSY: {} fragments", report["lossy_fragments"]))
@@ -306,9 +310,14 @@ fn lossy_models_are_reported_by_show_stats_and_export() {
     assert_eq!(lossy.len(), 1, "{stats}");
     assert_eq!(lossy[0]["model"], "near");
     assert_eq!(lossy[0]["max_rel_error"].as_f64(), Some(max));
+    assert_eq!(
+        stats["savings"]["lossy_bytes"],
+        report["lossy_fragment_bytes"]
+    );
     let text = ok(&lib, &["stats"]);
     assert!(
-        text.contains(&format!("LOSSY: near (max relative L2 error {max:.3e})")),
+        text.contains("saved by lossy sharing")
+            && text.contains(&format!("LOSSY: near (max relative L2 error {max:.3e})")),
         "{text}"
     );
 

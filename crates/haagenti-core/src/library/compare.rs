@@ -150,7 +150,7 @@ pub struct ModelSavings {
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
     /// The saving per kind: exact = shared + repeated; delta, cast and compression from
-    /// `standalone`, `delta` and `cast`. Summed over all models, each stored fragment is
+    /// `standalone`, `delta` and `cast`; lossy from `lossy`. Summed over all models, each stored fragment is
     /// counted once (by the first model that references it).
     pub savings: Savings,
 }
@@ -423,6 +423,7 @@ impl FragmentLibrary {
             delta_bytes: report.delta.saved(),
             cast_bytes: report.cast.saved().max(0) as u64,
             compression_bytes: report.standalone.saved(),
+            lossy_bytes: report.lossy.bytes,
         };
         Ok(report)
     }
