@@ -236,6 +236,10 @@ fn similar_compare_and_reindex_find_the_family() {
     // reindex: without index/ nothing is found; a rebuild restores the same answers.
     std::fs::remove_dir_all(lib.join("index")).unwrap();
     let lost = json(&lib, &["similar", "--model", "finetune", "--json"]);
+    assert!(
+        lost["warnings"][0].as_str().unwrap().contains("reindex"),
+        "{lost}"
+    );
     for t in lost["tensors"].as_array().unwrap() {
         assert_eq!(t["unsigned_fragments"], t["fragments"], "{t}");
         assert!(t["matches"].as_array().unwrap().is_empty(), "{t}");

@@ -191,7 +191,13 @@ impl FragmentLibrary {
             ));
         }
         let target = self.manifest(model).await?;
-        let refresh = self.refresh_index().await?;
+        let mut refresh = self.refresh_index().await?;
+        if refresh.entries == 0 {
+            refresh.warnings.push(
+                "the similarity index is empty: `haagenti reindex` rebuilds it from the fragments"
+                    .into(),
+            );
+        }
         let manifests = self.latest_manifests().await?;
         let mut models: Vec<String> = Vec::with_capacity(manifests.len() + 1);
         let mut tensors: Vec<TensorKey> = Vec::new();
