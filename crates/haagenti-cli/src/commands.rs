@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use haagenti_core::{
     CodecPolicy, Encoding, FileContent, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
-    LibraryStats, ModelManifest, Progress,
+    LibraryStats, LossyModel, ModelManifest, Progress,
 };
 use serde_json::json;
 
@@ -35,19 +35,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "exported {} ({} files, {}) to {} in {:.2}s ({}/s){}",
+                    "exported {} ({} files, {}) to {} in {:.2}s ({}/s)",
                     model,
                     report.files,
                     human(report.bytes),
                     out.display(),
                     report.seconds,
                     human(rate(report.bytes, report.seconds)),
-                    if report.lossy {
-                        " [lossy model: bytes differ from the source within recorded bounds]"
-                    } else {
-                        ""
-                    }
                 );
+                if report.lossy {
+                    println!(
+                        "LOSSY: {} of {} files differ from the ingested bytes; max relative L2 error {:.3e}",
+                        report.lossy_files, report.files, report.max_rel_error
+                    );
+                }
             }
             Ok(())
         }
@@ -56,8 +57,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             show(&open(CodecPolicy::default(), None).await?, &model, json).await
         }
         Command::Stats { json } => {
-            let stats = open(CodecPolicy::default(), None).await?.stats().await?;
-            print_stats(&stats, json)
+            let lib = open(CodecPolicy::default(), None).await?;
+            let stats = lib.stats().await?;
+            print_stats(&stats, &lib.lossy_models().await?, json)
         }
         Command::Verify { model, json } => {
             let lib = open(CodecPolicy::default(), None).await?;
@@ -114,6 +116,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Similar {
+            model,
+            tensor,
+            limit,
+            json,
+        } => {
+            let lib = open(CodecPolicy::default(), None).await?;
+            crate::relations::similar(&lib, &model, tensor.as_deref(), limit as usize, json).await
+        }
+        Command::Compare { models, json } => {
+            crate::relations::compare(&open(CodecPolicy::default(), None).await?, &models, json)
+                .await
+        }
+        Command::Reindex { json } => {
+            crate::relations::reindex(&open(CodecPolicy::default(), None).await?, json).await
         }
         Command::Demo { json } => crate::demo::run(json).await,
         Command::Load(args) => crate::load::run(&cli.library, endpoint, args).await,
@@ -228,6 +246,7 @@ async fn sharing(lib: &FragmentLibrary) -> Result<BTreeMap<FragmentId, BTreeSet<
 
 async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
     let manifest: ModelManifest = lib.manifest(model).await?;
+    let savings = lib.model_savings(model).await?;
     let users = sharing(lib).await?;
     let mut files = Vec::new();
     for file in &manifest.files {
@@ -285,29 +304,28 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
             "tensors": tensors, "fragments": frag_rows,
         }));
     }
-    let lossy = manifest
-        .lossy
-        .iter()
-        .map(|l| l.rel_error)
-        .fold(None, |a: Option<f64>, e| Some(a.map_or(e, |a| a.max(e))));
+    let lossy = manifest.is_lossy().then(|| manifest.max_rel_error());
     if json {
         let doc = json!({
             "model": manifest.name, "created_unix_ms": manifest.created_unix_ms,
             "logical_bytes": manifest.logical_bytes(), "lossy": manifest.is_lossy(),
-            "max_rel_error": lossy, "files": files,
+            "max_rel_error": lossy, "savings": savings, "files": files,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!(
-        "model {} ({}){}",
+        "model {} ({})",
         manifest.name,
-        human(manifest.logical_bytes()),
-        match lossy {
-            Some(e) => format!(" LOSSY: largest relative error {e:.3e}"),
-            None => String::new(),
-        }
+        human(manifest.logical_bytes())
     );
+    if let Some(e) = lossy {
+        println!(
+            "  LOSSY: {} fragments replaced by similar ones; max relative L2 error {e:.3e}",
+            manifest.lossy.len()
+        );
+    }
+    crate::relations::print_savings(&savings);
     for f in &files {
         println!(
             "  file {} ({}, {}), blake3 {}",
@@ -377,7 +395,8 @@ fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
     }
 }
 
-pub fn print_stats(stats: &LibraryStats, json: bool) -> Result<()> {
+/// Library totals, savings by kind, and the models ingested lossily (if any).
+pub fn print_stats(stats: &LibraryStats, lossy: &[LossyModel], json: bool) -> Result<()> {
     let ratio = if stats.stored_bytes == 0 {
         0.0
     } else {
@@ -386,6 +405,7 @@ pub fn print_stats(stats: &LibraryStats, json: bool) -> Result<()> {
     if json {
         let mut doc = serde_json::to_value(stats)?;
         doc["ratio"] = json!(ratio);
+        doc["lossy_models"] = serde_json::to_value(lossy)?;
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -413,6 +433,24 @@ pub fn print_stats(stats: &LibraryStats, json: bool) -> Result<()> {
         "saved by compression   {}",
         human_signed(stats.savings.compression_bytes)
     );
+    if stats.savings.lossy_bytes > 0 {
+        println!(
+            "saved by lossy sharing {}",
+            human(stats.savings.lossy_bytes)
+        );
+    }
+    if !lossy.is_empty() {
+        let list: Vec<String> = lossy
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} (max relative L2 error {:.3e})",
+                    m.model, m.max_rel_error
+                )
+            })
+            .collect();
+        println!("LOSSY: {}", list.join(", "));
+    }
     Ok(())
 }
 
@@ -439,7 +477,7 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-fn human_signed(bytes: i64) -> String {
+pub fn human_signed(bytes: i64) -> String {
     if bytes < 0 {
         format!("-{}", human(bytes.unsigned_abs()))
     } else {

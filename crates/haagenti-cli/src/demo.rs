@@ -113,5 +113,5 @@ pub async fn run(json_out: bool) -> Result<()> {
         "verified {} files against their BLAKE3 hashes\n",
         verify.files
     );
-    print_stats(&stats, false)
+    print_stats(&stats, &[], false)
 }

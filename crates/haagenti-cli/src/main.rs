@@ -7,6 +7,7 @@ mod demo;
 mod load;
 mod open;
 mod progress;
+mod relations;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,33 @@ enum Command {
         /// Keep unreferenced objects younger than this many seconds.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// For each tensor of a model, the most similar tensors elsewhere in the library.
+    Similar {
+        #[arg(long)]
+        model: String,
+        /// Only this tensor (every file of the model is searched for it).
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Matches listed per tensor.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How the bytes of two models relate: identical, delta-coded, cast-derived, unique.
+    Compare {
+        /// Give it twice: --model A --model B.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the similarity index from the stored fragments (after losing or damaging
+    /// `index/`).
+    Reindex {
         #[arg(long)]
         json: bool,
     },

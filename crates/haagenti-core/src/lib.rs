@@ -22,9 +22,10 @@ pub mod types;
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    DELTA_MAX_FRACTION, ExportReport, FragmentLibrary, GcOptions, GcReport, IndexReport,
-    IngestOptions, IngestReport, MetricsSnapshot, ModelHandle, Progress, PutFragment, Tensor,
-    TensorInfo, VerifyReport,
+    ByteCount, DELTA_MAX_FRACTION, ExportReport, FragmentLibrary, GcOptions, GcReport, IndexReport,
+    IngestOptions, IngestReport, LossyModel, MetricsSnapshot, ModelComparison, ModelHandle,
+    ModelSavings, Progress, PutFragment, Relation, SIMILAR_FRAGMENT_THRESHOLD, SimilarTensors,
+    StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

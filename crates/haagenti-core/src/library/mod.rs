@@ -4,6 +4,7 @@
 //! [`Codec`]: crate::Codec
 
 mod cache;
+mod compare;
 mod export;
 mod ingest;
 mod maintenance;
@@ -16,6 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub use cache::MetricsSnapshot;
+pub use compare::{
+    ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SIMILAR_FRAGMENT_THRESHOLD,
+    SimilarTensors, StoredCount, TensorMatch, TensorSimilarity,
+};
 pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
