@@ -310,8 +310,9 @@ fn param_count(defs: &[Def]) -> u64 {
     defs.iter().map(|t| t.shape.iter().product::<u64>()).sum()
 }
 
-/// The largest Llama shape (hidden a multiple of 64, hidden / 64 layers, at least 2)
-/// with at most `params` parameters; the smallest shape when none fits.
+/// The largest Llama shape with at most `params` parameters: the widest hidden size (a
+/// multiple of 64) at hidden / 64 layers (at least 2), then as many more layers as fit,
+/// up to hidden / 32. The smallest shape when none fits.
 fn fit(params: u64) -> Dims {
     let vocab = match params {
         p if p >= 32 << 20 => 32_000,
@@ -324,12 +325,25 @@ fn fit(params: u64) -> Dims {
         layers: u32::try_from((hidden / 64).max(2)).unwrap_or(u32::MAX),
         vocab,
     };
-    (64..=16_384)
+    let fits = |d: &Dims| param_count(&llama(*d)) <= params;
+    let mut best = (64..=16_384)
         .step_by(64)
         .map(dims)
-        .take_while(|&d| param_count(&llama(d)) <= params)
+        .take_while(fits)
         .last()
-        .unwrap_or_else(|| dims(64))
+        .unwrap_or_else(|| dims(64));
+    let max_layers = u32::try_from((best.hidden / 32).max(2)).unwrap_or(u32::MAX);
+    while best.layers < max_layers {
+        let deeper = Dims {
+            layers: best.layers + 1,
+            ..best
+        };
+        if !fits(&deeper) {
+            break;
+        }
+        best = deeper;
+    }
+    best
 }
 
 /// Writes the five models under `dir` (replacing it); returns them and the shape.
@@ -780,7 +794,8 @@ mod tests {
         let big = fit(100_000_000);
         assert!(param_count(&llama(small)) <= 4_000_000);
         assert!(param_count(&llama(big)) <= 100_000_000);
-        assert!(param_count(&llama(big)) > 80_000_000);
+        assert!(param_count(&llama(big)) > 90_000_000);
+        assert!(param_count(&llama(small)) > 3_000_000);
         assert!(big.hidden > small.hidden && big.layers > small.layers);
     }
 
