@@ -1,10 +1,14 @@
 //! `haagenti-bench`: run by `cargo xtask bench`; prints a markdown table and writes JSON.
 //!
 //! Subcommands:
-//! - `run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES]`: generate
-//!   the corpus, run haagenti and the baselines on it side by side, ingest and export one
-//!   large model on its own (peak RSS), print the table, write `OUT/latest.json` and, for
-//!   a full run, `docs/benchmarks.md`.
+//! - `run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES]
+//!   [--sim-parent BYTES]`: generate the corpus, run haagenti and the baselines on it side
+//!   by side, ingest and export one large model on its own (peak RSS), run the similarity
+//!   family, print the table, write `OUT/latest.json` and, for a full run,
+//!   `docs/benchmarks.md`.
+//! - `similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]`: only the
+//!   similarity family (issue 5 acceptance); prints its section and writes
+//!   `OUT/similarity.json`.
 //! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
 //! - `child ...`: internal; the ingest and export phases run in a child process so their
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
@@ -16,6 +20,7 @@ mod haagenti;
 mod lsh;
 mod report;
 mod s3;
+mod similarity;
 mod switch;
 mod util;
 
@@ -52,9 +57,10 @@ fn dispatch(args: &[String]) -> Result<()> {
             print!("{}", report::corpus_table(&family));
             Ok(())
         }
+        Some("similarity") => similarity_only(&Options::parse(&args[1..], false)?),
         Some("child") => haagenti::child(&args[1..]),
         _ => bail!(
-            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
+            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES] [--sim-parent BYTES]\n       haagenti-bench similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
         ),
     }
 }
@@ -69,6 +75,8 @@ struct Options {
     out: PathBuf,
     /// Size of the single large model (0: skip).
     big_model: u64,
+    /// Size of the similarity family's fp32 parent (0: skip).
+    sim_parent: u64,
     positional: Option<PathBuf>,
 }
 
@@ -80,6 +88,7 @@ impl Options {
         let mut out = util::workspace_root().join("target/bench");
         let mut positional = None;
         let mut big_model = None;
+        let mut sim_parent = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -89,6 +98,7 @@ impl Options {
                 "--seed" => seed = value("--seed")?.parse().context("--seed")?,
                 "--out" => out = PathBuf::from(value("--out")?),
                 "--big-model" => big_model = Some(util::parse_bytes(value("--big-model")?)?),
+                "--sim-parent" => sim_parent = Some(util::parse_bytes(value("--sim-parent")?)?),
                 s if want_positional && !s.starts_with('-') && positional.is_none() => {
                     positional = Some(PathBuf::from(s))
                 }
@@ -97,12 +107,18 @@ impl Options {
         }
         let scale = scale.unwrap_or(if quick { QUICK_SCALE } else { DEFAULT_SCALE });
         let big_model = big_model.unwrap_or(if quick { 0 } else { DEFAULT_BIG_MODEL });
+        let sim_parent = sim_parent.unwrap_or(if quick {
+            similarity::QUICK_PARENT_BYTES
+        } else {
+            similarity::FULL_PARENT_BYTES
+        });
         Ok(Self {
             quick,
             scale,
             seed,
             out,
             big_model,
+            sim_parent,
             positional,
         })
     }
@@ -142,6 +158,21 @@ fn run(opts: &Options) -> Result<()> {
         None
     };
 
+    let similarity = if opts.sim_parent > 0 {
+        eprintln!(
+            "similarity family (fp32 parent {}) ...",
+            util::human(opts.sim_parent)
+        );
+        Some(similarity::run(
+            opts.quick,
+            opts.seed,
+            opts.sim_parent,
+            &work,
+        )?)
+    } else {
+        None
+    };
+
     eprintln!("codec micro-benchmarks ...");
     let codec_rows = codecs::run(opts.quick)?;
     eprintln!("signature and index micro-benchmarks ...");
@@ -158,6 +189,11 @@ fn run(opts: &Options) -> Result<()> {
         }
         _ => Ok(()),
     });
+    let identical = identical.and_then(|()| {
+        similarity
+            .as_ref()
+            .map_or(Ok(()), similarity::SimilarityBench::check)
+    });
     let results = report::Results {
         quick: opts.quick,
         machine: report::Machine::detect(),
@@ -168,6 +204,8 @@ fn run(opts: &Options) -> Result<()> {
         haagenti_ingest_profile: haagenti.ingest_profile,
         haagenti_export_profile: haagenti.export_profile,
         big_model,
+        similarity_markdown: similarity.as_ref().map(similarity::markdown),
+        similarity: serde_json::to_value(&similarity)?,
         micro: report::Micro {
             codecs_markdown: codecs::markdown(&codec_rows),
             codecs: serde_json::to_value(&codec_rows)?,
@@ -196,4 +234,23 @@ fn run(opts: &Options) -> Result<()> {
     }
     util::remove_dir_if_exists(&work)?;
     identical
+}
+
+/// `similarity`: the similarity family on its own.
+fn similarity_only(opts: &Options) -> Result<()> {
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
+    let work = opts.out.join("work-similarity");
+    util::remove_dir_if_exists(&work)?;
+    let bench = similarity::run(opts.quick, opts.seed, opts.sim_parent.max(1), &work)?;
+    util::remove_dir_if_exists(&work)?;
+    println!("{}", similarity::markdown(&bench));
+    let json_path = opts.out.join("similarity.json");
+    let json = serde_json::json!({
+        "machine": report::Machine::detect(),
+        "similarity_family": bench,
+    });
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("write {}", json_path.display()))?;
+    eprintln!("wrote {}", json_path.display());
+    bench.check()
 }

@@ -13,7 +13,7 @@ use crate::haagenti::{BigModelResult, ModelResult, Profile};
 use crate::util::{self, human, mb_per_s};
 
 /// Version of the `latest.json` layout (docs/benchmarks.md describes it).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One system (haagenti or a baseline) on the whole corpus.
 #[derive(Clone, Debug, Serialize)]
@@ -158,6 +158,10 @@ pub struct Results<'a> {
     pub haagenti_ingest_profile: Profile,
     pub haagenti_export_profile: Profile,
     pub big_model: Option<BigModelResult>,
+    /// The similarity family (issue 5 acceptance), as `src/similarity.rs` renders it;
+    /// `None` when skipped.
+    pub similarity_markdown: Option<String>,
+    pub similarity: Value,
     pub micro: Micro,
     pub wall_secs: f64,
 }
@@ -361,6 +365,9 @@ pub fn markdown(r: &Results<'_>) -> String {
             serde_json::to_string_pretty(stats).unwrap_or_default()
         );
     }
+    if let Some(md) = &r.similarity_markdown {
+        let _ = writeln!(s, "\n{}", md.trim_end());
+    }
     let _ = writeln!(
         s,
         "\n### Codec micro-benchmarks (one core, 1 MiB fragments)\n\n{}",
@@ -418,6 +425,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "export_profile": r.haagenti_export_profile,
             "big_model": r.big_model,
         },
+        "similarity_family": r.similarity,
         "micro": {
             "codecs": r.micro.codecs,
             "lsh": r.micro.lsh,
