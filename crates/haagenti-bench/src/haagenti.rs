@@ -205,11 +205,11 @@ fn timed_codecs(nanos: &Arc<AtomicU64>) -> CodecRegistry {
 
 fn open_library(dir: &Path, codecs: CodecRegistry) -> Result<FragmentLibrary> {
     let store = FsStore::open(dir).with_context(|| format!("open library {}", dir.display()))?;
-    Ok(FragmentLibrary::new(
-        Arc::new(store),
-        codecs,
-        LibraryConfig::default(),
-    )?)
+    // As the CLI does: similarity on (deltas, cast references).
+    Ok(
+        FragmentLibrary::new(Arc::new(store), codecs, LibraryConfig::default())?
+            .with_similarity(haagenti_lsh::cosine_similarity()),
+    )
 }
 
 /// Single-thread BLAKE3 bytes per second of CPU time, hashing 16 MiB four times.

@@ -2,32 +2,24 @@
 //! deltas, cast references, deltas against casts) on exactly the family the issue names,
 //! measured against its targets.
 //!
-//! Generated with a fixed seed from `haagenti_core::synth` recipes (the same lazy,
-//! streaming primitives as the corpus, but this family's own derivations):
-//! - `base-fp32`: a Llama-shaped fp32 parent (q/k/v/o with biases, gated MLP, norm
-//!   weights near 1.0, embeddings and head; values normal with per-tensor spread
-//!   0.015–0.025);
-//! - `base-bf16`, `base-fp16`: its round-to-nearest-even casts;
-//! - `finetune-bf16`: a full fine-tune of `base-bf16`: the first half of the layers frozen
-//!   (byte-identical), every other weight (embeddings, head and final norm included)
-//!   moved by N(0, (1e-3 · its tensor's spread)²) before rounding back to bf16;
-//! - `lora-bf16`: `base-bf16` with a rank-8 update `B·A` (spread 5% of the tensor's)
-//!   merged into every attention weight.
+//! The family is `haagenti_core::synth::lineage_family` (fixed seed): `base-fp32` (a
+//! Llama-shaped fp32 parent), its round-to-nearest-even casts `base-bf16` and `base-fp16`,
+//! `finetune-bf16` (half of the layers frozen, every other weight moved by N(0, (1e-3 ·
+//! spread)²)) and `lora-bf16` (a rank-8 update merged into every attention weight).
 //!
 //! Each of two ingest orders runs into a fresh `FsStore` library (fsync on) with
 //! similarity on, in this process; then every model is exported and compared byte for
 //! byte. What a model's ingest adds is the growth of the library directory (fragment
 //! objects, manifest, index segment).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::{Recipe, Rng, SynthTensor, write_safetensors};
-use haagenti_core::{Dtype, FragmentLibrary, IngestOptions, LibraryConfig};
+use haagenti_core::synth::lineage_family;
+use haagenti_core::{FragmentLibrary, IngestOptions, LibraryConfig};
 use haagenti_store_fs::FsStore;
 use serde::Serialize;
 use serde_json::Value;
@@ -38,12 +30,6 @@ use crate::util::{self, human, mb_per_s};
 pub const FULL_PARENT_BYTES: u64 = 400_000_000;
 /// Size of the fp32 parent in `--quick`.
 pub const QUICK_PARENT_BYTES: u64 = 16_000_000;
-
-/// Fine-tune update spread relative to the tensor's spread.
-const FINETUNE_REL: f32 = 1e-3;
-const LORA_RANK: u32 = 8;
-/// LoRA update spread relative to the tensor's spread.
-const LORA_REL: f32 = 0.05;
 
 /// The issue's targets.
 const FINETUNE_MAX_ADDED_PCT: f64 = 15.0;
@@ -82,9 +68,6 @@ pub struct SimilarityBench {
     pub seed: u64,
     /// Requested size of the fp32 parent.
     pub parent_bytes_target: u64,
-    pub hidden: u64,
-    pub layers: u32,
-    pub vocab: u64,
     /// Fragment size of the library (bytes of a 16-bit fragment).
     pub fragment_size: usize,
     pub generate_secs: f64,
@@ -211,256 +194,30 @@ impl SimilarityBench {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// The family.
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Embedding,
-    Attention,
-    Dense,
-    Norm,
-    Bias,
-    Head,
-}
-
-#[derive(Clone, Debug)]
-struct Def {
-    name: String,
-    shape: Vec<u64>,
-    role: Role,
-    layer: Option<u32>,
-}
-
-/// The recipe of tensor `i` (described by `Def`) in one model.
-type RecipeFn<'a> = &'a dyn Fn(usize, &Def) -> Recipe;
-
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    hidden: u64,
-    layers: u32,
-    vocab: u64,
-}
-
-/// Llama/Qwen2 tensor names and shapes (grouped KV at half the width, q/k/v biases).
-fn llama(d: Dims) -> Vec<Def> {
-    let h = d.hidden;
-    let kv = (h / 2).max(64);
-    let ffn = (8 * h / 3).div_ceil(64) * 64;
-    let mut out = Vec::new();
-    let mut push = |name: String, shape: Vec<u64>, role: Role, layer: Option<u32>| {
-        out.push(Def {
-            name,
-            shape,
-            role,
-            layer,
-        });
-    };
-    push(
-        "model.embed_tokens.weight".into(),
-        vec![d.vocab, h],
-        Role::Embedding,
-        None,
-    );
-    for i in 0..d.layers {
-        let p = format!("model.layers.{i}.");
-        let l = Some(i);
-        push(format!("{p}input_layernorm.weight"), vec![h], Role::Norm, l);
-        for (proj, rows) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
-            push(
-                format!("{p}self_attn.{proj}.weight"),
-                vec![rows, h],
-                Role::Attention,
-                l,
-            );
-            push(
-                format!("{p}self_attn.{proj}.bias"),
-                vec![rows],
-                Role::Bias,
-                l,
-            );
-        }
-        push(
-            format!("{p}self_attn.o_proj.weight"),
-            vec![h, h],
-            Role::Attention,
-            l,
-        );
-        push(
-            format!("{p}post_attention_layernorm.weight"),
-            vec![h],
-            Role::Norm,
-            l,
-        );
-        for (proj, shape) in [
-            ("gate_proj", vec![ffn, h]),
-            ("up_proj", vec![ffn, h]),
-            ("down_proj", vec![h, ffn]),
-        ] {
-            push(format!("{p}mlp.{proj}.weight"), shape, Role::Dense, l);
-        }
-    }
-    push("model.norm.weight".into(), vec![h], Role::Norm, None);
-    push("lm_head.weight".into(), vec![d.vocab, h], Role::Head, None);
-    out
-}
-
-fn param_count(defs: &[Def]) -> u64 {
-    defs.iter().map(|t| t.shape.iter().product::<u64>()).sum()
-}
-
-/// The largest Llama shape with at most `params` parameters: the widest hidden size (a
-/// multiple of 64) at hidden / 64 layers (at least 2), then as many more layers as fit,
-/// up to hidden / 32. The smallest shape when none fits.
-fn fit(params: u64) -> Dims {
-    let vocab = match params {
-        p if p >= 32 << 20 => 32_000,
-        p if p >= 8 << 20 => 8_192,
-        p if p >= 512 << 10 => 2_048,
-        _ => 512,
-    };
-    let dims = |hidden: u64| Dims {
-        hidden,
-        layers: u32::try_from((hidden / 64).max(2)).unwrap_or(u32::MAX),
-        vocab,
-    };
-    let fits = |d: &Dims| param_count(&llama(*d)) <= params;
-    let mut best = (64..=16_384)
-        .step_by(64)
-        .map(dims)
-        .take_while(fits)
-        .last()
-        .unwrap_or_else(|| dims(64));
-    let max_layers = u32::try_from((best.hidden / 32).max(2)).unwrap_or(u32::MAX);
-    while best.layers < max_layers {
-        let deeper = Dims {
-            layers: best.layers + 1,
-            ..best
-        };
-        if !fits(&deeper) {
-            break;
-        }
-        best = deeper;
-    }
-    best
-}
-
-/// Writes the five models under `dir` (replacing it); returns them and the shape.
-fn generate(dir: &Path, seed: u64, parent_bytes: u64) -> Result<(Vec<Member>, Dims)> {
+/// Writes the five models under `dir` (replacing it).
+fn generate(dir: &Path, seed: u64, parent_bytes: u64) -> Result<Vec<Member>> {
     util::remove_dir_if_exists(dir)?;
-    let dims = fit(parent_bytes / 4);
-    let defs = llama(dims);
-    let mut rng = Rng::new(seed);
-    // The pretrained values of each tensor, and their spread.
-    let base: Vec<(Recipe, f32)> = defs
-        .iter()
-        .map(|d| {
-            let (seed, jitter) = (rng.next_u64(), rng.next_f64());
-            let (mean, std) = match d.role {
-                Role::Norm => (1.0, 0.02),
-                Role::Bias => (0.0, 0.002),
-                _ => (0.0, (0.02 * (0.75 + 0.5 * jitter)) as f32),
-            };
-            (Recipe::Normal { seed, mean, std }, std)
+    let family = lineage_family(dir, seed, parent_bytes)
+        .with_context(|| format!("generate the lineage family in {}", dir.display()))?;
+    Ok(family
+        .models
+        .into_iter()
+        .map(|m| Member {
+            dtype: if m.name.ends_with("fp32") {
+                "F32"
+            } else if m.name.ends_with("fp16") {
+                "F16"
+            } else {
+                "BF16"
+            }
+            .into(),
+            name: m.name,
+            kind: m.kind.to_string(),
+            bytes: m.bytes,
+            description: m.description,
+            path: m.path,
         })
-        .collect();
-    let rounded = |r: &Recipe| Recipe::Round {
-        base: Box::new(r.clone()),
-        dtype: Dtype::BF16,
-    };
-    let tensors = |dtype: Dtype, recipe: RecipeFn<'_>| -> Vec<SynthTensor> {
-        defs.iter()
-            .enumerate()
-            .map(|(i, d)| SynthTensor::new(d.name.clone(), dtype, d.shape.clone(), recipe(i, d)))
-            .collect()
-    };
-    let pretrained = |i: usize, _: &Def| base[i].0.clone();
-    let frozen_layers = dims.layers / 2;
-    let ft_seeds: Vec<u64> = defs.iter().map(|_| rng.next_u64()).collect();
-    let finetune = |i: usize, d: &Def| {
-        if d.layer.is_some_and(|l| l < frozen_layers) {
-            return base[i].0.clone();
-        }
-        Recipe::Perturb {
-            base: Box::new(rounded(&base[i].0)),
-            seed: ft_seeds[i],
-            std: FINETUNE_REL * base[i].1,
-        }
-    };
-    let lora_seeds: Vec<u64> = defs.iter().map(|_| rng.next_u64()).collect();
-    let lora = |i: usize, d: &Def| {
-        if d.role != Role::Attention {
-            return base[i].0.clone();
-        }
-        Recipe::LowRank {
-            base: Box::new(rounded(&base[i].0)),
-            seed: lora_seeds[i],
-            rank: LORA_RANK,
-            std: LORA_REL * base[i].1,
-        }
-    };
-    let shape = format!(
-        "hidden {}, {} layers, vocab {}",
-        dims.hidden, dims.layers, dims.vocab
-    );
-    let specs: [(&str, &str, Dtype, RecipeFn<'_>, String); 5] = [
-        (
-            "base-fp32",
-            "parent",
-            Dtype::F32,
-            &pretrained,
-            format!("fp32 Llama-shaped parent ({shape})"),
-        ),
-        (
-            "base-bf16",
-            "cast",
-            Dtype::BF16,
-            &pretrained,
-            "bf16 round-to-nearest-even cast of base-fp32".into(),
-        ),
-        (
-            "base-fp16",
-            "cast",
-            Dtype::F16,
-            &pretrained,
-            "fp16 round-to-nearest-even cast of base-fp32".into(),
-        ),
-        (
-            "finetune-bf16",
-            "fine-tune",
-            Dtype::BF16,
-            &finetune,
-            format!(
-                "full fine-tune of base-bf16: layers 0..{frozen_layers} frozen, every other weight moved by N(0, ({FINETUNE_REL:e} · spread)²)"
-            ),
-        ),
-        (
-            "lora-bf16",
-            "lora-merge",
-            Dtype::BF16,
-            &lora,
-            format!(
-                "base-bf16 with a rank-{LORA_RANK} update (spread {LORA_REL} · the tensor's) merged into every attention weight"
-            ),
-        ),
-    ];
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    let mut members = Vec::new();
-    for (name, kind, dtype, recipe, description) in specs {
-        let path = dir.join(format!("{name}.safetensors"));
-        let bytes = write_safetensors(&path, &tensors(dtype, recipe), Some(&metadata))
-            .with_context(|| format!("generate {}", path.display()))?;
-        members.push(Member {
-            name: name.into(),
-            kind: kind.into(),
-            dtype: dtype.to_string(),
-            bytes,
-            description,
-            path,
-        });
-    }
-    Ok((members, dims))
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -560,7 +317,7 @@ fn run_order(
         if m.kind == "cast" && fp32_stored {
             cast_of_stored_fp32.push(rows.len());
         }
-        fp32_stored |= m.dtype == Dtype::F32.to_string();
+        fp32_stored |= m.dtype == "F32";
         rows.push(row);
     }
 
@@ -639,7 +396,7 @@ fn run_order(
 pub fn run(quick: bool, seed: u64, parent_bytes: u64, work: &Path) -> Result<SimilarityBench> {
     let family_dir = work.join("family");
     let started = Instant::now();
-    let (members, dims) = generate(&family_dir, seed, parent_bytes)?;
+    let members = generate(&family_dir, seed, parent_bytes)?;
     let generate_secs = started.elapsed().as_secs_f64();
     let total: u64 = members.iter().map(|m| m.bytes).sum();
     eprintln!(
@@ -662,9 +419,6 @@ pub fn run(quick: bool, seed: u64, parent_bytes: u64, work: &Path) -> Result<Sim
         quick,
         seed,
         parent_bytes_target: parent_bytes,
-        hidden: dims.hidden,
-        layers: dims.layers,
-        vocab: dims.vocab,
         fragment_size: LibraryConfig::default().fragment_size,
         generate_secs,
         models: members,
@@ -692,10 +446,8 @@ pub fn markdown(b: &SimilarityBench) -> String {
     );
     let _ = writeln!(
         s,
-        "Llama-shaped (hidden {}, {} layers, vocab {}), seed {}; library: fs store (fsync on), default codecs, similarity on (`haagenti_lsh::cosine_similarity`), {} fragments for 16-bit dtypes. Added = growth of the library directory (fragments, manifest, index segment).\n",
-        b.hidden,
-        b.layers,
-        b.vocab,
+        "{}, seed {}; library: fs store (fsync on), default codecs, similarity on (`haagenti_lsh::cosine_similarity`), {} fragments for 16-bit dtypes. Added = growth of the library directory (fragments, manifest, index segment).\n",
+        b.models.first().map_or("", |m| m.description.as_str()),
         b.seed,
         human(b.fragment_size as u64)
     );
@@ -782,77 +534,4 @@ pub fn markdown(b: &SimilarityBench) -> String {
         util::cores()
     );
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fit_stays_under_the_budget_and_grows_with_it() {
-        let small = fit(4_000_000);
-        let big = fit(100_000_000);
-        assert!(param_count(&llama(small)) <= 4_000_000);
-        assert!(param_count(&llama(big)) <= 100_000_000);
-        assert!(param_count(&llama(big)) > 90_000_000);
-        assert!(param_count(&llama(small)) > 3_000_000);
-        assert!(big.hidden > small.hidden && big.layers > small.layers);
-    }
-
-    #[test]
-    fn family_has_the_relationships_it_claims() {
-        let dir = tempfile::tempdir().unwrap();
-        let (members, dims) = generate(dir.path(), 7, 2_000_000).unwrap();
-        let read = |name: &str| {
-            let m = members.iter().find(|m| m.name == name).unwrap();
-            std::fs::read(&m.path).unwrap()
-        };
-        let (fp32, bf16, fp16, ft, lora) = (
-            read("base-fp32"),
-            read("base-bf16"),
-            read("base-fp16"),
-            read("finetune-bf16"),
-            read("lora-bf16"),
-        );
-        // The bf16 and fp16 files are round-to-nearest-even casts of the fp32 values.
-        let data = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-        let (d32, d16) = (data(&fp32), data(&bf16));
-        assert_eq!(fp32.len() - d32, 2 * (bf16.len() - d16));
-        for i in (0..(bf16.len() - d16) / 2).step_by(97) {
-            let v = f32::from_le_bytes(fp32[d32 + 4 * i..d32 + 4 * i + 4].try_into().unwrap());
-            let at = |b: &[u8]| {
-                let o = data(b) + 2 * i;
-                u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
-            };
-            assert_eq!(at(&bf16), haagenti_core::cast::f32_to_bf16(v));
-            assert_eq!(at(&fp16), haagenti_core::cast::f32_to_f16(v));
-        }
-        // The casts and derivations have the same layout, different bytes.
-        assert_eq!(bf16.len() - d16, fp16.len() - data(&fp16));
-        assert_eq!(bf16.len(), ft.len());
-        assert_eq!(bf16.len(), lora.len());
-        assert_ne!(bf16, fp16);
-        assert_ne!(bf16, ft);
-        assert_ne!(bf16, lora);
-        // The frozen first layer is byte-identical in the fine-tune; the last is not.
-        let defs = llama(dims);
-        let header = d16;
-        let span = |layer: u32| {
-            let mut start = header;
-            let mut range = None;
-            for d in &defs {
-                let len = 2 * d.shape.iter().product::<u64>() as usize;
-                if d.layer == Some(layer) {
-                    let r: (usize, usize) = range.unwrap_or((start, start));
-                    range = Some((r.0, start + len));
-                }
-                start += len;
-            }
-            range.unwrap()
-        };
-        let (a, b) = span(0);
-        assert_eq!(bf16[a..b], ft[a..b]);
-        let (a, b) = span(dims.layers - 1);
-        assert_ne!(bf16[a..b], ft[a..b]);
-    }
 }

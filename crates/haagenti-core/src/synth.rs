@@ -2095,4 +2095,79 @@ mod tests {
         assert!((2 << 20..=3 << 20).contains(&size), "{size}");
         assert_eq!(parse(&path).tensors.values().next().unwrap().0, "BF16");
     }
+
+    #[test]
+    fn lineage_family_has_the_relationships_it_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let fam = lineage_family(dir.path(), 7, 2 << 20).unwrap();
+        let names: Vec<&str> = fam.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "base-fp32",
+                "base-bf16",
+                "base-fp16",
+                "finetune-bf16",
+                "lora-bf16"
+            ]
+        );
+        let tensors = |n: &str| parse(&fam.model(n).unwrap().path).tensors;
+        let (fp32, bf16, fp16) = (
+            tensors("base-fp32"),
+            tensors("base-bf16"),
+            tensors("base-fp16"),
+        );
+        for (name, (_, _, data)) in &fp32 {
+            assert_eq!(
+                bf16[name].2,
+                cast_f32_bytes(data, Dtype::BF16).unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                fp16[name].2,
+                cast_f32_bytes(data, Dtype::F16).unwrap(),
+                "{name}"
+            );
+        }
+        // Half the layers frozen byte for byte; every other weight moved by about 1e-3 of
+        // its spread (in bf16 that flips the last mantissa bit of a minority of values).
+        let layers = fp32
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+            .unwrap()
+            + 1;
+        let ft = tensors("finetune-bf16");
+        let (mut frozen, mut moved) = (0, 0);
+        for (name, (_, _, data)) in &ft {
+            let layer = name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next()?.parse::<u32>().ok());
+            if layer.is_some_and(|l| l < layers / 2) {
+                assert_eq!(data, &bf16[name].2, "{name} is frozen");
+                frozen += 1;
+            } else if name.ends_with("proj.weight") || name.contains("embed_tokens") {
+                let (a, b) = (bf16_values(&bf16[name].2), bf16_values(data));
+                let changed = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+                assert!(
+                    changed > a.len() / 20 && changed < a.len() * 3 / 4,
+                    "{name}: {changed} of {}",
+                    a.len()
+                );
+                moved += 1;
+            }
+        }
+        assert!(frozen >= 3 && moved >= 3, "{frozen} {moved}");
+        let lora = tensors("lora-bf16");
+        for (name, (_, _, data)) in &lora {
+            let attention = name.contains("self_attn.") && name.ends_with("_proj.weight");
+            assert_eq!(data == &bf16[name].2, !attention, "{name}");
+        }
+    }
 }
