@@ -244,24 +244,16 @@ fn expected_decoding(
             xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
             Some(xor)
         }
-        (
-            Encoding::Cast {
-                from: Dtype::F32,
-                to,
-                ..
-            },
-            Some(source),
-        ) => cast::cast_f32_bytes(source, to).filter(|v| v.len() == len),
+        (Encoding::Cast { from, to, .. }, Some(source)) => {
+            cast::convert(source, from, to).filter(|v| v.len() == len)
+        }
         (
             Encoding::CastDelta {
-                codec,
-                from: Dtype::F32,
-                to,
-                ..
+                codec, from, to, ..
             },
             Some(source),
         ) => {
-            let base = cast::cast_f32_bytes(source, to).filter(|v| v.len() == len)?;
+            let base = cast::convert(source, from, to).filter(|v| v.len() == len)?;
             let mut xor = registry.get(codec)?.decode_to_vec(payload, len).ok()?;
             if xor.len() != base.len() {
                 return None;

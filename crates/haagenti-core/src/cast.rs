@@ -158,9 +158,55 @@ pub fn cast_f32_bytes(src: &[u8], to: Dtype) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Converts whole elements between f32 and bf16/f16: narrowing rounds to nearest even
+/// ([`cast_f32_bytes`]), widening is exact. `None` for any other pair or ragged input.
+/// Deterministic bit for bit (NaN payloads included), so it can rebuild stored bases.
+pub fn convert(src: &[u8], from: Dtype, to: Dtype) -> Option<Vec<u8>> {
+    match (from, to) {
+        (Dtype::F32, Dtype::BF16 | Dtype::F16) => cast_f32_bytes(src, to),
+        (Dtype::BF16 | Dtype::F16, Dtype::F32) => {
+            if src.len() % 2 != 0 {
+                return None;
+            }
+            let widen: fn(u16) -> f32 = if from == Dtype::BF16 {
+                bf16_to_f32
+            } else {
+                f16_to_f32
+            };
+            let mut out = Vec::with_capacity(src.len() * 2);
+            for c in src.chunks_exact(2) {
+                out.extend_from_slice(
+                    &widen(u16::from_le_bytes([c[0], c[1]]))
+                        .to_bits()
+                        .to_le_bytes(),
+                );
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn convert_narrows_and_widens() {
+        let values = [0.0f32, -1.5, 3.14159, 1e-8, 65504.0, f32::INFINITY];
+        let f32s: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for dt in [Dtype::BF16, Dtype::F16] {
+            let narrow = convert(&f32s, Dtype::F32, dt).unwrap();
+            assert_eq!(narrow, cast_f32_bytes(&f32s, dt).unwrap());
+            // Widening is exact: narrowing the widened values gives them back.
+            let wide = convert(&narrow, dt, Dtype::F32).unwrap();
+            assert_eq!(wide.len(), f32s.len());
+            assert_eq!(convert(&wide, Dtype::F32, dt).unwrap(), narrow);
+        }
+        assert!(convert(&f32s, Dtype::F32, Dtype::F32).is_none());
+        assert!(convert(&f32s, Dtype::BF16, Dtype::F16).is_none());
+        assert!(convert(&f32s[..3], Dtype::BF16, Dtype::F32).is_none());
+    }
 
     #[test]
     fn bf16_round_to_nearest_even() {

@@ -350,14 +350,7 @@ fn decode_verified(
             xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
             xor
         }
-        (
-            Encoding::Cast {
-                from: Dtype::F32,
-                to,
-                ..
-            },
-            Some(source),
-        ) => cast::cast_f32_bytes(source, to)
+        (Encoding::Cast { from, to, .. }, Some(source)) => cast::convert(source, from, to)
             .filter(|v| v.len() == len)
             .ok_or_else(|| {
                 FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
@@ -365,13 +358,13 @@ fn decode_verified(
         (
             Encoding::CastDelta {
                 codec: tag,
-                from: Dtype::F32,
+                from,
                 to,
                 ..
             },
             Some(source),
         ) => {
-            let base = cast::cast_f32_bytes(source, to)
+            let base = cast::convert(source, from, to)
                 .filter(|v| v.len() == len)
                 .ok_or_else(|| {
                     FragmentError::corrupt(

@@ -341,7 +341,6 @@ impl FragmentLibrary {
             return self.write_standalone(id, data, dtype).await;
         };
         let len = data.len() as u32; // fragments are at most 16 MiB
-        let cast_len = u64::from(len) * 2;
         let mut same = Vec::new();
         let mut casts = Vec::new();
         let mut lossy = Vec::new();
@@ -354,11 +353,7 @@ impl FragmentLibrary {
                 &mut |_, meta| {
                     let m = EntryMeta::unpack(meta);
                     let same_shape = m.len == len && m.dtype == Some(dtype);
-                    let cast_source = m.standalone
-                        && m.dtype == Some(Dtype::F32)
-                        && u64::from(m.len) == cast_len
-                        && matches!(dtype, Dtype::BF16 | Dtype::F16);
-                    same_shape || cast_source
+                    same_shape || (m.standalone && cast_pair(m, dtype, len))
                 },
             )?;
             for m in found {
@@ -374,8 +369,8 @@ impl FragmentLibrary {
                     if meta.standalone && same.len() < k {
                         same.push(m.id);
                     }
-                } else if casts.len() < k {
-                    casts.push(m.id);
+                } else if let (Some(from), true) = (meta.dtype, casts.len() < k) {
+                    casts.push((m.id, from));
                 }
             }
         }
@@ -403,31 +398,27 @@ impl FragmentLibrary {
             }
         }
 
-        // Bases: same-dtype standalone fragments, and casts of f32 sources.
+        // Bases: same-dtype standalone fragments, and casts of standalone fragments of the
+        // other precision (f32 narrowed to bf16/f16, or bf16/f16 widened to f32).
         let mut bases: Vec<(Bytes, BaseKind)> = Vec::new();
-        for source in casts {
+        for (source, from) in casts {
             let Some(src) = self.standalone_fragment(&source).await? else {
                 continue;
             };
-            let Some(casted) = cast::cast_f32_bytes(&src, dtype) else {
+            let Some(casted) = cast::convert(&src, from, dtype) else {
                 continue;
             };
             if casted == data[..] {
+                let cast = Encoding::Cast {
+                    source,
+                    from,
+                    to: dtype,
+                };
                 return self
-                    .write_object(
-                        id,
-                        Encoding::Cast {
-                            source,
-                            from: Dtype::F32,
-                            to: dtype,
-                        },
-                        &data,
-                        Vec::new(),
-                        Some(dtype),
-                    )
+                    .write_object(id, cast, &data, Vec::new(), Some(dtype))
                     .await;
             }
-            bases.push((Bytes::from(casted), BaseKind::Cast(source)));
+            bases.push((Bytes::from(casted), BaseKind::Cast(source, from)));
         }
         for base in same {
             if let Some(b) = self.standalone_fragment(&base).await? {
@@ -549,7 +540,21 @@ impl FragmentLibrary {
 #[derive(Clone, Copy, Debug)]
 enum BaseKind {
     Same(FragmentId),
-    Cast(FragmentId),
+    /// A standalone fragment of dtype `.1`, converted to the new fragment's dtype.
+    Cast(FragmentId, Dtype),
+}
+
+/// Whether an indexed fragment `m` is an f32 fragment covering the same elements as a
+/// new bf16/f16 fragment of `len` bytes.
+///
+/// Only narrowing: an f32 fragment stored as a delta against a widened bf16 one would
+/// save about half its size, but could then no longer be the standalone source of the
+/// payload-free fp16 cast that usually follows (depth 1), which costs more than it saves
+/// (measured on the lineage family; see ARCHITECTURE.md).
+fn cast_pair(m: EntryMeta, dtype: Dtype, len: u32) -> bool {
+    m.dtype == Some(Dtype::F32)
+        && matches!(dtype, Dtype::BF16 | Dtype::F16)
+        && u64::from(m.len) == u64::from(len) * 2
 }
 
 enum Choice {
@@ -581,10 +586,10 @@ fn best_encoding(
                 codec: encoder.tag(),
                 base,
             },
-            BaseKind::Cast(source) => Encoding::CastDelta {
+            BaseKind::Cast(source, from) => Encoding::CastDelta {
                 codec: encoder.tag(),
                 source,
-                from: Dtype::F32,
+                from,
                 to: hint.dtype.unwrap_or(Dtype::BF16),
             },
         };
