@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn convert_narrows_and_widens() {
-        let values = [0.0f32, -1.5, 2.718_3, 1e-8, 65504.0, f32::INFINITY];
+        let values = [0.0f32, -1.5, 1.234_567, 1e-8, 65504.0, f32::INFINITY];
         let f32s: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for dt in [Dtype::BF16, Dtype::F16] {
             let narrow = convert(&f32s, Dtype::F32, dt).unwrap();
