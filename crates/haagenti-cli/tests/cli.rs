@@ -3,34 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use haagenti_core::Dtype;
 use haagenti_core::synth::{self, Recipe, SynthTensor};
+use std::process::Command;
 
-fn haagenti(lib: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_haagenti"))
-        .arg("--library")
-        .arg(lib)
-        .args(args)
-        .env_remove("HAAGENTI_LIBRARY")
-        .output()
-        .expect("run haagenti")
-}
-
-fn ok(lib: &Path, args: &[&str]) -> String {
-    let out = haagenti(lib, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(lib: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(lib, args)).unwrap()
-}
+mod common;
+use common::{haagenti, json, ok};
 
 fn model(path: &Path, seed: u64) {
     let tensors: Vec<SynthTensor> = (0..4)

@@ -4,40 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use haagenti_core::Dtype;
 use haagenti_core::synth::{self, Recipe, SynthTensor};
 use serde_json::Value;
 
+mod common;
+use common::{haagenti, json, ok};
+
 const LAYERS: u64 = 4;
 /// 64 KiB fragments: each bf16 tensor below is 4 fragments, each f32 tensor 4 of 128 KiB.
 const FRAGMENT_SIZE: &str = "65536";
 const SPREAD: f32 = 0.02;
-
-fn haagenti(lib: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_haagenti"))
-        .arg("--library")
-        .arg(lib)
-        .args(args)
-        .env_remove("HAAGENTI_LIBRARY")
-        .output()
-        .expect("run haagenti")
-}
-
-fn ok(lib: &Path, args: &[&str]) -> String {
-    let out = haagenti(lib, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(lib: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(&ok(lib, args)).unwrap()
-}
 
 /// Exits 1 with one line on stderr containing `needle`.
 fn fails(lib: &Path, args: &[&str], needle: &str) {

@@ -206,23 +206,15 @@ impl FragmentLibrary {
             }
         }
         let keep: Vec<FragmentId> = live.iter().copied().collect();
-        let bytes = fresh.index().segment(Some(&keep));
+        let bytes = Bytes::from(fresh.index().segment(Some(&keep)));
         let key = unique_segment_key(&state)?;
-        self.store().put(&key, Bytes::from(bytes.clone())).await?;
+        self.store().put(&key, bytes.clone()).await?;
         for meta in &old {
             self.store().delete(&meta.key).await?;
             report.removed_segments += 1;
         }
         report.segments = 1;
-        // The in-memory index starts over from the compacted segment.
-        let mut loaded = state.loaded.lock().await;
-        let mut index = (state.similarity.new_index)();
-        index.load_segment(&bytes)?;
-        *state.index() = index;
-        loaded.clear();
-        loaded.insert(key);
-        drop(loaded);
-        report.entries = state.index().len() as u64;
+        report.entries = adopt_segment(&state, key, &bytes).await?;
         Ok(report)
     }
 
@@ -285,22 +277,15 @@ impl FragmentLibrary {
             }
         }
         drop(results);
-        let bytes = fresh.index().segment(None);
+        let bytes = Bytes::from(fresh.index().segment(None));
         let key = unique_segment_key(state)?;
-        self.store().put(&key, Bytes::from(bytes.clone())).await?;
+        self.store().put(&key, bytes.clone()).await?;
         for meta in &old {
             self.store().delete(&meta.key).await?;
             report.removed_segments += 1;
         }
-        let mut loaded = state.loaded.lock().await;
-        let mut index = (state.similarity.new_index)();
-        index.load_segment(&bytes)?;
-        *state.index() = index;
-        loaded.clear();
-        loaded.insert(key);
-        drop(loaded);
         report.segments = 1;
-        report.entries = state.index().len() as u64;
+        report.entries = adopt_segment(state, key, &bytes).await?;
         Ok(report)
     }
 
@@ -636,6 +621,19 @@ pub(super) fn relative_l2_error(a: &[u8], b: &[u8], dtype: Dtype) -> Option<f64>
     } else {
         Some((diff / norm).sqrt())
     }
+}
+
+/// Makes the in-memory index exactly the entries of `bytes`, the one segment now stored
+/// under `key` (after a compaction or rebuild replaced every other). Returns its size.
+async fn adopt_segment(state: &SimilarityState, key: ObjectKey, bytes: &[u8]) -> Result<u64> {
+    let mut loaded = state.loaded.lock().await;
+    let mut index = (state.similarity.new_index)();
+    index.load_segment(bytes)?;
+    let entries = index.len() as u64;
+    *state.index() = index;
+    loaded.clear();
+    loaded.insert(key);
+    Ok(entries)
 }
 
 fn unique_segment_key(state: &SimilarityState) -> Result<ObjectKey> {
