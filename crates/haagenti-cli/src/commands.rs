@@ -32,9 +32,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("exporting model {model:?}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                println!(
+                outln!(
                     "exported {} ({} files, {}) to {} in {:.2}s ({}/s)",
                     model,
                     report.files,
@@ -42,12 +42,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                     out.display(),
                     report.seconds,
                     human(rate(report.bytes, report.seconds)),
-                );
+                )?;
                 if report.lossy {
-                    println!(
+                    outln!(
                         "LOSSY: {} of {} files differ from the ingested bytes; max relative L2 error {:.3e}",
-                        report.lossy_files, report.files, report.max_rel_error
-                    );
+                        report.lossy_files,
+                        report.files,
+                        report.max_rel_error
+                    )?;
                 }
             }
             Ok(())
@@ -68,16 +70,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .verify(model.as_deref(), bar.as_deref().map(|b| b as &dyn Progress))
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                println!(
+                outln!(
                     "verified {} models, {} files, {}",
                     report.models,
                     report.files,
                     human(report.bytes)
-                );
+                )?;
                 for p in &report.problems {
-                    println!("DAMAGED: {p}");
+                    outln!("DAMAGED: {p}")?;
                 }
             }
             if !report.is_ok() {
@@ -88,7 +90,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rm { model } => {
             let lib = open(CodecPolicy::default(), None).await?;
             lib.remove(&model).await?;
-            println!("removed {model} (run `haagenti gc` to free its unshared fragments)");
+            outln!("removed {model} (run `haagenti gc` to free its unshared fragments)")?;
             Ok(())
         }
         Command::Gc {
@@ -104,16 +106,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                println!(
+                outln!(
                     "{} {} unreferenced objects ({}); kept {} live fragments and {} objects younger than {grace}s",
                     if dry_run { "would delete" } else { "deleted" },
                     report.garbage_objects,
                     human(report.garbage_bytes),
                     report.live_fragments,
                     report.young_objects,
-                );
+                )?;
             }
             Ok(())
         }
@@ -157,9 +159,9 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
             )
         })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        outln!(
             "ingested {} ({} files, {} tensors, {}) in {:.2}s ({}/s)",
             report.model,
             report.files,
@@ -167,29 +169,29 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
             human(report.logical_bytes),
             report.seconds,
             human(rate(report.logical_bytes, report.seconds)),
-        );
-        println!(
+        )?;
+        outln!(
             "  {} already stored (exact dedup), {} new fragments: {} stored as {}",
             human(report.dedup_bytes),
             report.new_fragments,
             human(report.new_fragment_bytes),
             human(report.stored_bytes),
-        );
+        )?;
         if report.delta_fragments + report.cast_fragments > 0 {
-            println!(
+            outln!(
                 "  of which {} as deltas ({} stored) and {} as casts of f32 fragments (no payload)",
                 human(report.delta_fragment_bytes),
                 human(report.delta_stored_bytes),
                 human(report.cast_fragment_bytes),
-            );
+            )?;
         }
         if report.lossy_fragments > 0 {
-            println!(
+            outln!(
                 "  LOSSY: {} fragments ({}) reference a similar stored fragment; largest relative L2 error {:.3e}",
                 report.lossy_fragments,
                 human(report.lossy_fragment_bytes),
                 report.max_rel_error,
-            );
+            )?;
         }
     }
     for w in &report.warnings {
@@ -212,21 +214,21 @@ async fn list(lib: &FragmentLibrary, json: bool) -> Result<()> {
         }));
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "models": rows }))?
-        );
+        )?;
     } else if rows.is_empty() {
-        println!("no models in {}", lib.store().location());
+        outln!("no models in {}", lib.store().location())?;
     } else {
         for r in &rows {
-            println!(
+            outln!(
                 "{:<32} {:>4} files {:>6} tensors {:>10}",
                 r["model"].as_str().unwrap_or_default(),
                 r["files"],
                 r["tensors"],
                 human(r["logical_bytes"].as_u64().unwrap_or(0))
-            );
+            )?;
         }
     }
     Ok(())
@@ -311,38 +313,38 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
             "logical_bytes": manifest.logical_bytes(), "lossy": manifest.is_lossy(),
             "max_rel_error": lossy, "savings": savings, "files": files,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "model {} ({})",
         manifest.name,
         human(manifest.logical_bytes())
-    );
+    )?;
     if let Some(e) = lossy {
-        println!(
+        outln!(
             "  LOSSY: {} fragments replaced by similar ones; max relative L2 error {e:.3e}",
             manifest.lossy.len()
-        );
+        )?;
     }
-    crate::relations::print_savings(&savings);
+    crate::relations::print_savings(&savings)?;
     for f in &files {
-        println!(
+        outln!(
             "  file {} ({}, {}), blake3 {}",
             f["path"].as_str().unwrap_or_default(),
             f["kind"].as_str().unwrap_or_default(),
             human(f["size"].as_u64().unwrap_or(0)),
             f["blake3"].as_str().unwrap_or_default()
-        );
+        )?;
         for t in f["tensors"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "    tensor {} {} {} ({} fragments, {})",
                 t["name"].as_str().unwrap_or_default(),
                 t["dtype"].as_str().unwrap_or_default(),
                 t["shape"],
                 t["fragments"],
                 t["type"].as_str().unwrap_or_default()
-            );
+            )?;
         }
         for r in f["fragments"].as_array().into_iter().flatten() {
             let shared = r["shared_with"]
@@ -354,7 +356,7 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
                         .join(",")
                 })
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "      {} {}#{} {} -> {} {}{}",
                 &r["id"].as_str().unwrap_or_default()[..12],
                 r["tensor"].as_str().unwrap_or("chunk"),
@@ -367,7 +369,7 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
                 } else {
                     format!(" shared with {shared}")
                 },
-            );
+            )?;
         }
     }
     Ok(())
@@ -406,38 +408,38 @@ pub fn print_stats(stats: &LibraryStats, lossy: &[LossyModel], json: bool) -> Re
         let mut doc = serde_json::to_value(stats)?;
         doc["ratio"] = json!(ratio);
         doc["lossy_models"] = serde_json::to_value(lossy)?;
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
-    println!("models         {}", stats.models);
-    println!("fragments      {}", stats.fragments);
-    println!("logical bytes  {}", human(stats.logical_bytes));
-    println!(
+    outln!("models         {}", stats.models)?;
+    outln!("fragments      {}", stats.fragments)?;
+    outln!("logical bytes  {}", human(stats.logical_bytes))?;
+    outln!(
         "stored bytes   {} (fragments {}, manifests {}, indexes {})",
         human(stats.stored_bytes),
         human(stats.fragment_bytes),
         human(stats.manifest_bytes),
         human(stats.index_bytes)
-    );
-    println!("ratio          {ratio:.2}x");
-    println!(
+    )?;
+    outln!("ratio          {ratio:.2}x")?;
+    outln!(
         "saved by exact dedup   {}",
         human(stats.savings.exact_dedup_bytes)
-    );
-    println!(
+    )?;
+    outln!(
         "saved by deltas        {}",
         human_signed(stats.savings.delta_bytes)
-    );
-    println!("saved by casts         {}", human(stats.savings.cast_bytes));
-    println!(
+    )?;
+    outln!("saved by casts         {}", human(stats.savings.cast_bytes))?;
+    outln!(
         "saved by compression   {}",
         human_signed(stats.savings.compression_bytes)
-    );
+    )?;
     if stats.savings.lossy_bytes > 0 {
-        println!(
+        outln!(
             "saved by lossy sharing {}",
             human(stats.savings.lossy_bytes)
-        );
+        )?;
     }
     if !lossy.is_empty() {
         let list: Vec<String> = lossy
@@ -449,7 +451,7 @@ pub fn print_stats(stats: &LibraryStats, lossy: &[LossyModel], json: bool) -> Re
                 )
             })
             .collect();
-        println!("LOSSY: {}", list.join(", "));
+        outln!("LOSSY: {}", list.join(", "))?;
     }
     Ok(())
 }

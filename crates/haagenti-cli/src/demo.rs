@@ -19,10 +19,11 @@ pub async fn run(json_out: bool) -> Result<()> {
     let lib_dir = work.path().join("library");
     let out_dir = work.path().join("exported");
 
-    let say = |s: String| {
+    let say = |s: String| -> std::io::Result<()> {
         if !json_out {
-            println!("{s}");
+            outln!("{s}")?;
         }
+        Ok(())
     };
     let t = Instant::now();
     let family = {
@@ -38,7 +39,7 @@ pub async fn run(json_out: bool) -> Result<()> {
         human(family.total_bytes()),
         t.elapsed().as_secs_f64(),
         src.display()
-    ));
+    ))?;
 
     let store = std::sync::Arc::new(haagenti_store_fs::FsStore::open(&lib_dir)?);
     let lib = FragmentLibrary::new(store, crate::open::codecs(), LibraryConfig::default())?
@@ -58,7 +59,7 @@ pub async fn run(json_out: bool) -> Result<()> {
             human(r.stored_bytes),
             m.kind,
             m.description
-        ));
+        ))?;
         rows.push(json!({ "model": m.name, "kind": m.kind.as_str(), "bytes": m.bytes, "ingest_seconds": r.seconds,
                           "new_fragment_bytes": r.new_fragment_bytes, "stored_bytes": r.stored_bytes }));
     }
@@ -98,20 +99,20 @@ pub async fn run(json_out: bool) -> Result<()> {
             "ingest_mb_s": total as f64 / 1e6 / ingest_s, "export_mb_s": total as f64 / 1e6 / export_s,
             "bit_exact": true, "savings": stats.savings,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "ingested {} in {:.2}s ({:.0} MB/s); exported and compared every file bit-exact in {:.2}s ({:.0} MB/s)",
         human(total),
         ingest_s,
         total as f64 / 1e6 / ingest_s,
         export_s,
         total as f64 / 1e6 / export_s
-    );
-    println!(
+    )?;
+    outln!(
         "verified {} files against their BLAKE3 hashes\n",
         verify.files
-    );
+    )?;
     print_stats(&stats, &[], false)
 }

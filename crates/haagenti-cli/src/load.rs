@@ -50,7 +50,7 @@ pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> R
     for model in &args.models {
         let load = load_model(&lib, model).await?;
         if !args.json {
-            println!(
+            outln!(
                 "loaded {} ({} tensors, {}) in {:.3}s ({}/s): fetched {} in {} reads, {} from cache",
                 load.model,
                 load.tensors,
@@ -60,7 +60,7 @@ pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> R
                 human(load.bytes_fetched),
                 load.store_reads,
                 human(load.bytes_from_cache),
-            );
+            )?;
         }
         loads.push(load);
     }
@@ -68,14 +68,14 @@ pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> R
     let totals = lib.metrics();
     if args.json {
         let out = json!({ "models": loads, "totals": totals });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!(
+        outln!(
             "cache holds {} in {} fragments (budget {})",
             human(totals.cache_bytes),
             totals.cache_entries,
             human(totals.cache_budget)
-        );
+        )?;
     }
     Ok(())
 }

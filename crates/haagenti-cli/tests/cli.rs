@@ -293,3 +293,28 @@ fn demo_round_trips_its_family_bit_exact() {
         "the demo family must store at least 1.5x smaller: {stored} of {logical}"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lib, src) = (dir.path().join("lib"), dir.path().join("m.safetensors"));
+    model(&src, 5);
+    ok(&lib, &["ingest", "--model", "m", src.to_str().unwrap()]);
+    let commands: [&[&str]; 3] = [&["show", "--model", "m"], &["stats", "--json"], &["list"]];
+    for args in commands {
+        // The reader is gone before the command writes (like `haagenti show | head -0`).
+        let mut child = Command::new(env!("CARGO_BIN_EXE_haagenti"))
+            .arg("--library")
+            .arg(&lib)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
