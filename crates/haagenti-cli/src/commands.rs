@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 use haagenti_core::{
     CodecPolicy, Encoding, FileContent, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
     LibraryStats, LossyModel, ModelManifest, Progress,
@@ -272,8 +273,14 @@ async fn show(lib: &FragmentLibrary, model: &str, json: bool) -> Result<()> {
                 .map(|(i, r)| describe(None, i, r))
                 .collect(),
         };
-        for (tensor, i, r) in refs {
-            let info = lib.fragment_info(&r.id).await?;
+        // Two reads per fragment (header and size): in flight together, in file order.
+        let infos: Vec<_> =
+            futures::stream::iter(refs.iter().map(|(_, _, r)| lib.fragment_info(&r.id)))
+                .buffered(32)
+                .collect()
+                .await;
+        for ((tensor, i, r), info) in refs.into_iter().zip(infos) {
+            let info = info?;
             let (stored, encoding) = match &info {
                 Some(meta) => (meta.stored_len, describe_encoding(lib, &meta.encoding)),
                 None => (0, "MISSING".to_string()),
