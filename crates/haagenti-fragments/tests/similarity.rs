@@ -443,3 +443,48 @@ async fn without_similarity_nothing_is_delta_coded() {
     }
     assert!(index_keys(&store).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loose_lossy_bounds_reach_candidates_below_the_delta_threshold() {
+    use synth::{Recipe, SynthTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let base = Recipe::Normal {
+        seed: 3,
+        mean: 0.0,
+        std: 0.02,
+    };
+    // Noise of 30% of the spread: cosine about 0.958, under the 0.97 delta threshold.
+    let noisy = Recipe::Perturb {
+        base: Box::new(base.clone()),
+        seed: 4,
+        std: 0.006,
+    };
+    let write = |name: &str, recipe: Recipe| {
+        let path = dir.path().join(name);
+        let t = SynthTensor::new("w", Dtype::BF16, vec![512, 512], recipe);
+        synth::write_safetensors(&path, &[t], None).unwrap();
+        path
+    };
+    let (base_path, noisy_path) = (
+        write("base.safetensors", base),
+        write("noisy.safetensors", noisy),
+    );
+    for (bound, substituted) in [(0.25, false), (0.35, true)] {
+        let lib = library(Arc::new(MemoryStore::new()));
+        lib.ingest("base", &base_path, IngestOptions::default())
+            .await
+            .unwrap();
+        let r = lib
+            .ingest(
+                "noisy",
+                &noisy_path,
+                IngestOptions::default().lossy_max_rel_error(Some(bound)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.lossy_fragments > 0, substituted, "bound {bound}: {r:?}");
+        if substituted {
+            assert!(r.max_rel_error > 0.25 && r.max_rel_error <= bound, "{r:?}");
+        }
+    }
+}

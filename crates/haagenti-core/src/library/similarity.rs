@@ -331,9 +331,17 @@ impl FragmentLibrary {
         let mut lossy = Vec::new();
         {
             let k = policy.candidates.max(1);
+            // A lossy substitute may lie further away than a delta base: values within
+            // relative L2 error E have a cosine of about 1 - E^2/2 or more, so the query
+            // reaches down to 1 - E^2 (estimates are noisy); bases still need the threshold.
+            let threshold = policy
+                .lossy_max_rel_error
+                .and_then(|e| SimilarityThreshold::new((1.0 - e * e).max(0.0) as f32).ok())
+                .filter(|t| t.get() < policy.threshold.get())
+                .unwrap_or(policy.threshold);
             let found = state.index().find_similar_where(
                 &signature,
-                policy.threshold,
+                threshold,
                 k * 3,
                 &mut |_, meta| {
                     let m = EntryMeta::unpack(meta);
@@ -347,14 +355,15 @@ impl FragmentLibrary {
                     .entry(&m.id)
                     .map(|(_, meta)| EntryMeta::unpack(meta));
                 let Some(meta) = meta else { continue };
+                let base = m.similarity >= policy.threshold.get();
                 if meta.dtype == Some(dtype) && meta.len == len {
                     if lossy.len() < k {
                         lossy.push(m.id);
                     }
-                    if meta.standalone && same.len() < k {
+                    if base && meta.standalone && same.len() < k {
                         same.push(m.id);
                     }
-                } else if let (Some(from), true) = (meta.dtype, casts.len() < k) {
+                } else if let (Some(from), true) = (meta.dtype, base && casts.len() < k) {
                     casts.push((m.id, from));
                 }
             }
