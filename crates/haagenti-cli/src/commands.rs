@@ -79,6 +79,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     report.files,
                     human(report.bytes)
                 )?;
+                if report.lossy_files > 0 {
+                    outln!(
+                        "LOSSY: {} files hold lossy substitutions: their fragments and lengths were checked, not the source's whole-file hash",
+                        report.lossy_files
+                    )?;
+                }
                 for p in &report.problems {
                     outln!("DAMAGED: {p}")?;
                 }

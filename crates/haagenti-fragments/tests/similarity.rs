@@ -274,7 +274,11 @@ async fn lossy_sharing_is_opt_in_bounded_and_recorded() {
     let report = lib.export("lossy", &out, None).await.unwrap();
     assert!(report.lossy && report.lossy_files == 1);
     assert!((report.max_rel_error - lossy.max_rel_error).abs() < 1e-12);
-    assert!(lib.verify(Some("lossy"), None).await.unwrap().is_ok());
+    let verified = lib.verify(Some("lossy"), None).await.unwrap();
+    assert!(
+        verified.is_ok() && verified.lossy_files == 1,
+        "{verified:?}"
+    );
 
     // Every substituted fragment is within its recorded error, measured here again on
     // the exported values; every other fragment is bit-exact.

@@ -38,6 +38,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// One line per damaged file, naming model, file, tensor and fragment.
     pub problems: Vec<String>,
+    /// Files with lossy substitutions: every fragment and the length were checked, but not
+    /// the source's whole-file hash, which their bytes cannot match.
+    pub lossy_files: u64,
 }
 
 impl VerifyReport {
@@ -157,6 +160,7 @@ impl FragmentLibrary {
             for file in &manifest.files {
                 report.files += 1;
                 report.bytes += file.size;
+                report.lossy_files += u64::from(manifest.file_is_lossy(&file.path));
                 if let Err(e) = self
                     .rebuild_file(manifest, file, &mut NullSink, progress)
                     .await
