@@ -392,8 +392,8 @@ impl FragmentLibrary {
             }
         }
 
-        // Bases: same-dtype standalone fragments, and casts of standalone fragments of the
-        // other precision (f32 narrowed to bf16/f16, or bf16/f16 widened to f32).
+        // Bases: same-dtype standalone fragments, and standalone f32 fragments cast to the
+        // new fragment's dtype.
         let mut bases: Vec<(Bytes, BaseKind)> = Vec::new();
         for (source, from) in casts {
             let Some(src) = self.standalone_fragment(&source).await? else {
@@ -408,9 +408,7 @@ impl FragmentLibrary {
                     from,
                     to: dtype,
                 };
-                return self
-                    .write_object(id, cast, &data, Vec::new(), Some(dtype))
-                    .await;
+                return self.write_cast(id, cast, data.len(), dtype).await;
             }
             bases.push((Bytes::from(casted), BaseKind::Cast(source, from)));
         }
@@ -428,17 +426,11 @@ impl FragmentLibrary {
             dtype: Some(dtype),
             policy: self.config().codec_policy,
         };
-        let best = tokio::task::spawn_blocking(move || {
-            best_encoding(&codecs, &data, hint, &bases).map(|choice| (choice, data))
-        })
-        .await
-        .map_err(join_error)??;
-        match best {
-            (Choice::Standalone(object), _) => self.put_object(id, object, None).await,
-            (Choice::Delta(encoding, object), _) => {
-                self.put_object(id, object, Some(encoding)).await
-            }
-        }
+        let (encoding, object) =
+            tokio::task::spawn_blocking(move || best_encoding(&codecs, &data, hint, &bases))
+                .await
+                .map_err(join_error)??;
+        self.put_object(id, object, encoding).await
     }
 
     /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
@@ -480,40 +472,34 @@ impl FragmentLibrary {
             policy: self.config().codec_policy,
         };
         let codecs = self.codecs().clone();
-        let object = tokio::task::spawn_blocking(move || encode_standalone(&codecs, &data, hint))
-            .await
-            .map_err(join_error)??;
-        self.put_object(id, object, None).await
+        let (encoding, object) =
+            tokio::task::spawn_blocking(move || standalone_object(&codecs, &data, hint))
+                .await
+                .map_err(join_error)??;
+        self.put_object(id, object, encoding).await
     }
 
-    /// Writes a payload-free or payload-carrying object of `encoding`.
-    async fn write_object(
+    /// Writes a cast object (a header, no payload) for a fragment of `len` bytes.
+    async fn write_cast(
         &self,
         id: FragmentId,
         encoding: Encoding,
-        data: &[u8],
-        payload: Vec<u8>,
-        dtype: Option<Dtype>,
+        len: usize,
+        dtype: Dtype,
     ) -> Result<Placement> {
-        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN + payload.len());
-        object::write_header(&mut object, &encoding, data.len() as u64, dtype);
-        object.extend_from_slice(&payload);
+        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN);
+        object::write_header(&mut object, &encoding, len as u64, Some(dtype));
         object::seal(&mut object);
-        self.put_object(id, object, Some(encoding)).await
+        self.put_object(id, object, encoding).await
     }
 
-    /// Writes a sealed object create-only. `encoding` is `None` for standalone objects
-    /// (their codec is read back from the header when it matters).
+    /// Writes a sealed object of `encoding` create-only.
     async fn put_object(
         &self,
         id: FragmentId,
         object: Vec<u8>,
-        encoding: Option<Encoding>,
+        encoding: Encoding,
     ) -> Result<Placement> {
-        let encoding = match encoding {
-            Some(e) => e,
-            None => object::read_header(&object, "new object")?.encoding,
-        };
         let stored_len = object.len() as u64;
         let key = ObjectKey::fragment(&id);
         match self.store().put(&key, Bytes::from(object)).await? {
@@ -551,9 +537,14 @@ fn cast_pair(m: EntryMeta, dtype: Dtype, len: u32) -> bool {
         && u64::from(m.len) == u64::from(len) * 2
 }
 
-enum Choice {
-    Standalone(Vec<u8>),
-    Delta(Encoding, Vec<u8>),
+/// The standalone object of `data` and its encoding (the codec it settled on).
+fn standalone_object(
+    codecs: &CodecRegistry,
+    data: &[u8],
+    hint: EncodeHint,
+) -> Result<(Encoding, Vec<u8>)> {
+    let object = encode_standalone(codecs, data, hint)?;
+    Ok((object::read_header(&object, "new object")?.encoding, object))
 }
 
 /// Encodes `data` standalone and as an XOR delta against each base; keeps the smallest
@@ -563,8 +554,8 @@ fn best_encoding(
     data: &[u8],
     hint: EncodeHint,
     bases: &[(Bytes, BaseKind)],
-) -> Result<Choice> {
-    let standalone = encode_standalone(codecs, data, hint)?;
+) -> Result<(Encoding, Vec<u8>)> {
+    let standalone = standalone_object(codecs, data, hint)?;
     let encoder = codecs.encoder();
     let mut best: Option<(Encoding, Vec<u8>)> = None;
     let mut xor = vec![0u8; data.len()];
@@ -597,11 +588,11 @@ fn best_encoding(
     }
     Ok(match best {
         Some((encoding, object))
-            if object.len() as f64 <= DELTA_MAX_FRACTION * standalone.len() as f64 =>
+            if object.len() as f64 <= DELTA_MAX_FRACTION * standalone.1.len() as f64 =>
         {
-            Choice::Delta(encoding, object)
+            (encoding, object)
         }
-        _ => Choice::Standalone(standalone),
+        _ => standalone,
     })
 }
 
