@@ -180,6 +180,8 @@ impl FragmentLibrary {
         sources: Vec<SourceFile>,
         opts: &IngestOptions,
     ) -> Result<IngestReport> {
+        // Segments written since this library last looked (by other processes too).
+        let index = self.refresh_index().await?;
         let total: u64 = sources.iter().map(|s| s.size).sum();
         if let Some(p) = &opts.progress {
             p.begin(total);
@@ -196,7 +198,6 @@ impl FragmentLibrary {
             })
         };
 
-        let index = self.refresh_index().await?;
         let policy = Policy {
             threshold: self.config().similarity_threshold,
             candidates: self.config().similarity_candidates,
