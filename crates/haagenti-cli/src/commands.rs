@@ -123,6 +123,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                     report.live_fragments,
                     report.young_objects,
                 )?;
+                if report.index_segments_merged > 0 {
+                    outln!(
+                        "merged {} similarity index segments into one",
+                        report.index_segments_merged
+                    )?;
+                }
+            }
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
             }
             Ok(())
         }
