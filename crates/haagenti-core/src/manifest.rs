@@ -144,6 +144,18 @@ impl ModelManifest {
         self.lossy.iter().map(|l| l.rel_error).fold(0.0, f64::max)
     }
 
+    /// The fragment reference a substitution record names, if the manifest has it.
+    pub fn substituted_ref(&self, l: &LossySubstitution) -> Option<&FragmentRef> {
+        self.files
+            .iter()
+            .find(|f| f.path == l.file)?
+            .tensors()
+            .iter()
+            .find(|t| t.name == l.tensor)?
+            .fragments
+            .get(l.fragment as usize)
+    }
+
     /// Whether some fragment of `file` was substituted (its bytes differ from the source).
     pub fn file_is_lossy(&self, file: &str) -> bool {
         self.lossy.iter().any(|l| l.file == file)
@@ -266,11 +278,7 @@ impl ModelManifest {
         // a measured error: export and stats rely on both.
         for l in &self.lossy {
             let points_there = self
-                .files
-                .iter()
-                .find(|f| f.path == l.file)
-                .and_then(|f| f.tensors().iter().find(|t| t.name == l.tensor))
-                .and_then(|t| t.fragments.get(l.fragment as usize))
+                .substituted_ref(l)
                 .is_some_and(|r| r.id == l.substitute);
             if !(points_there && l.rel_error.is_finite() && l.rel_error >= 0.0) {
                 return Err(bad(format!(

@@ -43,11 +43,7 @@ pub struct ObjectHeader {
 impl ObjectHeader {
     /// The fragment this one needs to be decoded (delta base or cast source).
     pub fn dependency(&self) -> Option<FragmentId> {
-        match self.encoding {
-            Encoding::Standalone { .. } => None,
-            Encoding::Delta { base, .. } => Some(base),
-            Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => Some(source),
-        }
+        self.encoding.dependency()
     }
 }
 

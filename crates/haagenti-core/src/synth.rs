@@ -1733,7 +1733,7 @@ mod tests {
 
     /// A parsed safetensors file: name -> (dtype, shape, data bytes), plus metadata.
     struct Parsed {
-        tensors: BTreeMap<String, (String, Vec<u64>, Vec<u8>)>,
+        tensors: Tensors,
         order: Vec<String>,
         metadata: Option<serde_json::Value>,
     }
@@ -1885,6 +1885,21 @@ mod tests {
         assert!(int.to_bytes().is_err());
     }
 
+    type Tensors = BTreeMap<String, (String, Vec<u64>, Vec<u8>)>;
+
+    /// `bf16` and `fp16` hold exactly the round-to-nearest-even casts of `parent`'s tensors,
+    /// shapes included.
+    fn assert_casts_of(parent: &Tensors, bf16: &Tensors, fp16: &Tensors) {
+        assert_eq!(bf16.len(), parent.len());
+        assert_eq!(fp16.len(), parent.len());
+        for (name, (_, shape, data)) in parent {
+            for (cast, dtype) in [(bf16, Dtype::BF16), (fp16, Dtype::F16)] {
+                assert_eq!(&cast[name].1, shape, "{name}");
+                assert_eq!(cast[name].2, cast_f32_bytes(data, dtype).unwrap(), "{name}");
+            }
+        }
+    }
+
     fn bf16_values(bytes: &[u8]) -> Vec<f32> {
         let mut out = Vec::new();
         crate::cast::decode_values(bytes, Dtype::BF16, &mut out).unwrap();
@@ -1964,20 +1979,7 @@ mod tests {
         // Casts are round-to-nearest-even casts of the parent, tensor by tensor.
         let bf16 = parse(&fam.model("base-bf16").unwrap().path).tensors;
         let fp16 = parse(&fam.model("base-fp16").unwrap().path).tensors;
-        assert_eq!(bf16.len(), parent.len());
-        for (name, (_, shape, data)) in &parent {
-            assert_eq!(&bf16[name].1, shape);
-            assert_eq!(
-                bf16[name].2,
-                cast_f32_bytes(data, Dtype::BF16).unwrap(),
-                "{name}"
-            );
-            assert_eq!(
-                fp16[name].2,
-                cast_f32_bytes(data, Dtype::F16).unwrap(),
-                "{name}"
-            );
-        }
+        assert_casts_of(&parent, &bf16, &fp16);
         assert_eq!(
             fam.model("base-bf16").unwrap().new_tensor_bytes,
             parent.values().map(|t| t.2.len() as u64 / 2).sum::<u64>()
@@ -2117,18 +2119,7 @@ mod tests {
             tensors("base-bf16"),
             tensors("base-fp16"),
         );
-        for (name, (_, _, data)) in &fp32 {
-            assert_eq!(
-                bf16[name].2,
-                cast_f32_bytes(data, Dtype::BF16).unwrap(),
-                "{name}"
-            );
-            assert_eq!(
-                fp16[name].2,
-                cast_f32_bytes(data, Dtype::F16).unwrap(),
-                "{name}"
-            );
-        }
+        assert_casts_of(&fp32, &bf16, &fp16);
         // Half the layers frozen byte for byte; every other weight moved by about 1e-3 of
         // its spread (in bf16 that flips the last mantissa bit of a minority of values).
         let layers = fp32

@@ -316,6 +316,17 @@ pub enum Encoding {
     },
 }
 
+impl Encoding {
+    /// The fragment this encoding needs to be decoded (delta base or cast source).
+    pub fn dependency(&self) -> Option<FragmentId> {
+        match *self {
+            Encoding::Standalone { .. } => None,
+            Encoding::Delta { base, .. } => Some(base),
+            Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => Some(source),
+        }
+    }
+}
+
 /// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {

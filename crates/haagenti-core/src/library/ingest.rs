@@ -399,16 +399,9 @@ impl FragmentLibrary {
                     };
                     state.index().insert(id, sig, meta.pack())?;
                 }
-                let depends_on = match encoding {
-                    Encoding::Standalone { .. } => None,
-                    Encoding::Delta { base, .. } => Some(base),
-                    Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => {
-                        Some(source)
-                    }
-                };
                 let resolved = Resolved {
                     id,
-                    depends_on,
+                    depends_on: encoding.dependency(),
                     rel_error: None,
                 };
                 (

@@ -299,19 +299,8 @@ impl FragmentLibrary {
         // lossy sharing, not exact dedup.
         stats.savings.lossy_bytes = latest
             .values()
-            .flat_map(|m| {
-                m.lossy.iter().filter_map(|l| {
-                    m.files
-                        .iter()
-                        .find(|f| f.path == l.file)?
-                        .tensors()
-                        .iter()
-                        .find(|t| t.name == l.tensor)?
-                        .fragments
-                        .get(l.fragment as usize)
-                        .map(|r| u64::from(r.len))
-                })
-            })
+            .flat_map(|m| m.lossy.iter().filter_map(|l| m.substituted_ref(l)))
+            .map(|r| u64::from(r.len))
             .sum();
         stats.savings.exact_dedup_bytes =
             (ref_bytes - unique_bytes).saturating_sub(stats.savings.lossy_bytes);

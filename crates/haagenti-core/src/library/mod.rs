@@ -335,26 +335,23 @@ fn decode_verified(
             })
     };
     let with_key = |e: FragmentError| FragmentError::corrupt(key(), e.to_string());
+    let cast_of = |source: &[u8], from: Dtype, to: Dtype| {
+        cast::convert(source, from, to)
+            .filter(|v| v.len() == len)
+            .ok_or_else(|| {
+                FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
+            })
+    };
     let data = match (header.encoding, dependency) {
         (Encoding::Standalone { codec: tag }, None) => {
             codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?
         }
-        (Encoding::Delta { codec: tag, .. }, Some(base)) => {
-            let mut xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
-            if base.len() != xor.len() {
-                return Err(FragmentError::corrupt(
-                    key(),
-                    "delta and base lengths differ",
-                ));
-            }
-            xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
-            xor
-        }
-        (Encoding::Cast { from, to, .. }, Some(source)) => cast::convert(source, from, to)
-            .filter(|v| v.len() == len)
-            .ok_or_else(|| {
-                FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
-            })?,
+        (Encoding::Delta { codec: tag, .. }, Some(base)) => xor_into(
+            codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?,
+            base,
+        )
+        .ok_or_else(|| FragmentError::corrupt(key(), "delta and base lengths differ"))?,
+        (Encoding::Cast { from, to, .. }, Some(source)) => cast_of(source, from, to)?,
         (
             Encoding::CastDelta {
                 codec: tag,
@@ -364,23 +361,12 @@ fn decode_verified(
             },
             Some(source),
         ) => {
-            let base = cast::convert(source, from, to)
-                .filter(|v| v.len() == len)
-                .ok_or_else(|| {
-                    FragmentError::corrupt(
-                        key(),
-                        format!("cannot rebuild a {to} cast of its source"),
-                    )
-                })?;
-            let mut xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
-            if base.len() != xor.len() {
-                return Err(FragmentError::corrupt(
-                    key(),
-                    "delta and base lengths differ",
-                ));
-            }
-            xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
-            xor
+            let base = cast_of(source, from, to)?;
+            xor_into(
+                codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?,
+                &base,
+            )
+            .ok_or_else(|| FragmentError::corrupt(key(), "delta and base lengths differ"))?
         }
         _ => {
             return Err(FragmentError::corrupt(
@@ -394,6 +380,15 @@ fn decode_verified(
         return Err(FragmentError::HashMismatch { id: *id, actual });
     }
     Ok(data)
+}
+
+/// `xor ^= base` element-wise; `None` when the lengths differ.
+fn xor_into(mut xor: Vec<u8>, base: &[u8]) -> Option<Vec<u8>> {
+    if xor.len() != base.len() {
+        return None;
+    }
+    xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
+    Some(xor)
 }
 
 async fn hash_blocking(data: Bytes) -> Result<FragmentId> {

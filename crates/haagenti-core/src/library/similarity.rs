@@ -8,7 +8,7 @@
 //! operation, and why it can always be rebuilt from the fragments
 //! ([`FragmentLibrary::rebuild_index`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,9 @@ use crate::error::{FragmentError, Result};
 use crate::object;
 use crate::signature::{CandidateIndex, EntryMeta, Signature, Similarity};
 use crate::store::{FRAGMENTS_PREFIX, INDEX_PREFIX, ObjectKey, PutOutcome};
-use crate::types::{Dtype, Encoding, FragmentId, SimilarityMatch, SimilarityThreshold};
+use crate::types::{
+    CodecPolicy, Dtype, Encoding, FragmentId, SimilarityMatch, SimilarityThreshold,
+};
 
 /// A delta is kept only when it is at most this fraction of the standalone encoding.
 pub const DELTA_MAX_FRACTION: f64 = 0.9;
@@ -185,28 +187,15 @@ impl FragmentLibrary {
     /// Replaces every segment by one holding only the entries of fragments that still
     /// exist. Called by `gc` (under its lock) after sweeping.
     pub(super) async fn compact_index(&self, live: &HashSet<FragmentId>) -> Result<IndexReport> {
-        let mut report = IndexReport::default();
         let Some(state) = self.similarity_state().cloned() else {
-            return Ok(report);
+            return Ok(IndexReport::default());
         };
-        let fresh = SimilarityState::new(state.similarity.clone());
+        // The in-memory index then holds every segment listed below (gc's lock keeps
+        // ingests, and so new segments, out until it is done).
+        let mut report = self.refresh_index().await?;
         let old = self.store().list(&state.prefix()).await?;
-        for meta in &old {
-            match self.store().get(&meta.key).await {
-                Ok(bytes) => {
-                    if let Err(e) = fresh.index().load_segment(&bytes) {
-                        report.warnings.push(format!(
-                            "similarity index segment {} dropped ({e})",
-                            meta.key
-                        ));
-                    }
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
         let keep: Vec<FragmentId> = live.iter().copied().collect();
-        let bytes = Bytes::from(fresh.index().segment(Some(&keep)));
+        let bytes = Bytes::from(state.index().segment(Some(&keep)));
         let key = unique_segment_key(&state)?;
         self.store().put(&key, bytes.clone()).await?;
         for meta in &old {
@@ -339,22 +328,26 @@ impl FragmentLibrary {
                 .and_then(|e| SimilarityThreshold::new((1.0 - e * e).max(0.0) as f32).ok())
                 .filter(|t| t.get() < policy.threshold.get())
                 .unwrap_or(policy.threshold);
+            // The filter sees each entry's tag; keep the ones it accepts for below.
+            let mut metas = HashMap::new();
             let found = state.index().find_similar_where(
                 &signature,
                 threshold,
                 k * 3,
-                &mut |_, meta| {
+                &mut |id, meta| {
                     let m = EntryMeta::unpack(meta);
                     let same_shape = m.len == len && m.dtype == Some(dtype);
-                    same_shape || (m.standalone && cast_pair(m, dtype, len))
+                    let keep = same_shape || (m.standalone && cast_pair(m, dtype, len));
+                    if keep {
+                        metas.insert(*id, m);
+                    }
+                    keep
                 },
             )?;
             for m in found {
-                let meta = state
-                    .index()
-                    .entry(&m.id)
-                    .map(|(_, meta)| EntryMeta::unpack(meta));
-                let Some(meta) = meta else { continue };
+                let Some(&meta) = metas.get(&m.id) else {
+                    continue;
+                };
                 let base = m.similarity >= policy.threshold.get();
                 if meta.dtype == Some(dtype) && meta.len == len {
                     if lossy.len() < k {
@@ -422,14 +415,12 @@ impl FragmentLibrary {
         }
 
         let codecs = self.codecs().clone();
-        let hint = EncodeHint {
-            dtype: Some(dtype),
-            policy: self.config().codec_policy,
-        };
-        let (encoding, object) =
-            tokio::task::spawn_blocking(move || best_encoding(&codecs, &data, hint, &bases))
-                .await
-                .map_err(join_error)??;
+        let policy = self.config().codec_policy;
+        let (encoding, object) = tokio::task::spawn_blocking(move || {
+            best_encoding(&codecs, &data, dtype, policy, &bases)
+        })
+        .await
+        .map_err(join_error)??;
         self.put_object(id, object, encoding).await
     }
 
@@ -552,9 +543,14 @@ fn standalone_object(
 fn best_encoding(
     codecs: &CodecRegistry,
     data: &[u8],
-    hint: EncodeHint,
+    dtype: Dtype,
+    policy: CodecPolicy,
     bases: &[(Bytes, BaseKind)],
 ) -> Result<(Encoding, Vec<u8>)> {
+    let hint = EncodeHint {
+        dtype: Some(dtype),
+        policy,
+    };
     let standalone = standalone_object(codecs, data, hint)?;
     let encoder = codecs.encoder();
     let mut best: Option<(Encoding, Vec<u8>)> = None;
@@ -575,7 +571,7 @@ fn best_encoding(
                 codec: encoder.tag(),
                 source,
                 from,
-                to: hint.dtype.unwrap_or(Dtype::BF16),
+                to: dtype,
             },
         };
         let mut object = Vec::with_capacity(object::MAX_HEADER_LEN + data.len() / 4);
