@@ -235,12 +235,15 @@ async fn two_processes_ingest_overlapping_models_while_gc_runs() {
 }
 
 /// A filesystem store that stops before its `at`th fragment write until resumed, so a
-/// test can act while an ingest is provably half done.
+/// test can act while an ingest is provably half done. It signals `paused` only once
+/// every earlier fragment write has finished: workers put in parallel, so write
+/// `at - 1` may still be in flight when write `at` arrives.
 #[derive(Debug)]
 struct PauseBeforeFragment {
     inner: FsStore,
     at: usize,
     fragment_puts: std::sync::atomic::AtomicUsize,
+    finished_puts: std::sync::atomic::AtomicUsize,
     paused: tokio::sync::Notify,
     resume: tokio::sync::Notify,
 }
@@ -248,13 +251,19 @@ struct PauseBeforeFragment {
 #[async_trait]
 impl FragmentStore for PauseBeforeFragment {
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
-        if key.as_str().starts_with(FRAGMENTS_PREFIX)
-            && self.fragment_puts.fetch_add(1, Ordering::SeqCst) + 1 == self.at
-        {
+        let fragment = key.as_str().starts_with(FRAGMENTS_PREFIX);
+        if fragment && self.fragment_puts.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            while self.finished_puts.load(Ordering::SeqCst) < self.at - 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             self.paused.notify_one();
             self.resume.notified().await;
         }
-        self.inner.put(key, bytes).await
+        let outcome = self.inner.put(key, bytes).await;
+        if fragment {
+            self.finished_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        outcome
     }
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         self.inner.get(key).await
@@ -284,6 +293,7 @@ async fn gc_never_collects_under_a_half_done_ingest() {
         inner: FsStore::open(lib_dir.path()).unwrap().without_sync(),
         at: 10,
         fragment_puts: Default::default(),
+        finished_puts: Default::default(),
         paused: Default::default(),
         resume: Default::default(),
     });
