@@ -20,6 +20,7 @@ pub struct LoadArgs {
     /// Fragment cache budget in MiB, shared by all the loads.
     #[arg(long, default_value_t = 1024)]
     pub cache_mb: u64,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

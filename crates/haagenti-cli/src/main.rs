@@ -27,7 +27,16 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "haagenti",
     version,
-    about = "Deduplicated, compressed storage for families of ML models"
+    about = "Deduplicated, compressed storage for families of ML models",
+    after_help = "Examples:
+  haagenti demo                                    try it on a generated model family
+  haagenti ingest --model sdxl-base ./sdxl-base/   a directory or one .safetensors file
+  haagenti show --model sdxl-base                  how each file and tensor is stored
+  haagenti compare --model sdxl-base --model sdxl-turbo
+  haagenti export --model sdxl-base --out ./restored/
+  haagenti --library s3://bucket/models stats      any command, on S3 storage
+
+Exit codes: 0 success, 1 error (one line on stderr), 2 bad command line."
 )]
 struct Cli {
     /// Library location: a directory, file:///path, or s3://bucket/prefix.
@@ -53,39 +62,50 @@ enum Command {
     Ingest(IngestArgs),
     /// Rebuild every file of a model, bit-exact, under a directory.
     Export {
+        /// The model to rebuild.
         #[arg(long)]
         model: String,
+        /// Directory to write the model's files into, at their original relative paths
+        /// (created if missing; each file appears only once its hash checks out).
         #[arg(long)]
         out: PathBuf,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// List the models in the library.
     List {
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Files, tensors and fragments of a model: how each is stored, who shares it.
     Show {
+        /// The model to describe.
         #[arg(long)]
         model: String,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Library totals and where the savings come from.
     Stats {
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Rebuild models without writing, checking every fragment and file hash.
     Verify {
+        /// Only this model (default: every model).
         #[arg(long)]
         model: Option<String>,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Remove a model (its fragments go at the next gc).
     Rm {
+        /// The model to remove.
         #[arg(long)]
         model: String,
     },
@@ -97,11 +117,13 @@ enum Command {
         /// Keep unreferenced objects younger than this many seconds.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// For each tensor of a model, the most similar tensors elsewhere in the library.
     Similar {
+        /// The model whose tensors are looked up.
         #[arg(long)]
         model: String,
         /// Only this tensor (every file of the model is searched for it).
@@ -110,6 +132,7 @@ enum Command {
         /// Matches listed per tensor.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -118,12 +141,14 @@ enum Command {
         /// Give it twice: --model A --model B.
         #[arg(long = "model", required = true)]
         models: Vec<String>,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Rebuild the similarity index from the stored fragments (after losing or damaging
     /// `index/`).
     Reindex {
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -131,6 +156,7 @@ enum Command {
     Load(load::LoadArgs),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo {
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +164,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct IngestArgs {
+    /// Name to store the model under: up to 128 of A-Z a-z 0-9 . _ - (not starting with .).
     #[arg(long)]
     model: String,
     /// A .safetensors file or a model directory.
@@ -157,6 +184,7 @@ struct IngestArgs {
     /// new one. Every substitution and its measured error is recorded in the manifest.
     #[arg(long, value_name = "E")]
     lossy_max_rel_error: Option<f64>,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
