@@ -71,18 +71,14 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if lint {
         cmd(&cargo, &["fmt", "--all", "--check"], &[])?;
-        cmd(
-            &cargo,
-            &[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-        )?;
+        // Default features (what a downstream build sees), then every feature (the
+        // testkit and codec code the tests compile).
+        for features in [None, Some("--all-features")] {
+            let mut args = vec!["clippy", "--workspace", "--all-targets"];
+            args.extend(features);
+            args.extend(["--", "-D", "warnings"]);
+            cmd(&cargo, &args, &[])?;
+        }
         cmd(
             &cargo,
             &["doc", "--workspace", "--no-deps"],
