@@ -58,9 +58,26 @@ fn dispatch(args: &[String]) -> Result<()> {
             Ok(())
         }
         Some("similarity") => similarity_only(&Options::parse(&args[1..], false)?),
+        Some("switch") => {
+            // Model switching alone: to profile or re-check it, and as the child process
+            // `run` measures it in (`--json`).
+            let json = args[1..].iter().any(|a| a == "--json");
+            let rest: Vec<String> = args[1..]
+                .iter()
+                .filter(|a| *a != "--json")
+                .cloned()
+                .collect();
+            let bench = switch::run(Options::parse(&rest, false)?.quick)?;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                println!("{}", switch::markdown(&bench));
+            }
+            Ok(())
+        }
         Some("child") => haagenti::child(&args[1..]),
         _ => bail!(
-            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES] [--sim-parent BYTES]\n       haagenti-bench similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
+            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES] [--sim-parent BYTES]\n       haagenti-bench similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]\n       haagenti-bench switch [--quick] [--json]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
         ),
     }
 }
@@ -180,7 +197,7 @@ fn run(opts: &Options) -> Result<()> {
     eprintln!("S3 (local server) next to the filesystem store ...");
     let s3_bench = s3::run(opts.quick)?;
     eprintln!("model switching through the shared fragment cache ...");
-    let switch_bench = switch::run(opts.quick)?;
+    let switch_bench = switch::run_in_child(opts.quick)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {

@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, IngestOptions, LibraryConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Targets from the issue.
 pub const TARGET_BYTES_RATIO: f64 = 0.55;
@@ -24,13 +24,13 @@ pub const TARGET_TIME_RATIO: f64 = 0.60;
 pub const TARGET_THROUGHPUT: f64 = 1e9;
 
 /// Results on every store measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SwitchBench {
     pub rows: Vec<SwitchRow>,
 }
 
 /// One store's measurements; times are medians of `runs`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SwitchRow {
     pub store: String,
     pub runs: usize,
@@ -86,6 +86,29 @@ const FULL: Dims = Dims {
     layers: 16,
     vocab: 32000,
 };
+
+/// Runs the benchmark in a process of its own (`haagenti-bench switch --json`), like the
+/// ingest and export phases: a load's time then owes nothing to the heap and threads the
+/// earlier phases of a full run left behind (in-process, the time ratio of the full run
+/// drifted to 0.68-0.73 where a fresh process measured 0.46-0.53 minutes apart).
+pub fn run_in_child(quick: bool) -> Result<SwitchBench> {
+    let exe = std::env::current_exe().context("locating haagenti-bench")?;
+    let mut child = std::process::Command::new(exe);
+    child.args(["switch", "--json"]);
+    if quick {
+        child.arg("--quick");
+    }
+    let out = child
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the switching benchmark")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the switching benchmark failed ({})",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).context("reading the switching benchmark's report")
+}
 
 /// Runs the benchmark: about 120 MB of models (quick) or about 940 MB (full).
 pub fn run(quick: bool) -> Result<SwitchBench> {
