@@ -209,6 +209,12 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
                 report.max_rel_error,
             )?;
         }
+        if report.index_segments_merged > 0 {
+            outln!(
+                "  merged {} similarity index segments into one",
+                report.index_segments_merged
+            )?;
+        }
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");

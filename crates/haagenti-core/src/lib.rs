@@ -23,9 +23,9 @@ pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
     ByteCount, DELTA_MAX_FRACTION, ExportReport, FragmentLibrary, GcOptions, GcReport, IndexReport,
-    IngestOptions, IngestReport, LossyModel, MetricsSnapshot, ModelComparison, ModelHandle,
-    ModelSavings, Progress, PutFragment, Relation, SIMILAR_FRAGMENT_THRESHOLD, SimilarTensors,
-    StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
+    IngestOptions, IngestReport, LossyModel, MERGE_SEGMENTS_AT, MetricsSnapshot, ModelComparison,
+    ModelHandle, ModelSavings, Progress, PutFragment, Relation, SIMILAR_FRAGMENT_THRESHOLD,
+    SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

@@ -492,3 +492,64 @@ async fn loose_lossy_bounds_reach_candidates_below_the_delta_threshold() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_merges_index_segments_once_they_pile_up() {
+    use haagenti_fragments::MERGE_SEGMENTS_AT;
+    use synth::{Recipe, SynthTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let fam = family(&dir.path().join("fam"));
+    let path = |n: &str| fam.model(n).unwrap().path.clone();
+    let store = Arc::new(MemoryStore::new());
+    let lib = library(store.clone());
+    lib.ingest("base", &path("base-bf16"), IngestOptions::default())
+        .await
+        .unwrap();
+    // Small unrelated models, one segment each, until the ingest that passes the limit
+    // merges every segment (the base's included) into one.
+    let mut merged_at = None;
+    for i in 0..MERGE_SEGMENTS_AT as u64 {
+        let src = dir.path().join(format!("small-{i}.safetensors"));
+        let recipe = Recipe::Normal {
+            seed: 100 + i,
+            mean: 0.0,
+            std: 0.02,
+        };
+        let tensor = SynthTensor::new("w", Dtype::BF16, vec![256, 256], recipe);
+        synth::write_safetensors(&src, &[tensor], None).unwrap();
+        let report = lib
+            .ingest(&format!("small-{i}"), &src, IngestOptions::default())
+            .await
+            .unwrap();
+        let segments = index_keys(&store).await.len();
+        assert!(
+            segments <= MERGE_SEGMENTS_AT,
+            "{segments} segments after {i}"
+        );
+        if report.index_segments_merged > 0 {
+            assert_eq!(report.index_segments_merged, MERGE_SEGMENTS_AT as u64 + 1);
+            assert_eq!(segments, 1);
+            merged_at = Some(i);
+        }
+    }
+    assert_eq!(merged_at, Some(MERGE_SEGMENTS_AT as u64 - 1));
+
+    // Another library over the store finds the base through the merged segment, and this
+    // one keeps working from its own state.
+    let fresh = library(store.clone());
+    let ft = fresh
+        .ingest("ft", &path("finetune-bf16"), IngestOptions::default())
+        .await
+        .unwrap();
+    assert!(ft.delta_fragments > 0 && ft.warnings.is_empty(), "{ft:?}");
+    let lora = lib
+        .ingest("lora", &path("lora-bf16"), IngestOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        lora.delta_fragments > 0 && lora.warnings.is_empty(),
+        "{lora:?}"
+    );
+    assert_eq!(index_keys(&store).await.len(), 3);
+    assert_exports_identical_one(&lib, "ft", &path("finetune-bf16"), dir.path()).await;
+}

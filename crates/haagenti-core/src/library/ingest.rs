@@ -115,6 +115,9 @@ pub struct IngestReport {
     pub seconds: f64,
     /// Problems that cost savings but not data (for example a damaged index segment).
     pub warnings: Vec<String>,
+    /// Similarity index segments merged into one after this ingest (see
+    /// [`MERGE_SEGMENTS_AT`](crate::MERGE_SEGMENTS_AT)).
+    pub index_segments_merged: u64,
 }
 
 /// One input file, validated.
@@ -316,6 +319,13 @@ impl FragmentLibrary {
             if old != key {
                 self.store().delete(&old).await?;
             }
+        }
+        // The model is stored: from here on a failure costs savings, not the ingest.
+        match self.merge_index_segments().await {
+            Ok(n) => report.index_segments_merged = n,
+            Err(e) => report.warnings.push(format!(
+                "similarity index segments not merged ({e}); the next ingest or gc retries"
+            )),
         }
         if let Some(p) = &opts.progress {
             p.finish();

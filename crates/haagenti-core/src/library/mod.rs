@@ -25,7 +25,7 @@ pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
-pub use similarity::{DELTA_MAX_FRACTION, IndexReport};
+pub use similarity::{DELTA_MAX_FRACTION, IndexReport, MERGE_SEGMENTS_AT};
 
 use crate::cast;
 use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};

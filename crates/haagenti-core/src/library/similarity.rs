@@ -31,6 +31,14 @@ use crate::types::{
 /// A delta is kept only when it is at most this fraction of the standalone encoding.
 pub const DELTA_MAX_FRACTION: f64 = 0.9;
 
+/// Index segments an ingest lets accumulate before it merges them into one. Every command
+/// that uses the index reads every segment, one request each (on S3, one round trip
+/// each), and each ingest adds one; `gc` merges them too, but need not ever run.
+pub const MERGE_SEGMENTS_AT: usize = 32;
+
+/// Index segments read at once when loading the index.
+const SEGMENT_READS_IN_FLIGHT: usize = 4;
+
 /// The index of one library, shared by its clones.
 pub(super) struct SimilarityState {
     pub(super) similarity: Similarity,
@@ -131,30 +139,50 @@ impl FragmentLibrary {
             return Ok(report);
         };
         let mut loaded = state.loaded.lock().await;
-        let listing = self.store().list(&state.prefix()).await?;
-        for meta in listing {
-            if loaded.contains(&meta.key) {
-                continue;
+        // A segment that vanished between listing and reading was merged by another
+        // process: one more listing finds the merged segment.
+        for _ in 0..2 {
+            let mut vanished = false;
+            let unseen: Vec<ObjectKey> = self
+                .store()
+                .list(&state.prefix())
+                .await?
+                .into_iter()
+                .map(|meta| meta.key)
+                .filter(|key| !loaded.contains(key))
+                .collect();
+            // A few reads in flight (each is a round trip on S3), loaded in listing order.
+            let mut fetched = futures::stream::iter(unseen.into_iter().map(|key| async move {
+                let bytes = self.store().get(&key).await;
+                (key, bytes)
+            }))
+            .buffered(SEGMENT_READS_IN_FLIGHT);
+            while let Some((key, bytes)) = fetched.next().await {
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => {
+                        vanished = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let st = state.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    st.index().load_segment(&bytes).map(|_| ())
+                })
+                .await
+                .map_err(join_error)?;
+                match outcome {
+                    Ok(()) => report.segments += 1,
+                    Err(e) => report.warnings.push(format!(
+                        "similarity index segment {key} skipped ({e}); `haagenti reindex` rebuilds it"
+                    )),
+                }
+                loaded.insert(key);
             }
-            let bytes = match self.store().get(&meta.key).await {
-                Ok(b) => b,
-                // Merged away by a concurrent compaction: its entries are in the new segment.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            let st = state.clone();
-            let outcome =
-                tokio::task::spawn_blocking(move || st.index().load_segment(&bytes).map(|_| ()))
-                    .await
-                    .map_err(join_error)?;
-            match outcome {
-                Ok(()) => report.segments += 1,
-                Err(e) => report.warnings.push(format!(
-                    "similarity index segment {} skipped ({e}); `haagenti reindex` rebuilds it",
-                    meta.key
-                )),
+            if !vanished {
+                break;
             }
-            loaded.insert(meta.key);
         }
         report.entries = state.index().len() as u64;
         Ok(report)
@@ -173,6 +201,34 @@ impl FragmentLibrary {
         self.store().put(&key, Bytes::from(bytes)).await?;
         state.loaded.lock().await.insert(key);
         Ok(())
+    }
+
+    /// Merges the segments this library has loaded into one once there are more than
+    /// [`MERGE_SEGMENTS_AT`] of them. Called by ingest under its lock, so `gc` (which
+    /// drops dead entries) cannot run meanwhile. Concurrent ingests only add segments; the
+    /// ones this library has not loaded are left alone. A reader that listed a segment
+    /// deleted here finds the merged one at its next listing: meanwhile it misses
+    /// candidates, never data (the index is advisory).
+    pub(super) async fn merge_index_segments(&self) -> Result<u64> {
+        let Some(state) = self.similarity_state().cloned() else {
+            return Ok(0);
+        };
+        let mut loaded = state.loaded.lock().await;
+        if loaded.len() <= MERGE_SEGMENTS_AT {
+            return Ok(0);
+        }
+        let old: Vec<ObjectKey> = loaded.iter().cloned().collect();
+        let bytes = Bytes::from(state.index().segment(None));
+        let key = unique_segment_key(&state)?;
+        self.store().put(&key, bytes).await?;
+        loaded.insert(key);
+        let mut merged = 0;
+        for key in old {
+            self.store().delete(&key).await?;
+            loaded.remove(&key);
+            merged += 1;
+        }
+        Ok(merged)
     }
 
     /// Whether `gc` should rewrite the index: it deleted fragments, or segments piled up.
