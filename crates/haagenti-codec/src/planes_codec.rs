@@ -137,11 +137,13 @@ fn encode(input: &[u8], hint: EncodeHint, out: &mut Vec<u8>) -> Result<(), Strin
     if width == 1 {
         encode_plane(input, hint.policy, out, &mut scratch)?;
     } else {
-        let mut split = vec![0u8; body];
-        planes::split(input, width, rotate, &mut split);
-        for j in 0..width {
-            encode_plane(&split[j * n..(j + 1) * n], hint.policy, out, &mut scratch)?;
-        }
+        with_planes_buffer(body, |split| {
+            planes::split(input, width, rotate, split);
+            for j in 0..width {
+                encode_plane(&split[j * n..(j + 1) * n], hint.policy, out, &mut scratch)?;
+            }
+            Ok::<_, String>(())
+        })?;
     }
     out.extend_from_slice(&input[body..]);
     Ok(())
@@ -401,12 +403,14 @@ fn decode(input: &[u8], dst: &mut [u8]) -> Result<(), String> {
     if width == 1 {
         decode_plane(&mut r, elements)?;
     } else {
-        let mut split = vec![0u8; body];
-        for j in 0..width {
-            decode_plane(&mut r, &mut split[j * n..(j + 1) * n])
-                .map_err(|e| format!("plane {j}: {e}"))?;
-        }
-        planes::merge(&split, width, rotate, elements);
+        with_planes_buffer(body, |split| {
+            for j in 0..width {
+                decode_plane(&mut r, &mut split[j * n..(j + 1) * n])
+                    .map_err(|e| format!("plane {j}: {e}"))?;
+            }
+            planes::merge(split, width, rotate, elements);
+            Ok::<_, String>(())
+        })?;
     }
     tail.copy_from_slice(r.take(tail.len(), "trailing element")?);
     if !r.rest.is_empty() {
@@ -416,6 +420,37 @@ fn decode(input: &[u8], dst: &mut [u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+thread_local! {
+    /// The byte planes of the fragment being coded on this thread, kept between calls. A
+    /// fresh zeroed 1-2 MiB buffer per fragment cost a page fault every 4 KiB: about a
+    /// quarter of an export's page faults. Every byte is written (by `planes::split`, or
+    /// by decoding each plane in full) before it is read, so the buffer is not cleared.
+    static PLANES_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Largest planes buffer a thread keeps between calls (default fragments need 1-2 MiB);
+/// larger ones are freed after use, so what threads retain stays small.
+const PLANES_BUFFER_KEPT: usize = 4 << 20;
+
+/// Runs `f` on this thread's planes buffer, `len` bytes long (bounded by the codec's
+/// callers: fragments are at most `MAX_DECODED_LEN`).
+fn with_planes_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    PLANES_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0);
+            }
+            let result = f(&mut buffer[..len]);
+            if buffer.len() > PLANES_BUFFER_KEPT {
+                *buffer = Vec::new();
+            }
+            result
+        }
+        // Not reentrant in practice; a fresh buffer keeps it correct if it ever is.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
 }
 
 fn decode_plane(r: &mut Reader<'_>, dst: &mut [u8]) -> Result<(), String> {

@@ -81,3 +81,33 @@ proptest! {
         }
     }
 }
+
+/// The planes codec reuses a per-thread buffer between calls: a decode must never see the
+/// bytes of an earlier (larger, or failed) one.
+#[test]
+fn planes_decodes_share_nothing_between_calls() {
+    let hint = EncodeHint {
+        dtype: Some(Dtype::BF16),
+        policy: CodecPolicy::Balanced,
+    };
+    let noisy: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let constant = vec![0x3c; 300_000];
+    let codec = PlanesCodec;
+    let big = codec.encode_to_vec(&noisy, hint).unwrap();
+    let small = codec.encode_to_vec(&constant, hint).unwrap();
+    assert_eq!(codec.decode_to_vec(&big, noisy.len()).unwrap(), noisy);
+    // A damaged payload fails part-way through its planes...
+    assert!(
+        codec
+            .decode_to_vec(&big[..big.len() / 2], noisy.len())
+            .is_err()
+    );
+    // ...and the next, smaller decode is still exactly its own bytes.
+    assert_eq!(
+        codec.decode_to_vec(&small, constant.len()).unwrap(),
+        constant
+    );
+    assert_eq!(codec.decode_to_vec(&big, noisy.len()).unwrap(), noisy);
+}
