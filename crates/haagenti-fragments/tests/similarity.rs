@@ -500,15 +500,7 @@ async fn ingest_merges_index_segments_once_they_pile_up() {
     let dir = tempfile::tempdir().unwrap();
     let fam = family(&dir.path().join("fam"));
     let path = |n: &str| fam.model(n).unwrap().path.clone();
-    let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
-    lib.ingest("base", &path("base-bf16"), IngestOptions::default())
-        .await
-        .unwrap();
-    // Small unrelated models, one segment each, until the ingest that passes the limit
-    // merges every segment (the base's included) into one.
-    let mut merged_at = None;
-    for i in 0..MERGE_SEGMENTS_AT as u64 {
+    let small = |i: u64| {
         let src = dir.path().join(format!("small-{i}.safetensors"));
         let recipe = Recipe::Normal {
             seed: 100 + i,
@@ -517,31 +509,58 @@ async fn ingest_merges_index_segments_once_they_pile_up() {
         };
         let tensor = SynthTensor::new("w", Dtype::BF16, vec![256, 256], recipe);
         synth::write_safetensors(&src, &[tensor], None).unwrap();
+        src
+    };
+    let store = Arc::new(MemoryStore::new());
+    let first = library(store.clone());
+    first
+        .ingest("base", &path("base-bf16"), IngestOptions::default())
+        .await
+        .unwrap();
+    first
+        .ingest("small-0", &small(0), IngestOptions::default())
+        .await
+        .unwrap();
+    // small-0's segment is damaged: merging must leave it (and its warning) in place.
+    let damaged = index_keys(&store).await.pop().unwrap();
+    store.overwrite_for_test(&damaged, Bytes::from_static(b"HGLSHIDX garbage"));
+
+    // Small unrelated models, one segment each, until the ingest that passes the limit
+    // merges every healthy segment (the base's included) into one.
+    let lib = library(store.clone());
+    let mut merged_at = None;
+    for i in 1..=MERGE_SEGMENTS_AT as u64 {
         let report = lib
-            .ingest(&format!("small-{i}"), &src, IngestOptions::default())
+            .ingest(&format!("small-{i}"), &small(i), IngestOptions::default())
             .await
             .unwrap();
         let segments = index_keys(&store).await.len();
         assert!(
-            segments <= MERGE_SEGMENTS_AT,
+            segments <= MERGE_SEGMENTS_AT + 1,
             "{segments} segments after {i}"
         );
         if report.index_segments_merged > 0 {
             assert_eq!(report.index_segments_merged, MERGE_SEGMENTS_AT as u64 + 1);
-            assert_eq!(segments, 1);
+            assert_eq!(index_keys(&store).await.len(), 2, "merged + damaged");
             merged_at = Some(i);
         }
     }
-    assert_eq!(merged_at, Some(MERGE_SEGMENTS_AT as u64 - 1));
+    assert_eq!(merged_at, Some(MERGE_SEGMENTS_AT as u64));
+    assert!(index_keys(&store).await.contains(&damaged));
 
-    // Another library over the store finds the base through the merged segment, and this
-    // one keeps working from its own state.
+    // Another library over the store still hears about the damaged segment and finds the
+    // base through the merged one; this library keeps working from its own state.
     let fresh = library(store.clone());
     let ft = fresh
         .ingest("ft", &path("finetune-bf16"), IngestOptions::default())
         .await
         .unwrap();
-    assert!(ft.delta_fragments > 0 && ft.warnings.is_empty(), "{ft:?}");
+    assert!(ft.delta_fragments > 0, "{ft:?}");
+    assert!(
+        ft.warnings.iter().any(|w| w.contains("reindex")),
+        "{:?}",
+        ft.warnings
+    );
     let lora = lib
         .ingest("lora", &path("lora-bf16"), IngestOptions::default())
         .await
@@ -550,6 +569,6 @@ async fn ingest_merges_index_segments_once_they_pile_up() {
         lora.delta_fragments > 0 && lora.warnings.is_empty(),
         "{lora:?}"
     );
-    assert_eq!(index_keys(&store).await.len(), 3);
+    assert_eq!(index_keys(&store).await.len(), 4);
     assert_exports_identical_one(&lib, "ft", &path("finetune-bf16"), dir.path()).await;
 }

@@ -43,8 +43,22 @@ const SEGMENT_READS_IN_FLIGHT: usize = 4;
 pub(super) struct SimilarityState {
     pub(super) similarity: Similarity,
     index: Mutex<Box<dyn CandidateIndex>>,
-    /// Segment keys already merged into `index`.
-    loaded: tokio::sync::Mutex<HashSet<ObjectKey>>,
+    /// Segment keys already read.
+    loaded: tokio::sync::Mutex<LoadedSegments>,
+}
+
+/// The segments a library has read: merged into its index, or skipped as damaged (kept
+/// apart so that merging never deletes one: it keeps its warning until `reindex`).
+#[derive(Debug, Default)]
+struct LoadedSegments {
+    merged: HashSet<ObjectKey>,
+    damaged: HashSet<ObjectKey>,
+}
+
+impl LoadedSegments {
+    fn contains(&self, key: &ObjectKey) -> bool {
+        self.merged.contains(key) || self.damaged.contains(key)
+    }
 }
 
 impl std::fmt::Debug for SimilarityState {
@@ -173,12 +187,17 @@ impl FragmentLibrary {
                 .await
                 .map_err(join_error)?;
                 match outcome {
-                    Ok(()) => report.segments += 1,
-                    Err(e) => report.warnings.push(format!(
-                        "similarity index segment {key} skipped ({e}); `haagenti reindex` rebuilds it"
-                    )),
+                    Ok(()) => {
+                        report.segments += 1;
+                        loaded.merged.insert(key);
+                    }
+                    Err(e) => {
+                        report.warnings.push(format!(
+                            "similarity index segment {key} skipped ({e}); `haagenti reindex` rebuilds it"
+                        ));
+                        loaded.damaged.insert(key);
+                    }
                 }
-                loaded.insert(key);
             }
             if !vanished {
                 break;
@@ -199,12 +218,12 @@ impl FragmentLibrary {
         let bytes = state.index().segment(Some(ids));
         let key = unique_segment_key(&state)?;
         self.store().put(&key, Bytes::from(bytes)).await?;
-        state.loaded.lock().await.insert(key);
+        state.loaded.lock().await.merged.insert(key);
         Ok(())
     }
 
     /// Merges the segments this library has loaded into one once there are more than
-    /// [`MERGE_SEGMENTS_AT`] of them. Called by ingest under its lock, so `gc` (which
+    /// [`MERGE_SEGMENTS_AT`] of them (damaged ones stay, with their warning). Called by ingest under its lock, so `gc` (which
     /// drops dead entries) cannot run meanwhile. Concurrent ingests only add segments; the
     /// ones this library has not loaded are left alone. A reader that listed a segment
     /// deleted here finds the merged one at its next listing: meanwhile it misses
@@ -214,18 +233,18 @@ impl FragmentLibrary {
             return Ok(0);
         };
         let mut loaded = state.loaded.lock().await;
-        if loaded.len() <= MERGE_SEGMENTS_AT {
+        if loaded.merged.len() <= MERGE_SEGMENTS_AT {
             return Ok(0);
         }
-        let old: Vec<ObjectKey> = loaded.iter().cloned().collect();
+        let old: Vec<ObjectKey> = loaded.merged.iter().cloned().collect();
         let bytes = Bytes::from(state.index().segment(None));
         let key = unique_segment_key(&state)?;
         self.store().put(&key, bytes).await?;
-        loaded.insert(key);
+        loaded.merged.insert(key);
         let mut merged = 0;
         for key in old {
             self.store().delete(&key).await?;
-            loaded.remove(&key);
+            loaded.merged.remove(&key);
             merged += 1;
         }
         Ok(merged)
@@ -683,8 +702,8 @@ async fn adopt_segment(state: &SimilarityState, key: ObjectKey, bytes: &[u8]) ->
     index.load_segment(bytes)?;
     let entries = index.len() as u64;
     *state.index() = index;
-    loaded.clear();
-    loaded.insert(key);
+    *loaded = LoadedSegments::default();
+    loaded.merged.insert(key);
     Ok(entries)
 }
 
