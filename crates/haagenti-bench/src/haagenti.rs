@@ -3,7 +3,6 @@
 //! RSS (`VmHWM`, the kernel's accounting) belong to that phase alone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -271,24 +270,14 @@ pub fn child(args: &[String]) -> Result<()> {
 }
 
 fn run_child(op: &str, lib: &Path, name: &str, path: &Path) -> Result<ChildOutput> {
-    let exe = std::env::current_exe().context("locate haagenti-bench")?;
-    let out = Command::new(exe)
-        .arg("child")
-        .arg(op)
-        .arg(lib)
-        .arg(name)
-        .arg(path)
-        .output()
-        .with_context(|| format!("run child {op} {name}"))?;
-    if !out.status.success() {
-        bail!(
-            "child {op} {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("child {op} {name} printed {line:?}"))
+    let args = [
+        "child".as_ref(),
+        op.as_ref(),
+        lib.as_os_str(),
+        name.as_ref(),
+        path.as_os_str(),
+    ];
+    util::run_self(&args, &format!("child {op} {name}"))
 }
 
 /// Where the export of `model` under `out` puts each of its source files.

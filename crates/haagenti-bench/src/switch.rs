@@ -92,22 +92,11 @@ const FULL: Dims = Dims {
 /// earlier phases of a full run left behind (in-process, the time ratio of the full run
 /// drifted to 0.68-0.73 where a fresh process measured 0.46-0.53 minutes apart).
 pub fn run_in_child(quick: bool) -> Result<SwitchBench> {
-    let exe = std::env::current_exe().context("locating haagenti-bench")?;
-    let mut child = std::process::Command::new(exe);
-    child.args(["switch", "--json"]);
+    let mut args = vec!["switch".as_ref(), "--json".as_ref()];
     if quick {
-        child.arg("--quick");
+        args.push("--quick".as_ref());
     }
-    let out = child
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running the switching benchmark")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "the switching benchmark failed ({})",
-        out.status
-    );
-    serde_json::from_slice(&out.stdout).context("reading the switching benchmark's report")
+    crate::util::run_self(&args, "the switching benchmark")
 }
 
 /// Runs the benchmark: about 120 MB of models (quick) or about 940 MB (full).

@@ -7,6 +7,28 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 /// The workspace root (this crate lives in `crates/haagenti-bench`).
+/// Runs this benchmark binary again with `args` (a phase in a process of its own, so its
+/// time and peak RSS belong to it alone) and parses the JSON of its last stdout line.
+pub fn run_self<T: serde::de::DeserializeOwned>(
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> Result<T> {
+    let exe = std::env::current_exe().context("locate haagenti-bench")?;
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
+}
+
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
