@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use haagenti_core::{
-    CodecPolicy, Encoding, FileContent, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
+    CodecPolicy, Encoding, FileContent, FragmentError, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
     LibraryStats, LossyModel, ModelManifest, Progress,
 };
 use serde_json::json;
@@ -167,6 +167,12 @@ async fn ingest(lib: &FragmentLibrary, args: IngestArgs) -> Result<()> {
     let report = lib
         .ingest(&args.model, &args.path, opts)
         .await
+        .map_err(|e| match e {
+            FragmentError::ModelExists(_) => {
+                anyhow::anyhow!("{e} (use --replace to overwrite it)")
+            }
+            e => e.into(),
+        })
         .with_context(|| {
             format!(
                 "ingesting {} as model {:?}",

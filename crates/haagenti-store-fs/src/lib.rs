@@ -56,12 +56,7 @@ impl FsStore {
         let sync = self.sync;
         tokio::task::spawn_blocking(move || f(root, sync))
             .await
-            .map_err(|e| FragmentError::Backend {
-                backend: "fs",
-                op: "spawn",
-                key: String::new(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| FragmentError::task_failed("fs store", e))?
     }
 }
 

@@ -258,12 +258,7 @@ impl S3Store {
     }
 
     fn error(&self, op: &'static str, key: &str, reason: String) -> FragmentError {
-        FragmentError::Backend {
-            backend: BACKEND,
-            op,
-            key: self.url(key),
-            reason,
-        }
+        FragmentError::backend(BACKEND, op, self.url(key), reason)
     }
 
     /// Any `object_store` error as a backend error (even NotFound: used where a missing

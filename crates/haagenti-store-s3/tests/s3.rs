@@ -373,6 +373,7 @@ async fn errors_name_bucket_key_and_operation() {
                 op: err_op,
                 key,
                 reason,
+                ..
             } => {
                 assert_eq!((*backend, *err_op), ("s3", op));
                 assert!(key.starts_with(&format!("s3://{bucket}/lib")), "{key}");

@@ -680,10 +680,9 @@ fn read_exact(file: &mut File, buf: &mut [u8], path: &Path) -> Result<()> {
 }
 
 fn changed(path: &Path) -> FragmentError {
-    FragmentError::InvalidInput(format!(
-        "{}: file changed while it was being ingested",
-        path.display()
-    ))
+    FragmentError::FileChanged {
+        path: path.to_path_buf(),
+    }
 }
 
 /// Assembles a file's manifest from its fragment references in file order, recording

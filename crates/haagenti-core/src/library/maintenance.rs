@@ -170,13 +170,9 @@ impl FragmentLibrary {
             store.delete(&key).await?;
             attempts += 1;
             if kind == LockKind::Gc || attempts >= 600 {
-                return Err(FragmentError::Backend {
-                    backend: "library",
+                return Err(FragmentError::Locked {
                     op: if kind == LockKind::Gc { "gc" } else { "ingest" },
                     key: blockers[0].to_string(),
-                    reason:
-                        "another process holds a conflicting lock; try again when it has finished"
-                            .into(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -398,7 +398,7 @@ async fn hash_blocking(data: Bytes) -> Result<FragmentId> {
 }
 
 fn join_error(e: tokio::task::JoinError) -> FragmentError {
-    FragmentError::InvalidInput(format!("worker task failed: {e}"))
+    FragmentError::task_failed("worker", e)
 }
 
 fn now_unix_ms() -> u64 {

@@ -125,14 +125,17 @@ impl ModelHandle {
     /// [`read`](Self::read)).
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         let mut found = self.tensors.iter().filter(|t| t.name == name);
-        let first = found.next().ok_or_else(|| {
-            FragmentError::InvalidInput(format!("model {:?} has no tensor {name:?}", self.name))
+        let first = found.next().ok_or_else(|| FragmentError::NotInModel {
+            model: self.name.clone(),
+            what: "tensor",
+            name: name.to_string(),
         })?;
         if let Some(other) = found.next() {
-            return Err(FragmentError::InvalidInput(format!(
-                "model {:?}: tensor {name:?} is in several files ({}, {}, ...)",
-                self.name, first.file, other.file
-            )));
+            return Err(FragmentError::AmbiguousTensor {
+                model: self.name.clone(),
+                tensor: name.to_string(),
+                files: format!("{}, {}, ...", first.file, other.file),
+            });
         }
         Ok(first)
     }

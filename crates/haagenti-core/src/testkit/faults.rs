@@ -122,12 +122,7 @@ impl FaultyStore {
 }
 
 fn injected(key: &ObjectKey, what: &str) -> FragmentError {
-    FragmentError::Backend {
-        backend: "faulty",
-        op: "put",
-        key: key.to_string(),
-        reason: format!("injected fault: {what}"),
-    }
+    FragmentError::backend("faulty", "put", key.to_string(), format!("injected fault: {what}"))
 }
 
 #[async_trait]
