@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use haagenti_core::codec::MAX_DECODED_LEN;
-use haagenti_core::object::{self, ObjectHeader};
+use haagenti_core::internals::{self as object, ObjectHeader};
 use haagenti_core::safetensors::read_header_from;
 use haagenti_core::store::FragmentStore;
 use haagenti_core::{
@@ -126,7 +126,7 @@ fn blake3_of(data: &[u8]) -> FragmentId {
     FragmentId::of(data)
 }
 
-/// Stored-object decoder: `read_header` and `verify_checksum` on the raw bytes, then two
+/// Stored-object decoder: `decode_header` and `verify_checksum` on the raw bytes, then two
 /// objects planted in a store and read through `FragmentLibrary::get_fragment`.
 ///
 /// Layout: flags (1 byte), length of the first object (u16), the first object, the
@@ -135,7 +135,7 @@ fn blake3_of(data: &[u8]) -> FragmentId {
 /// patched to the hash of what the dependency decodes to and the first object is planted
 /// under the id of its own decoding, so a consistent pair must read back exactly.
 pub fn stored_object(mut data: &[u8]) {
-    let _ = object::read_header(data, "fuzz");
+    let _ = object::decode_header(data, "fuzz");
     let _ = object::verify_checksum(data, "fuzz");
 
     let flags = byte(&mut data);
@@ -143,13 +143,13 @@ pub fn stored_object(mut data: &[u8]) {
     let mut first = take(&mut data, first_len).to_vec();
     let mut second = data.to_vec();
     seal(&mut second);
-    if object::read_header(&second, "fuzz").is_ok_and(|h| h.decoded_len > FUZZ_MAX_LEN as u64) {
+    if object::decode_header(&second, "fuzz").is_ok_and(|h| h.decoded_len > FUZZ_MAX_LEN as u64) {
         return; // see below
     }
     let registry = haagenti_codec::default_registry();
     let second_decoded = standalone_decoding(&registry, &second);
 
-    let Ok(header) = object::read_header(&first, "fuzz") else {
+    let Ok(header) = object::decode_header(&first, "fuzz") else {
         return;
     };
     if header.decoded_len > FUZZ_MAX_LEN as u64 {
@@ -164,7 +164,7 @@ pub fn stored_object(mut data: &[u8]) {
         }
     }
     seal(&mut first);
-    let Ok(header) = object::read_header(&first, "fuzz") else {
+    let Ok(header) = object::decode_header(&first, "fuzz") else {
         unreachable!("patching the id and the checksum keeps a header valid");
     };
     let expected = if consistent {
@@ -212,7 +212,7 @@ fn seal(object: &mut [u8]) {
 
 /// What a standalone object decodes to, if it is a valid one.
 fn standalone_decoding(registry: &CodecRegistry, raw: &[u8]) -> Option<Vec<u8>> {
-    let header = object::read_header(raw, "fuzz").ok()?;
+    let header = object::decode_header(raw, "fuzz").ok()?;
     let Encoding::Standalone { codec } = header.encoding else {
         return None;
     };

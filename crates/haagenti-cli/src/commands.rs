@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use haagenti_core::{
-    CodecPolicy, Encoding, FileContent, FragmentError, FragmentId, FragmentLibrary, GcOptions, IngestOptions,
-    LibraryStats, LossyModel, ModelManifest, Progress,
+    CodecPolicy, Encoding, FileContent, FragmentError, FragmentId, FragmentLibrary, GcOptions,
+    IngestOptions, LibraryStats, LossyModel, ModelManifest, Progress,
 };
 use serde_json::json;
 

@@ -211,7 +211,7 @@ fn bad_input_exits_1_with_a_message_and_changes_nothing() {
             "{name} changed the library"
         );
     }
-    for bad_name in ["", "a/b", "..", "../x"] {
+    for bad_name in ["", "a/b/c", "..", "../x", "org/.x"] {
         let out = haagenti(
             &lib,
             &["ingest", "--model", bad_name, src.to_str().unwrap()],

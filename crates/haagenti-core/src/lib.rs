@@ -9,7 +9,9 @@ pub mod codec;
 pub mod error;
 mod library;
 pub mod manifest;
-pub mod object;
+// Format internals: reached by tests and fuzz targets through feature `internals`.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub, dead_code))]
+mod object;
 pub mod safetensors;
 pub mod signature;
 pub mod store;
@@ -19,13 +21,25 @@ pub mod synth;
 pub mod testkit;
 pub mod types;
 
+/// The stored-object format's encoder and decoder, for tests and fuzz targets only
+/// (feature `internals`): not a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::object::{
+        FRAGMENT_MAGIC, MAX_OBJECT_HEADER_LEN, ObjectHeader, decode_header, seal, verify_checksum,
+        write_header,
+    };
+}
+
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ByteCount, DELTA_MAX_FRACTION, ExportReport, FragmentLibrary, GcOptions, GcReport, IndexReport,
-    IngestOptions, IngestReport, LossyModel, MERGE_SEGMENTS_AT, MetricsSnapshot, ModelComparison,
-    ModelHandle, ModelSavings, Progress, PutFragment, Relation, SIMILAR_FRAGMENT_THRESHOLD,
-    SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
+    ByteCount, DELTA_MAX_FRACTION, ExportReport, FileReader, FragmentLibrary, GcOptions, GcReport,
+    IndexReport, IngestOptions, IngestReport, LossyModel, MERGE_SEGMENTS_AT, MetricsSnapshot,
+    ModelComparison, ModelFile, ModelHandle, ModelSavings, Progress, PutFragment, Relation,
+    SIMILAR_FRAGMENT_THRESHOLD, SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch,
+    TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

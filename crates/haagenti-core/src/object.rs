@@ -28,7 +28,7 @@ pub const FRAGMENT_MAGIC: [u8; 4] = *b"HGFR";
 const FIXED_HEADER: usize = 32;
 const CHECKSUM_AT: usize = 24;
 /// Bytes needed to read any fragment header (the longest, cast, is 66 bytes).
-pub const MAX_HEADER_LEN: usize = FIXED_HEADER + 32 + 2;
+pub const MAX_OBJECT_HEADER_LEN: usize = FIXED_HEADER + 32 + 2;
 
 /// The decoded header of a stored fragment object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub fn verify_checksum(object: &[u8], key: &str) -> Result<()> {
 }
 
 /// Parses and validates a fragment header. `key` names the object in errors.
-pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
+pub fn decode_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
     let corrupt = |why: &str| FragmentError::corrupt(key, why);
     if bytes.len() < FIXED_HEADER {
         return Err(corrupt("shorter than a fragment header"));
@@ -165,7 +165,7 @@ pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
         kind @ (2 | 3) => {
             let source = id_at(FIXED_HEADER)?;
             let tags = bytes
-                .get(FIXED_HEADER + 32..MAX_HEADER_LEN)
+                .get(FIXED_HEADER + 32..MAX_OBJECT_HEADER_LEN)
                 .ok_or_else(|| corrupt("truncated header"))?;
             let dt = |t: u8| {
                 Dtype::from_tag(t).ok_or_else(|| corrupt(&format!("unknown dtype tag {t}")))
@@ -181,7 +181,7 @@ pub fn read_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
                     to,
                 }
             };
-            (encoding, MAX_HEADER_LEN)
+            (encoding, MAX_OBJECT_HEADER_LEN)
         }
         k => return Err(corrupt(&format!("unknown encoding kind {k}"))),
     };
@@ -220,7 +220,7 @@ mod tests {
             buf.extend_from_slice(b"payload");
             seal(&mut buf);
             verify_checksum(&buf, "k").unwrap();
-            let h = read_header(&buf, "k").unwrap();
+            let h = decode_header(&buf, "k").unwrap();
             assert_eq!(h.encoding, enc);
             assert_eq!(h.decoded_len, 1234);
             assert_eq!(h.dtype, Some(Dtype::BF16));
@@ -233,7 +233,7 @@ mod tests {
             }
             // Every truncation of the header is an error, never a panic.
             for cut in 0..h.header_len {
-                assert!(read_header(&buf[..cut], "k").is_err());
+                assert!(decode_header(&buf[..cut], "k").is_err());
             }
         }
     }
@@ -245,14 +245,14 @@ mod tests {
         let mut v2 = buf.clone();
         v2[4] = 99;
         assert!(matches!(
-            read_header(&v2, "k"),
+            decode_header(&v2, "k"),
             Err(FragmentError::UnsupportedVersion { found: 99, .. })
         ));
         let mut huge = buf.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(read_header(&huge, "k").is_err());
+        assert!(decode_header(&huge, "k").is_err());
         let mut kind = buf;
         kind[5] = 7;
-        assert!(read_header(&kind, "k").is_err());
+        assert!(decode_header(&kind, "k").is_err());
     }
 }

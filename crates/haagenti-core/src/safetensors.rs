@@ -15,11 +15,11 @@ use crate::error::{FragmentError, Result};
 use crate::types::Dtype;
 
 /// Largest header accepted (the reference implementation uses the same bound).
-pub const MAX_HEADER_LEN: u64 = 100 << 20;
+pub const MAX_SAFETENSORS_HEADER_LEN: u64 = 100 << 20;
 
 /// One tensor as the header describes it. Offsets are absolute within the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorInfo {
+pub struct HeaderTensor {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<u64>,
@@ -28,7 +28,7 @@ pub struct TensorInfo {
     pub end: u64,
 }
 
-impl TensorInfo {
+impl HeaderTensor {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -44,7 +44,7 @@ pub struct SafetensorsHeader {
     /// The first `8 + n` bytes of the file, verbatim (re-serialising would change them).
     pub raw: Vec<u8>,
     /// Tensors in file order (sorted by offset; ties keep header order).
-    pub tensors: Vec<TensorInfo>,
+    pub tensors: Vec<HeaderTensor>,
     pub file_len: u64,
 }
 
@@ -86,9 +86,9 @@ pub fn read_header_from(
         .read_exact(&mut len_bytes)
         .map_err(|e| FragmentError::io("read", path, e))?;
     let n = u64::from_le_bytes(len_bytes);
-    if n > MAX_HEADER_LEN {
+    if n > MAX_SAFETENSORS_HEADER_LEN {
         return Err(bad(format!(
-            "header length {n} exceeds the limit of {MAX_HEADER_LEN} bytes"
+            "header length {n} exceeds the limit of {MAX_SAFETENSORS_HEADER_LEN} bytes"
         )));
     }
     if n > file_len - 8 {
@@ -112,7 +112,7 @@ pub fn read_header_from(
 }
 
 /// Validates the JSON header against a file of `file_len` bytes.
-fn parse_json(json: &[u8], file_len: u64, path: &Path) -> Result<Vec<TensorInfo>> {
+fn parse_json(json: &[u8], file_len: u64, path: &Path) -> Result<Vec<HeaderTensor>> {
     let bad = |reason: String| FragmentError::InvalidSafetensors {
         path: path.to_path_buf(),
         reason,
@@ -166,7 +166,7 @@ fn parse_json(json: &[u8], file_len: u64, path: &Path) -> Result<Vec<TensorInfo>
                 end - begin
             )));
         }
-        tensors.push(TensorInfo {
+        tensors.push(HeaderTensor {
             name,
             dtype,
             shape: entry.shape,

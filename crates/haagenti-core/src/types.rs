@@ -530,7 +530,9 @@ pub struct Savings {
     pub lossy_bytes: u64,
 }
 
-/// Checks a model name: non-empty, at most 128 bytes, `[A-Za-z0-9._-]`, not starting with a dot.
+/// Checks a model name: `name` or `org/name` (the Hugging Face repo-id convention), each
+/// part non-empty, `[A-Za-z0-9._-]`, not starting with `.`, at most 128 bytes in all.
+/// A valid name is a safe path segment (or two) and S3 key segment.
 pub fn validate_model_name(name: &str) -> Result<(), FragmentError> {
     let bad = |why: &str| FragmentError::InvalidModelName {
         name: name.to_string(),
@@ -542,22 +544,32 @@ pub fn validate_model_name(name: &str) -> Result<(), FragmentError> {
     if name.len() > 128 {
         return Err(bad("it is longer than 128 bytes"));
     }
-    if name.contains('/') || name.contains('\\') {
-        return Err(bad("it contains a path separator"));
+    if name.contains('\\') {
+        return Err(bad("it contains a backslash"));
     }
-    if name.contains("..") {
-        return Err(bad("it contains '..'"));
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 2 {
+        return Err(bad("it has more than one '/' (use name or org/name)"));
     }
-    if name.starts_with('.') {
-        return Err(bad("it starts with '.'"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(bad(&format!(
-            "character {c:?} is not allowed (use A-Z a-z 0-9 . _ -)"
-        )));
+    for part in parts {
+        if part.is_empty() {
+            return Err(bad("it has an empty part around '/'"));
+        }
+        if part.starts_with('.') {
+            return Err(bad("a part starts with '.'"));
+        }
+        if part.len() == 20 && part.bytes().all(|b| b.is_ascii_digit()) {
+            // Manifest keys end in a 20-digit generation; a part like it would be ambiguous.
+            return Err(bad("a part of 20 digits reads as a manifest generation"));
+        }
+        if let Some(c) = part
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(bad(&format!(
+                "character {c:?} is not allowed (use A-Z a-z 0-9 . _ - and one /)"
+            )));
+        }
     }
     Ok(())
 }
@@ -601,10 +613,32 @@ mod tests {
 
     #[test]
     fn model_names() {
-        for ok in ["llama-3.1-8b", "sdxl_base", "a"] {
+        for ok in [
+            "llama-3.1-8b",
+            "sdxl_base",
+            "a",
+            "meta-llama/Llama-3.1-8B",
+            "a..b",
+        ] {
             validate_model_name(ok).unwrap();
         }
-        for bad in ["", "a/b", "..", "a..b", ".hidden", "a b", "é"] {
+        let long = format!("{}/{}", "a".repeat(64), "b".repeat(64));
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a b",
+            "é",
+            "/a",
+            "a/",
+            "a//b",
+            "a/b/c",
+            "org/.x",
+            "../x",
+            "a\\b",
+            &long,
+            "org/01234567890123456789",
+        ] {
             assert!(validate_model_name(bad).is_err(), "{bad:?}");
         }
     }

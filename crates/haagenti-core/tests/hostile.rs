@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use haagenti_core::object::{self, ObjectHeader};
+use haagenti_core::internals::{self as object, ObjectHeader};
 use haagenti_core::safetensors::{self, read_header_from};
 use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
@@ -584,7 +584,7 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
         .unwrap_err();
     assert!(err.to_string().contains("depth"), "{err}");
     // Reads never repair or change anything: with the true objects back, all is well.
-    let header: ObjectHeader = object::read_header(&good, "k").unwrap();
+    let header: ObjectHeader = object::decode_header(&good, "k").unwrap();
     assert_eq!(header.decoded_len, len);
     f.store
         .overwrite_for_test(&ObjectKey::fragment(&victim), good);

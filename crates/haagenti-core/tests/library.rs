@@ -218,8 +218,9 @@ async fn bad_inputs_fail_cleanly_and_change_nothing() {
         ("t1", truncated, "truncated"),
         ("t2", dir, "not valid JSON"),
         ("", good.clone(), "empty"),
-        ("a/b", good.clone(), "path separator"),
+        ("a/b/c", good.clone(), "more than one '/'"),
         ("..", good.clone(), ".."),
+        ("org/.x", good.clone(), "starts with '.'"),
         ("existing", good.clone(), "already exists"),
         (
             "missing",

@@ -78,7 +78,7 @@ async fn encodings(lib: &FragmentLibrary, model: &str) -> Vec<Encoding> {
     let manifest = lib.manifest(model).await.unwrap();
     let mut out = Vec::new();
     for r in manifest.fragments() {
-        out.push(lib.fragment_header(&r.id).await.unwrap().unwrap().encoding);
+        out.push(lib.fragment_info(&r.id).await.unwrap().unwrap().encoding);
     }
     out
 }
@@ -87,10 +87,13 @@ async fn encodings(lib: &FragmentLibrary, model: &str) -> Vec<Encoding> {
 async fn assert_depth_one(lib: &FragmentLibrary, store: &MemoryStore) {
     for meta in store.list("fragments/").await.unwrap() {
         let id = meta.key.fragment_id().unwrap();
-        let header = lib.fragment_header(&id).await.unwrap().unwrap();
-        if let Some(dep) = header.dependency() {
-            let base = lib.fragment_header(&dep).await.unwrap().unwrap();
-            assert!(base.dependency().is_none(), "{id} depends on a dependent");
+        let info = lib.fragment_info(&id).await.unwrap().unwrap();
+        if let Some(dep) = info.encoding.dependency() {
+            let base = lib.fragment_info(&dep).await.unwrap().unwrap();
+            assert!(
+                base.encoding.dependency().is_none(),
+                "{id} depends on a dependent"
+            );
         }
     }
 }

@@ -20,15 +20,14 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{FragmentLibrary, decode_verified, join_error};
+use super::FragmentLibrary;
+use super::objects::Via;
 use crate::error::{FragmentError, Result};
-use crate::object;
-use crate::store::ObjectKey;
 use crate::types::FragmentId;
 
 /// The shared cache of decoded fragments, with the counters of every fragment read.
@@ -85,6 +84,18 @@ impl FragmentCache {
     fn miss(&self, bytes: &Bytes) {
         Self::add(&self.counters.misses, 1);
         Self::add(&self.counters.miss_bytes, bytes.len() as u64);
+    }
+
+    /// Counts one fragment object of `len` stored bytes read from the store.
+    pub(super) fn count_store_read(&self, len: usize) {
+        Self::add(&self.counters.store_reads, 1);
+        Self::add(&self.counters.store_bytes, len as u64);
+    }
+
+    /// Counts time spent decoding and verifying a fragment.
+    pub(super) fn count_decode(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        Self::add(&self.counters.decode_nanos, nanos);
     }
 }
 
@@ -179,19 +190,13 @@ impl FragmentLibrary {
         self.inner.cache.cache.run_pending_tasks().await;
     }
 
-    /// A fragment read from the store, bypassing the cache for it and its dependency:
-    /// what export and verify use, since their job is to check the stored objects.
-    pub(super) async fn uncached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
-        self.load_fragment(id, Dependency::FromStore).await
-    }
-
     /// A fragment through the cache: concurrent callers for one fragment share one fetch.
     pub(super) async fn cached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         let cache = &self.inner.cache;
         let entry = cache
             .cache
             .entry(*id)
-            .or_try_insert_with(self.load_fragment(id, Dependency::Cached))
+            .or_try_insert_with(self.read_fragment(id, Via::Cache))
             .await
             .map_err(unshare)?;
         let fresh = entry.is_fresh();
@@ -205,68 +210,28 @@ impl FragmentLibrary {
         Ok(bytes)
     }
 
-    /// Fetches, decodes and verifies one fragment and, as `dependency` says, its delta
-    /// base or cast source, which must not have one itself (deltas have depth 1, so any
-    /// fragment decodes with at most two reads).
-    async fn load_fragment(&self, id: &FragmentId, dependency: Dependency) -> Result<Bytes> {
-        let key = ObjectKey::fragment(id);
-        let raw = self.inner.store.get(&key).await?;
+    /// A delta base or cast source from the cache, else `load`ed and cached.
+    ///
+    /// Not single-flight: waiting here for another fetch while the dependant holds its own
+    /// slot could deadlock on a hostile pair of objects that depend on each other.
+    pub(super) async fn cached_dependency<F>(
+        &self,
+        dep: &FragmentId,
+        load: impl FnOnce() -> F,
+    ) -> Result<Bytes>
+    where
+        F: Future<Output = Result<Bytes>>,
+    {
         let cache = &self.inner.cache;
-        FragmentCache::add(&cache.counters.store_reads, 1);
-        FragmentCache::add(&cache.counters.store_bytes, raw.len() as u64);
-        let header = object::read_header(&raw, key.as_str())?;
-        let dependency = match (header.dependency(), dependency) {
-            (None, _) => None,
-            (Some(dep), _) if dependency == Dependency::Refused || dep == *id => {
-                return Err(FragmentError::corrupt(
-                    key.as_str(),
-                    "a fragment's dependency has a dependency itself (depth must be 1)",
-                ));
-            }
-            (Some(dep), Dependency::FromStore) => {
-                Some(Box::pin(self.load_fragment(&dep, Dependency::Refused)).await?)
-            }
-            // Not single-flight: waiting here for another fetch while this one holds its
-            // own slot could deadlock on a hostile pair of objects that depend on each other.
-            (Some(dep), _) => Some(match cache.cache.get(&dep).await {
-                Some(bytes) => {
-                    cache.hit(&bytes);
-                    bytes
-                }
-                None => {
-                    let bytes = Box::pin(self.load_fragment(&dep, Dependency::Refused)).await?;
-                    cache.miss(&bytes);
-                    cache.cache.insert(dep, bytes.clone()).await;
-                    bytes
-                }
-            }),
-        };
-        let codecs = self.inner.codecs.clone();
-        let id = *id;
-        let (data, nanos) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let data = decode_verified(&codecs, &id, &raw, &header, dependency.as_deref());
-            (data, started.elapsed().as_nanos())
-        })
-        .await
-        .map_err(join_error)?;
-        FragmentCache::add(
-            &cache.counters.decode_nanos,
-            u64::try_from(nanos).unwrap_or(u64::MAX),
-        );
-        data.map(Bytes::from)
+        if let Some(bytes) = cache.cache.get(dep).await {
+            cache.hit(&bytes);
+            return Ok(bytes);
+        }
+        let bytes = load().await?;
+        cache.miss(&bytes);
+        cache.cache.insert(*dep, bytes.clone()).await;
+        Ok(bytes)
     }
-}
-
-/// Where [`FragmentLibrary::load_fragment`] gets a fragment's dependency.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dependency {
-    /// From the cache, else the store (then cached).
-    Cached,
-    /// From the store.
-    FromStore,
-    /// Nowhere: the fragment must not have one.
-    Refused,
 }
 
 /// The error of a fetch several callers may have waited for (moka shares it).

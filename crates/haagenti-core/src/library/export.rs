@@ -1,19 +1,23 @@
-//! Export and verify: rebuild files from fragments, streaming, checking every fragment
-//! against its id and every file against the hash recorded at ingest.
+//! Export and verify: rebuild files through the read path (`reader.rs`), streaming, checking
+//! every fragment against its id and every file against the hash recorded at ingest. File
+//! writes and the whole-file hash run on a blocking thread fed by a bounded channel, so the
+//! async runtime never waits on the disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
-
-use super::{FragmentLibrary, join_error};
-use crate::error::{FragmentError, Result};
-use crate::manifest::{FileContent, FileManifest, ModelManifest};
-use crate::types::FragmentId;
+use tokio::sync::mpsc;
 
 use super::ingest::Progress;
+use super::model::ModelHandle;
+use super::reader::ModelFile;
+use super::{FragmentLibrary, join_error};
+use crate::error::{FragmentError, Result};
+use crate::manifest::ModelManifest;
 
 /// What an export wrote.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -49,30 +53,6 @@ impl VerifyReport {
     }
 }
 
-/// Where rebuilt bytes go.
-trait Sink: Send {
-    fn write(&mut self, bytes: &[u8]) -> Result<()>;
-}
-
-struct NullSink;
-impl Sink for NullSink {
-    fn write(&mut self, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-}
-
-struct FileSink {
-    path: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
-}
-impl Sink for FileSink {
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out
-            .write_all(bytes)
-            .map_err(|e| FragmentError::io("write", &self.path, e))
-    }
-}
-
 impl FragmentLibrary {
     /// Rebuilds every file of `name` under `out_dir` at its original relative path.
     /// Each file is written to a temporary name and renamed once its hash checks out.
@@ -84,6 +64,7 @@ impl FragmentLibrary {
     ) -> Result<ExportReport> {
         let started = Instant::now();
         let manifest = self.manifest(name).await?;
+        let model = ModelHandle::new(self.clone(), &manifest);
         if let Some(p) = progress {
             p.begin(manifest.logical_bytes());
         }
@@ -93,39 +74,25 @@ impl FragmentLibrary {
             max_rel_error: manifest.max_rel_error(),
             ..Default::default()
         };
-        for file in &manifest.files {
+        for file in model.files() {
             let dest = out_dir.join(&file.path); // path validated when the manifest was decoded
             let partial = dest.with_file_name(format!(
                 ".{}.haagenti-partial",
                 dest.file_name().and_then(|n| n.to_str()).unwrap_or("file")
             ));
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| FragmentError::io("create directory", parent, e))?;
-            }
-            let out = std::fs::File::create(&partial)
-                .map_err(|e| FragmentError::io("create", &partial, e))?;
-            let mut sink = FileSink {
-                path: partial.clone(),
-                out: std::io::BufWriter::with_capacity(1 << 20, out),
-            };
             let written = self
-                .rebuild_file(&manifest, file, &mut sink, progress)
+                .rebuild_file(&model, file, Some(partial.clone()), progress)
                 .await;
-            let flushed = written.and_then(|()| {
-                sink.out
-                    .flush()
-                    .map_err(|e| FragmentError::io("write", &partial, e))
-            });
-            if let Err(e) = flushed {
-                let _ = std::fs::remove_file(&partial);
+            if let Err(e) = written {
+                let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e);
             }
-            drop(sink);
-            std::fs::rename(&partial, &dest).map_err(|e| FragmentError::io("rename", &dest, e))?;
+            tokio::fs::rename(&partial, &dest)
+                .await
+                .map_err(|e| FragmentError::io("rename", &dest, e))?;
             report.files += 1;
             report.bytes += file.size;
-            report.lossy_files += u64::from(manifest.file_is_lossy(&file.path));
+            report.lossy_files += u64::from(file.lossy);
         }
         if let Some(p) = progress {
             p.finish();
@@ -157,14 +124,12 @@ impl FragmentLibrary {
             ..Default::default()
         };
         for manifest in &manifests {
-            for file in &manifest.files {
+            let model = ModelHandle::new(self.clone(), manifest);
+            for file in model.files() {
                 report.files += 1;
                 report.bytes += file.size;
-                report.lossy_files += u64::from(manifest.file_is_lossy(&file.path));
-                if let Err(e) = self
-                    .rebuild_file(manifest, file, &mut NullSink, progress)
-                    .await
-                {
+                report.lossy_files += u64::from(file.lossy);
+                if let Err(e) = self.rebuild_file(&model, file, None, progress).await {
                     report.problems.push(e.to_string());
                 }
             }
@@ -175,81 +140,82 @@ impl FragmentLibrary {
         Ok(report)
     }
 
-    /// Streams one file's bytes into `sink`, fetching fragments `parallelism` ahead.
+    /// Streams one file's bytes through the read path into a blocking writer that hashes
+    /// them and, given a path, writes them there; then checks length and hash.
     ///
     /// Export and verify read the stored objects, never the fragment cache: their job is
     /// to check what is stored, and a bulk rebuild would only evict the fragments that
     /// model handles share.
     async fn rebuild_file(
         &self,
-        manifest: &ModelManifest,
-        file: &FileManifest,
-        sink: &mut dyn Sink,
+        model: &ModelHandle,
+        file: &ModelFile,
+        dest: Option<PathBuf>,
         progress: Option<&dyn Progress>,
     ) -> Result<()> {
-        let mut hasher = blake3::Hasher::new();
-        // (where, fragment) in file order; `where` names the tensor for error messages.
-        let pieces: Vec<(String, usize, FragmentId)> = match &file.content {
-            FileContent::Safetensors { header, tensors } => {
-                hasher.update(header);
-                sink.write(header)?;
-                tensors
-                    .iter()
-                    .flat_map(|t| {
-                        t.fragments
-                            .iter()
-                            .enumerate()
-                            .map(move |(i, r)| (t.name.clone(), i, r.id))
-                    })
-                    .collect()
+        let reader = model.uncached_file(&file.path)?;
+        let (tx, rx) = mpsc::channel::<Bytes>(reader.in_flight());
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(rx, dest.as_deref()));
+        let mut pieces = reader.stream(0, file.size);
+        let mut streamed = Ok(());
+        while let Some(piece) = pieces.next().await {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    streamed = Err(e);
+                    break;
+                }
+            };
+            let len = piece.len() as u64;
+            if tx.send(piece).await.is_err() {
+                break; // the writer failed: its error is the one to report
             }
-            FileContent::Blob { chunks } => chunks
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (String::new(), i, r.id))
-                .collect(),
-        };
-        let mut fetched =
-            futures::stream::iter(pieces.into_iter().map(|(tensor, i, id)| async move {
-                self.uncached_fragment(&id).await.map_err(|e| {
-                    let location = if tensor.is_empty() {
-                        format!("file {} chunk {i} (fragment {})", file.path, id.short())
-                    } else {
-                        format!(
-                            "file {} tensor {tensor} fragment {i} ({})",
-                            file.path,
-                            id.short()
-                        )
-                    };
-                    e.in_model(&manifest.name, location)
-                })
-            }))
-            .buffered(self.config().parallelism * 2);
-        while let Some(data) = fetched.next().await {
-            let data = data?;
-            // Hash on a blocking thread: it is the one CPU-heavy step of a sequential writer.
-            let (data, h) = tokio::task::spawn_blocking(move || {
-                hasher.update(&data);
-                (data, hasher)
-            })
-            .await
-            .map_err(join_error)?;
-            hasher = h;
-            sink.write(&data)?;
             if let Some(p) = progress {
-                p.advance(data.len() as u64);
+                p.advance(len);
             }
         }
+        drop(tx);
+        let written = writer.await.map_err(join_error)?;
+        streamed?;
+        let (hash, count) = written?;
         // A file with lossy substitutions cannot match the source's hash; its fragments were
         // each verified against their ids, and its length must still match.
-        let hash_ok =
-            manifest.file_is_lossy(&file.path) || hasher.finalize().as_bytes() == &file.blake3;
-        if hasher.count() != file.size || !hash_ok {
+        if count != file.size || (!file.lossy && hash != file.blake3) {
             return Err(FragmentError::FileHashMismatch {
-                model: manifest.name.clone(),
+                model: model.name().to_string(),
                 file: file.path.clone(),
             });
         }
         Ok(())
     }
+}
+
+/// The blocking end of a rebuild: hashes what arrives and writes it to `dest` (creating
+/// its directory), flushing at the end. Returns the BLAKE3 and the byte count.
+fn write_and_hash(mut rx: mpsc::Receiver<Bytes>, dest: Option<&Path>) -> Result<([u8; 32], u64)> {
+    let mut out = match dest {
+        Some(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| FragmentError::io("create directory", parent, e))?;
+            }
+            let file =
+                std::fs::File::create(path).map_err(|e| FragmentError::io("create", path, e))?;
+            Some((path, std::io::BufWriter::with_capacity(1 << 20, file)))
+        }
+        None => None,
+    };
+    let mut hasher = blake3::Hasher::new();
+    while let Some(bytes) = rx.blocking_recv() {
+        hasher.update(&bytes);
+        if let Some((path, out)) = &mut out {
+            out.write_all(&bytes)
+                .map_err(|e| FragmentError::io("write", *path, e))?;
+        }
+    }
+    if let Some((path, out)) = &mut out {
+        out.flush()
+            .map_err(|e| FragmentError::io("write", *path, e))?;
+    }
+    Ok((*hasher.finalize().as_bytes(), hasher.count()))
 }

@@ -14,9 +14,10 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::maintenance::LockKind;
+use super::locks::LockKind;
+use super::objects::hash_blocking;
 use super::similarity::{Placement, Policy};
-use super::{FragmentLibrary, hash_blocking, join_error, now_unix_ms};
+use super::{FragmentLibrary, join_error, now_unix_ms};
 use crate::error::{FragmentError, Result};
 use crate::manifest::{
     FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, TensorRef,

@@ -1,4 +1,4 @@
-//! Random access to a model's tensors: [`ModelHandle`].
+//! An open model: [`ModelHandle`], its files and its tensors.
 //!
 //! Reading a tensor fetches only its fragments, through the library's shared cache, so
 //! switching to a model that shares fragments with one loaded before fetches only the rest.
@@ -9,10 +9,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{FragmentLibrary, join_error};
+use super::FragmentLibrary;
+use super::objects::Via;
+use super::reader::{FileLayout, FileReader, ModelFile};
 use crate::error::{FragmentError, Result};
-use crate::manifest::FragmentRef;
-use crate::types::{Dtype, FragmentId};
+use crate::manifest::{FragmentRef, ModelManifest};
+use crate::types::Dtype;
 
 /// Where a tensor of a model lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,21 +69,35 @@ impl Tensor {
     }
 }
 
-/// An open model: its tensor list, and reads of single tensors or all of them.
+/// An open model: its files and tensors, and reads of any byte range of a file, of one
+/// tensor or of all of them.
 ///
 /// Cheap to clone. Reads go through the library's fragment cache, shared by every handle
-/// and clone of the library.
+/// and clone of the library, and through the one read path of [`FileReader`].
 #[derive(Clone, Debug)]
 pub struct ModelHandle {
     library: FragmentLibrary,
-    name: String,
+    name: Arc<str>,
+    files: Arc<[ModelFile]>,
+    layouts: Arc<[Arc<FileLayout>]>,
     tensors: Arc<[TensorInfo]>,
 }
 
 impl FragmentLibrary {
-    /// Opens model `name` for reading tensors (reads its manifest, nothing else).
+    /// Opens model `name` for reading (reads its manifest, nothing else).
     pub async fn open_model(&self, name: &str) -> Result<ModelHandle> {
         let manifest = self.manifest(name).await?;
+        Ok(ModelHandle::new(self.clone(), &manifest))
+    }
+}
+
+impl ModelHandle {
+    pub(super) fn new(library: FragmentLibrary, manifest: &ModelManifest) -> Self {
+        let layouts: Arc<[Arc<FileLayout>]> = manifest
+            .files
+            .iter()
+            .map(|f| Arc::new(FileLayout::new(f, manifest.file_is_lossy(&f.path))))
+            .collect();
         let tensors = manifest
             .files
             .iter()
@@ -97,17 +113,53 @@ impl FragmentLibrary {
                 })
             })
             .collect();
-        Ok(ModelHandle {
-            library: self.clone(),
-            name: manifest.name,
+        Self {
+            library,
+            name: Arc::from(manifest.name.as_str()),
+            files: layouts.iter().map(|l| l.file.clone()).collect(),
+            layouts,
             tensors,
-        })
+        }
     }
-}
 
-impl ModelHandle {
+    /// The model's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Every file of the model, in manifest order.
+    pub fn files(&self) -> &[ModelFile] {
+        &self.files
+    }
+
+    /// A reader of any byte range of the file at relative path `path`, through the
+    /// library's fragment cache.
+    pub fn file(&self, path: &str) -> Result<FileReader> {
+        self.reader(path, Via::Cache)
+    }
+
+    /// A reader that bypasses the cache for the file and the fragments it depends on: what
+    /// export and verify use, since their job is to check what is stored.
+    pub(super) fn uncached_file(&self, path: &str) -> Result<FileReader> {
+        self.reader(path, Via::Store)
+    }
+
+    fn reader(&self, path: &str, via: Via) -> Result<FileReader> {
+        let layout = self
+            .layouts
+            .iter()
+            .find(|l| l.file.path == path)
+            .ok_or_else(|| FragmentError::NotInModel {
+                model: self.name.to_string(),
+                what: "file",
+                name: path.to_string(),
+            })?;
+        Ok(FileReader::new(
+            self.library.clone(),
+            self.name.clone(),
+            layout.clone(),
+            via,
+        ))
     }
 
     /// Every tensor of every safetensors file of the model, in file order.
@@ -126,13 +178,13 @@ impl ModelHandle {
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         let mut found = self.tensors.iter().filter(|t| t.name == name);
         let first = found.next().ok_or_else(|| FragmentError::NotInModel {
-            model: self.name.clone(),
+            model: self.name.to_string(),
             what: "tensor",
             name: name.to_string(),
         })?;
         if let Some(other) = found.next() {
             return Err(FragmentError::AmbiguousTensor {
-                model: self.name.clone(),
+                model: self.name.to_string(),
                 tensor: name.to_string(),
                 files: format!("{}, {}, ...", first.file, other.file),
             });
@@ -148,29 +200,39 @@ impl ModelHandle {
     /// Reads one tensor, fetching its fragments [`in_flight`](Self::in_flight) at a time.
     pub async fn read(&self, info: &TensorInfo) -> Result<Tensor> {
         let parts: Vec<Bytes> = self
-            .fetch(info)
-            .buffered(self.in_flight())
+            .file(&info.file)?
+            .stream(info.offset, info.len)
             .try_collect()
             .await?;
-        self.assemble(info, parts)
+        Ok(tensor(info, parts))
     }
 
     /// Reads every tensor, in [`tensors`](Self::tensors) order, keeping
     /// [`in_flight`](Self::in_flight) fragments in flight across tensor boundaries.
     pub async fn load_all(&self) -> Result<Vec<Tensor>> {
-        let mut fetched = futures::stream::iter(self.tensors.iter())
-            .flat_map(|t| self.fetch(t))
-            .buffered(self.in_flight());
         let mut out = Vec::with_capacity(self.tensors.len());
-        for info in self.tensors.iter() {
-            let mut parts = Vec::with_capacity(info.fragments.len());
-            for _ in 0..info.fragments.len() {
-                match fetched.next().await {
-                    Some(part) => parts.push(part?),
-                    None => return Err(self.corrupt(info, "fragment stream ended early")),
+        let mut infos = self.tensors.iter().peekable();
+        for file in self.files.iter() {
+            let in_file: Vec<&TensorInfo> =
+                std::iter::from_fn(|| infos.next_if(|t| t.file == file.path)).collect();
+            let (Some(first), Some(last)) = (in_file.first(), in_file.last()) else {
+                continue;
+            };
+            // The tensors tile the file after its header: one stream reads them all.
+            let start = first.offset;
+            let mut parts = self
+                .file(&file.path)?
+                .stream(start, last.offset + last.len - start);
+            for info in in_file {
+                let mut tensor_parts = Vec::with_capacity(info.fragments.len());
+                for _ in 0..info.fragments.len() {
+                    match parts.next().await {
+                        Some(part) => tensor_parts.push(part?),
+                        None => return Err(self.corrupt(info, "fragment stream ended early")),
+                    }
                 }
+                out.push(tensor(info, tensor_parts));
             }
-            out.push(self.assemble(info, parts)?);
         }
         Ok(out)
     }
@@ -178,58 +240,7 @@ impl ModelHandle {
     /// Fragments fetched at once: twice the library's `parallelism` (as export does), so
     /// that decoding never waits for a read.
     pub fn in_flight(&self) -> usize {
-        self.library.config().parallelism.saturating_mul(2)
-    }
-
-    /// One future per fragment of `info`, each fetching on its own task so fetches advance
-    /// while the caller assembles earlier tensors.
-    fn fetch<'a>(
-        &'a self,
-        info: &'a TensorInfo,
-    ) -> impl futures::Stream<Item = impl Future<Output = Result<Bytes>> + 'a> + 'a {
-        futures::stream::iter(info.fragments.iter().enumerate()).map(move |(i, r)| {
-            let library = self.library.clone();
-            let id = r.id;
-            async move {
-                let task = tokio::spawn(async move { library.get_fragment(&id).await });
-                task.await
-                    .map_err(join_error)?
-                    .map_err(|e| self.context(info, i, &id, e))
-            }
-        })
-    }
-
-    /// The tensor from its fragments, checked against its length.
-    fn assemble(&self, info: &TensorInfo, parts: Vec<Bytes>) -> Result<Tensor> {
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if total != info.len {
-            return Err(self.corrupt(info, "fragments do not add up to the tensor's length"));
-        }
-        Ok(Tensor {
-            name: info.name.clone(),
-            file: info.file.clone(),
-            dtype: info.dtype,
-            shape: info.shape.clone(),
-            parts,
-        })
-    }
-
-    fn context(
-        &self,
-        info: &TensorInfo,
-        i: usize,
-        id: &FragmentId,
-        e: FragmentError,
-    ) -> FragmentError {
-        e.in_model(
-            &self.name,
-            format!(
-                "file {} tensor {} fragment {i} ({})",
-                info.file,
-                info.name,
-                id.short()
-            ),
-        )
+        self.library.config().parallelism.saturating_mul(2).max(1)
     }
 
     fn corrupt(&self, info: &TensorInfo, why: &str) -> FragmentError {
@@ -240,5 +251,16 @@ impl ModelHandle {
             ),
             why,
         )
+    }
+}
+
+/// A tensor from its parts (the read path checked their lengths against the manifest).
+fn tensor(info: &TensorInfo, parts: Vec<Bytes>) -> Tensor {
+    Tensor {
+        name: info.name.clone(),
+        file: info.file.clone(),
+        dtype: info.dtype,
+        shape: info.shape.clone(),
+        parts,
     }
 }

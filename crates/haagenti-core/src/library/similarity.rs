@@ -16,14 +16,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::maintenance::LockKind;
-use super::{FragmentLibrary, decode_verified, encode_standalone, join_error};
+use super::locks::LockKind;
+use super::objects::{Stored, Via, delta_object, standalone_object};
+use super::{FragmentLibrary, join_error};
 use crate::cast;
 use crate::codec::{CodecRegistry, EncodeHint};
 use crate::error::{FragmentError, Result};
-use crate::object;
 use crate::signature::{CandidateIndex, EntryMeta, Signature, Similarity};
-use crate::store::{FRAGMENTS_PREFIX, INDEX_PREFIX, ObjectKey, PutOutcome};
+use crate::store::{FRAGMENTS_PREFIX, INDEX_PREFIX, ObjectKey};
 use crate::types::{
     CodecPolicy, Dtype, Encoding, FragmentId, SimilarityMatch, SimilarityThreshold,
 };
@@ -101,6 +101,21 @@ pub(super) enum Placement {
         depends_on: Option<FragmentId>,
         rel_error: f64,
     },
+}
+
+impl From<Stored> for Placement {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Written {
+                encoding,
+                stored_len,
+            } => Placement::Written {
+                encoding,
+                stored_len,
+            },
+            Stored::Raced { depends_on } => Placement::Raced { depends_on },
+        }
+    }
 }
 
 /// What a store decision needs from the ingest options.
@@ -306,38 +321,39 @@ impl FragmentLibrary {
         let mut results = futures::stream::iter(fragments.into_iter().filter_map(|m| {
             let id = m.key.fragment_id()?;
             let fresh = fresh.clone();
+            let not_indexed =
+                move |e: FragmentError| format!("fragment {} not indexed: {e}", id.short());
             Some(async move {
                 let header = match self.fragment_header(&id).await {
                     Ok(Some(h)) => h,
-                    Ok(None) => return Ok(None),
-                    Err(e) => return Err((id, e)),
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(not_indexed(e)),
                 };
-                let data = self.uncached_fragment(&id).await.map_err(|e| (id, e))?;
+                let data = self
+                    .fragment_via(&id, Via::Store)
+                    .await
+                    .map_err(not_indexed)?;
                 let meta = EntryMeta {
-                    len: header.decoded_len as u32, // bounded by read_header
+                    len: header.decoded_len as u32, // bounded by decode_header
                     dtype: header.dtype,
                     standalone: header.dependency().is_none(),
                 };
                 tokio::task::spawn_blocking(move || {
                     let Some(sig) = fresh.similarity.scheme.signature(&data, meta.dtype) else {
-                        return Ok(None);
+                        return Ok(());
                     };
-                    fresh
-                        .index()
-                        .insert(id, &sig, meta.pack())
-                        .map(|_| Some(id))
-                        .map_err(|e| (id, e))
+                    fresh.index().insert(id, &sig, meta.pack()).map(|_| ())
                 })
                 .await
-                .map_err(|e| (id, join_error(e)))?
+                .map_err(join_error)
+                .and_then(|r| r)
+                .map_err(not_indexed)
             })
         }))
         .buffer_unordered(parallelism);
         while let Some(r) = results.next().await {
-            if let Err((id, e)) = r {
-                report
-                    .warnings
-                    .push(format!("fragment {} not indexed: {e}", id.short()));
+            if let Err(warning) = r {
+                report.warnings.push(warning);
             }
         }
         drop(results);
@@ -387,7 +403,10 @@ impl FragmentLibrary {
     ) -> Result<Placement> {
         let state = self.similarity_state().cloned();
         let (Some(state), Some(signature), Some(dtype)) = (state, signature, dtype) else {
-            return self.write_standalone(id, data, dtype).await;
+            return self
+                .write_standalone(id, data, dtype)
+                .await
+                .map(Placement::from);
         };
         let len = data.len() as u32; // fragments are at most 16 MiB
         let mut same = Vec::new();
@@ -439,7 +458,7 @@ impl FragmentLibrary {
 
         if let Some(max_error) = policy.lossy_max_rel_error {
             for candidate in lossy {
-                let Ok(other) = self.uncached_fragment(&candidate).await else {
+                let Ok(other) = self.fragment_via(&candidate, Via::Store).await else {
                     continue;
                 };
                 let (a, b) = (data.clone(), other);
@@ -476,7 +495,10 @@ impl FragmentLibrary {
                     from,
                     to: dtype,
                 };
-                return self.write_cast(id, cast, data.len(), dtype).await;
+                return self
+                    .write_cast(id, cast, data.len(), dtype)
+                    .await
+                    .map(Placement::from);
             }
             bases.push((Bytes::from(casted), BaseKind::Cast(source, from)));
         }
@@ -486,7 +508,10 @@ impl FragmentLibrary {
             }
         }
         if bases.is_empty() {
-            return self.write_standalone(id, data, Some(dtype)).await;
+            return self
+                .write_standalone(id, data, Some(dtype))
+                .await
+                .map(Placement::from);
         }
 
         let codecs = self.codecs().clone();
@@ -496,90 +521,9 @@ impl FragmentLibrary {
         })
         .await
         .map_err(join_error)??;
-        self.put_object(id, object, encoding).await
-    }
-
-    /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
-    /// is stored standalone (depth 1) and decodes to its id. A damaged or vanished
-    /// candidate is simply not used.
-    async fn standalone_fragment(&self, id: &FragmentId) -> Result<Option<Bytes>> {
-        let key = ObjectKey::fragment(id);
-        let raw = match self.store().get(&key).await {
-            Ok(raw) => raw,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Ok(header) = object::read_header(&raw, key.as_str()) else {
-            return Ok(None);
-        };
-        if header.dependency().is_some() {
-            return Ok(None);
-        }
-        let codecs = self.codecs().clone();
-        let id = *id;
-        tokio::task::spawn_blocking(move || {
-            decode_verified(&codecs, &id, &raw, &header, None)
-                .ok()
-                .map(Bytes::from)
-        })
-        .await
-        .map_err(join_error)
-    }
-
-    /// Encodes and writes a standalone object.
-    pub(super) async fn write_standalone(
-        &self,
-        id: FragmentId,
-        data: Bytes,
-        dtype: Option<Dtype>,
-    ) -> Result<Placement> {
-        let hint = EncodeHint {
-            dtype,
-            policy: self.config().codec_policy,
-        };
-        let codecs = self.codecs().clone();
-        let (encoding, object) =
-            tokio::task::spawn_blocking(move || standalone_object(&codecs, &data, hint))
-                .await
-                .map_err(join_error)??;
-        self.put_object(id, object, encoding).await
-    }
-
-    /// Writes a cast object (a header, no payload) for a fragment of `len` bytes.
-    async fn write_cast(
-        &self,
-        id: FragmentId,
-        encoding: Encoding,
-        len: usize,
-        dtype: Dtype,
-    ) -> Result<Placement> {
-        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN);
-        object::write_header(&mut object, &encoding, len as u64, Some(dtype));
-        object::seal(&mut object);
-        self.put_object(id, object, encoding).await
-    }
-
-    /// Writes a sealed object of `encoding` create-only.
-    async fn put_object(
-        &self,
-        id: FragmentId,
-        object: Vec<u8>,
-        encoding: Encoding,
-    ) -> Result<Placement> {
-        let stored_len = object.len() as u64;
-        let key = ObjectKey::fragment(&id);
-        match self.store().put(&key, Bytes::from(object)).await? {
-            PutOutcome::Created => Ok(Placement::Written {
-                encoding,
-                stored_len,
-            }),
-            _ => Ok(Placement::Raced {
-                depends_on: self
-                    .fragment_header(&id)
-                    .await?
-                    .and_then(|h| h.dependency()),
-            }),
-        }
+        self.put_object(id, object, encoding)
+            .await
+            .map(Placement::from)
     }
 }
 
@@ -601,16 +545,6 @@ fn cast_pair(m: EntryMeta, dtype: Dtype, len: u32) -> bool {
     m.dtype == Some(Dtype::F32)
         && matches!(dtype, Dtype::BF16 | Dtype::F16)
         && u64::from(m.len) == u64::from(len) * 2
-}
-
-/// The standalone object of `data` and its encoding (the codec it settled on).
-fn standalone_object(
-    codecs: &CodecRegistry,
-    data: &[u8],
-    hint: EncodeHint,
-) -> Result<(Encoding, Vec<u8>)> {
-    let object = encode_standalone(codecs, data, hint)?;
-    Ok((object::read_header(&object, "new object")?.encoding, object))
 }
 
 /// Encodes `data` standalone and as an XOR delta against each base; keeps the smallest
@@ -649,10 +583,7 @@ fn best_encoding(
                 to: dtype,
             },
         };
-        let mut object = Vec::with_capacity(object::MAX_HEADER_LEN + data.len() / 4);
-        object::write_header(&mut object, &encoding, data.len() as u64, hint.dtype);
-        encoder.encode(&xor, hint, &mut object)?;
-        object::seal(&mut object);
+        let object = delta_object(codecs, &encoding, &xor, hint)?;
         if best.as_ref().is_none_or(|(_, b)| object.len() < b.len()) {
             best = Some((encoding, object));
         }

@@ -1,0 +1,410 @@
+//! Fragment objects: every write and read of a fragment goes through here.
+//!
+//! * Writes encode a fragment (standalone with the registry's encoder, or as a cast or
+//!   delta object built by the similarity decision), seal it, and put it create-only: an
+//!   object that already exists is never touched (content addressing makes it the same).
+//! * Reads fetch an object, read its header, fetch its one dependency (delta base or cast
+//!   source; depth 1, so at most two reads), decode, and check the BLAKE3 of the result
+//!   against the id. Nothing leaves this module unverified.
+//!
+//! The fragment cache (`cache.rs`) wraps [`FragmentLibrary::read_fragment`]; which reads go
+//! through it is the caller's choice ([`Via`]).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{FragmentLibrary, join_error};
+use crate::cast;
+use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
+use crate::error::{FragmentError, Result};
+use crate::object::{self, ObjectHeader};
+use crate::store::{ObjectKey, PutOutcome};
+use crate::types::{Dtype, Encoding, FragmentId, FragmentMetadata};
+
+/// What [`FragmentLibrary::put_fragment`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutFragment {
+    /// The fragment's id (BLAKE3 of its bytes).
+    pub id: FragmentId,
+    /// False when an object with this id was already stored.
+    pub created: bool,
+    /// Size of the stored object (0 when it already existed and was not written).
+    pub stored_len: u64,
+    /// The fragment the stored object depends on (delta base or cast source).
+    pub depends_on: Option<FragmentId>,
+}
+
+/// What a create-only write of a fragment object did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Stored {
+    /// Written by this call in `encoding`, `stored_len` bytes.
+    Written { encoding: Encoding, stored_len: u64 },
+    /// Another writer created the object first; it depends on `depends_on`.
+    Raced { depends_on: Option<FragmentId> },
+}
+
+/// Where a read gets a fragment's dependency (and, for the caller, the fragment itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The fragment cache, else the store (then cached): what model readers use.
+    Cache,
+    /// The store, bypassing the cache: what export, verify and repair-minded code use,
+    /// since their job is to check the stored objects.
+    Store,
+}
+
+/// Where [`FragmentLibrary::read_fragment`] gets a dependency; `Refused` for the
+/// dependency itself, which must not have one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DependencyFrom {
+    Cache,
+    Store,
+    Refused,
+}
+
+impl FragmentLibrary {
+    /// Stores `data` as a standalone fragment unless an object with its id exists.
+    pub async fn put_fragment(&self, data: Bytes, dtype: Option<Dtype>) -> Result<PutFragment> {
+        let id = hash_blocking(data.clone()).await?;
+        if let Some(header) = self.fragment_header(&id).await? {
+            return Ok(PutFragment {
+                id,
+                created: false,
+                stored_len: 0,
+                depends_on: header.dependency(),
+            });
+        }
+        Ok(match self.write_standalone(id, data, dtype).await? {
+            Stored::Written { stored_len, .. } => PutFragment {
+                id,
+                created: true,
+                stored_len,
+                depends_on: None,
+            },
+            Stored::Raced { depends_on } => PutFragment {
+                id,
+                created: false,
+                stored_len: 0,
+                depends_on,
+            },
+        })
+    }
+
+    /// How a fragment is stored (`None` if it is not): its header plus the object size.
+    pub async fn fragment_info(&self, id: &FragmentId) -> Result<Option<FragmentMetadata>> {
+        let Some(header) = self.fragment_header(id).await? else {
+            return Ok(None);
+        };
+        let stored_len = self
+            .store()
+            .head(&ObjectKey::fragment(id))
+            .await?
+            .map_or(0, |m| m.size);
+        Ok(Some(FragmentMetadata {
+            id: *id,
+            len: header.decoded_len,
+            stored_len,
+            encoding: header.encoding,
+            dtype: header.dtype,
+        }))
+    }
+
+    /// Reads only the header of a stored fragment; `None` if it is not stored.
+    pub(crate) async fn fragment_header(&self, id: &FragmentId) -> Result<Option<ObjectHeader>> {
+        let key = ObjectKey::fragment(id);
+        match self
+            .store()
+            .get_range(&key, 0..object::MAX_OBJECT_HEADER_LEN as u64)
+            .await
+        {
+            Ok(bytes) => object::decode_header(&bytes, key.as_str()).map(Some),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1),
+    /// through the library's fragment cache (off unless
+    /// [`with_cache_bytes`](Self::with_cache_bytes) turned it on).
+    pub async fn get_fragment(&self, id: &FragmentId) -> Result<Bytes> {
+        self.fragment_via(id, Via::Cache).await
+    }
+
+    /// A verified fragment, read as `via` says.
+    pub(crate) async fn fragment_via(&self, id: &FragmentId, via: Via) -> Result<Bytes> {
+        match via {
+            Via::Cache => self.cached_fragment(id).await,
+            Via::Store => self.read_fragment(id, Via::Store).await,
+        }
+    }
+
+    /// Fetches, decodes and verifies one fragment, getting its delta base or cast source
+    /// as `via` says. The dependency must not have one itself (deltas have depth 1).
+    pub(super) async fn read_fragment(&self, id: &FragmentId, via: Via) -> Result<Bytes> {
+        let from = match via {
+            Via::Cache => DependencyFrom::Cache,
+            Via::Store => DependencyFrom::Store,
+        };
+        self.read_object(id, from).await
+    }
+
+    async fn read_object(&self, id: &FragmentId, from: DependencyFrom) -> Result<Bytes> {
+        let key = ObjectKey::fragment(id);
+        let raw = self.store().get(&key).await?;
+        self.inner.cache.count_store_read(raw.len());
+        let header = object::decode_header(&raw, key.as_str())?;
+        let dependency = match header.dependency() {
+            None => None,
+            Some(dep) if from == DependencyFrom::Refused || dep == *id => {
+                return Err(FragmentError::corrupt(
+                    key.as_str(),
+                    "a fragment's dependency has a dependency itself (depth must be 1)",
+                ));
+            }
+            Some(dep) if from == DependencyFrom::Store => {
+                Some(Box::pin(self.read_object(&dep, DependencyFrom::Refused)).await?)
+            }
+            Some(dep) => Some(
+                self.cached_dependency(&dep, || {
+                    Box::pin(self.read_object(&dep, DependencyFrom::Refused))
+                })
+                .await?,
+            ),
+        };
+        let codecs = self.codecs().clone();
+        let id = *id;
+        let (data, elapsed) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let data = decode_verified(&codecs, &id, &raw, &header, dependency.as_deref());
+            (data, started.elapsed())
+        })
+        .await
+        .map_err(join_error)?;
+        self.inner.cache.count_decode(elapsed);
+        data.map(Bytes::from)
+    }
+
+    /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
+    /// is stored standalone (depth 1) and decodes to its id. A damaged or vanished
+    /// candidate is simply not used.
+    pub(super) async fn standalone_fragment(&self, id: &FragmentId) -> Result<Option<Bytes>> {
+        let key = ObjectKey::fragment(id);
+        let raw = match self.store().get(&key).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Ok(header) = object::decode_header(&raw, key.as_str()) else {
+            return Ok(None);
+        };
+        if header.dependency().is_some() {
+            return Ok(None);
+        }
+        let codecs = self.codecs().clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            decode_verified(&codecs, &id, &raw, &header, None)
+                .ok()
+                .map(Bytes::from)
+        })
+        .await
+        .map_err(join_error)
+    }
+
+    /// Encodes and writes a standalone object.
+    pub(super) async fn write_standalone(
+        &self,
+        id: FragmentId,
+        data: Bytes,
+        dtype: Option<Dtype>,
+    ) -> Result<Stored> {
+        let hint = EncodeHint {
+            dtype,
+            policy: self.config().codec_policy,
+        };
+        let codecs = self.codecs().clone();
+        let (encoding, object) =
+            tokio::task::spawn_blocking(move || standalone_object(&codecs, &data, hint))
+                .await
+                .map_err(join_error)??;
+        self.put_object(id, object, encoding).await
+    }
+
+    /// Writes a cast object (a header, no payload) for a fragment of `len` bytes.
+    pub(super) async fn write_cast(
+        &self,
+        id: FragmentId,
+        encoding: Encoding,
+        len: usize,
+        dtype: Dtype,
+    ) -> Result<Stored> {
+        let mut object = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN);
+        object::write_header(&mut object, &encoding, len as u64, Some(dtype));
+        object::seal(&mut object);
+        self.put_object(id, object, encoding).await
+    }
+
+    /// Writes a sealed object of `encoding` create-only.
+    pub(super) async fn put_object(
+        &self,
+        id: FragmentId,
+        object: Vec<u8>,
+        encoding: Encoding,
+    ) -> Result<Stored> {
+        let stored_len = object.len() as u64;
+        let key = ObjectKey::fragment(&id);
+        match self.store().put(&key, Bytes::from(object)).await? {
+            PutOutcome::Created => Ok(Stored::Written {
+                encoding,
+                stored_len,
+            }),
+            _ => Ok(Stored::Raced {
+                depends_on: self
+                    .fragment_header(&id)
+                    .await?
+                    .and_then(|h| h.dependency()),
+            }),
+        }
+    }
+}
+
+/// Encodes `data` with the registry's encoder, falling back to raw when that is no smaller.
+fn encode_standalone(codecs: &CodecRegistry, data: &[u8], hint: EncodeHint) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN + data.len() / 2);
+    let encoder = codecs.encoder();
+    let standalone = |codec| Encoding::Standalone { codec };
+    if encoder.tag() != RAW_CODEC_TAG && !data.is_empty() {
+        object::write_header(
+            &mut out,
+            &standalone(encoder.tag()),
+            data.len() as u64,
+            hint.dtype,
+        );
+        let header_len = out.len();
+        encoder.encode(data, hint, &mut out)?;
+        if out.len() - header_len < data.len() {
+            object::seal(&mut out);
+            return Ok(out);
+        }
+        out.clear();
+    }
+    object::write_header(
+        &mut out,
+        &standalone(RAW_CODEC_TAG),
+        data.len() as u64,
+        hint.dtype,
+    );
+    out.extend_from_slice(data);
+    object::seal(&mut out);
+    Ok(out)
+}
+
+/// The standalone object of `data` and its encoding (the codec it settled on).
+pub(super) fn standalone_object(
+    codecs: &CodecRegistry,
+    data: &[u8],
+    hint: EncodeHint,
+) -> Result<(Encoding, Vec<u8>)> {
+    let object = encode_standalone(codecs, data, hint)?;
+    Ok((
+        object::decode_header(&object, "new object")?.encoding,
+        object,
+    ))
+}
+
+/// The sealed object of an XOR delta (`xor` = fragment ^ base) in `encoding`, which names
+/// the base (a delta) or the cast source (a delta against a cast).
+pub(super) fn delta_object(
+    codecs: &CodecRegistry,
+    encoding: &Encoding,
+    xor: &[u8],
+    hint: EncodeHint,
+) -> Result<Vec<u8>> {
+    let mut object = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN + xor.len() / 4);
+    object::write_header(&mut object, encoding, xor.len() as u64, hint.dtype);
+    codecs.encoder().encode(xor, hint, &mut object)?;
+    object::seal(&mut object);
+    Ok(object)
+}
+
+/// Decodes an object whose header is parsed, given its dependency's decoded bytes, and
+/// checks the result against `id`.
+fn decode_verified(
+    codecs: &CodecRegistry,
+    id: &FragmentId,
+    raw: &[u8],
+    header: &ObjectHeader,
+    dependency: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let key = || ObjectKey::fragment(id).to_string();
+    object::verify_checksum(raw, &key())?;
+    let payload = &raw[header.header_len..];
+    let len = header.decoded_len as usize; // bounded by decode_header
+    let codec = |tag: u16| {
+        codecs
+            .get(tag)
+            .cloned()
+            .ok_or_else(|| FragmentError::UnknownTag {
+                key: key(),
+                what: "codec",
+                tag: u32::from(tag),
+            })
+    };
+    let with_key = |e: FragmentError| FragmentError::corrupt(key(), e.to_string());
+    let cast_of = |source: &[u8], from: Dtype, to: Dtype| {
+        cast::convert(source, from, to)
+            .filter(|v| v.len() == len)
+            .ok_or_else(|| {
+                FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
+            })
+    };
+    let xor_with = |tag: u16, base: &[u8]| {
+        let xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
+        xor_into(xor, base)
+            .ok_or_else(|| FragmentError::corrupt(key(), "delta and base lengths differ"))
+    };
+    let data = match (header.encoding, dependency) {
+        (Encoding::Standalone { codec: tag }, None) => {
+            codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?
+        }
+        (Encoding::Delta { codec: tag, .. }, Some(base)) => xor_with(tag, base)?,
+        (Encoding::Cast { from, to, .. }, Some(source)) => cast_of(source, from, to)?,
+        (
+            Encoding::CastDelta {
+                codec: tag,
+                from,
+                to,
+                ..
+            },
+            Some(source),
+        ) => xor_with(tag, &cast_of(source, from, to)?)?,
+        _ => {
+            return Err(FragmentError::corrupt(
+                key(),
+                "encoding and dependency disagree",
+            ));
+        }
+    };
+    let actual = FragmentId::of(&data);
+    if actual != *id {
+        return Err(FragmentError::HashMismatch { id: *id, actual });
+    }
+    Ok(data)
+}
+
+/// `xor ^= base` element-wise; `None` when the lengths differ.
+fn xor_into(mut xor: Vec<u8>, base: &[u8]) -> Option<Vec<u8>> {
+    if xor.len() != base.len() {
+        return None;
+    }
+    xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
+    Some(xor)
+}
+
+/// The id of `data`, hashed on a blocking thread.
+pub(super) async fn hash_blocking(data: Bytes) -> Result<FragmentId> {
+    tokio::task::spawn_blocking(move || FragmentId::of(&data))
+        .await
+        .map_err(join_error)
+}

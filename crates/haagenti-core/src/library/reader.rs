@@ -1,0 +1,354 @@
+//! Random access to the bytes of a stored file: [`FileReader`], the one read path.
+//!
+//! A stored file is a sequence of *pieces*: the verbatim safetensors header (kept in the
+//! manifest), then the fragments of its tensors in file order; or, for any other file, its
+//! content-defined chunks. A read of any byte range maps the range to the pieces it
+//! touches, fetches only those fragments (in parallel, verified against their ids), and
+//! returns exactly the source bytes. Export, verify and tensor reads
+//! ([`ModelHandle`](super::ModelHandle)) are all clients of this path.
+//!
+//! Sequential readers get read-ahead: a read that continues where an earlier one (or one
+//! close to it) ended starts fetching the next fragments before they are asked for. The
+//! reader keeps at most the fragments of the current read plus the read-ahead window, so
+//! memory stays bounded whatever the file size.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{Stream, StreamExt, TryStreamExt};
+
+use super::objects::Via;
+use super::{FragmentLibrary, join_error};
+use crate::error::{FragmentError, Result};
+use crate::manifest::{FileContent, FileManifest};
+use crate::types::FragmentId;
+
+/// One file of a stored model, as [`ModelHandle::files`](super::ModelHandle::files)
+/// lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelFile {
+    /// Relative path with `/` separators.
+    pub path: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// BLAKE3 of the whole file as ingested.
+    pub blake3: [u8; 32],
+    /// True when lossy substitutions (opt-in at ingest) make the stored bytes differ from
+    /// the ingested file: then `blake3` does not describe what a reader returns.
+    pub lossy: bool,
+}
+
+/// How a file's bytes are laid out: its pieces in file order.
+#[derive(Debug)]
+pub(super) struct FileLayout {
+    pub(super) file: ModelFile,
+    /// Offset of each piece in the file; `starts[i + 1]` ends piece `i`.
+    starts: Vec<u64>,
+    pieces: Vec<Piece>,
+    /// Tensor names, for error messages.
+    tensors: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Piece {
+    /// Bytes kept in the manifest (the safetensors header).
+    Inline(Bytes),
+    /// A fragment: chunk `index` of a blob, or fragment `index` of tensor `tensor`.
+    Fragment {
+        id: FragmentId,
+        tensor: Option<usize>,
+        index: usize,
+    },
+}
+
+impl FileLayout {
+    pub(super) fn new(file: &FileManifest, lossy: bool) -> Self {
+        let mut layout = FileLayout {
+            file: ModelFile {
+                path: file.path.clone(),
+                size: file.size,
+                blake3: file.blake3,
+                lossy,
+            },
+            starts: vec![0],
+            pieces: Vec::new(),
+            tensors: Vec::new(),
+        };
+        let push = |piece: Piece, len: u64, layout: &mut FileLayout| {
+            if len > 0 {
+                let end = layout.starts[layout.starts.len() - 1] + len;
+                layout.starts.push(end);
+                layout.pieces.push(piece);
+            }
+        };
+        match &file.content {
+            FileContent::Safetensors { header, tensors } => {
+                push(
+                    Piece::Inline(Bytes::copy_from_slice(header)),
+                    header.len() as u64,
+                    &mut layout,
+                );
+                for (t, tensor) in tensors.iter().enumerate() {
+                    layout.tensors.push(tensor.name.clone());
+                    for (index, r) in tensor.fragments.iter().enumerate() {
+                        let piece = Piece::Fragment {
+                            id: r.id,
+                            tensor: Some(t),
+                            index,
+                        };
+                        push(piece, u64::from(r.len), &mut layout);
+                    }
+                }
+            }
+            FileContent::Blob { chunks } => {
+                for (index, r) in chunks.iter().enumerate() {
+                    let piece = Piece::Fragment {
+                        id: r.id,
+                        tensor: None,
+                        index,
+                    };
+                    push(piece, u64::from(r.len), &mut layout);
+                }
+            }
+        }
+        layout
+    }
+
+    /// The pieces overlapping `offset..end` (`end > offset`, `end <= size`).
+    fn span(&self, offset: u64, end: u64) -> Range<usize> {
+        // starts[0] = 0 <= offset, so the partition point is at least 1.
+        let first = self.starts.partition_point(|&s| s <= offset) - 1;
+        let last = self.starts.partition_point(|&s| s < end) - 1;
+        first..last + 1
+    }
+
+    /// Where piece `i` is, for error messages.
+    fn location(&self, i: usize) -> String {
+        match &self.pieces[i] {
+            Piece::Inline(_) => format!("file {} header", self.file.path),
+            Piece::Fragment {
+                id,
+                tensor: Some(t),
+                index,
+            } => format!(
+                "file {} tensor {} fragment {index} ({})",
+                self.file.path,
+                self.tensors[*t],
+                id.short()
+            ),
+            Piece::Fragment {
+                id,
+                tensor: None,
+                index,
+            } => format!(
+                "file {} chunk {index} (fragment {})",
+                self.file.path,
+                id.short()
+            ),
+        }
+    }
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
+
+/// Fetches of pieces a reader keeps: those of its last read and its read-ahead window.
+#[derive(Debug, Default)]
+struct Window {
+    fetches: HashMap<usize, SharedFetch>,
+    /// The pieces of the last read.
+    last: Range<usize>,
+}
+
+/// Reads any byte range of one stored file. Obtained from
+/// [`ModelHandle::file`](super::ModelHandle::file); cheap to clone (clones share the
+/// read-ahead window).
+///
+/// Every byte returned was verified: each fragment against its id as it is decoded (the
+/// whole-file hash can only be checked by reading the whole file, as export and verify do).
+#[derive(Clone, Debug)]
+pub struct FileReader {
+    library: FragmentLibrary,
+    model: Arc<str>,
+    layout: Arc<FileLayout>,
+    via: Via,
+    window: Arc<Mutex<Window>>,
+}
+
+impl FileReader {
+    pub(super) fn new(
+        library: FragmentLibrary,
+        model: Arc<str>,
+        layout: Arc<FileLayout>,
+        via: Via,
+    ) -> Self {
+        Self {
+            library,
+            model,
+            layout,
+            via,
+            window: Arc::default(),
+        }
+    }
+
+    /// The file this reader reads.
+    pub fn file(&self) -> &ModelFile {
+        &self.layout.file
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.layout.file.size
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.layout.file.size == 0
+    }
+
+    /// Fragments fetched at once by one read: twice the library's `parallelism`, so that
+    /// decoding never waits for a store read. Also the read-ahead window of sequential
+    /// readers, in fragments.
+    pub fn in_flight(&self) -> usize {
+        self.library.config().parallelism.saturating_mul(2).max(1)
+    }
+
+    /// Exactly `len` bytes of the file from `offset`: one fragment's bytes without a copy
+    /// when the range lies in one piece, else the pieces joined once. A range reaching
+    /// past the end is an error ([`FragmentError::RangeOutOfBounds`]); an empty range at
+    /// or before the end returns no bytes and fetches nothing.
+    pub async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let parts = self.read_parts(offset, len).await?;
+        Ok(match parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                many.iter().for_each(|p| joined.extend_from_slice(p));
+                joined.freeze()
+            }
+        })
+    }
+
+    /// Like [`read_at`](Self::read_at), with the range's bytes as the slices of the
+    /// pieces it touches, in order (never copied).
+    pub async fn read_parts(&self, offset: u64, len: u64) -> Result<Vec<Bytes>> {
+        let end = self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let span = self.layout.span(offset, end);
+        let fetches = self.window_fetches(span.clone());
+        let pieces: Vec<Bytes> = futures::stream::iter(fetches)
+            .buffered(self.in_flight())
+            .try_collect()
+            .await?;
+        Ok(span
+            .zip(pieces)
+            .map(|(i, bytes)| slice(&self.layout, i, bytes, offset, end))
+            .collect())
+    }
+
+    /// The bytes of `offset..offset + len` as a stream of slices in file order, fetching
+    /// [`in_flight`](Self::in_flight) fragments ahead. For bulk reads (export, verify,
+    /// loading every tensor): it bypasses the read-ahead window.
+    pub fn stream(&self, offset: u64, len: u64) -> impl Stream<Item = Result<Bytes>> + use<> {
+        let this = self.clone();
+        let span = match self.check_range(offset, len) {
+            Ok(_) if len == 0 => Err(None),
+            Ok(end) => Ok((self.layout.span(offset, end), end)),
+            Err(e) => Err(Some(e)),
+        };
+        let (span, end, error) = match span {
+            Ok((span, end)) => (span, end, None),
+            Err(e) => (0..0, 0, e),
+        };
+        let pieces = futures::stream::iter(span.map(move |i| {
+            let layout = this.layout.clone();
+            this.fetch(i)
+                .map(move |r| r.map(|b| slice(&layout, i, b, offset, end)))
+        }))
+        .buffered(self.in_flight());
+        futures::stream::iter(error.map(Err)).chain(pieces)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
+        let size = self.layout.file.size;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(end),
+            _ => Err(FragmentError::RangeOutOfBounds {
+                model: self.model.to_string(),
+                file: self.layout.file.path.clone(),
+                offset,
+                len,
+                size,
+            }),
+        }
+    }
+
+    /// The fetches of `span`, from the window where they are already under way, and the
+    /// window moved on: a read that starts at or after the last one and no further than
+    /// its read-ahead counts as sequential and starts fetching the next
+    /// [`in_flight`](Self::in_flight) pieces.
+    fn window_fetches(&self, span: Range<usize>) -> Vec<SharedFetch> {
+        let ahead = self.in_flight();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let sequential = !window.last.is_empty()
+            && span.start >= window.last.start
+            && span.start <= window.last.end + ahead;
+        let keep = span.start
+            ..(span.end + if sequential { ahead } else { 0 }).min(self.layout.pieces.len());
+        window.fetches.retain(|i, _| keep.contains(i));
+        for i in keep {
+            window.fetches.entry(i).or_insert_with(|| {
+                let fetch = self.fetch(i).boxed().shared();
+                if !span.contains(&i) {
+                    // Read-ahead: drive it now, keep the result for the read that comes.
+                    tokio::spawn(fetch.clone());
+                }
+                fetch
+            });
+        }
+        let fetches = span.clone().map(|i| window.fetches[&i].clone()).collect();
+        window.last = span;
+        fetches
+    }
+
+    /// The verified bytes of piece `i`, fetched on a task of its own (so fetches advance
+    /// while the caller is busy elsewhere) and with the model, file and fragment named
+    /// in any error.
+    fn fetch(&self, i: usize) -> impl Future<Output = Result<Bytes>> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let id = match &this.layout.pieces[i] {
+                Piece::Inline(bytes) => return Ok(bytes.clone()),
+                Piece::Fragment { id, .. } => *id,
+            };
+            let (library, via) = (this.library.clone(), this.via);
+            let fetched = tokio::spawn(async move { library.fragment_via(&id, via).await })
+                .await
+                .map_err(join_error)
+                .and_then(|r| r);
+            let expected = this.layout.starts[i + 1] - this.layout.starts[i];
+            match fetched {
+                Ok(bytes) if bytes.len() as u64 == expected => Ok(bytes),
+                Ok(_) => Err(FragmentError::corrupt(
+                    format!("model {:?} {}", this.model, this.layout.location(i)),
+                    "fragment length differs from the manifest's",
+                )),
+                Err(e) => Err(e.in_model(&this.model, this.layout.location(i))),
+            }
+        }
+    }
+}
+
+/// The part of piece `i` (whose bytes are `bytes`, of the length the layout says) inside
+/// `offset..end`.
+fn slice(layout: &FileLayout, i: usize, bytes: Bytes, offset: u64, end: u64) -> Bytes {
+    let start = layout.starts[i];
+    let from = offset.saturating_sub(start) as usize;
+    let to = (end.min(layout.starts[i + 1]) - start) as usize;
+    bytes.slice(from..to)
+}
