@@ -1,0 +1,60 @@
+//! The one read path (`FileReader`), checked against the source bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod read_suite;
+
+use std::sync::Arc;
+
+use haagenti_fragments::MemoryStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_at_equals_the_source_bytes_on_the_memory_store() {
+    read_suite::run(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_at_equals_the_source_bytes_on_the_fs_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = haagenti_fragments::fs::FsStore::open(dir.path().join("lib")).unwrap();
+    read_suite::run(Arc::new(store)).await;
+}
+
+/// On the local S3 server `cargo xtask test` starts (`HAAGENTI_TEST_S3_ENDPOINT`); without
+/// one the test fails saying so, unless `HAAGENTI_SKIP_S3=1` asks for the skip.
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_at_equals_the_source_bytes_on_the_s3_store() {
+    use haagenti_fragments::s3::{S3Credentials, S3Options, S3Store};
+    let endpoint = match std::env::var("HAAGENTI_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ if std::env::var("HAAGENTI_SKIP_S3").as_deref() == Ok("1") => {
+            eprintln!("skipped: HAAGENTI_SKIP_S3=1 (no S3 server)");
+            return;
+        }
+        _ => panic!(
+            "HAAGENTI_TEST_S3_ENDPOINT is not set: run `cargo xtask test` (it starts a local \
+             S3 server), or set HAAGENTI_SKIP_S3=1 to skip the S3 tests"
+        ),
+    };
+    let bucket =
+        std::env::var("HAAGENTI_TEST_S3_BUCKET").unwrap_or_else(|_| "haagenti-test".into());
+    let prefix = format!(
+        "read-path-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let options = S3Options {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        credentials: Some(S3Credentials {
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+            session_token: None,
+        }),
+        ..S3Options::default()
+    };
+    let store = S3Store::from_url(&format!("s3://{bucket}/{prefix}"), options).unwrap();
+    read_suite::run(Arc::new(store)).await;
+}
