@@ -194,7 +194,7 @@ impl FragmentLibrary {
         let mut refresh = self.refresh_index().await?;
         if refresh.entries == 0 {
             refresh.warnings.push(
-                "the similarity index is empty: `haagenti reindex` rebuilds it from the fragments"
+                "the similarity index is empty: a reindex rebuilds it from the fragments"
                     .into(),
             );
         }

@@ -208,7 +208,7 @@ impl FragmentLibrary {
                     }
                     Err(e) => {
                         report.warnings.push(format!(
-                            "similarity index segment {key} skipped ({e}); `haagenti reindex` rebuilds it"
+                            "similarity index segment {key} skipped ({e}); a reindex rebuilds it from the fragments"
                         ));
                         loaded.damaged.insert(key);
                     }
