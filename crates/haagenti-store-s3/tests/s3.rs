@@ -379,7 +379,10 @@ async fn errors_name_bucket_key_and_operation() {
                 assert!(key.starts_with(&format!("s3://{bucket}/lib")), "{key}");
                 assert!(reason.contains("does not exist"), "{op}: {reason}");
                 // One line, no response document; the object_store error is the source.
-                assert!(!reason.contains('<') && !reason.contains('\n'), "{op}: {reason}");
+                assert!(
+                    !reason.contains('<') && !reason.contains('\n'),
+                    "{op}: {reason}"
+                );
                 assert!(std::error::Error::source(&err).is_some(), "{op}: no source");
             }
             other => panic!("{op}: expected a backend error, got {other:?}"),
