@@ -70,6 +70,9 @@ const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PARTS: usize = 10_000;
 /// Attempts of a create-only put that meets a concurrent conditional write (HTTP 409).
 const CONFLICT_ATTEMPTS: u32 = 5;
+/// Retries, and time for them, of the HEAD request asking whether the bucket exists.
+const PROBE_RETRIES: usize = 1;
+const PROBE_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Static AWS credentials. `Debug` shows the access key id only.
 #[derive(Clone, PartialEq, Eq)]
@@ -141,6 +144,8 @@ impl Default for S3Options {
 /// A [`FragmentStore`] in an S3 bucket, under a key prefix.
 pub struct S3Store {
     s3: AmazonS3,
+    /// The same client with fewer retries, for [`S3Store::bucket_missing`].
+    probe: AmazonS3,
     bucket: String,
     /// Key prefix without leading or trailing `/`; empty for the bucket root.
     prefix: String,
@@ -216,11 +221,22 @@ impl S3Store {
             retry_timeout: options.retry_timeout,
             ..RetryConfig::default()
         };
+        let builder = builder.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{}ms", options.request_timeout.as_millis()),
+        );
+        // The bucket probe only explains an error already in hand: one retry, briefly,
+        // so that a struggling service does not double the time to report it.
+        let probe = builder
+            .clone()
+            .with_retry(RetryConfig {
+                max_retries: options.max_retries.min(PROBE_RETRIES),
+                retry_timeout: options.retry_timeout.min(PROBE_RETRY_TIMEOUT),
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| invalid("configuration", &e))?;
         let s3 = builder
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                format!("{}ms", options.request_timeout.as_millis()),
-            )
             .with_retry(retry)
             .build()
             .map_err(|e| invalid("configuration", &e))?;
@@ -228,6 +244,7 @@ impl S3Store {
         let max_concurrency = options.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         Ok(S3Store {
             s3,
+            probe,
             bucket,
             prefix,
             permits: Semaphore::new(max_concurrency),
@@ -247,9 +264,9 @@ impl S3Store {
         &self.prefix
     }
 
-    /// Makes one listing request under the prefix, so that a missing bucket, a wrong
-    /// endpoint or bad credentials fail here with a clear error rather than on the first
-    /// read. Errors: [`FragmentError::Backend`] with operation `check` (a missing bucket
+    /// Makes one listing request under the prefix (and, if it fails with an error
+    /// response, a HEAD request on the bucket), so that a missing bucket, a wrong endpoint
+    /// or bad credentials fail here with a clear error rather than on the first read. Errors: [`FragmentError::Backend`] with operation `check` (a missing bucket
     /// says so).
     pub async fn check(&self) -> Result<()> {
         let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
@@ -346,7 +363,7 @@ impl S3Store {
             return false;
         };
         matches!(
-            self.s3.head(&Path::default()).await,
+            self.probe.head(&Path::default()).await,
             Err(object_store::Error::NotFound { .. })
         )
     }
