@@ -9,7 +9,7 @@
 //! which costs little because only very rare symbols are affected.
 
 /// Longest code; bounds the decode table to `2^11` entries (4 KiB, in L1).
-pub const MAX_CODE_LEN: u32 = 11;
+pub(crate) const MAX_CODE_LEN: u32 = 11;
 const TABLE_BITS_MASK: u64 = (1 << MAX_CODE_LEN) - 1;
 const TABLE_SIZE: usize = 1 << MAX_CODE_LEN;
 const STREAMS: usize = 4;
@@ -17,10 +17,10 @@ const STREAMS: usize = 4;
 const PER_REFILL: usize = 5;
 
 /// Byte frequencies.
-pub type Histogram = [u32; 256];
+pub(crate) type Histogram = [u32; 256];
 
 /// Counts bytes, with four sub-histograms so repeated bytes do not serialise on one counter.
-pub fn histogram(data: &[u8]) -> Histogram {
+pub(crate) fn histogram(data: &[u8]) -> Histogram {
     let mut h = [[0u32; 256]; 4];
     let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
@@ -40,7 +40,7 @@ pub fn histogram(data: &[u8]) -> Histogram {
 }
 
 /// Order-0 entropy of `hist` in bytes, rounded up: a lower bound on the coded size.
-pub fn entropy_bytes(hist: &Histogram) -> usize {
+pub(crate) fn entropy_bytes(hist: &Histogram) -> usize {
     let total: u64 = hist.iter().map(|&c| u64::from(c)).sum();
     if total == 0 {
         return 0;
@@ -151,7 +151,7 @@ fn segments(n: usize) -> [std::ops::Range<usize>; STREAMS] {
 }
 
 /// Appends the Huffman body of `data` to `out`.
-pub fn encode(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn encode(data: &[u8], out: &mut Vec<u8>) {
     let ranges = segments(data.len());
     let seg_hists = ranges.clone().map(|r| histogram(&data[r]));
     let mut hist = [0u32; 256];
@@ -302,7 +302,7 @@ fn decode_group(table: &[u16; TABLE_SIZE], data: &[u8], bitpos: usize, out: &mut
 
 /// Decodes a Huffman body into `out`, which it fills exactly; `out.len()` is the symbol
 /// count. Errors describe what is malformed.
-pub fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
     let (&max_symbol, rest) = body.split_first().ok_or("empty huffman body")?;
     let nibble_bytes = (usize::from(max_symbol) + 2) / 2;
     let (packed, rest) = rest

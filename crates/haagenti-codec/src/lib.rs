@@ -17,6 +17,8 @@
 //! On dense bf16 weights it reaches the entropy of the exponent plane (about 1.5x) at
 //! GB/s speeds on one core; see the crate's benchmark in `haagenti-bench`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod huffman;
 #[cfg(feature = "lz4")]
 mod lz4;
@@ -36,7 +38,9 @@ pub use planes_codec::{PLANES_CODEC_TAG, PLANES_FORMAT_VERSION, PlanesCodec};
 #[cfg(feature = "zstd")]
 pub use zstd_codec::{ZSTD_CODEC_TAG, ZstdCodec};
 
-/// Every codec compiled into this build, for reading; [`PlanesCodec`] writes.
+/// A registry of every codec compiled into this build, for reading (raw, LZ4 and zstd
+/// with their features, planes), with [`PlanesCodec`] as the encoder. A fragment written
+/// by a codec this build lacks (its feature off) finds no codec for its tag.
 pub fn default_registry() -> CodecRegistry {
     let registry = CodecRegistry::default();
     #[cfg(feature = "lz4")]

@@ -6,11 +6,12 @@ use haagenti_core::{Codec, EncodeHint, FragmentError, Result};
 
 use crate::decode_appending;
 
-/// LZ4 block compression: fast, modest ratio; no entropy coding.
+/// LZ4 block compression: fast, modest ratio; no entropy coding. The block must decode
+/// to exactly the declared length.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Lz4Codec;
 
-/// Tag of [`Lz4Codec`].
+/// Codec tag of [`Lz4Codec`], stored with every fragment it encodes (never reused).
 pub const LZ4_CODEC_TAG: CodecTag = 1;
 
 impl Codec for Lz4Codec {

@@ -15,7 +15,7 @@ use haagenti_core::Dtype;
 const BLOCK: usize = 4096;
 
 /// How a dtype's elements are split: `(width, rotate)`; width 1 means no split.
-pub fn layout_for(dtype: Option<Dtype>) -> (usize, bool) {
+pub(crate) fn layout_for(dtype: Option<Dtype>) -> (usize, bool) {
     match dtype {
         None => (1, false),
         Some(d) => (d.size(), matches!(d, Dtype::BF16 | Dtype::F32)),
@@ -24,7 +24,7 @@ pub fn layout_for(dtype: Option<Dtype>) -> (usize, bool) {
 
 /// Writes the planes of the `planes.len() / width` whole elements at the start of
 /// `input` into `planes`, plane after plane. `width` must be 1, 2, 4 or 8.
-pub fn split(input: &[u8], width: usize, rotate: bool, planes: &mut [u8]) {
+pub(crate) fn split(input: &[u8], width: usize, rotate: bool, planes: &mut [u8]) {
     match (width, rotate) {
         (2, false) => split_2::<0>(input, planes),
         (2, true) => split_2::<1>(input, planes),
@@ -36,7 +36,7 @@ pub fn split(input: &[u8], width: usize, rotate: bool, planes: &mut [u8]) {
 }
 
 /// Inverse of [`split`]: interleaves `planes` back into `out` (same length).
-pub fn merge(planes: &[u8], width: usize, rotate: bool, out: &mut [u8]) {
+pub(crate) fn merge(planes: &[u8], width: usize, rotate: bool, out: &mut [u8]) {
     match (width, rotate) {
         (2, false) => merge_2::<0>(planes, out),
         (2, true) => merge_2::<1>(planes, out),

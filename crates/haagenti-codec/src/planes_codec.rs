@@ -71,13 +71,16 @@ use crate::huffman::{self, Histogram};
 use crate::{decode_appending, planes};
 
 /// Byte planes with a per-plane entropy coder or LZ coder; the library's default encoder.
+/// The element width comes from the hint's dtype (none: one plane) and the effort from its
+/// [`CodecPolicy`]; see the module docs for the format and the choices.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanesCodec;
 
-/// Tag of [`PlanesCodec`].
+/// Codec tag of [`PlanesCodec`], stored with every fragment it encodes (never reused).
 pub const PLANES_CODEC_TAG: CodecTag = 3;
 
-/// Version byte at the start of every [`PlanesCodec`] payload.
+/// Version byte at the start of every [`PlanesCodec`] payload (see the module docs for the
+/// format); decoding a payload of any other version fails with a codec error.
 pub const PLANES_FORMAT_VERSION: u8 = 1;
 
 const LAYOUT_PLAIN: u8 = 0;

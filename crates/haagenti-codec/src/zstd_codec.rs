@@ -6,14 +6,15 @@ use haagenti_core::{Codec, EncodeHint, FragmentError, Result};
 
 use crate::decode_appending;
 
-/// zstd at a fixed level over the raw bytes.
+/// zstd at a fixed level over the raw bytes. Decoding needs no level: any zstd frame
+/// decodes, and the output must be exactly the declared length.
 #[derive(Clone, Copy, Debug)]
 pub struct ZstdCodec {
     /// Compression level used by `encode` (1..=22; zstd clamps out-of-range values).
     pub level: i32,
 }
 
-/// Tag of [`ZstdCodec`].
+/// Codec tag of [`ZstdCodec`], stored with every fragment it encodes (never reused).
 pub const ZSTD_CODEC_TAG: CodecTag = 2;
 
 impl Default for ZstdCodec {

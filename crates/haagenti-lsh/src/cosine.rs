@@ -4,7 +4,7 @@
 //! # Algorithm (scheme tag 1, frozen: changing any step needs a new tag)
 //!
 //! Let `x` be the fragment's `n` values (decoded to f32; non-finite values count as 0) and
-//! `K = 1024` ([`SKETCH_DIM`]).
+//! `K = 1024`.
 //!
 //! 1. **Count-sketch.** Element `i` lies in row `r = i / K` at column `j = i % K`. Each row
 //!    has a pseudo-random sign `t_r` and rotation `h_r` (a multiple of 8), both derived
@@ -13,7 +13,7 @@
 //!    from the same tensor position (aligned indices) sketch comparably whatever their
 //!    dtype. Whole rows are added with contiguous, vectorisable loops; the rotation
 //!    spreads a tensor's outlier columns over the buckets. Fragments of more than 64 full
-//!    rows ([`SAMPLED_ROWS`]) are sampled: full row `r` of `R` is used when a fixed hash
+//!    rows are sampled: full row `r` of `R` is used when a fixed hash
 //!    of `r` falls below `64 / R`, so the cost per fragment is bounded (about 65536
 //!    elements) and fragments of equal length see the same rows. The last, partial row is
 //!    always used.
@@ -21,7 +21,7 @@
 //!    exact because the sketch is linear), so the estimate is the cosine of the
 //!    mean-removed values (the Pearson correlation). Without it every LayerNorm weight
 //!    (about 1.0 everywhere) would look like every other one. Fragments whose values are
-//!    (nearly) constant, or with fewer than [`MIN_ELEMENTS`] elements, get no signature.
+//!    (nearly) constant, or with fewer than 64 elements, get no signature.
 //! 3. **Hyperplanes.** The centred sketch is multiplied by a fixed random ±1 diagonal and
 //!    transformed with a fast Walsh-Hadamard transform: each output is a random ±1
 //!    projection of the whole fragment, and the outputs are mutually orthogonal. Bit `k`
@@ -35,18 +35,19 @@ use haagenti_core::{Dtype, FragmentError, SchemeTag, Signature, SignatureScheme}
 
 use crate::{cosine_from_hamming, hamming, splitmix64};
 
-/// Scheme tag of [`CosineSketch`] signatures.
+/// Scheme tag of [`CosineSketch`] signatures, stored in every signature and index segment
+/// (part of the format: it never changes).
 pub const COSINE_SKETCH_TAG: SchemeTag = 1;
 
 /// Dimension of the count-sketch (and of the Walsh-Hadamard transform).
-pub const SKETCH_DIM: usize = 1024;
+const SKETCH_DIM: usize = 1024;
 
 /// Default signature length in bits.
-pub const DEFAULT_COSINE_BITS: usize = 256;
+pub(crate) const DEFAULT_COSINE_BITS: usize = 256;
 
 /// Fragments with fewer elements than this get no signature: short vectors have too few
 /// dimensions for a cosine to say anything.
-pub const MIN_ELEMENTS: usize = 64;
+const MIN_ELEMENTS: usize = 64;
 
 const ROW_SEED: u64 = 0x6861_6167_656e_7469; // "haagenti"
 const DIAG_SEED: u64 = 0x636f_7369_6e65_0001;
@@ -55,7 +56,7 @@ const SAMPLE_SEED: u64 = 0x636f_7369_6e65_0002;
 /// Fragments with more full rows than this are sampled (see the module docs): the cost
 /// per fragment is bounded by about `SAMPLED_ROWS * SKETCH_DIM` = 65536 elements, where
 /// the 256-bit SimHash's own noise already dominates the estimate.
-pub const SAMPLED_ROWS: usize = 64;
+const SAMPLED_ROWS: usize = 64;
 
 /// Values whose variance is below this fraction of their squared mean count as constant
 /// (well above the rounding noise of f32 accumulation, about 1e-14).
@@ -84,7 +85,10 @@ impl Default for CosineSketch {
 }
 
 impl CosineSketch {
-    /// A sketch producing `bits`-bit signatures: a multiple of 64 from 64 to [`SKETCH_DIM`].
+    /// A sketch producing `bits`-bit signatures: a multiple of 64 from 64 to 1024.
+    /// [`Default`] gives 256 bits, the length the library uses.
+    ///
+    /// Errors: [`FragmentError::InvalidInput`] for any other length.
     pub fn new(bits: usize) -> Result<Self, FragmentError> {
         if bits == 0 || bits % 64 != 0 || bits > SKETCH_DIM {
             return Err(FragmentError::InvalidInput(format!(

@@ -31,21 +31,21 @@ use haagenti_core::{
     SimilarityThreshold,
 };
 
-use crate::{
-    BYTE_MINHASH_TAG, COSINE_SKETCH_TAG, cosine_from_hamming, hamming, jaccard_from_hamming,
-};
+#[cfg(feature = "experimental")]
+use crate::{BYTE_MINHASH_TAG, jaccard_from_hamming};
+use crate::{COSINE_SKETCH_TAG, cosine_from_hamming, hamming};
 
 /// Default number of bands (the crate README has the measurements behind 16 x 16).
-pub const DEFAULT_BANDS: u32 = 16;
+const DEFAULT_BANDS: u32 = 16;
 /// Default number of signature bits per band.
-pub const DEFAULT_ROWS: u32 = 16;
+const DEFAULT_ROWS: u32 = 16;
 
-/// Magic bytes opening every index segment.
+/// Magic bytes opening every index segment (see the module docs for the format).
 pub const SEGMENT_MAGIC: [u8; 8] = *b"HGLSHIDX";
 /// Segment format version written and read by this build.
 pub const SEGMENT_VERSION: u8 = 1;
 /// Longest signature a segment or index accepts, in bits.
-pub const MAX_SEGMENT_BITS: u32 = 4096;
+const MAX_SEGMENT_BITS: u32 = 4096;
 
 const HEADER_LEN: usize = 8 + 1 + 2 + 2 + 4;
 const CHECKSUM_LEN: usize = 8;
@@ -60,9 +60,10 @@ const MIN_REBUILD: usize = 2048;
 /// Parameters of a [`SimilarityIndex`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
-    /// Scheme of every signature in the index ([`COSINE_SKETCH_TAG`] or [`BYTE_MINHASH_TAG`]).
+    /// Scheme of every signature in the index: [`COSINE_SKETCH_TAG`], or with the
+    /// `experimental` feature `BYTE_MINHASH_TAG`.
     pub scheme: SchemeTag,
-    /// Signature length in bits, a multiple of 64.
+    /// Signature length in bits, a multiple of 64 up to 4096.
     pub bits: u32,
     /// Number of bands.
     pub bands: u32,
@@ -75,23 +76,28 @@ impl IndexConfig {
     pub fn cosine() -> Self {
         Self {
             scheme: COSINE_SKETCH_TAG,
-            bits: crate::DEFAULT_COSINE_BITS as u32,
+            bits: crate::cosine::DEFAULT_COSINE_BITS as u32,
             bands: DEFAULT_BANDS,
             rows: DEFAULT_ROWS,
         }
     }
 
     /// Default configuration for [`crate::ByteMinHash`] signatures (256 bits, 16 x 16).
+    /// Experimental, like them.
+    #[cfg(feature = "experimental")]
     pub fn minhash() -> Self {
         Self {
             scheme: BYTE_MINHASH_TAG,
-            bits: crate::DEFAULT_MINHASH_BITS as u32,
+            bits: crate::minhash::DEFAULT_MINHASH_BITS as u32,
             bands: DEFAULT_BANDS,
             rows: DEFAULT_ROWS,
         }
     }
 
-    /// Checks the parameters.
+    /// Checks the parameters: a scheme this build knows, `bits` a multiple of 64 up to
+    /// 4096, `rows` 1 to 32, at least one band, `bands * rows <= bits`.
+    ///
+    /// Errors: [`FragmentError::InvalidInput`] naming the broken rule.
     pub fn validate(&self) -> Result<()> {
         let bad = |why: &str| {
             Err(FragmentError::InvalidInput(format!(
@@ -122,6 +128,7 @@ impl IndexConfig {
 fn estimator(scheme: SchemeTag) -> Option<fn(u32, usize) -> f32> {
     match scheme {
         COSINE_SKETCH_TAG => Some(cosine_from_hamming),
+        #[cfg(feature = "experimental")]
         BYTE_MINHASH_TAG => Some(jaccard_from_hamming),
         _ => None,
     }

@@ -1,30 +1,33 @@
-//! haagenti-lsh: signature schemes over decoded tensor values ([`CosineSketch`], a SimHash
-//! through a count-sketch) and over blob bytes ([`ByteMinHash`]), and a banded LSH
-//! [`SimilarityIndex`] that persists as immutable segments.
+//! haagenti-lsh: locality-sensitive signatures over decoded tensor values
+//! ([`CosineSketch`], a SimHash through a count-sketch) and a banded LSH
+//! [`SimilarityIndex`] that persists as immutable, checksummed segments;
+//! [`cosine_similarity`] is the setup the library uses.
 //!
 //! Pure computation: this crate never does I/O. A signature only nominates candidates; the
 //! library decides what to store by comparing real bytes.
 //!
-//! Both schemes produce bit signatures in which two unrelated inputs agree on about half of
-//! the bits, so one index design (bands of consecutive bits) serves both; only the mapping
-//! from Hamming distance to similarity differs ([`cosine_from_hamming`],
-//! [`jaccard_from_hamming`]).
+//! With the `experimental` feature, a second scheme over blob bytes (`ByteMinHash`), which
+//! ingest does not use yet. Both schemes produce bit signatures in which two unrelated
+//! inputs agree on about half of the bits, so one index design (bands of consecutive bits)
+//! serves both; only the mapping from Hamming distance to similarity differs
+//! ([`cosine_from_hamming`], and `jaccard_from_hamming` for MinHash).
+
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod cosine;
 pub mod index;
+#[cfg(feature = "experimental")]
 pub mod minhash;
 
-pub use cosine::{COSINE_SKETCH_TAG, CosineSketch, DEFAULT_COSINE_BITS, MIN_ELEMENTS, SKETCH_DIM};
-pub use index::{
-    DEFAULT_BANDS, DEFAULT_ROWS, IndexConfig, MAX_SEGMENT_BITS, SEGMENT_MAGIC, SEGMENT_VERSION,
-    SegmentWriter, SimilarityIndex,
-};
-pub use minhash::{
-    BYTE_MINHASH_TAG, ByteMinHash, DEFAULT_MINHASH_BITS, MAX_MINHASH_BITS, MIN_BLOB_LEN, SCAN_END,
-};
+pub use cosine::{COSINE_SKETCH_TAG, CosineSketch};
+pub use index::{IndexConfig, SEGMENT_MAGIC, SEGMENT_VERSION, SegmentWriter, SimilarityIndex};
+#[cfg(feature = "experimental")]
+pub use minhash::{BYTE_MINHASH_TAG, ByteMinHash};
 
 /// The similarity setup the library uses by default: [`CosineSketch`] signatures (256
-/// bits) in a [`SimilarityIndex`] with 16 bands of 16 bits.
+/// bits) in a [`SimilarityIndex`] with 16 bands of 16 bits ([`IndexConfig::cosine`]).
+/// The similarity threshold is not part of it: that is the library's option
+/// (`haagenti_core::DEFAULT_SIMILARITY_THRESHOLD`, 0.97).
 pub fn cosine_similarity() -> haagenti_core::Similarity {
     haagenti_core::Similarity {
         scheme: std::sync::Arc::new(CosineSketch::default()),
@@ -38,12 +41,13 @@ pub fn cosine_similarity() -> haagenti_core::Similarity {
     }
 }
 
-/// Number of differing bits between two equally long bit vectors.
+/// Number of differing bits between two bit vectors (over the shorter one's words).
 pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
-/// Cosine estimate of a SimHash pair: `cos(pi * hamming / bits)`.
+/// Cosine estimate of a SimHash pair differing in `hamming` of `bits` bits:
+/// `cos(pi * hamming / bits)`, in `[-1, 1]` (0 when `bits` is 0).
 pub fn cosine_from_hamming(hamming: u32, bits: usize) -> f32 {
     if bits == 0 {
         return 0.0;
@@ -52,7 +56,9 @@ pub fn cosine_from_hamming(hamming: u32, bits: usize) -> f32 {
 }
 
 /// Jaccard estimate of a 1-bit MinHash pair: `1 - 2 * hamming / bits` (unrelated inputs
-/// agree on half the bits by chance; the estimate can dip below 0 for them).
+/// agree on half the bits by chance; the estimate can dip below 0 for them). Experimental,
+/// like `ByteMinHash`.
+#[cfg(feature = "experimental")]
 pub fn jaccard_from_hamming(hamming: u32, bits: usize) -> f32 {
     if bits == 0 {
         return 0.0;

@@ -1,5 +1,11 @@
 //! [`ByteMinHash`]: a 1-bit MinHash of blob bytes over anchored shingles.
 //!
+//! **Experimental** (cargo feature `experimental`, off by default): ingest does not use
+//! it yet. Blob fragments (content-defined chunks of non-tensor files) are stored and
+//! deduplicated by hash but not indexed for similarity, so nothing in the library
+//! computes these signatures; the scheme is here, frozen and tested, for when they are.
+//! The benchmark measures it.
+//!
 //! # Algorithm (scheme tag 2, frozen: changing any step needs a new tag)
 //!
 //! 1. **Anchored shingles.** Position `q` is an *anchor* when the 8 bytes from `q` (a
@@ -15,8 +21,7 @@
 //!    bucket's minimum. Two blobs with Jaccard similarity `J` over their shingle sets agree
 //!    on a bit with probability `(1 + J) / 2`, so `J` is estimated as `1 - 2 * hamming / bits`.
 //!
-//! Blobs longer than 64 KiB are sketched from their first and last 32 KiB
-//! ([`SCAN_END`]) only, which bounds the cost per blob. Blob fragments are content-defined
+//! Blobs longer than 64 KiB are sketched from their first and last 32 KiB only, which bounds the cost per blob. Blob fragments are content-defined
 //! chunks, so their ends are content-defined too and comparable between related chunks;
 //! an edit in the middle of a long chunk is invisible to the signature (it then looks
 //! identical, and the real bytes decide).
@@ -28,27 +33,31 @@ use haagenti_core::{Dtype, FragmentError, SchemeTag, Signature, SignatureScheme}
 
 use crate::{hamming, jaccard_from_hamming, splitmix64};
 
-/// Scheme tag of [`ByteMinHash`] signatures.
+/// Scheme tag of [`ByteMinHash`] signatures (part of the format: it never changes).
 pub const BYTE_MINHASH_TAG: SchemeTag = 2;
 
 /// Default signature length in bits (= MinHash buckets).
-pub const DEFAULT_MINHASH_BITS: usize = 256;
+pub(crate) const DEFAULT_MINHASH_BITS: usize = 256;
 
 /// Largest signature length in bits.
-pub const MAX_MINHASH_BITS: usize = 4096;
+const MAX_MINHASH_BITS: usize = 4096;
 
 /// Blobs shorter than this get no signature (nor do blobs without any anchor).
-pub const MIN_BLOB_LEN: usize = 64;
+const MIN_BLOB_LEN: usize = 64;
 
 /// Blobs longer than twice this are sketched from their first and last `SCAN_END` bytes.
-pub const SCAN_END: usize = 32 << 10;
+const SCAN_END: usize = 32 << 10;
 
 const ANCHOR_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 const SHINGLE_MUL: u64 = 0xff51_afd7_ed55_8ccd;
 const EMPTY: u64 = u64::MAX;
 
-/// 1-bit one-permutation MinHash over anchored shingles of blob bytes. See the module
-/// documentation for the exact algorithm.
+/// 1-bit one-permutation MinHash over anchored shingles of blob bytes, estimating the
+/// Jaccard similarity of two blobs' shingle sets. See the module documentation for the
+/// exact algorithm.
+///
+/// Experimental: ingest does not index blob chunks yet, so the library never uses it
+/// (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct ByteMinHash {
     bits: usize,
@@ -61,8 +70,10 @@ impl Default for ByteMinHash {
 }
 
 impl ByteMinHash {
-    /// A MinHash producing `bits`-bit signatures: a power of two from 64 to
-    /// [`MAX_MINHASH_BITS`].
+    /// A MinHash producing `bits`-bit signatures: a power of two from 64 to 4096.
+    /// [`Default`] gives 256 bits.
+    ///
+    /// Errors: [`FragmentError::InvalidInput`] for any other length.
     pub fn new(bits: usize) -> Result<Self, FragmentError> {
         if !(64..=MAX_MINHASH_BITS).contains(&bits) || !bits.is_power_of_two() {
             return Err(FragmentError::InvalidInput(format!(
@@ -91,7 +102,7 @@ impl SignatureScheme for ByteMinHash {
         "byte-minhash"
     }
 
-    /// Works on the bytes whatever `dtype` says; `None` below [`MIN_BLOB_LEN`] bytes.
+    /// Works on the bytes whatever `dtype` says; `None` below 64 bytes.
     fn signature(&self, data: &[u8], _dtype: Option<Dtype>) -> Option<Signature> {
         if data.len() < MIN_BLOB_LEN {
             return None;

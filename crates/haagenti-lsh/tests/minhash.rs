@@ -1,5 +1,7 @@
 //! ByteMinHash: similarity of edited blobs, unrelated blobs, golden bits, robustness.
+//! Experimental: `cargo test -p haagenti-lsh --features experimental`.
 
+#![cfg(feature = "experimental")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use haagenti_core::synth::Rng;

@@ -1,11 +1,32 @@
-//! haagenti-store-fs: a [`FragmentStore`] on a local filesystem.
+//! haagenti-store-fs: [`FsStore`], a [`FragmentStore`] in a local directory.
 //!
 //! Each object is one file at `ROOT/<key>` (fragment keys are already sharded by id
-//! prefix). Writes are atomic and create-only: the bytes go to a temporary file under
-//! `ROOT/tmp/`, are fsynced, and are published with a hard link, which fails if the
-//! destination exists; then the directory is fsynced (and, when the put created
-//! directories, each directory that gained an entry). No global index file exists, so
-//! any number of processes can write into one library at once.
+//! prefix, so no directory grows past a few thousand entries). No global index file
+//! exists, so any number of threads and processes can write into one store at once.
+//!
+//! # The store contract, as the filesystem keeps it
+//!
+//! * **Create-only, atomic puts.** The bytes go to a temporary file under `ROOT/tmp/`
+//!   and are published with a hard link, which fails if the destination exists: of
+//!   concurrent writers of one key exactly one gets [`PutOutcome::Created`], and readers
+//!   see the whole object or none. A put finding the key taken writes nothing and answers
+//!   [`PutOutcome::AlreadyExists`]. Leftover temporary files of a crashed writer are
+//!   swept by the library's gc.
+//! * **Durability** (unless [`FsStore::without_sync`]): the file is fsynced before it is
+//!   published and its directory after, as is each directory a put created, so an object
+//!   a put reported survives a power cut. Nothing spanning several objects is atomic.
+//! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
+//!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
+//!   (editor backups, …).
+//!
+//! # Errors
+//!
+//! Any other failure is [`FragmentError::Io`] naming the operation and the file, with the
+//! operating system's error as its source (a full disk, for example, fails a put with
+//! the system's no-space error); a panicked blocking task is
+//! [`FragmentError::TaskFailed`].
+
+#![warn(missing_docs, unreachable_pub)]
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,7 +39,8 @@ use bytes::Bytes;
 use haagenti_core::store::TMP_PREFIX;
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
 
-/// A store rooted at a directory.
+/// A [`FragmentStore`] rooted at a directory; see the crate docs for its guarantees.
+/// Blocking file I/O runs on tokio's blocking pool, so calls need a tokio runtime.
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,
@@ -26,7 +48,10 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Opens (creating if needed) a store at `root`.
+    /// Opens a store at `root`, creating the directory (and `root/tmp/`) if needed. The
+    /// store syncs to disk; see [`FsStore::without_sync`].
+    ///
+    /// Errors: [`FragmentError::Io`] when the directories cannot be created.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(root.join(TMP_PREFIX))
@@ -40,12 +65,9 @@ impl FsStore {
         self
     }
 
+    /// The store's directory, as given to [`FsStore::open`].
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    fn path(&self, key: &ObjectKey) -> PathBuf {
-        self.root.join(key.as_str())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -289,12 +311,5 @@ impl FragmentStore for FsStore {
 
     fn location(&self) -> String {
         self.root.display().to_string()
-    }
-}
-
-impl FsStore {
-    /// The file behind `key` (tests use it to damage objects on purpose).
-    pub fn object_path(&self, key: &ObjectKey) -> PathBuf {
-        self.path(key)
     }
 }

@@ -1,29 +1,53 @@
-//! haagenti-store-s3: a [`FragmentStore`] on S3-compatible object storage (AWS S3, MinIO,
-//! Cloudflare R2, Ceph, moto), built on Apache Arrow's `object_store`.
+//! haagenti-store-s3: [`S3Store`], a [`FragmentStore`] on S3-compatible object storage
+//! (AWS S3, MinIO, Cloudflare R2, Ceph, moto), built on Apache Arrow's `object_store`.
 //!
 //! A store is a bucket plus an optional key prefix: `s3://bucket/some/prefix`. Object key
 //! `fragments/ab/cd/…` lives at `some/prefix/fragments/ab/cd/…` in the bucket.
 //!
-//! * Puts are create-only. Objects up to [`S3Options::multipart_threshold`] go up in one
-//!   request with `If-None-Match: *` (`PutMode::Create`), so of concurrent writers of one
-//!   key exactly one gets [`PutOutcome::Created`]. Larger objects use a multipart upload,
-//!   which S3 cannot make conditional: the store checks with HEAD first, and a racing
-//!   writer may overwrite. Keys are content addresses, so an overwrite writes the same bytes.
+//! # The store contract, as S3 keeps it
+//!
+//! * **Create-only puts.** Objects up to [`S3Options::multipart_threshold`] bytes go up in
+//!   one request with `If-None-Match: *`, so of concurrent writers of one key exactly one
+//!   gets [`PutOutcome::Created`] and the others [`PutOutcome::AlreadyExists`]. Larger
+//!   objects use a multipart upload, which S3 cannot make conditional: the store checks
+//!   with HEAD first, and a racing writer may overwrite. Keys are content addresses, so
+//!   an overwrite writes the same bytes.
+//! * **Atomicity.** S3 makes every object visible whole or not at all (a multipart upload
+//!   when it completes): readers never see a partial object. Nothing spanning several
+//!   objects is atomic.
+//! * **Consistency** is the service's: AWS S3 reads and lists what was written before
+//!   (since December 2020); some S3-compatible services are weaker.
 //! * At most [`S3Options::max_concurrency`] requests of one store are in flight.
-//! * Transient failures (5xx, 429, timeouts, connection errors) are retried with
+//!   Transient failures (5xx, 429, timeouts, connection errors) are retried with
 //!   exponential backoff by `object_store`'s retry layer.
-//! * Errors are [`FragmentError::Backend`] naming `s3://bucket/prefix/key` and the
-//!   operation, or [`FragmentError::NotFound`] for a missing object. A missing bucket is a
-//!   backend error, except for `head`, which cannot tell (a HEAD response has no body) and
-//!   answers `None`: [`S3Store::check`] tells a missing bucket apart.
-//! * Credentials: [`S3Options::credentials`], else the standard `AWS_*` environment
-//!   variables, else the `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and
-//!   `~/.aws/config`, else web identity, container or instance credentials.
+//!
+//! # Errors
+//!
+//! * A missing object: [`FragmentError::NotFound`] from `get`, `get_range`; `None` from
+//!   `head`; success from `delete`.
+//! * A missing bucket: [`FragmentError::Backend`] whose reason says the bucket does not
+//!   exist, from every operation except `head`, which answers `None` (S3 answers 404 for
+//!   both and only its response body, which `object_store` does not expose, says which:
+//!   the store asks the bucket itself with a HEAD request when a 404 or an unexplained
+//!   error response could mean it). [`S3Store::check`] reports a missing bucket up front.
+//! * Everything else: [`FragmentError::Backend`] naming `s3://bucket/prefix/key` and the
+//!   operation, with a one-line reason (the HTTP status class, or why no response came)
+//!   and the original `object_store` error as its source. Reasons never hold
+//!   credentials or the service's response document.
+//!
+//! # Credentials
+//!
+//! [`S3Options::credentials`], else the standard `AWS_*` environment variables, else the
+//! `AWS_PROFILE` (or `default`) profile of `~/.aws/credentials` and `~/.aws/config`, else
+//! web identity, container or instance credentials.
+
+#![warn(missing_docs, unreachable_pub)]
 
 mod profile;
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -32,6 +56,7 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt, stream};
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
 use object_store::{
     ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
@@ -45,12 +70,18 @@ const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PARTS: usize = 10_000;
 /// Attempts of a create-only put that meets a concurrent conditional write (HTTP 409).
 const CONFLICT_ATTEMPTS: u32 = 5;
+/// Retries, and time for them, of the HEAD request asking whether the bucket exists.
+const PROBE_RETRIES: usize = 1;
+const PROBE_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Static AWS credentials.
+/// Static AWS credentials. `Debug` shows the access key id only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct S3Credentials {
+    /// Access key id (`AKIA…`); not secret.
     pub access_key_id: String,
+    /// Secret access key.
     pub secret_access_key: String,
+    /// Session token of temporary credentials.
     pub session_token: Option<String>,
 }
 
@@ -78,17 +109,19 @@ pub struct S3Options {
     pub region: Option<String>,
     /// `None`: the standard AWS environment, profile files and instance credentials.
     pub credentials: Option<S3Credentials>,
-    /// Requests of this store in flight at once (at least 1).
+    /// Requests of this store in flight at once (at least 1; default 16).
     pub max_concurrency: usize,
-    /// Objects larger than this many bytes go up as multipart uploads.
+    /// Objects larger than this many bytes go up as multipart uploads, which are not
+    /// create-only against concurrent writers (default 8 MiB).
     pub multipart_threshold: usize,
-    /// Size of a multipart part (raised to S3's 5 MiB minimum and to fit 10 000 parts).
+    /// Size of a multipart part in bytes, raised to S3's 5 MiB minimum and to fit S3's
+    /// 10 000 parts (default 8 MiB).
     pub part_size: usize,
-    /// Retries of a request failing transiently.
+    /// Retries of a request failing transiently (default 10).
     pub max_retries: usize,
-    /// No retry starts later than this after a request's first attempt.
+    /// No retry starts later than this after a request's first attempt (default 180 s).
     pub retry_timeout: Duration,
-    /// Timeout of one HTTP request, body included.
+    /// Timeout of one HTTP request, body included (default 120 s).
     pub request_timeout: Duration,
 }
 
@@ -111,6 +144,8 @@ impl Default for S3Options {
 /// A [`FragmentStore`] in an S3 bucket, under a key prefix.
 pub struct S3Store {
     s3: AmazonS3,
+    /// The same client with fewer retries, for [`S3Store::bucket_missing`].
+    probe: AmazonS3,
     bucket: String,
     /// Key prefix without leading or trailing `/`; empty for the bucket root.
     prefix: String,
@@ -129,6 +164,10 @@ impl fmt::Debug for S3Store {
 impl S3Store {
     /// Opens `s3://bucket/optional/prefix`. Performs no network request: a wrong bucket or
     /// credentials show up on the first operation (or call [`S3Store::check`]).
+    ///
+    /// Errors: [`FragmentError::InvalidInput`] for a malformed URL (bucket names are 3 to
+    /// 63 characters of `a-z 0-9 . -`; the prefix follows the rules of object keys) or a
+    /// configuration `object_store` rejects.
     pub fn from_url(url: &str, options: S3Options) -> Result<S3Store> {
         // TLS is rustls with the ring provider (see the workspace manifest); an error means
         // another provider was installed first, which serves as well.
@@ -182,11 +221,22 @@ impl S3Store {
             retry_timeout: options.retry_timeout,
             ..RetryConfig::default()
         };
+        let builder = builder.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{}ms", options.request_timeout.as_millis()),
+        );
+        // The bucket probe only explains an error already in hand: one retry, briefly,
+        // so that a struggling service does not double the time to report it.
+        let probe = builder
+            .clone()
+            .with_retry(RetryConfig {
+                max_retries: options.max_retries.min(PROBE_RETRIES),
+                retry_timeout: options.retry_timeout.min(PROBE_RETRY_TIMEOUT),
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| invalid("configuration", &e))?;
         let s3 = builder
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                format!("{}ms", options.request_timeout.as_millis()),
-            )
             .with_retry(retry)
             .build()
             .map_err(|e| invalid("configuration", &e))?;
@@ -194,6 +244,7 @@ impl S3Store {
         let max_concurrency = options.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         Ok(S3Store {
             s3,
+            probe,
             bucket,
             prefix,
             permits: Semaphore::new(max_concurrency),
@@ -213,16 +264,20 @@ impl S3Store {
         &self.prefix
     }
 
-    /// Makes one listing request, so that a missing bucket, a wrong endpoint or bad
-    /// credentials fail here with a clear error rather than on the first read.
+    /// Makes one listing request under the prefix (and, if it fails with an error
+    /// response, a HEAD request on the bucket), so that a missing bucket, a wrong endpoint
+    /// or bad credentials fail here with a clear error rather than on the first read. Errors: [`FragmentError::Backend`] with operation `check` (a missing bucket
+    /// says so).
     pub async fn check(&self) -> Result<()> {
-        let _permit = self.permit("check", "").await?;
         let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
-        self.s3
-            .list_with_delimiter(dir.as_ref())
-            .await
-            .map_err(|e| self.backend_error("check", "", &e))?;
-        Ok(())
+        let result = {
+            let _permit = self.permit("check", "").await?;
+            self.s3.list_with_delimiter(dir.as_ref()).await
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure("check", "", e).await),
+        }
     }
 
     /// Bucket path of a store key.
@@ -261,40 +316,71 @@ impl S3Store {
         FragmentError::backend(BACKEND, op, self.url(key), reason)
     }
 
-    /// Any `object_store` error as a backend error (even NotFound: used where a missing
-    /// object is not the question, so a 404 means a missing bucket).
-    fn backend_error(&self, op: &'static str, key: &str, e: &object_store::Error) -> FragmentError {
-        let mut reason = summarize(&e.to_string());
-        if reason.contains("NoSuchBucket") {
-            reason = format!("bucket {} does not exist ({reason})", self.bucket);
+    /// Any `object_store` error as a [`FragmentError::Backend`] keeping it as the source;
+    /// used where a missing object is not the question. An error that may mean a missing
+    /// bucket (an HTTP 404, or an error response object_store does not classify, as for
+    /// every failed listing) is checked with a HEAD request on the bucket.
+    async fn failure(&self, op: &'static str, key: &str, e: object_store::Error) -> FragmentError {
+        let class = classify(&e);
+        let reason =
+            if matches!(class, Class::Missing | Class::Response) && self.bucket_missing().await {
+                format!("bucket {} does not exist", self.bucket)
+            } else {
+                reason(class, &e)
+            };
+        FragmentError::Backend {
+            backend: BACKEND,
+            op,
+            key: self.url(key),
+            reason,
+            source: Some(Arc::new(e)),
         }
-        self.error(op, key, reason)
     }
 
-    /// A NotFound for a missing object, a backend error for everything else (a missing
-    /// bucket included: S3 says `NoSuchBucket` in the body of its 404).
-    fn object_error(&self, op: &'static str, key: &str, e: object_store::Error) -> FragmentError {
-        match &e {
-            object_store::Error::NotFound { .. } if !e.to_string().contains("NoSuchBucket") => {
-                FragmentError::NotFound {
-                    key: self.url(key),
-                    op,
-                }
-            }
-            _ => self.backend_error(op, key, &e),
+    /// [`FragmentError::NotFound`] for a missing object, a backend error for everything
+    /// else. S3 answers 404 both for a missing object and a missing bucket (only the XML
+    /// body tells them apart), so a 404 costs one HEAD request on the bucket.
+    async fn object_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: object_store::Error,
+    ) -> FragmentError {
+        if classify(&e) == Class::Missing && !self.bucket_missing().await {
+            return FragmentError::NotFound {
+                key: self.url(key),
+                op,
+            };
         }
+        self.failure(op, key, e).await
+    }
+
+    /// Whether a HEAD request on the bucket (S3's HeadBucket) answers 404. Any other
+    /// outcome (success, no permission to list the bucket, a network error) is not proof
+    /// of a missing bucket and answers `false`. Called without a request permit held.
+    async fn bucket_missing(&self) -> bool {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        matches!(
+            self.probe.head(&Path::default()).await,
+            Err(object_store::Error::NotFound { .. })
+        )
     }
 
     async fn head_path(&self, key: &ObjectKey, path: &Path) -> Result<Option<ObjectMeta>> {
-        let _permit = self.permit("head", key.as_str()).await?;
-        match self.s3.head(path).await {
+        let result = {
+            let _permit = self.permit("head", key.as_str()).await?;
+            self.s3.head(path).await
+        };
+        match result {
             Ok(meta) => Ok(Some(ObjectMeta {
                 key: key.clone(),
                 size: meta.size,
                 modified: SystemTime::from(meta.last_modified),
             })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.backend_error("head", key.as_str(), &e)),
+            Err(e) if classify(&e) == Class::Missing => Ok(None),
+            Err(e) => Err(self.failure("head", key.as_str(), e).await),
         }
     }
 
@@ -309,31 +395,32 @@ impl S3Store {
                 let options = PutOptions::from(PutMode::Create);
                 self.s3.put_opts(path, payload.clone(), options).await
             };
-            match result {
-                Ok(_) => return Ok(PutOutcome::Created),
-                // object_store maps 412 (and 304) to AlreadyExists wrapping its own error:
-                // the object exists.
-                Err(object_store::Error::AlreadyExists { source, .. })
-                    if source.downcast_ref::<object_store::Error>().is_some() =>
-                {
-                    return Ok(PutOutcome::AlreadyExists);
-                }
-                // A bare AlreadyExists is HTTP 409: S3's ConditionalRequestConflict, another
-                // conditional write of this key is in flight and may still fail. Try again
-                // until one of them settles the question.
-                Err(object_store::Error::AlreadyExists { .. }) if attempt < CONFLICT_ATTEMPTS => {
+            let Err(e) = result else {
+                return Ok(PutOutcome::Created);
+            };
+            match classify(&e) {
+                Class::Exists => return Ok(PutOutcome::AlreadyExists),
+                // S3's ConditionalRequestConflict: another conditional write of this key is
+                // in flight and may still fail. Try again until one of them settles it.
+                Class::Conflict if attempt < CONFLICT_ATTEMPTS => {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
-                Err(e) => return Err(self.backend_error("put", key.as_str(), &e)),
+                _ => return Err(self.failure("put", key.as_str(), e).await),
             }
         }
     }
 
     /// Sends one part of a multipart upload, holding a request permit.
     async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
-        let _permit = self.permit("put", key).await?;
-        part.await.map_err(|e| self.backend_error("put", key, &e))
+        let result = {
+            let _permit = self.permit("put", key).await?;
+            part.await
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure("put", key, e).await),
+        }
     }
 
     async fn put_multipart(
@@ -348,12 +435,13 @@ impl S3Store {
             return Ok(PutOutcome::AlreadyExists);
         }
         let k = key.as_str();
-        let mut upload = {
+        let started = {
             let _permit = self.permit("put", k).await?;
-            self.s3
-                .put_multipart(path)
-                .await
-                .map_err(|e| self.backend_error("put", k, &e))?
+            self.s3.put_multipart(path).await
+        };
+        let mut upload = match started {
+            Ok(upload) => upload,
+            Err(e) => return Err(self.failure("put", k, e).await),
         };
         let part_size = self.part_size.max(bytes.len().div_ceil(MAX_PARTS));
         // Parts are lazy futures numbered in creation order; each takes a permit while it
@@ -372,11 +460,14 @@ impl S3Store {
             .await;
         let completed = match uploaded {
             Ok(_) => {
-                let _permit = self.permit("put", k).await?;
-                upload
-                    .complete()
-                    .await
-                    .map_err(|e| self.backend_error("put", k, &e))
+                let result = {
+                    let _permit = self.permit("put", k).await?;
+                    upload.complete().await
+                };
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(self.failure("put", k, e).await),
+                }
             }
             Err(e) => Err(e),
         };
@@ -393,27 +484,105 @@ impl S3Store {
     }
 }
 
-/// An `object_store` error message with the S3 XML error document it may quote replaced
-/// by its `Code: Message`, on one line.
-fn summarize(message: &str) -> String {
-    let Some(xml_start) = message.find("<?xml") else {
-        return message.to_string();
+/// What an `object_store` error means to the store, from its structure only.
+///
+/// object_store turns an HTTP status into an error variant (404 `NotFound`, 409
+/// `AlreadyExists`, 412 `Precondition`, 304 `NotModified`, 403 `PermissionDenied`, 401
+/// `Unauthenticated`; any other status, and every failed listing, `Generic`), wraps the
+/// 412 or 304 of a create-only put in an `AlreadyExists` of its own, and keeps a request
+/// that got no response as an [`HttpError`] in the source chain. The S3 error code
+/// (`NoSuchKey`, `NoSuchBucket`, …) is only in the response body, which it does not
+/// expose: the store tells a missing bucket apart with a request of its own
+/// ([`S3Store::bucket_missing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// HTTP 404: the object, or the bucket.
+    Missing,
+    /// A create-only put found the object (HTTP 412 or 304).
+    Exists,
+    /// HTTP 409: another conditional write of the key is in flight.
+    Conflict,
+    /// HTTP 412 outside a create-only put.
+    Precondition,
+    /// HTTP 304 outside a create-only put.
+    NotModified,
+    /// HTTP 403.
+    Denied,
+    /// HTTP 401.
+    Unauthenticated,
+    /// No response: the request could not be sent or its response not be read.
+    Transport(HttpErrorKind),
+    /// Another error status, or a response object_store could not make sense of.
+    Response,
+    /// Not about a request: an unsupported operation, a bad path, a failed task.
+    Local,
+}
+
+fn classify(e: &object_store::Error) -> Class {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => Class::Missing,
+        E::AlreadyExists { source, .. } if source.downcast_ref::<E>().is_some() => Class::Exists,
+        E::AlreadyExists { .. } => Class::Conflict,
+        E::Precondition { .. } => Class::Precondition,
+        E::NotModified { .. } => Class::NotModified,
+        E::PermissionDenied { .. } => Class::Denied,
+        E::Unauthenticated { .. } => Class::Unauthenticated,
+        E::Generic { .. } => match transport_error(e) {
+            Some(http) => Class::Transport(http.kind()),
+            None => Class::Response,
+        },
+        _ => Class::Local,
+    }
+}
+
+/// The [`HttpError`] in `e`'s source chain, if the request got no response.
+fn transport_error(e: &object_store::Error) -> Option<&HttpError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(http) = c.downcast_ref::<HttpError>() {
+            return Some(http);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// The `reason` of a backend error: one line naming what happened, built from the error's
+/// class. The full error, with the service's response, stays the error's `source`.
+fn reason(class: Class, e: &object_store::Error) -> String {
+    let what = match class {
+        Class::Missing => "not found (HTTP 404)",
+        Class::Exists => "already exists (HTTP 412)",
+        Class::Conflict => "conflicting concurrent write (HTTP 409)",
+        Class::Precondition => "precondition failed (HTTP 412)",
+        Class::NotModified => "not modified (HTTP 304)",
+        Class::Denied => "access denied (HTTP 403)",
+        Class::Unauthenticated => "credentials rejected (HTTP 401)",
+        Class::Response => "the service answered with an error (its response is in the source)",
+        Class::Transport(kind) => {
+            let what = match kind {
+                HttpErrorKind::Connect => "could not connect",
+                HttpErrorKind::Timeout => "request timed out",
+                HttpErrorKind::Interrupted => "connection interrupted",
+                HttpErrorKind::Decode => "could not read the response",
+                _ => "request failed",
+            };
+            // reqwest's message, without the URL (object_store strips it).
+            return match transport_error(e).and_then(std::error::Error::source) {
+                Some(cause) => format!("{what}: {}", one_line(&cause.to_string())),
+                None => what.to_string(),
+            };
+        }
+        // These carry no response: their message is object_store's own, short.
+        Class::Local => return one_line(&e.to_string()),
     };
-    let tag = |name: &str| {
-        let open = format!("<{name}>");
-        let start = message.find(&open)? + open.len();
-        let len = message[start..].find(&format!("</{name}>"))?;
-        Some(message[start..start + len].trim().to_string())
-    };
-    let detail = match (tag("Code"), tag("Message")) {
-        (Some(code), Some(text)) => format!("{code}: {text}"),
-        (Some(code), None) => code,
-        _ => message[xml_start..]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-    };
-    format!("{}{detail}", &message[..xml_start])
+    what.to_string()
+}
+
+/// `text` on one line (whitespace runs, line breaks included, become one space).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn apply_credentials(builder: AmazonS3Builder, c: S3Credentials) -> AmazonS3Builder {
@@ -462,16 +631,17 @@ impl FragmentStore for S3Store {
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let k = key.as_str();
-        let _permit = self.permit("get", k).await?;
-        let result = self
-            .s3
-            .get(&self.path(k))
-            .await
-            .map_err(|e| self.object_error("get", k, e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| self.object_error("get", k, e))
+        let result = {
+            let _permit = self.permit("get", k).await?;
+            match self.s3.get(&self.path(k)).await {
+                Ok(response) => response.bytes().await,
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(self.object_error("get", k, e).await),
+        }
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
@@ -486,12 +656,12 @@ impl FragmentStore for S3Store {
             };
             match result {
                 Ok(bytes) => return Ok(bytes),
-                Err(e @ object_store::Error::NotFound { .. }) => {
-                    return Err(self.object_error("get", k, e));
+                Err(e) if classify(&e) == Class::Missing => {
+                    return Err(self.object_error("get", k, e).await);
                 }
                 Err(e) => match self.head_path(key, &path).await? {
                     Some(meta) if meta.size <= range.start => {}
-                    _ => return Err(self.backend_error("get", k, &e)),
+                    _ => return Err(self.failure("get", k, e).await),
                 },
             }
         } else if self.head_path(key, &path).await?.is_none() {
@@ -517,34 +687,51 @@ impl FragmentStore for S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        let _permit = self.permit("list", prefix).await?;
-        let mut objects = self.s3.list(dir.as_ref());
         let mut out = Vec::new();
-        while let Some(meta) = objects.next().await {
-            let meta = meta.map_err(|e| self.backend_error("list", prefix, &e))?;
-            let location = meta.location.as_ref();
-            if !location.starts_with(&full) {
-                continue;
+        let failed = {
+            let _permit = self.permit("list", prefix).await?;
+            let mut objects = self.s3.list(dir.as_ref());
+            let mut failed = None;
+            while let Some(meta) = objects.next().await {
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                let location = meta.location.as_ref();
+                if !location.starts_with(&full) {
+                    continue;
+                }
+                // Objects that are not valid keys were not written by a store; leave them.
+                let Some(Ok(key)) = location.strip_prefix(&strip).map(ObjectKey::new) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key,
+                    size: meta.size,
+                    modified: SystemTime::from(meta.last_modified),
+                });
             }
-            // Objects that are not valid keys were not written by a store; leave them be.
-            let Some(Ok(key)) = location.strip_prefix(&strip).map(ObjectKey::new) else {
-                continue;
-            };
-            out.push(ObjectMeta {
-                key,
-                size: meta.size,
-                modified: SystemTime::from(meta.last_modified),
-            });
+            failed
+        };
+        if let Some(e) = failed {
+            return Err(self.failure("list", prefix, e).await);
         }
         Ok(out)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let k = key.as_str();
-        let _permit = self.permit("delete", k).await?;
-        match self.s3.delete(&self.path(k)).await {
+        let result = {
+            let _permit = self.permit("delete", k).await?;
+            self.s3.delete(&self.path(k)).await
+        };
+        match result {
             Ok(()) => Ok(()),
-            Err(e) => match self.object_error("delete", k, e) {
+            // S3 answers 204 for a missing key; some services answer 404.
+            Err(e) => match self.object_error("delete", k, e).await {
                 FragmentError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
@@ -615,19 +802,153 @@ mod tests {
     }
 
     #[test]
-    fn s3_error_documents_are_summarized() {
-        let message = "Error performing GET http://h/b/k in 3ms - Server returned non-2xx status \
-            code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Error>\n  \
-            <Code>NoSuchBucket</Code>\n  <Message>The specified bucket does not exist</Message>\n\
-            <BucketName>b</BucketName></Error>";
-        assert_eq!(
-            summarize(message),
-            "Error performing GET http://h/b/k in 3ms - Server returned non-2xx status code: \
-             404 Not Found: NoSuchBucket: The specified bucket does not exist"
+    fn errors_are_classified_by_their_kind() {
+        use object_store::Error as E;
+        let path = || "lib/manifests/m".to_string();
+        // A response body as S3 sends it: it must never reach the reason.
+        let body = || -> Box<dyn std::error::Error + Send + Sync> {
+            "404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchKey</Code></Error>".into()
+        };
+        let connect = HttpError::new(
+            HttpErrorKind::Connect,
+            std::io::Error::other("tcp connect error: Connection refused"),
         );
-        assert_eq!(summarize("connection refused"), "connection refused");
-        // Truncated documents do not panic.
-        assert_eq!(summarize("x: <?xml <Code>Slow"), "x: <?xml <Code>Slow");
+        let cases = [
+            (
+                E::NotFound {
+                    path: path(),
+                    source: body(),
+                },
+                Class::Missing,
+            ),
+            (
+                E::AlreadyExists {
+                    path: path(),
+                    source: Box::new(E::Precondition {
+                        path: path(),
+                        source: body(),
+                    }),
+                },
+                Class::Exists,
+            ),
+            (
+                E::AlreadyExists {
+                    path: path(),
+                    source: body(),
+                },
+                Class::Conflict,
+            ),
+            (
+                E::Precondition {
+                    path: path(),
+                    source: body(),
+                },
+                Class::Precondition,
+            ),
+            (
+                E::NotModified {
+                    path: path(),
+                    source: body(),
+                },
+                Class::NotModified,
+            ),
+            (
+                E::PermissionDenied {
+                    path: path(),
+                    source: body(),
+                },
+                Class::Denied,
+            ),
+            (
+                E::Unauthenticated {
+                    path: path(),
+                    source: body(),
+                },
+                Class::Unauthenticated,
+            ),
+            (
+                E::Generic {
+                    store: "S3",
+                    source: body(),
+                },
+                Class::Response,
+            ),
+            (
+                E::Generic {
+                    store: "S3",
+                    source: Box::new(connect),
+                },
+                Class::Transport(HttpErrorKind::Connect),
+            ),
+            (
+                E::NotImplemented {
+                    operation: "x".into(),
+                    implementer: "y".into(),
+                },
+                Class::Local,
+            ),
+        ];
+        for (e, class) in cases {
+            assert_eq!(classify(&e), class, "{e}");
+            let reason = reason(class, &e);
+            assert!(!reason.contains('<') && !reason.contains('\n'), "{reason}");
+            assert!(!reason.contains("NoSuchKey"), "{reason}");
+        }
+        let e = E::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                HttpErrorKind::Timeout,
+                std::io::Error::other("operation timed out"),
+            )),
+        };
+        assert_eq!(
+            reason(classify(&e), &e),
+            "request timed out: operation timed out"
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_errors_keep_the_object_store_error_as_source() {
+        use std::error::Error as _;
+        let store = S3Store::from_url(
+            "s3://bucket/lib",
+            S3Options {
+                endpoint: Some("http://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+                credentials: Some(S3Credentials {
+                    access_key_id: "k".into(),
+                    secret_access_key: "s".into(),
+                    session_token: None,
+                }),
+                max_retries: 0,
+                ..S3Options::default()
+            },
+        )
+        .unwrap();
+        // Nothing listens on port 1: a transport error, classified without a probe.
+        let err = store.check().await.unwrap_err();
+        let FragmentError::Backend { op, reason, .. } = &err else {
+            panic!("expected a backend error, got {err:?}");
+        };
+        assert_eq!(*op, "check");
+        assert!(reason.starts_with("could not connect"), "{reason}");
+        let FragmentError::Backend {
+            source: Some(cause),
+            ..
+        } = &err
+        else {
+            panic!("the cause is kept: {err:?}");
+        };
+        let cause = cause.downcast_ref::<object_store::Error>();
+        assert!(matches!(cause, Some(object_store::Error::Generic { .. })));
+        // `source()` reaches it too (behind the `Arc` holding it).
+        let shown = err.source().map(ToString::to_string);
+        assert_eq!(shown, cause.map(ToString::to_string));
+        assert!(
+            err.source()
+                .and_then(|s| s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
+                .is_some()
+        );
     }
 
     #[test]

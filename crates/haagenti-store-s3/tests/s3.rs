@@ -378,6 +378,12 @@ async fn errors_name_bucket_key_and_operation() {
                 assert_eq!((*backend, *err_op), ("s3", op));
                 assert!(key.starts_with(&format!("s3://{bucket}/lib")), "{key}");
                 assert!(reason.contains("does not exist"), "{op}: {reason}");
+                // One line, no response document; the object_store error is the source.
+                assert!(
+                    !reason.contains('<') && !reason.contains('\n'),
+                    "{op}: {reason}"
+                );
+                assert!(std::error::Error::source(&err).is_some(), "{op}: no source");
             }
             other => panic!("{op}: expected a backend error, got {other:?}"),
         }
@@ -391,5 +397,7 @@ async fn errors_name_bucket_key_and_operation() {
     let shown = check(store.get(&k).await.unwrap_err(), "get");
     assert!(shown.contains(&url), "{shown}");
     check(store.list("").await.unwrap_err(), "list");
+    check(store.get_range(&k, 0..1).await.unwrap_err(), "get");
+    check(store.delete(&k).await.unwrap_err(), "delete");
     check(store.check().await.unwrap_err(), "check");
 }
