@@ -2,14 +2,11 @@
 //! library opened this way ingesting and reading a tensor back.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::path::Path;
-
-use haagenti_fragments::open_store;
 use haagenti_fragments::prelude::*;
 
 #[cfg(feature = "fs")]
 /// Writes a safetensors file with one bf16 tensor `w` of 512x512 values; returns its data.
-fn write_model(path: &Path) -> Vec<u8> {
+fn write_model(path: &std::path::Path) -> Vec<u8> {
     let data: Vec<u8> = (0..512u32 * 512)
         .flat_map(|i| {
             // bf16 values of a smooth curve: realistic enough for every codec path.
@@ -97,7 +94,9 @@ async fn a_file_url_opens_the_same_library() {
     let url = format!("file://{}", path.display());
     let by_url = open(&url, OpenOptions::default()).await.unwrap();
     assert_eq!(by_url.models().await.unwrap(), ["m"]);
-    let store = open_store(&url, &OpenOptions::default()).await.unwrap();
+    let store = haagenti_fragments::open_store(&url, &OpenOptions::default())
+        .await
+        .unwrap();
     assert!(!store.list("manifests/").await.unwrap().is_empty());
 }
 
