@@ -95,7 +95,9 @@ pub enum FragmentError {
     },
 
     /// A byte range reaches past the end of a file.
-    #[error("model {model:?} file {file}: range {offset}+{len} reaches past its end ({size} bytes)")]
+    #[error(
+        "model {model:?} file {file}: range {offset}+{len} reaches past its end ({size} bytes)"
+    )]
     RangeOutOfBounds {
         /// The model.
         model: String,

@@ -75,6 +75,16 @@ async fn a_directory_opens_ingests_and_reads_a_tensor() {
     let before = lib.metrics();
     model.read_tensor("w").await.unwrap();
     assert_eq!(lib.metrics().since(&before).store_reads, 0);
+
+    // The same file under a second name: every fragment is now used by both models.
+    lib.ingest("m2", &src, IngestOptions::default())
+        .await
+        .unwrap();
+    let users = lib.fragment_users().await.unwrap();
+    assert_eq!(users.len(), report.new_fragments as usize);
+    for models in users.values() {
+        assert_eq!(models.iter().collect::<Vec<_>>(), ["m", "m2"]);
+    }
 }
 
 #[cfg(feature = "fs")]

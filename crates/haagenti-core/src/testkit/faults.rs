@@ -122,7 +122,12 @@ impl FaultyStore {
 }
 
 fn injected(key: &ObjectKey, what: &str) -> FragmentError {
-    FragmentError::backend("faulty", "put", key.to_string(), format!("injected fault: {what}"))
+    FragmentError::backend(
+        "faulty",
+        "put",
+        key.to_string(),
+        format!("injected fault: {what}"),
+    )
 }
 
 #[async_trait]
