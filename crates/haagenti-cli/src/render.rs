@@ -4,6 +4,14 @@ use anyhow::Result;
 use haagenti_core::{HumanBytes, LibraryStats, LossyModel};
 use serde_json::json;
 
+/// The arguments of a command whose only option is `--json`.
+#[derive(clap::Args, Debug)]
+pub struct JsonOnly {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A size in binary units (see [`HumanBytes`]).
 pub fn human(bytes: u64) -> String {
     HumanBytes(bytes).to_string()

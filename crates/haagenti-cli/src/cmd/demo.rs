@@ -10,12 +10,7 @@ use serde_json::json;
 
 use crate::render::{human, print_json, print_stats, speed};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-}
+pub use crate::render::JsonOnly as Args;
 
 /// Seed and size of the demo family: small enough to run in seconds on two cores.
 const DEMO_SEED: u64 = 2026;

@@ -7,12 +7,7 @@ use serde_json::json;
 use crate::location::Location;
 use crate::render::{human, print_json};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-}
+pub use crate::render::JsonOnly as Args;
 
 pub async fn run(location: &Location, args: Args) -> Result<()> {
     let lib = location.open(OpenOptions::default()).await?;

@@ -6,12 +6,7 @@ use haagenti_fragments::OpenOptions;
 use crate::location::Location;
 use crate::render::print_stats;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-}
+pub use crate::render::JsonOnly as Args;
 
 pub async fn run(location: &Location, args: Args) -> Result<()> {
     let lib = location.open(OpenOptions::default()).await?;
