@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use haagenti_core::synth::Family;
 
-use crate::report::SystemResult;
+use crate::system::SystemResult;
 use crate::util;
 
 const ZSTD_LEVEL: i32 = 3;

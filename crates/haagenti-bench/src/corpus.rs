@@ -18,10 +18,10 @@ pub fn generate(dir: &Path, seed: u64, total_bytes: u64) -> Result<Family> {
         .with_context(|| format!("generate corpus in {}", dir.display()))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "generated {} in {} models in {secs:.1} s ({:.0} MB/s)",
+        "generated {} in {} models in {secs:.1} s ({}/s)",
         util::human(family.total_bytes()),
         family.models.len(),
-        util::mb_per_s(family.total_bytes(), secs)
+        util::human((family.total_bytes() as f64 / secs.max(1e-9)) as u64)
     );
     Ok(family)
 }

@@ -11,13 +11,12 @@ use anyhow::{Context, Result, bail};
 use haagenti_core::synth::{Family, FamilyModel, generate_model};
 use haagenti_core::{
     Codec, CodecRegistry, CodecTag, Dtype, EncodeHint, FragmentLibrary, IngestOptions,
-    LibraryConfig,
 };
-use haagenti_store_fs::FsStore;
+use haagenti_fragments::OpenOptions;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::report::SystemResult;
+use crate::system::SystemResult;
 use crate::util;
 
 /// One model's figures.
@@ -123,11 +122,6 @@ impl ChildOutput {
     }
 }
 
-/// The codecs haagenti stores with: the same default registry as the `haagenti` CLI.
-fn codecs() -> CodecRegistry {
-    haagenti_codec::default_registry()
-}
-
 /// A codec that adds up the CPU time of its inner codec's calls.
 #[derive(Debug)]
 struct TimedCodec {
@@ -189,7 +183,7 @@ impl Codec for TimedCodec {
 
 /// `codecs()` with every codec wrapped in a [`TimedCodec`] sharing `nanos`.
 fn timed_codecs(nanos: &Arc<AtomicU64>) -> CodecRegistry {
-    let base = codecs();
+    let base = haagenti_fragments::default_codecs();
     let wrap = |c: &Arc<dyn Codec>| -> Arc<dyn Codec> {
         Arc::new(TimedCodec {
             inner: c.clone(),
@@ -202,13 +196,21 @@ fn timed_codecs(nanos: &Arc<AtomicU64>) -> CodecRegistry {
     registry.with_encoder(wrap(base.encoder()))
 }
 
-fn open_library(dir: &Path, codecs: CodecRegistry) -> Result<FragmentLibrary> {
-    let store = FsStore::open(dir).with_context(|| format!("open library {}", dir.display()))?;
-    // As the CLI does: similarity on (deltas, cast references).
-    Ok(
-        FragmentLibrary::new(Arc::new(store), codecs, LibraryConfig::default())?
-            .with_similarity(haagenti_lsh::cosine_similarity()),
-    )
+/// Opens the library in `dir` as the `haagenti` command does (similarity on: deltas and
+/// cast references), with `codecs`.
+fn open_library(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    codecs: CodecRegistry,
+) -> Result<FragmentLibrary> {
+    let location = dir
+        .to_str()
+        .with_context(|| format!("library path {} is not UTF-8", dir.display()))?;
+    rt.block_on(haagenti_fragments::open(
+        location,
+        OpenOptions::default().codecs(codecs),
+    ))
+    .with_context(|| format!("open library {}", dir.display()))
 }
 
 /// Single-thread BLAKE3 bytes per second of CPU time, hashing 16 MiB four times.
@@ -235,25 +237,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// What a child does.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ChildOp {
+    Ingest,
+    Export,
+}
+
 /// `child ingest LIBRARY NAME PATH` or `child export LIBRARY NAME OUT_DIR`.
-pub fn child(args: &[String]) -> Result<()> {
-    let [op, lib, name, path] = args else {
-        bail!("usage: haagenti-bench child ingest|export LIBRARY NAME PATH");
-    };
+#[derive(clap::Args, Debug)]
+pub struct ChildArgs {
+    op: ChildOp,
+    library: PathBuf,
+    name: String,
+    path: PathBuf,
+}
+
+/// Runs one ingest or export and prints its [`ChildOutput`] as one JSON line.
+pub fn child(args: ChildArgs) -> Result<()> {
+    let ChildArgs {
+        op,
+        library,
+        name,
+        path,
+    } = args;
     let nanos = Arc::new(AtomicU64::new(0));
-    let library = open_library(Path::new(lib), timed_codecs(&nanos))?;
     let rt = runtime()?;
+    let library = open_library(&rt, &library, timed_codecs(&nanos))?;
     let started = Instant::now();
-    let report = match op.as_str() {
-        "ingest" => serde_json::to_value(
-            rt.block_on(library.ingest(name, Path::new(path), IngestOptions::default()))
-                .with_context(|| format!("ingest {name} from {path}"))?,
+    let report = match op {
+        ChildOp::Ingest => serde_json::to_value(
+            rt.block_on(library.ingest(&name, &path, IngestOptions::default()))
+                .with_context(|| format!("ingest {name} from {}", path.display()))?,
         )?,
-        "export" => serde_json::to_value(
-            rt.block_on(library.export(name, Path::new(path), None))
-                .with_context(|| format!("export {name} to {path}"))?,
+        ChildOp::Export => serde_json::to_value(
+            rt.block_on(library.export(&name, &path, None))
+                .with_context(|| format!("export {name} to {}", path.display()))?,
         )?,
-        other => bail!("unknown child operation {other:?}"),
     };
     let secs = started.elapsed().as_secs_f64();
     let (cpu_secs, peak_rss_bytes) = (util::cpu_secs(), util::peak_rss_bytes());
@@ -344,7 +364,10 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         result.identical = identical;
         util::remove_dir_if_exists(&out)?;
     }
-    let stats = runtime()?.block_on(open_library(&lib, codecs())?.stats())?;
+    let rt = runtime()?;
+    let library = open_library(&rt, &lib, haagenti_fragments::default_codecs())?;
+    let stats = rt.block_on(library.stats())?;
+    let encoder = library.codecs().encoder().name();
     let (mut ingest_profile, mut export_profile) = (Profile::default(), Profile::default());
     ingest_profile.cpu_secs = Some(0.0);
     export_profile.cpu_secs = Some(0.0);
@@ -362,7 +385,7 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         verified: Some(models.iter().all(|m| m.identical)),
         note: format!(
             "library API, fs store (fsync on), {} codecs; one ingest per model, restore = export of every model",
-            codecs().encoder().name()
+            encoder
         ),
         ..SystemResult::new("haagenti".into(), family.total_bytes())
     };

@@ -22,11 +22,13 @@ mod report;
 mod s3;
 mod similarity;
 mod switch;
+mod system;
 mod util;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
 
 /// Default corpus size of a full run (all models together).
 const DEFAULT_SCALE: u64 = 1_000_000_000;
@@ -36,53 +38,71 @@ const QUICK_SCALE: u64 = 50_000_000;
 const DEFAULT_BIG_MODEL: u64 = 2 << 30;
 const DEFAULT_SEED: u64 = 42;
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = dispatch(&args) {
-        eprintln!("haagenti-bench: {e:#}");
-        std::process::exit(1);
-    }
+#[derive(Parser, Debug)]
+#[command(
+    name = "haagenti-bench",
+    about = "The benchmark harness behind `cargo xtask bench`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn dispatch(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("run") => run(&Options::parse(&args[1..], false)?),
-        Some("gen-corpus") => {
-            let opts = Options::parse(&args[1..], true)?;
-            let dir = opts
-                .positional
-                .clone()
-                .context("gen-corpus needs a directory")?;
-            let family = corpus::generate(&dir, opts.seed, opts.scale)?;
-            print!("{}", report::corpus_table(&family));
-            Ok(())
-        }
-        Some("similarity") => similarity_only(&Options::parse(&args[1..], false)?),
-        Some("switch") => {
-            // Model switching alone: to profile or re-check it, and as the child process
-            // `run` measures it in (`--json`).
-            let json = args[1..].iter().any(|a| a == "--json");
-            let rest: Vec<String> = args[1..]
-                .iter()
-                .filter(|a| *a != "--json")
-                .cloned()
-                .collect();
-            let bench = switch::run(Options::parse(&rest, false)?.quick)?;
-            if json {
-                println!("{}", serde_json::to_string(&bench)?);
-            } else {
-                println!("{}", switch::markdown(&bench));
-            }
-            Ok(())
-        }
-        Some("child") => haagenti::child(&args[1..]),
-        _ => bail!(
-            "usage: haagenti-bench run [--quick] [--scale BYTES] [--seed N] [--out DIR] [--big-model BYTES] [--sim-parent BYTES]\n       haagenti-bench similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]\n       haagenti-bench switch [--quick] [--json]\n       haagenti-bench gen-corpus DIR [--quick] [--scale BYTES] [--seed N]"
-        ),
-    }
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate the corpus, run haagenti and the baselines on it, the large model, the
+    /// similarity family and the micro-benchmarks; print the table, write OUT/latest.json
+    /// and, for a full run, docs/benchmarks.md.
+    Run(OptionArgs),
+    /// Only the similarity family; prints its section and writes OUT/similarity.json.
+    Similarity(OptionArgs),
+    /// Only model switching through the shared fragment cache.
+    Switch {
+        /// The quick configuration.
+        #[arg(long)]
+        quick: bool,
+        /// Print the result as one JSON line (how `run` reads it from a child process).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the corpus under DIR for inspection.
+    GenCorpus {
+        /// Directory to write the corpus into.
+        dir: PathBuf,
+        #[command(flatten)]
+        options: OptionArgs,
+    },
+    /// Internal: one ingest or export in a process of its own (its peak RSS is the
+    /// kernel's accounting of that process alone).
+    #[command(hide = true)]
+    Child(haagenti::ChildArgs),
 }
 
-/// Parsed command-line options of `run` and `gen-corpus`.
+/// Options of `run`, `similarity` and `gen-corpus`. Sizes take K/M/G (decimal) or
+/// Ki/Mi/Gi (binary) suffixes.
+#[derive(clap::Args, Debug)]
+struct OptionArgs {
+    /// Small sizes, for CI and a first look.
+    #[arg(long)]
+    quick: bool,
+    /// Total corpus size in bytes [default: 1G, or 50M with --quick].
+    #[arg(long, value_parser = util::parse_bytes)]
+    scale: Option<u64>,
+    /// Seed of every generated model.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Output directory [default: target/bench].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Size of the single large model, 0 to skip [default: 2Gi, or 0 with --quick].
+    #[arg(long, value_parser = util::parse_bytes)]
+    big_model: Option<u64>,
+    /// Size of the similarity family's fp32 parent, 0 to skip.
+    #[arg(long, value_parser = util::parse_bytes)]
+    sim_parent: Option<u64>,
+}
+
+/// Resolved options: the defaults filled in.
 #[derive(Debug)]
 struct Options {
     quick: bool,
@@ -94,50 +114,65 @@ struct Options {
     big_model: u64,
     /// Size of the similarity family's fp32 parent (0: skip).
     sim_parent: u64,
-    positional: Option<PathBuf>,
 }
 
-impl Options {
-    fn parse(args: &[String], want_positional: bool) -> Result<Self> {
-        let mut quick = false;
-        let mut scale = None;
-        let mut seed = DEFAULT_SEED;
-        let mut out = util::workspace_root().join("target/bench");
-        let mut positional = None;
-        let mut big_model = None;
-        let mut sim_parent = None;
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
-            match a.as_str() {
-                "--quick" => quick = true,
-                "--scale" => scale = Some(util::parse_bytes(value("--scale")?)?),
-                "--seed" => seed = value("--seed")?.parse().context("--seed")?,
-                "--out" => out = PathBuf::from(value("--out")?),
-                "--big-model" => big_model = Some(util::parse_bytes(value("--big-model")?)?),
-                "--sim-parent" => sim_parent = Some(util::parse_bytes(value("--sim-parent")?)?),
-                s if want_positional && !s.starts_with('-') && positional.is_none() => {
-                    positional = Some(PathBuf::from(s))
-                }
-                s => bail!("unknown argument {s:?}"),
-            }
-        }
-        let scale = scale.unwrap_or(if quick { QUICK_SCALE } else { DEFAULT_SCALE });
-        let big_model = big_model.unwrap_or(if quick { 0 } else { DEFAULT_BIG_MODEL });
-        let sim_parent = sim_parent.unwrap_or(if quick {
-            similarity::QUICK_PARENT_BYTES
-        } else {
-            similarity::FULL_PARENT_BYTES
-        });
-        Ok(Self {
+impl From<OptionArgs> for Options {
+    fn from(a: OptionArgs) -> Self {
+        let quick = a.quick;
+        Self {
             quick,
-            scale,
-            seed,
-            out,
-            big_model,
-            sim_parent,
-            positional,
-        })
+            scale: a
+                .scale
+                .unwrap_or(if quick { QUICK_SCALE } else { DEFAULT_SCALE }),
+            seed: a.seed,
+            out: a
+                .out
+                .unwrap_or_else(|| util::workspace_root().join("target/bench")),
+            big_model: a
+                .big_model
+                .unwrap_or(if quick { 0 } else { DEFAULT_BIG_MODEL }),
+            sim_parent: a.sim_parent.unwrap_or(if quick {
+                similarity::QUICK_PARENT_BYTES
+            } else {
+                similarity::FULL_PARENT_BYTES
+            }),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haagenti-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(options) => run(&options.into()),
+        Command::Similarity(options) => similarity_only(&options.into()),
+        Command::GenCorpus { dir, options } => {
+            let opts = Options::from(options);
+            let family = corpus::generate(&dir, opts.seed, opts.scale)?;
+            print!("{}", report::corpus_table(&family));
+            Ok(())
+        }
+        Command::Switch { quick, json } => {
+            // Model switching alone: to profile or re-check it, and as the child process
+            // `run` measures it in (`--json`).
+            let bench = switch::run(quick)?;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                println!("{}", switch::markdown(&bench));
+            }
+            Ok(())
+        }
+        Command::Child(args) => haagenti::child(args),
     }
 }
 

@@ -143,18 +143,10 @@ pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     }
 }
 
-/// `1.23 GB`, `45.6 MB`, `789 kB` (decimal units, as the MB/s figures).
+/// A size for people, in binary units (`1.5 GiB`): the same formatter as the `haagenti`
+/// command ([`haagenti_core::HumanBytes`]).
 pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.0} kB", b / 1e3)
-    } else {
-        format!("{bytes} B")
-    }
+    haagenti_core::HumanBytes(bytes).to_string()
 }
 
 /// User + system CPU seconds of this process, all threads (`/proc/self/stat`, in 1/100 s

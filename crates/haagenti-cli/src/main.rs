@@ -11,17 +11,18 @@ macro_rules! outln {
     }};
 }
 
-mod commands;
-mod demo;
-mod load;
-mod open;
+mod cmd;
+mod location;
 mod progress;
-mod relations;
+mod render;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::cmd::*;
+use crate::location::Location;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,18 +40,8 @@ use clap::{Args, Parser, Subcommand};
 Exit codes: 0 success, 1 error (one line on stderr), 2 bad command line."
 )]
 struct Cli {
-    /// Library location: a directory, file:///path, or s3://bucket/prefix.
-    #[arg(
-        long,
-        global = true,
-        env = "HAAGENTI_LIBRARY",
-        default_value = "./haagenti-library"
-    )]
-    library: String,
-
-    /// Endpoint of an S3-compatible service (MinIO, R2, Ceph, a local test server).
-    #[arg(long, global = true, env = "HAAGENTI_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
+    #[command(flatten)]
+    location: Location,
 
     #[command(subcommand)]
     command: Command,
@@ -59,134 +50,52 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Ingest a .safetensors file or a model directory under a model name.
-    Ingest(IngestArgs),
+    Ingest(ingest::Args),
     /// Rebuild every file of a model, bit-exact, under a directory.
-    Export {
-        /// The model to rebuild.
-        #[arg(long)]
-        model: String,
-        /// Directory to write the model's files into, at their original relative paths
-        /// (created if missing; each file appears only once its hash checks out).
-        #[arg(long)]
-        out: PathBuf,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Export(export::Args),
     /// List the models in the library.
-    List {
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    List(list::Args),
     /// Files, tensors and fragments of a model: how each is stored, who shares it.
-    Show {
-        /// The model to describe.
-        #[arg(long)]
-        model: String,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(show::Args),
     /// Library totals and where the savings come from.
-    Stats {
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats(stats::Args),
     /// Rebuild models without writing, checking every fragment and file hash.
-    Verify {
-        /// Only this model (default: every model).
-        #[arg(long)]
-        model: Option<String>,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(verify::Args),
     /// Remove a model (its fragments go at the next gc).
-    Rm {
-        /// The model to remove.
-        #[arg(long)]
-        model: String,
-    },
+    Rm(rm::Args),
     /// Delete fragments no model references.
-    Gc {
-        /// Report what would be deleted without deleting it.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep unreferenced objects younger than this many seconds.
-        #[arg(long, default_value_t = 3600)]
-        grace: u64,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Gc(gc::Args),
     /// For each tensor of a model, the most similar tensors elsewhere in the library.
-    Similar {
-        /// The model whose tensors are looked up.
-        #[arg(long)]
-        model: String,
-        /// Only this tensor (every file of the model is searched for it).
-        #[arg(long)]
-        tensor: Option<String>,
-        /// Matches listed per tensor.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-        limit: u32,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Similar(similar::Args),
     /// How the bytes of two models relate: identical, delta-coded, cast-derived, unique.
-    Compare {
-        /// Give it twice: --model A --model B.
-        #[arg(long = "model", required = true)]
-        models: Vec<String>,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Compare(compare::Args),
     /// Rebuild the similarity index from the stored fragments (after losing or damaging
     /// `index/`).
-    Reindex {
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Reindex(reindex::Args),
     /// Load models in sequence through one fragment cache and report what each fetched.
-    Load(load::LoadArgs),
+    Load(load::Args),
     /// Generate a small model family, ingest, export and verify it, and report.
-    Demo {
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Demo(demo::Args),
 }
 
-#[derive(Args, Debug)]
-struct IngestArgs {
-    /// Name to store the model under: up to 128 of A-Z a-z 0-9 . _ - (not starting with .).
-    #[arg(long)]
-    model: String,
-    /// A .safetensors file or a model directory.
-    path: PathBuf,
-    /// Replace an existing model of the same name.
-    #[arg(long)]
-    replace: bool,
-    /// Codec effort: fast, balanced or max.
-    #[arg(long, default_value = "balanced")]
-    codec: String,
-    /// Fragment size in bytes of 16-bit tensors (65536 to 8388608; f32 fragments cover the
-    /// same elements and are twice as large).
-    #[arg(long)]
-    fragment_size: Option<usize>,
-    /// Opt-in lossy sharing: reference a stored fragment of the same dtype and length
-    /// whose values are within this relative L2 error (e.g. 0.001) instead of storing the
-    /// new one. Every substitution and its measured error is recorded in the manifest.
-    #[arg(long, value_name = "E")]
-    lossy_max_rel_error: Option<f64>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+/// Runs the command the line names.
+async fn run(cli: Cli) -> Result<()> {
+    let location = &cli.location;
+    match cli.command {
+        Command::Ingest(args) => ingest::run(location, args).await,
+        Command::Export(args) => export::run(location, args).await,
+        Command::List(args) => list::run(location, args).await,
+        Command::Show(args) => show::run(location, args).await,
+        Command::Stats(args) => stats::run(location, args).await,
+        Command::Verify(args) => verify::run(location, args).await,
+        Command::Rm(args) => rm::run(location, args).await,
+        Command::Gc(args) => gc::run(location, args).await,
+        Command::Similar(args) => similar::run(location, args).await,
+        Command::Compare(args) => compare::run(location, args).await,
+        Command::Reindex(args) => reindex::run(location, args).await,
+        Command::Load(args) => load::run(location, args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
 }
 
 fn main() -> ExitCode {
@@ -208,7 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`| head`): nothing left to say, like any Unix filter.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

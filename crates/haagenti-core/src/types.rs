@@ -514,6 +514,18 @@ pub struct LibraryStats {
     pub savings: Savings,
 }
 
+impl LibraryStats {
+    /// Logical bytes per stored byte (how many times smaller the library is than the
+    /// files it rebuilds); 0 for an empty library.
+    pub fn ratio(&self) -> f64 {
+        if self.stored_bytes == 0 {
+            0.0
+        } else {
+            self.logical_bytes as f64 / self.stored_bytes as f64
+        }
+    }
+}
+
 /// Where the difference between logical and stored bytes comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Savings {
@@ -528,6 +540,48 @@ pub struct Savings {
     /// Bytes not stored because lossy mode referenced a similar fragment instead (opt-in;
     /// counted here, not as exact dedup).
     pub lossy_bytes: u64,
+}
+
+impl Savings {
+    /// Bytes saved by every kind together (negative when deltas or compression cost more
+    /// than the rest saved).
+    pub fn total(&self) -> i64 {
+        let unsigned = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        unsigned(self.exact_dedup_bytes)
+            .saturating_add(self.delta_bytes)
+            .saturating_add(unsigned(self.cast_bytes))
+            .saturating_add(self.compression_bytes)
+            .saturating_add(unsigned(self.lossy_bytes))
+    }
+}
+
+/// A byte count for people: binary (IEC) units, `Display`ed as `512 B`, `1.5 KiB`,
+/// `24.0 MiB`, `2.1 GiB`, `1.0 TiB` (one decimal from KiB up). The one convention of every
+/// human-readable size haagenti prints; a speed is the same with `/s`.
+///
+/// ```
+/// use haagenti_core::HumanBytes;
+/// assert_eq!(HumanBytes(1536).to_string(), "1.5 KiB");
+/// assert_eq!(format!("{}/s", HumanBytes(200 << 20)), "200.0 MiB/s");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{value:.1} {}", UNITS[unit])
+        }
+    }
 }
 
 /// Checks a model name: `name` or `org/name` (the Hugging Face repo-id convention), each
@@ -609,6 +663,39 @@ mod tests {
         ] {
             assert_eq!(FragmentType::from_tensor_name(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn human_bytes() {
+        for (bytes, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (24 << 20, "24.0 MiB"),
+            ((5 << 30) / 2, "2.5 GiB"),
+            (3 << 40, "3.0 TiB"),
+            (2048 << 40, "2048.0 TiB"),
+        ] {
+            assert_eq!(HumanBytes(bytes).to_string(), want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn stats_ratio_and_savings_total() {
+        let mut stats = LibraryStats::default();
+        assert_eq!(stats.ratio(), 0.0);
+        stats.logical_bytes = 300;
+        stats.stored_bytes = 100;
+        assert_eq!(stats.ratio(), 3.0);
+        let savings = Savings {
+            exact_dedup_bytes: 100,
+            delta_bytes: -20,
+            cast_bytes: 30,
+            compression_bytes: 40,
+            lossy_bytes: 5,
+        };
+        assert_eq!(savings.total(), 155);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Everything here is computed from the manifests, fragment headers and the index; no
 //! fragment payload is read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -194,8 +194,7 @@ impl FragmentLibrary {
         let mut refresh = self.refresh_index().await?;
         if refresh.entries == 0 {
             refresh.warnings.push(
-                "the similarity index is empty: a reindex rebuilds it from the fragments"
-                    .into(),
+                "the similarity index is empty: a reindex rebuilds it from the fragments".into(),
             );
         }
         let manifests = self.latest_manifests().await?;
@@ -447,6 +446,19 @@ impl FragmentLibrary {
                 model: m.name,
             })
             .collect())
+    }
+
+    /// For every fragment the models reference (tensor fragments and blob chunks), the
+    /// models that reference it, from the current manifests (no fragment is read). A
+    /// model removed while this runs is left out.
+    pub async fn fragment_users(&self) -> Result<BTreeMap<FragmentId, BTreeSet<String>>> {
+        let mut users: BTreeMap<FragmentId, BTreeSet<String>> = BTreeMap::new();
+        for m in self.latest_manifests().await? {
+            for r in m.fragments() {
+                users.entry(r.id).or_default().insert(m.name.clone());
+            }
+        }
+        Ok(users)
     }
 
     /// The current manifest of every model, sorted by name. A model removed while this

@@ -3,17 +3,21 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use haagenti_core::IngestOptions;
 use haagenti_core::synth;
-use haagenti_core::{FragmentLibrary, IngestOptions, LibraryConfig};
+use haagenti_fragments::OpenOptions;
 use serde_json::json;
 
-use crate::commands::{human, print_stats, rate};
+use crate::render::{human, print_json, print_stats, speed};
+
+pub use crate::render::JsonOnly as Args;
 
 /// Seed and size of the demo family: small enough to run in seconds on two cores.
 const DEMO_SEED: u64 = 2026;
 const DEMO_PARENT_BYTES: u64 = 24 << 20;
 
-pub async fn run(json_out: bool) -> Result<()> {
+pub async fn run(args: Args) -> Result<()> {
+    let json_out = args.json;
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let src = work.path().join("models");
     let lib_dir = work.path().join("library");
@@ -41,9 +45,10 @@ pub async fn run(json_out: bool) -> Result<()> {
         src.display()
     ))?;
 
-    let store = std::sync::Arc::new(haagenti_store_fs::FsStore::open(&lib_dir)?);
-    let lib = FragmentLibrary::new(store, crate::open::codecs(), LibraryConfig::default())?
-        .with_similarity(haagenti_lsh::cosine_similarity());
+    let lib_location = lib_dir
+        .to_str()
+        .context("the temporary directory's path is not UTF-8")?;
+    let lib = haagenti_fragments::open(lib_location, OpenOptions::default()).await?;
     let mut rows = Vec::new();
     let t_all = Instant::now();
     for m in &family.models {
@@ -51,10 +56,10 @@ pub async fn run(json_out: bool) -> Result<()> {
             .ingest(&m.name, &m.path, IngestOptions::default())
             .await?;
         say(format!(
-            "  ingest {:<18} {:>10} {:>8.0} MiB/s   new {:>10} -> stored {:>10}   ({}: {})",
+            "  ingest {:<18} {:>10} {:>12}   new {:>10} -> stored {:>10}   ({}: {})",
             m.name,
             human(m.bytes),
-            rate(m.bytes, r.seconds) as f64 / (1 << 20) as f64,
+            speed(m.bytes, r.seconds),
             human(r.new_fragment_bytes),
             human(r.stored_bytes),
             m.kind,
@@ -95,20 +100,19 @@ pub async fn run(json_out: bool) -> Result<()> {
     if json_out {
         let doc = json!({
             "models": rows, "logical_bytes": stats.logical_bytes, "stored_bytes": stats.stored_bytes,
-            "ratio": stats.logical_bytes as f64 / stats.stored_bytes.max(1) as f64,
+            "ratio": stats.ratio(),
             "ingest_mb_s": total as f64 / 1e6 / ingest_s, "export_mb_s": total as f64 / 1e6 / export_s,
             "bit_exact": true, "savings": stats.savings,
         });
-        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
-        return Ok(());
+        return print_json(&doc);
     }
     outln!(
-        "ingested {} in {:.2}s ({:.0} MB/s); exported and compared every file bit-exact in {:.2}s ({:.0} MB/s)",
+        "ingested {} in {:.2}s ({}); exported and compared every file bit-exact in {:.2}s ({})",
         human(total),
         ingest_s,
-        total as f64 / 1e6 / ingest_s,
+        speed(total, ingest_s),
         export_s,
-        total as f64 / 1e6 / export_s
+        speed(total, export_s)
     )?;
     outln!(
         "verified {} files against their BLAKE3 hashes\n",

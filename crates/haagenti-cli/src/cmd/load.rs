@@ -4,16 +4,17 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
-use haagenti_core::{CodecPolicy, FragmentLibrary};
+
+use haagenti_core::FragmentLibrary;
+use haagenti_fragments::OpenOptions;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::{human, rate};
-use crate::open::open_library;
+use crate::location::Location;
+use crate::render::{human, print_json, speed};
 
-#[derive(Args, Debug)]
-pub struct LoadArgs {
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// A model to load; repeat to load several, in order.
     #[arg(long = "model", value_name = "NAME", required = true)]
     pub models: Vec<String>,
@@ -43,21 +44,21 @@ pub struct ModelLoad {
     pub decode_seconds: f64,
 }
 
-pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> Result<()> {
-    let lib = open_library(location, s3_endpoint, CodecPolicy::default(), None)
-        .await?
-        .with_cache_bytes(args.cache_mb.saturating_mul(1 << 20));
+pub async fn run(location: &Location, args: Args) -> Result<()> {
+    let lib = location
+        .open(OpenOptions::default().cache_bytes(args.cache_mb.saturating_mul(1 << 20)))
+        .await?;
     let mut loads = Vec::with_capacity(args.models.len());
     for model in &args.models {
         let load = load_model(&lib, model).await?;
         if !args.json {
             outln!(
-                "loaded {} ({} tensors, {}) in {:.3}s ({}/s): fetched {} in {} reads, {} from cache",
+                "loaded {} ({} tensors, {}) in {:.3}s ({}): fetched {} in {} reads, {} from cache",
                 load.model,
                 load.tensors,
                 human(load.bytes),
                 load.seconds,
-                human(rate(load.bytes, load.seconds)),
+                speed(load.bytes, load.seconds),
                 human(load.bytes_fetched),
                 load.store_reads,
                 human(load.bytes_from_cache),
@@ -68,8 +69,7 @@ pub async fn run(location: &str, s3_endpoint: Option<&str>, args: LoadArgs) -> R
     lib.sync_cache().await;
     let totals = lib.metrics();
     if args.json {
-        let out = json!({ "models": loads, "totals": totals });
-        outln!("{}", serde_json::to_string_pretty(&out)?)?;
+        print_json(&json!({ "models": loads, "totals": totals }))?;
     } else {
         outln!(
             "cache holds {} in {} fragments (budget {})",
@@ -113,9 +113,7 @@ pub async fn load_model(lib: &FragmentLibrary, model: &str) -> Result<ModelLoad>
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-
-    use haagenti_core::{IngestOptions, LibraryConfig, synth};
+    use haagenti_core::{IngestOptions, synth};
 
     use super::*;
 
@@ -123,10 +121,13 @@ mod tests {
     async fn a_second_load_comes_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let family = synth::small_family(&dir.path().join("src"), 3).unwrap();
-        let store = Arc::new(haagenti_store_fs::FsStore::open(dir.path().join("lib")).unwrap());
-        let lib = FragmentLibrary::new(store, crate::open::codecs(), LibraryConfig::default())
-            .unwrap()
-            .with_cache_bytes(64 << 20);
+        let location = dir.path().join("lib");
+        let options = OpenOptions::default()
+            .similarity(false)
+            .cache_bytes(64 << 20);
+        let lib = haagenti_fragments::open(location.to_str().unwrap(), options)
+            .await
+            .unwrap();
         let m = family.model("base-bf16").unwrap();
         lib.ingest(&m.name, &m.path, IngestOptions::default())
             .await

@@ -1,0 +1,15 @@
+//! One module per subcommand: its arguments and its `run`.
+
+pub mod compare;
+pub mod demo;
+pub mod export;
+pub mod gc;
+pub mod ingest;
+pub mod list;
+pub mod load;
+pub mod reindex;
+pub mod rm;
+pub mod show;
+pub mod similar;
+pub mod stats;
+pub mod verify;

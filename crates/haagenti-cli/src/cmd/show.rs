@@ -1,0 +1,229 @@
+//! `haagenti show`: files, tensors and fragments of a model, how each is stored and who
+//! shares it.
+
+use anyhow::Result;
+use futures::StreamExt;
+use haagenti_core::{Encoding, FileContent, FragmentLibrary, ModelManifest, ModelSavings};
+use haagenti_fragments::OpenOptions;
+use serde_json::json;
+
+use crate::location::Location;
+use crate::render::{human, human_signed, print_json};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model to describe.
+    #[arg(long)]
+    model: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(location: &Location, args: Args) -> Result<()> {
+    let lib = &location.open(OpenOptions::default()).await?;
+    let (model, json) = (args.model.as_str(), args.json);
+    let manifest: ModelManifest = lib.manifest(model).await?;
+    let savings = lib.model_savings(model).await?;
+    let users = lib.fragment_users().await?;
+    let mut files = Vec::new();
+    for file in &manifest.files {
+        let mut frag_rows = Vec::new();
+        let describe = |tensor: Option<&str>, i: usize, r: &haagenti_core::FragmentRef| {
+            (tensor.map(str::to_string), i, *r)
+        };
+        let refs: Vec<_> = match &file.content {
+            FileContent::Safetensors { tensors, .. } => tensors
+                .iter()
+                .flat_map(|t| {
+                    t.fragments
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| describe(Some(&t.name), i, r))
+                })
+                .collect(),
+            FileContent::Blob { chunks } => chunks
+                .iter()
+                .enumerate()
+                .map(|(i, r)| describe(None, i, r))
+                .collect(),
+        };
+        // Two reads per fragment (header and size): in flight together, in file order.
+        let infos: Vec<_> =
+            futures::stream::iter(refs.iter().map(|(_, _, r)| lib.fragment_info(&r.id)))
+                .buffered(32)
+                .collect()
+                .await;
+        for ((tensor, i, r), info) in refs.into_iter().zip(infos) {
+            let info = info?;
+            let (stored, encoding) = match &info {
+                Some(meta) => (meta.stored_len, describe_encoding(lib, &meta.encoding)),
+                None => (0, "MISSING".to_string()),
+            };
+            let shared: Vec<&String> = users
+                .get(&r.id)
+                .into_iter()
+                .flatten()
+                .filter(|m| *m != model)
+                .collect();
+            frag_rows.push(json!({
+                "tensor": tensor, "index": i, "id": r.id.to_hex(), "len": r.len,
+                "stored_len": stored, "encoding": encoding, "shared_with": shared,
+            }));
+        }
+        let tensors: Vec<_> = file
+            .tensors()
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape,
+                    "offset": t.offset, "len": t.len, "fragments": t.fragments.len(),
+                    "type": t.fragment_type().as_str(),
+                })
+            })
+            .collect();
+        files.push(json!({
+            "path": file.path, "size": file.size, "blake3": blake3::Hash::from(file.blake3).to_hex().to_string(),
+            "kind": if matches!(file.content, FileContent::Safetensors { .. }) { "safetensors" } else { "blob" },
+            "tensors": tensors, "fragments": frag_rows,
+        }));
+    }
+    let lossy = manifest.is_lossy().then(|| manifest.max_rel_error());
+    if json {
+        let doc = json!({
+            "model": manifest.name, "created_unix_ms": manifest.created_unix_ms,
+            "logical_bytes": manifest.logical_bytes(), "lossy": manifest.is_lossy(),
+            "max_rel_error": lossy, "savings": savings, "files": files,
+        });
+        return print_json(&doc);
+    }
+    outln!(
+        "model {} ({})",
+        manifest.name,
+        human(manifest.logical_bytes())
+    )?;
+    if let Some(e) = lossy {
+        outln!(
+            "  LOSSY: {} fragments replaced by similar ones; max relative L2 error {e:.3e}",
+            manifest.lossy.len()
+        )?;
+    }
+    print_savings(&savings)?;
+    for f in &files {
+        outln!(
+            "  file {} ({}, {}), blake3 {}",
+            f["path"].as_str().unwrap_or_default(),
+            f["kind"].as_str().unwrap_or_default(),
+            human(f["size"].as_u64().unwrap_or(0)),
+            f["blake3"].as_str().unwrap_or_default()
+        )?;
+        for t in f["tensors"].as_array().into_iter().flatten() {
+            outln!(
+                "    tensor {} {} {} ({} fragments, {})",
+                t["name"].as_str().unwrap_or_default(),
+                t["dtype"].as_str().unwrap_or_default(),
+                t["shape"],
+                t["fragments"],
+                t["type"].as_str().unwrap_or_default()
+            )?;
+        }
+        for r in f["fragments"].as_array().into_iter().flatten() {
+            let shared = r["shared_with"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            outln!(
+                "      {} {}#{} {} -> {} {}{}",
+                &r["id"].as_str().unwrap_or_default()[..12],
+                r["tensor"].as_str().unwrap_or("chunk"),
+                r["index"],
+                human(r["len"].as_u64().unwrap_or(0)),
+                human(r["stored_len"].as_u64().unwrap_or(0)),
+                r["encoding"].as_str().unwrap_or_default(),
+                if shared.is_empty() {
+                    String::new()
+                } else {
+                    format!(" shared with {shared}")
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
+    match e {
+        Encoding::Standalone { codec } => lib.codecs().name_of(*codec),
+        Encoding::Delta { codec, base } => format!(
+            "delta({}) vs {}",
+            lib.codecs().name_of(*codec),
+            base.short()
+        ),
+        Encoding::Cast { source, from, to } => format!("cast {from}->{to} of {}", source.short()),
+        Encoding::CastDelta {
+            codec,
+            source,
+            from,
+            to,
+        } => format!(
+            "delta({}) vs cast {from}->{to} of {}",
+            lib.codecs().name_of(*codec),
+            source.short()
+        ),
+    }
+}
+
+/// The savings lines of `show`.
+fn print_savings(s: &ModelSavings) -> std::io::Result<()> {
+    outln!(
+        "  savings: {} of {} fragment bytes",
+        human_signed(s.savings.total()),
+        human(s.fragments.bytes)
+    )?;
+    outln!(
+        "    exact        {} ({} stored by models ingested earlier, {} repeated in this model)",
+        human(s.savings.exact_dedup_bytes),
+        human(s.shared.bytes),
+        human(s.repeated.bytes)
+    )?;
+    outln!(
+        "    delta        {} ({} fragments, {} stored as {})",
+        human_signed(s.savings.delta_bytes),
+        s.delta.fragments,
+        human(s.delta.bytes),
+        human(s.delta.stored_bytes)
+    )?;
+    outln!(
+        "    cast         {} ({} fragments, {} rebuilt from f32 sources)",
+        human(s.savings.cast_bytes),
+        s.cast.fragments,
+        human(s.cast.bytes)
+    )?;
+    outln!(
+        "    compression  {} ({} standalone fragments, {} stored as {})",
+        human_signed(s.savings.compression_bytes),
+        s.standalone.fragments,
+        human(s.standalone.bytes),
+        human(s.standalone.stored_bytes)
+    )?;
+    if s.lossy.fragments > 0 {
+        outln!(
+            "    lossy        {} ({} fragments replaced by similar stored ones)",
+            human(s.savings.lossy_bytes),
+            s.lossy.fragments
+        )?;
+    }
+    if s.missing.fragments > 0 {
+        outln!(
+            "    MISSING      {} ({} referenced fragments are not stored; run `haagenti verify`)",
+            human(s.missing.bytes),
+            s.missing.fragments
+        )?;
+    }
+    Ok(())
+}
