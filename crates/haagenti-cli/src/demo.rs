@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth;
 use haagenti_core::{FragmentLibrary, IngestOptions, LibraryConfig};
+use haagenti_testkit::synth;
 use serde_json::json;
 
 use crate::commands::{human, print_stats, rate};

@@ -115,7 +115,8 @@ mod tests {
 
     use std::sync::Arc;
 
-    use haagenti_core::{IngestOptions, LibraryConfig, synth};
+    use haagenti_core::{IngestOptions, LibraryConfig};
+    use haagenti_testkit::synth;
 
     use super::*;
 

@@ -13,10 +13,6 @@ pub mod object;
 pub mod safetensors;
 pub mod signature;
 pub mod store;
-pub mod synth;
-#[cfg(feature = "testkit")]
-#[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
-pub mod testkit;
 pub mod types;
 
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};

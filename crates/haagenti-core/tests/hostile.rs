@@ -13,11 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use haagenti_core::object::{self, ObjectHeader};
 use haagenti_core::safetensors::{self, read_header_from};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
     CodecRegistry, Dtype, Encoding, FragmentError, FragmentId, FragmentLibrary, FragmentStore,
     IngestOptions, LibraryConfig, LibraryStats, MemoryStore, ObjectKey,
 };
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 struct Fixture {
     store: Arc<MemoryStore>,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haagenti_core::store::{FRAGMENTS_PREFIX, TMP_PREFIX};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
     CodecRegistry, Dtype, FragmentLibrary, GcOptions, IngestOptions, LibraryConfig,
 };
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(PathBuf);
