@@ -18,7 +18,7 @@ use haagenti_core::{
     ObjectKey,
 };
 use haagenti_testkit::hooks::{HookStore, PutFault};
-use haagenti_testkit::library::TestLibrary;
+use haagenti_testkit::library::{TestLibrary, store_listing};
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 fn tensor(name: &str, seed: u64) -> SynthTensor {
@@ -60,17 +60,6 @@ fn models(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (a, b)
 }
 
-/// Every object key and size in the store.
-async fn listing(store: &dyn FragmentStore) -> BTreeMap<String, u64> {
-    store
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.key.to_string(), m.size))
-        .collect()
-}
-
 async fn assert_exports(lib: &FragmentLibrary, model: &str, src: &Path) {
     let out = tempfile::tempdir().unwrap();
     lib.export(model, out.path(), None).await.unwrap();
@@ -102,7 +91,7 @@ async fn with_model_a(a: &Path) -> (Arc<HookStore>, FragmentLibrary, BTreeMap<St
     let store = Arc::new(HookStore::new(Arc::new(MemoryStore::new())));
     let lib = TestLibrary::new().parallelism(2).open(store.clone());
     lib.ingest("a", a, IngestOptions::default()).await.unwrap();
-    let before = listing(&*store).await;
+    let before = store_listing(&*store).await;
     (store, lib, before)
 }
 
@@ -155,7 +144,7 @@ async fn a_write_failing_anywhere_in_an_ingest_leaves_a_consistent_library() {
             lib.gc(GC_NOW)
                 .await
                 .unwrap_or_else(|e| panic!("{ctx}: gc: {e}"));
-            assert_eq!(listing(&*store).await, before, "{ctx}");
+            assert_eq!(store_listing(&*store).await, before, "{ctx}");
             assert_eq!(lib.stats().await.unwrap(), stats_before, "{ctx}");
 
             // And the next attempt succeeds.
@@ -186,7 +175,7 @@ async fn a_store_that_stops_accepting_writes_fails_the_ingest_cleanly() {
         assert!(lib.gc(GC_NOW).await.is_err(), "gc cannot take its lock");
         store.heal();
         lib.gc(GC_NOW).await.unwrap();
-        assert_eq!(listing(&*store).await, before, "after {after} writes");
+        assert_eq!(store_listing(&*store).await, before, "after {after} writes");
     }
 }
 
@@ -196,7 +185,7 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
     let (a, b) = models(src.path());
     let (store, lib, _) = with_model_a(&a).await;
     lib.ingest("b", &b, IngestOptions::default()).await.unwrap();
-    let before = listing(&*store).await;
+    let before = store_listing(&*store).await;
 
     for cut in [1, 7, 31, 32, 33, 4096, usize::MAX] {
         store.truncate_reads("fragments/", cut);
@@ -223,7 +212,7 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
 
     // Reads changed nothing: healed, everything verifies and exports.
     store.heal();
-    assert_eq!(listing(&*store).await, before);
+    assert_eq!(store_listing(&*store).await, before);
     assert!(lib.verify(None, None).await.unwrap().is_ok());
     assert_exports(&lib, "a", &a).await;
     assert_exports(&lib, "b", &b).await;
@@ -255,7 +244,7 @@ async fn gc_collects_what_a_killed_writer_left_and_nothing_in_flight() {
     let memory = Arc::new(MemoryStore::new());
     let lib = TestLibrary::new().parallelism(2).open(memory.clone());
     lib.ingest("a", &a, IngestOptions::default()).await.unwrap();
-    let before = listing(&*memory).await;
+    let before = store_listing(&*memory).await;
     let key = |k: &str| ObjectKey::new(k).unwrap();
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
 
@@ -302,6 +291,6 @@ async fn gc_collects_what_a_killed_writer_left_and_nothing_in_flight() {
     assert_eq!(report.young_objects, 1, "the fresh temporary file");
     let mut expected = before;
     expected.insert(young_tmp.to_string(), 1);
-    assert_eq!(listing(&*memory).await, expected);
+    assert_eq!(store_listing(&*memory).await, expected);
     assert!(lib.verify(None, None).await.unwrap().is_ok());
 }

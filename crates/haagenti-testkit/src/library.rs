@@ -1,8 +1,9 @@
 //! Library helpers the integration tests share: [`test_library`] opens a library with
-//! test-sized fragments over a store ([`TestLibrary`] for what varies), and
-//! [`assert_only_live_objects`] checks what gc must leave behind.
+//! test-sized fragments over a store ([`TestLibrary`] for what varies),
+//! [`store_listing`] snapshots a store, and [`assert_only_live_objects`] checks what gc
+//! must leave behind.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -114,6 +115,18 @@ impl TestLibrary {
         }
         lib
     }
+}
+
+/// Every object key in `store` with its size: two listings are equal when the store holds
+/// the same objects.
+pub async fn store_listing(store: &dyn FragmentStore) -> BTreeMap<String, u64> {
+    store
+        .list("")
+        .await
+        .expect("listing the store")
+        .into_iter()
+        .map(|m| (m.key.to_string(), m.size))
+        .collect()
 }
 
 /// What gc with no grace must leave: the stored fragments are exactly those the models'
