@@ -72,7 +72,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     if lint {
         cmd(&cargo, &["fmt", "--all", "--check"], &[])?;
         // Default features (what a downstream build sees), then every feature (the
-        // testkit and codec code the tests compile).
+        // codec and backend code the tests compile).
         for features in [None, Some("--all-features")] {
             let mut args = vec!["clippy", "--workspace", "--all-targets"];
             args.extend(features);

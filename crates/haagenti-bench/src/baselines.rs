@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::Family;
+use haagenti_testkit::synth::Family;
 
 use crate::system::SystemResult;
 use crate::util;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use haagenti_codec::{Lz4Codec, PlanesCodec, ZstdCodec};
-use haagenti_core::{Codec, CodecPolicy, Dtype, EncodeHint, synth};
+use haagenti_core::{Codec, CodecPolicy, Dtype, EncodeHint};
+use haagenti_testkit::synth;
 
 /// One measured codec configuration on one dtype.
 #[derive(Clone, Debug, serde::Serialize)]

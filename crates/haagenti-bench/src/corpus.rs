@@ -1,10 +1,10 @@
-//! The benchmark corpus: a model family from `haagenti_core::synth`.
+//! The benchmark corpus: a model family from `haagenti_testkit::synth`.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use haagenti_core::synth::{Family, FamilySpec, generate_family};
+use haagenti_testkit::synth::{Family, FamilySpec, generate_family};
 
 use crate::util;
 

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::{Family, FamilyModel, generate_model};
 use haagenti_core::{
     Codec, CodecRegistry, CodecTag, Dtype, EncodeHint, FragmentLibrary, IngestOptions,
 };
 use haagenti_fragments::OpenOptions;
+use haagenti_testkit::synth::{Family, FamilyModel, generate_model};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

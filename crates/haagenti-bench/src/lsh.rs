@@ -7,11 +7,11 @@
 
 use std::time::Instant;
 
-use haagenti_core::synth::{Rng, bf16_bytes, f16_bytes, f32_bytes, normal_f32};
 use haagenti_core::{DEFAULT_SIMILARITY_THRESHOLD, Dtype, FragmentId, Signature, SignatureScheme};
 use haagenti_lsh::{
     ByteMinHash, CosineSketch, IndexConfig, SimilarityIndex, cosine_from_hamming, hamming,
 };
+use haagenti_testkit::synth::{Rng, bf16_bytes, f16_bytes, f32_bytes, normal_f32};
 use serde::Serialize;
 
 /// Every number the LSH benchmark measures.

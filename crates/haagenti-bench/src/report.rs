@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::Family;
+use haagenti_testkit::synth::Family;
 use serde::Serialize;
 use serde_json::{Value, json};
 

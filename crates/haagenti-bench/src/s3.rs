@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::generate_model;
 use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, IngestOptions, LibraryConfig};
 use haagenti_store_fs::FsStore;
 use haagenti_store_s3::{S3Credentials, S3Options, S3Store};
+use haagenti_testkit::synth::generate_model;
 use serde::Serialize;
 
 /// Model size of a full run and of `--quick`.

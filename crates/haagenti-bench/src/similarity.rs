@@ -2,7 +2,7 @@
 //! deltas, cast references, deltas against casts) on exactly the family the issue names,
 //! measured against its targets.
 //!
-//! The family is `haagenti_core::synth::lineage_family` (fixed seed): `base-fp32` (a
+//! The family is `haagenti_testkit::synth::lineage_family` (fixed seed): `base-fp32` (a
 //! Llama-shaped fp32 parent), its round-to-nearest-even casts `base-bf16` and `base-fp16`,
 //! `finetune-bf16` (half of the layers frozen, every other weight moved by N(0, (1e-3 ·
 //! spread)²)) and `lora-bf16` (a rank-8 update merged into every attention weight).
@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use haagenti_core::synth::lineage_family;
 use haagenti_core::{FragmentLibrary, IngestOptions, LibraryConfig};
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::synth::lineage_family;
 use serde::Serialize;
 use serde_json::Value;
 

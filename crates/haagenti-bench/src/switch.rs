@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, IngestOptions, LibraryConfig};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 use serde::{Deserialize, Serialize};
 
 /// Targets from the issue.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use haagenti_core::Dtype;
-use haagenti_core::synth::{self, Recipe, SynthTensor};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 use std::process::Command;
 
 mod common;

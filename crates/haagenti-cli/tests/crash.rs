@@ -7,16 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use haagenti_core::store::{FRAGMENTS_PREFIX, LOCKS_PREFIX, TMP_PREFIX};
-use haagenti_core::synth::{self, Rng};
-use haagenti_core::{Dtype, FragmentId, FragmentLibrary, GcOptions, LibraryConfig};
+use haagenti_core::store::TMP_PREFIX;
+use haagenti_core::{Dtype, FragmentLibrary, GcOptions, LibraryConfig};
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::library::assert_only_live_objects;
+use haagenti_testkit::synth::{self, Rng};
 
 /// Ingests killed mid-way, each at a moment drawn from this seed; rounds whose ingest
 /// finished before its kill moment check the same things but do not count.
@@ -91,31 +91,6 @@ async fn assert_exports(lib: &FragmentLibrary, model: &str, src: &Path) {
         blake3_file(src),
         "{model} is not bit-exact"
     );
-}
-
-/// After gc with no grace: the fragments are exactly the live ones, and nothing is left
-/// under `tmp/` or `locks/`.
-async fn assert_only_live_objects(lib: &FragmentLibrary, ctx: &str) {
-    let mut live = BTreeSet::new();
-    for name in lib.models().await.unwrap() {
-        for r in lib.manifest(&name).await.unwrap().fragments() {
-            live.insert(r.id);
-            live.extend(r.depends_on);
-        }
-    }
-    let stored: BTreeSet<FragmentId> = lib
-        .store()
-        .list(FRAGMENTS_PREFIX)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.key.fragment_id().expect("only fragment objects"))
-        .collect();
-    assert_eq!(stored, live, "{ctx}: fragments other than the live ones");
-    for prefix in [TMP_PREFIX, LOCKS_PREFIX] {
-        let left = lib.store().list(prefix).await.unwrap();
-        assert!(left.is_empty(), "{ctx}: left under {prefix}: {left:?}");
-    }
 }
 
 /// Sets the modification time of every file under the library's `tmp/` an hour back;

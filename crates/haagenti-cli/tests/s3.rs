@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use haagenti_core::Dtype;
-use haagenti_core::synth::{self, Recipe, Rng, SynthTensor};
+use haagenti_testkit::synth::{self, Recipe, Rng, SynthTensor};
 use serde_json::Value;
 
 /// The smallest fragment size: many fragments (and requests) per small model, so the

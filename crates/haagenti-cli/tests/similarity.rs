@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use haagenti_core::Dtype;
-use haagenti_core::synth::{self, Recipe, SynthTensor};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 use serde_json::Value;
 
 mod common;

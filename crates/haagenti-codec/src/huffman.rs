@@ -402,7 +402,7 @@ fn decode_table(lens: &[u8; 256]) -> Result<[u16; TABLE_SIZE], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use haagenti_core::synth::Rng;
+    use haagenti_testkit::synth::Rng;
 
     fn round_trip(data: &[u8]) -> usize {
         let mut body = Vec::new();

@@ -1,7 +1,7 @@
 //! Every codec of this crate runs the core conformance suite.
 
 use haagenti_codec::PlanesCodec;
-use haagenti_core::testkit::codec::check_codec;
+use haagenti_testkit::codec::check_codec;
 
 #[test]
 fn planes_codec_conforms() {

@@ -8,7 +8,8 @@
 #![allow(clippy::unwrap_used, reason = "test helpers")]
 
 use haagenti_codec::{PLANES_FORMAT_VERSION, PlanesCodec};
-use haagenti_core::{Codec, CodecPolicy, Dtype, EncodeHint, synth};
+use haagenti_core::{Codec, CodecPolicy, Dtype, EncodeHint};
+use haagenti_testkit::synth;
 
 fn hint(dtype: Option<Dtype>, policy: CodecPolicy) -> EncodeHint {
     EncodeHint { dtype, policy }

@@ -15,10 +15,6 @@ mod object;
 pub mod safetensors;
 pub mod signature;
 pub mod store;
-pub mod synth;
-#[cfg(feature = "testkit")]
-#[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
-pub mod testkit;
 pub mod types;
 
 /// The stored-object format's encoder and decoder, for tests and fuzz targets only

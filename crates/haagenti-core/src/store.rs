@@ -109,7 +109,7 @@ pub enum PutOutcome {
 
 /// A create-only object store.
 ///
-/// Required semantics (checked by the conformance suite in `testkit`):
+/// Required semantics (checked by the conformance suite in `haagenti-testkit`):
 /// * `put` is atomic and create-only: readers see the whole object or none; a second put
 ///   on an existing key writes nothing and returns [`PutOutcome::AlreadyExists`].
 /// * `get` of a missing key is an error for which `is_not_found()` holds.

@@ -1,7 +1,7 @@
 //! The codec conformance suite, run against the raw codec.
 
 use haagenti_core::RawCodec;
-use haagenti_core::testkit::codec::check_codec;
+use haagenti_testkit::codec::check_codec;
 
 #[test]
 fn raw_codec_conforms() {

@@ -13,12 +13,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use haagenti_core::synth::{self, Recipe, SynthTensor};
-use haagenti_core::testkit::faults::{FaultyStore, PutFault};
 use haagenti_core::{
-    CodecRegistry, Dtype, FragmentId, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
-    LibraryConfig, MemoryStore, ObjectKey,
+    Dtype, FragmentId, FragmentLibrary, FragmentStore, GcOptions, IngestOptions, MemoryStore,
+    ObjectKey,
 };
+use haagenti_testkit::hooks::{HookStore, PutFault};
+use haagenti_testkit::library::{TestLibrary, store_listing};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 fn tensor(name: &str, seed: u64) -> SynthTensor {
     SynthTensor::new(
@@ -59,24 +60,6 @@ fn models(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (a, b)
 }
 
-fn library(store: Arc<dyn FragmentStore>) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = 64 << 10;
-    config.parallelism = 2;
-    FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap()
-}
-
-/// Every object key and size in the store.
-async fn listing(store: &dyn FragmentStore) -> BTreeMap<String, u64> {
-    store
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.key.to_string(), m.size))
-        .collect()
-}
-
 async fn assert_exports(lib: &FragmentLibrary, model: &str, src: &Path) {
     let out = tempfile::tempdir().unwrap();
     lib.export(model, out.path(), None).await.unwrap();
@@ -102,13 +85,13 @@ const GC_NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
 };
 
-/// Sets up a library holding model `a`; returns the faulty store, the library and the
+/// Sets up a library holding model `a`; returns the hook store, the library and the
 /// listing after `a`.
-async fn with_model_a(a: &Path) -> (Arc<FaultyStore>, FragmentLibrary, BTreeMap<String, u64>) {
-    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
-    let lib = library(store.clone());
+async fn with_model_a(a: &Path) -> (Arc<HookStore>, FragmentLibrary, BTreeMap<String, u64>) {
+    let store = Arc::new(HookStore::new(Arc::new(MemoryStore::new())));
+    let lib = TestLibrary::new().parallelism(2).open(store.clone());
     lib.ingest("a", a, IngestOptions::default()).await.unwrap();
-    let before = listing(&*store).await;
+    let before = store_listing(&*store).await;
     (store, lib, before)
 }
 
@@ -119,9 +102,9 @@ async fn a_write_failing_anywhere_in_an_ingest_leaves_a_consistent_library() {
 
     // How many puts a clean ingest of `b` makes after `a`.
     let (store, lib, _) = with_model_a(&a).await;
-    store.heal();
+    let before = store.counts().puts;
     lib.ingest("b", &b, IngestOptions::default()).await.unwrap();
-    let total = store.puts();
+    let total = store.counts().puts - before;
     assert!(
         total >= 5,
         "lock, fragments, blob chunk, manifest: {total} puts"
@@ -161,7 +144,7 @@ async fn a_write_failing_anywhere_in_an_ingest_leaves_a_consistent_library() {
             lib.gc(GC_NOW)
                 .await
                 .unwrap_or_else(|e| panic!("{ctx}: gc: {e}"));
-            assert_eq!(listing(&*store).await, before, "{ctx}");
+            assert_eq!(store_listing(&*store).await, before, "{ctx}");
             assert_eq!(lib.stats().await.unwrap(), stats_before, "{ctx}");
 
             // And the next attempt succeeds.
@@ -192,7 +175,7 @@ async fn a_store_that_stops_accepting_writes_fails_the_ingest_cleanly() {
         assert!(lib.gc(GC_NOW).await.is_err(), "gc cannot take its lock");
         store.heal();
         lib.gc(GC_NOW).await.unwrap();
-        assert_eq!(listing(&*store).await, before, "after {after} writes");
+        assert_eq!(store_listing(&*store).await, before, "after {after} writes");
     }
 }
 
@@ -202,7 +185,7 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
     let (a, b) = models(src.path());
     let (store, lib, _) = with_model_a(&a).await;
     lib.ingest("b", &b, IngestOptions::default()).await.unwrap();
-    let before = listing(&*store).await;
+    let before = store_listing(&*store).await;
 
     for cut in [1, 7, 31, 32, 33, 4096, usize::MAX] {
         store.truncate_reads("fragments/", cut);
@@ -229,7 +212,7 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
 
     // Reads changed nothing: healed, everything verifies and exports.
     store.heal();
-    assert_eq!(listing(&*store).await, before);
+    assert_eq!(store_listing(&*store).await, before);
     assert!(lib.verify(None, None).await.unwrap().is_ok());
     assert_exports(&lib, "a", &a).await;
     assert_exports(&lib, "b", &b).await;
@@ -259,9 +242,9 @@ async fn gc_collects_what_a_killed_writer_left_and_nothing_in_flight() {
     let src = tempfile::tempdir().unwrap();
     let (a, _) = models(src.path());
     let memory = Arc::new(MemoryStore::new());
-    let lib = library(memory.clone());
+    let lib = TestLibrary::new().parallelism(2).open(memory.clone());
     lib.ingest("a", &a, IngestOptions::default()).await.unwrap();
-    let before = listing(&*memory).await;
+    let before = store_listing(&*memory).await;
     let key = |k: &str| ObjectKey::new(k).unwrap();
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
 
@@ -308,6 +291,6 @@ async fn gc_collects_what_a_killed_writer_left_and_nothing_in_flight() {
     assert_eq!(report.young_objects, 1, "the fresh temporary file");
     let mut expected = before;
     expected.insert(young_tmp.to_string(), 1);
-    assert_eq!(listing(&*memory).await, expected);
+    assert_eq!(store_listing(&*memory).await, expected);
     assert!(lib.verify(None, None).await.unwrap().is_ok());
 }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use haagenti_core::internals::{self as object, ObjectHeader};
 use haagenti_core::safetensors::{self, read_header_from};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
-    CodecRegistry, Dtype, Encoding, FragmentError, FragmentId, FragmentLibrary, FragmentStore,
-    IngestOptions, LibraryConfig, LibraryStats, MemoryStore, ObjectKey,
+    Dtype, Encoding, FragmentError, FragmentId, FragmentLibrary, FragmentStore, IngestOptions,
+    LibraryStats, MemoryStore, ObjectKey,
 };
+use haagenti_testkit::library::{store_listing, test_library};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 struct Fixture {
     store: Arc<MemoryStore>,
@@ -31,9 +32,7 @@ impl Fixture {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MemoryStore::new());
-        let mut config = LibraryConfig::default();
-        config.fragment_size = 64 << 10;
-        let lib = FragmentLibrary::new(store.clone(), CodecRegistry::default(), config).unwrap();
+        let lib = test_library(store.clone());
         let base = dir.path().join("base.safetensors");
         synth::write_safetensors(
             &base,
@@ -71,13 +70,7 @@ impl Fixture {
 
     /// Every object key and size in the store.
     async fn listing(&self) -> BTreeMap<String, u64> {
-        self.store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| (m.key.to_string(), m.size))
-            .collect()
+        store_listing(&*self.store).await
     }
 
     /// Ingesting `path` fails with an error whose message contains `expect`, and the

@@ -6,17 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use haagenti_core::synth::{self, Recipe, SynthTensor};
 use haagenti_core::{
-    CodecRegistry, Dtype, FragmentError, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
-    LibraryConfig, MemoryStore, ObjectKey,
+    Dtype, FragmentError, FragmentLibrary, FragmentStore, GcOptions, IngestOptions, MemoryStore,
+    ObjectKey,
 };
-
-fn library(store: Arc<MemoryStore>) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = 64 << 10; // small models still get several fragments per tensor
-    FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap()
-}
+use haagenti_testkit::library::test_library;
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 fn tensor(name: &str, dtype: Dtype, shape: &[u64], seed: u64) -> SynthTensor {
     SynthTensor::new(
@@ -65,7 +60,7 @@ async fn family_round_trips_bit_exact_with_cross_model_dedup() {
     let src = tempfile::tempdir().unwrap();
     let family = synth::small_family(src.path(), 7).unwrap();
     let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
+    let lib = test_library(store.clone());
 
     for m in &family.models {
         ingest(&lib, &m.name, &m.path).await;
@@ -133,7 +128,7 @@ async fn all_in_one_checkpoint_stores_only_its_new_tensors() {
     let aio_path = src.path().join("all-in-one.safetensors");
     let aio_size = synth::write_safetensors(&aio_path, &aio, None).unwrap();
 
-    let lib = library(Arc::new(MemoryStore::new()));
+    let lib = test_library(Arc::new(MemoryStore::new()));
     ingest(&lib, "base", &base_path).await;
     let before = lib.stats().await.unwrap().stored_bytes;
     let report = ingest(&lib, "all-in-one", &aio_path).await;
@@ -182,7 +177,7 @@ async fn directory_model_keeps_every_file_at_its_path() {
     ];
     synth::write_safetensors(&dir.join("scalars.safetensors"), &zero_dim, None).unwrap();
 
-    let lib = library(Arc::new(MemoryStore::new()));
+    let lib = test_library(Arc::new(MemoryStore::new()));
     let report = ingest(&lib, "dir-model", &dir).await;
     assert_eq!(report.files, 5);
     let out = tempfile::tempdir().unwrap();
@@ -209,7 +204,7 @@ async fn bad_inputs_fail_cleanly_and_change_nothing() {
     .unwrap();
 
     let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
+    let lib = test_library(store.clone());
     ingest(&lib, "existing", &good).await;
     let before = lib.stats().await.unwrap();
     let objects_before = store.list("").await.unwrap().len();
@@ -263,7 +258,7 @@ async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
     )
     .unwrap();
     let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
+    let lib = test_library(store.clone());
     ingest(&lib, "victim", &path).await;
     let manifest = lib.manifest("victim").await.unwrap();
     let frag = manifest.files[0].tensors()[0].fragments[1].id;
@@ -313,7 +308,7 @@ async fn gc_removes_only_unreferenced_fragments_past_the_grace_period() {
     )
     .unwrap();
     let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
+    let lib = test_library(store.clone());
     ingest(&lib, "a", &a).await;
     ingest(&lib, "b", &b).await;
     let total = store.list("fragments/").await.unwrap().len();
@@ -367,7 +362,7 @@ async fn replace_supersedes_and_gc_refuses_while_an_ingest_holds_its_lock() {
     synth::write_safetensors(&v1, &[tensor("w", Dtype::F16, &[64, 64], 1)], None).unwrap();
     synth::write_safetensors(&v2, &[tensor("w", Dtype::F16, &[64, 64], 2)], None).unwrap();
     let store = Arc::new(MemoryStore::new());
-    let lib = library(store.clone());
+    let lib = test_library(store.clone());
     ingest(&lib, "m", &v1).await;
     lib.ingest("m", &v2, IngestOptions::default().replace(true))
         .await

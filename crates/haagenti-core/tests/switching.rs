@@ -3,79 +3,31 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use haagenti_core::synth::{self, Recipe, SynthTensor};
+use haagenti_core::store::FRAGMENTS_PREFIX;
 use haagenti_core::{
-    CodecRegistry, Dtype, FragmentLibrary, FragmentStore, IngestOptions, LibraryConfig,
-    MemoryStore, ModelHandle, ObjectKey, ObjectMeta, PutOutcome, Result,
+    Dtype, FragmentLibrary, FragmentStore, IngestOptions, MemoryStore, ModelHandle, ObjectKey,
 };
+use haagenti_testkit::hooks::HookStore;
+use haagenti_testkit::library::{TEST_FRAGMENT_SIZE, TestLibrary, test_library};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
-const FRAGMENT: usize = 64 << 10;
+const FRAGMENT: usize = TEST_FRAGMENT_SIZE;
 
 /// A memory store that counts the `get`s of every key and can make them slow.
-#[derive(Debug, Default)]
-struct CountingStore {
-    inner: MemoryStore,
-    gets: Mutex<HashMap<ObjectKey, u64>>,
-    delay: Mutex<Option<Duration>>,
+fn counting_store() -> Arc<HookStore> {
+    Arc::new(HookStore::new(Arc::new(MemoryStore::new())))
 }
 
-impl CountingStore {
-    /// Fragment keys fetched so far with their counts; forgets them.
-    fn take_fragment_gets(&self) -> HashMap<ObjectKey, u64> {
-        let mut gets = self.gets.lock().unwrap();
-        std::mem::take(&mut *gets)
-            .into_iter()
-            .filter(|(k, _)| k.fragment_id().is_some())
-            .collect()
-    }
-
-    fn set_delay(&self, delay: Option<Duration>) {
-        *self.delay.lock().unwrap() = delay;
-    }
-}
-
-#[async_trait]
-impl FragmentStore for CountingStore {
-    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
-        self.inner.put(key, bytes).await
-    }
-    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
-        *self.gets.lock().unwrap().entry(key.clone()).or_default() += 1;
-        let delay = *self.delay.lock().unwrap();
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    // Header reads (ingest's existence checks) are not fragment fetches: not counted.
-    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-}
-
-fn library(store: Arc<CountingStore>, cache_bytes: u64) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = FRAGMENT;
-    config.parallelism = 4;
-    FragmentLibrary::new(store, CodecRegistry::default(), config)
-        .unwrap()
-        .with_cache_bytes(cache_bytes)
+fn library(store: Arc<HookStore>, cache_bytes: u64) -> FragmentLibrary {
+    TestLibrary::new()
+        .parallelism(4)
+        .cache_bytes(cache_bytes)
+        .open(store)
 }
 
 fn normal(seed: u64) -> Recipe {
@@ -123,7 +75,7 @@ fn write_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (pa, pb)
 }
 
-async fn ingest_pair(store: &Arc<CountingStore>, dir: &Path) {
+async fn ingest_pair(store: &Arc<HookStore>, dir: &Path) {
     let (pa, pb) = write_pair(dir);
     let lib = library(store.clone(), 0);
     for (name, path) in [("a", &pa), ("b", &pb)] {
@@ -131,7 +83,7 @@ async fn ingest_pair(store: &Arc<CountingStore>, dir: &Path) {
             .await
             .unwrap();
     }
-    store.take_fragment_gets();
+    store.take_gets(FRAGMENTS_PREFIX);
 }
 
 fn fragment_keys(handle: &ModelHandle, tensor: Option<&str>) -> BTreeSet<ObjectKey> {
@@ -168,14 +120,14 @@ async fn assert_tensors_match_file(handle: &ModelHandle, file: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_one_tensor_fetches_only_its_fragments() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore::default());
+    let store = counting_store();
     ingest_pair(&store, dir.path()).await;
     let lib = library(store.clone(), 64 << 20);
     let handle = lib.open_model("a").await.unwrap();
     assert_eq!(handle.tensors().len(), 9);
 
     let tensor = handle.read_tensor("layers.5.weight").await.unwrap();
-    let gets = store.take_fragment_gets();
+    let gets = store.take_gets(FRAGMENTS_PREFIX);
     let wanted = fragment_keys(&handle, Some("layers.5.weight"));
     assert_eq!(wanted.len(), 4);
     assert_eq!(gets.keys().cloned().collect::<BTreeSet<_>>(), wanted);
@@ -187,7 +139,7 @@ async fn reading_one_tensor_fetches_only_its_fragments() {
 
     // Read again: all from the cache, sharing the first read's bytes.
     let again = handle.read_tensor("layers.5.weight").await.unwrap();
-    assert!(store.take_fragment_gets().is_empty());
+    assert!(store.take_gets(FRAGMENTS_PREFIX).is_empty());
     assert_eq!(again, tensor);
     for (x, y) in again.parts.iter().zip(&tensor.parts) {
         assert_eq!(x.as_ptr(), y.as_ptr(), "a cached fragment is not copied");
@@ -203,7 +155,7 @@ async fn reading_one_tensor_fetches_only_its_fragments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragment_shared_by_two_models_is_fetched_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore::default());
+    let store = counting_store();
     ingest_pair(&store, dir.path()).await;
     let lib = library(store.clone(), 64 << 20);
     let a = lib.open_model("a").await.unwrap();
@@ -213,11 +165,11 @@ async fn a_fragment_shared_by_two_models_is_fetched_once() {
     assert_eq!(shared.len(), 4 * 4 + 1, "layers 0..4 and the head");
 
     a.load_all().await.unwrap();
-    assert_eq!(store.take_fragment_gets().len(), keys_a.len());
+    assert_eq!(store.take_gets(FRAGMENTS_PREFIX).len(), keys_a.len());
     let before = lib.metrics();
     let loaded = b.load_all().await.unwrap();
     assert_eq!(loaded.len(), b.tensors().len());
-    let gets = store.take_fragment_gets();
+    let gets = store.take_gets(FRAGMENTS_PREFIX);
     let fetched: BTreeSet<_> = gets.keys().cloned().collect();
     assert_eq!(fetched, &keys_b - &shared, "B fetches only what A lacks");
     assert!(gets.values().all(|&n| n == 1), "{gets:?}");
@@ -229,7 +181,7 @@ async fn a_fragment_shared_by_two_models_is_fetched_once() {
     // A handle opened from a clone shares the cache: nothing is fetched again.
     let again = lib.clone().open_model("b").await.unwrap();
     again.load_all().await.unwrap();
-    assert!(store.take_fragment_gets().is_empty());
+    assert!(store.take_gets(FRAGMENTS_PREFIX).is_empty());
 
     // A library with its own cache fetches everything again.
     let cold = library(store.clone(), 64 << 20)
@@ -237,13 +189,13 @@ async fn a_fragment_shared_by_two_models_is_fetched_once() {
         .await
         .unwrap();
     cold.load_all().await.unwrap();
-    assert_eq!(store.take_fragment_gets().len(), keys_b.len());
+    assert_eq!(store.take_gets(FRAGMENTS_PREFIX).len(), keys_b.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_never_exceeds_its_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore::default());
+    let store = counting_store();
     ingest_pair(&store, dir.path()).await;
     // Room for five of the 33 fragments each model has (+ one byte to be sure the
     // fifth fits): reads must evict, and still return the right bytes.
@@ -286,7 +238,7 @@ async fn the_cache_never_exceeds_its_budget() {
 async fn every_tensor_read_equals_the_source_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let family = synth::small_family(dir.path(), 11).unwrap();
-    let store = Arc::new(CountingStore::default());
+    let store = counting_store();
     let lib = library(store.clone(), 2 << 20);
     for m in &family.models {
         lib.ingest(&m.name, &m.path, IngestOptions::default())
@@ -325,7 +277,7 @@ async fn every_tensor_read_equals_the_source_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_one_fragment_fetch_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore::default());
+    let store = counting_store();
     ingest_pair(&store, dir.path()).await;
     let lib = library(store.clone(), 64 << 20);
     let handle = lib.open_model("a").await.unwrap();
@@ -333,7 +285,7 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
     assert_eq!(key.len(), 1, "the head is one fragment");
 
     // Slow reads make the sixteen requests overlap.
-    store.set_delay(Some(Duration::from_millis(200)));
+    store.delay_gets(Some(Duration::from_millis(200)));
     let reads: Vec<_> = (0..16)
         .map(|_| {
             let h = handle.clone();
@@ -344,8 +296,8 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
     for r in reads {
         tensors.push(r.await.unwrap());
     }
-    store.set_delay(None);
-    let gets = store.take_fragment_gets();
+    store.delay_gets(None);
+    let gets = store.take_gets(FRAGMENTS_PREFIX);
     assert_eq!(gets.len(), 1);
     assert_eq!(
         gets.values().next(),
@@ -362,12 +314,11 @@ async fn concurrent_reads_of_one_fragment_fetch_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_is_opt_in_and_verify_and_export_check_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore::default());
+    let memory = Arc::new(MemoryStore::new());
+    let store = Arc::new(HookStore::new(memory.clone()));
     ingest_pair(&store, dir.path()).await;
     let cached = library(store.clone(), 64 << 20);
-    let mut config = LibraryConfig::default();
-    config.fragment_size = FRAGMENT;
-    let plain = FragmentLibrary::new(store.clone(), CodecRegistry::default(), config).unwrap();
+    let plain = test_library(store.clone());
     let head = cached.open_model("a").await.unwrap();
     let id = head.tensor("head.weight").unwrap().fragments[0].id;
     let good = cached.get_fragment(&id).await.unwrap();
@@ -382,10 +333,10 @@ async fn the_cache_is_opt_in_and_verify_and_export_check_the_store() {
     // Damage the stored object: the cached copy (verified when it was read) still serves,
     // every read that goes to the store reports the damage.
     let key = ObjectKey::fragment(&id);
-    let mut damaged = store.inner.get(&key).await.unwrap().to_vec();
+    let mut damaged = memory.get(&key).await.unwrap().to_vec();
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
-    store.inner.overwrite_for_test(&key, Bytes::from(damaged));
+    memory.overwrite_for_test(&key, Bytes::from(damaged));
     assert_eq!(cached.get_fragment(&id).await.unwrap(), good);
     assert!(plain.get_fragment(&id).await.unwrap_err().is_corruption());
     // Verify and export check the store, cache or not.

@@ -1,22 +1,30 @@
-//! The one read path (`FileReader`), checked against the source bytes.
+//! The one read path (`FileReader`), checked against the source bytes on every store
+//! (the testkit's read-path suite, with the real codecs and similarity).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
-
-mod read_suite;
 
 use std::sync::Arc;
 
-use haagenti_fragments::MemoryStore;
+use haagenti_fragments::{FragmentStore, MemoryStore};
+use haagenti_testkit::library::TestLibrary;
+use haagenti_testkit::read_path::check_read_path;
+
+async fn run(store: Arc<dyn FragmentStore>) {
+    let library = TestLibrary::new()
+        .codecs(haagenti_fragments::codec_impls::default_registry())
+        .similarity(haagenti_fragments::lsh::cosine_similarity());
+    check_read_path(store, &library).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_at_equals_the_source_bytes_on_the_memory_store() {
-    read_suite::run(Arc::new(MemoryStore::new())).await;
+    run(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_at_equals_the_source_bytes_on_the_fs_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = haagenti_fragments::fs::FsStore::open(dir.path().join("lib")).unwrap();
-    read_suite::run(Arc::new(store)).await;
+    run(Arc::new(store)).await;
 }
 
 /// On the local S3 server `cargo xtask test` starts (`HAAGENTI_TEST_S3_ENDPOINT`); without
@@ -56,5 +64,5 @@ async fn read_at_equals_the_source_bytes_on_the_s3_store() {
         ..S3Options::default()
     };
     let store = S3Store::from_url(&format!("s3://{bucket}/{prefix}"), options).unwrap();
-    read_suite::run(Arc::new(store)).await;
+    run(Arc::new(store)).await;
 }

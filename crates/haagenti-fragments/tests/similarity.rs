@@ -8,24 +8,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use haagenti_fragments::synth::{self, Family};
 use haagenti_fragments::{
     Dtype, Encoding, FileContent, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
     IngestReport, LibraryConfig, MemoryStore, ObjectKey, cast,
 };
+use haagenti_testkit::library::TestLibrary;
+use haagenti_testkit::synth::{self, Family};
 
 const PARENT_BYTES: u64 = 6 << 20;
 
 fn library(store: Arc<MemoryStore>) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = 256 << 10;
-    FragmentLibrary::new(
-        store,
-        haagenti_fragments::codec_impls::default_registry(),
-        config,
-    )
-    .unwrap()
-    .with_similarity(haagenti_fragments::lsh::cosine_similarity())
+    TestLibrary::new()
+        .fragment_size(256 << 10)
+        .codecs(haagenti_fragments::codec_impls::default_registry())
+        .similarity(haagenti_fragments::lsh::cosine_similarity())
+        .open(store)
 }
 
 fn family(dir: &Path) -> Family {

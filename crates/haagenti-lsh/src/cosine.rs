@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn fast_and_exact_paths_agree() {
-        use haagenti_core::synth::{bf16_bytes, f16_bytes, f32_bytes, normal_f32};
+        use haagenti_testkit::synth::{bf16_bytes, f16_bytes, f32_bytes, normal_f32};
         let s = CosineSketch::default();
         // Short (all rows), and long (sampled rows), both with a partial last row.
         for n in [3000, 200_003] {

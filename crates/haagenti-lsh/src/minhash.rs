@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn shingles_follow_the_rule_and_survive_shifts() {
-        let mut rng = haagenti_core::synth::Rng::new(9);
+        let mut rng = haagenti_testkit::synth::Rng::new(9);
         for len in [0, 23, 24, 64, 100, 1000, 4097, 20_000] {
             let mut data = vec![0u8; len];
             rng.fill_bytes(&mut data);

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use haagenti_core::synth::{Rng, bf16_bytes, f16_bytes, normal_f32};
 use haagenti_core::{DEFAULT_SIMILARITY_THRESHOLD, Dtype, FragmentId, Signature, SignatureScheme};
 use haagenti_lsh::{CosineSketch, IndexConfig, SimilarityIndex, hamming};
+use haagenti_testkit::synth::{Rng, bf16_bytes, f16_bytes, normal_f32};
 use proptest::prelude::*;
 
 fn sig(bytes: &[u8], dtype: Dtype) -> Signature {

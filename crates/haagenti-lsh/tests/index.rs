@@ -2,11 +2,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use haagenti_core::synth::Rng;
 use haagenti_core::{FragmentError, FragmentId, Signature, SimilarityThreshold};
 use haagenti_lsh::{
     COSINE_SKETCH_TAG, IndexConfig, SEGMENT_VERSION, SegmentWriter, SimilarityIndex,
 };
+use haagenti_testkit::synth::Rng;
 use proptest::prelude::*;
 
 fn random_sig(rng: &mut Rng) -> Signature {

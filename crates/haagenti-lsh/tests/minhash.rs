@@ -4,9 +4,9 @@
 #![cfg(feature = "experimental")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use haagenti_core::synth::Rng;
 use haagenti_core::{FragmentId, SignatureScheme, SimilarityThreshold};
 use haagenti_lsh::{ByteMinHash, IndexConfig, SimilarityIndex};
+use haagenti_testkit::synth::Rng;
 use proptest::prelude::*;
 
 /// Tokenizer-like JSON text.

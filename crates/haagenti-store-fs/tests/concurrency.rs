@@ -4,21 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use haagenti_core::store::{FRAGMENTS_PREFIX, LOCKS_PREFIX, TMP_PREFIX};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
-use haagenti_core::{
-    CodecRegistry, Dtype, FragmentId, FragmentLibrary, FragmentStore, GcOptions, IngestOptions,
-    LibraryConfig, ObjectKey, ObjectMeta, PutOutcome, Result,
-};
+use haagenti_core::store::FRAGMENTS_PREFIX;
+use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, GcOptions, IngestOptions};
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::hooks::HookStore;
+use haagenti_testkit::library::{TestLibrary, assert_only_live_objects};
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 const GC_NOW: GcOptions = GcOptions {
     dry_run: false,
@@ -34,10 +30,7 @@ fn open(dir: &Path) -> FragmentLibrary {
 }
 
 fn library(store: Arc<dyn FragmentStore>) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = 64 << 10;
-    config.parallelism = 2;
-    FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap()
+    TestLibrary::new().parallelism(2).open(store)
 }
 
 /// Model `i` of a family: tensors drawn from a shared pool, so neighbours overlap
@@ -97,28 +90,7 @@ async fn assert_library_whole(dir: &Path, models: &[(String, PathBuf)]) {
     lib.gc(GC_NOW).await.unwrap();
     let report = lib.verify(None, None).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    let mut live = BTreeSet::new();
-    for (name, _) in models {
-        for r in lib.manifest(name).await.unwrap().fragments() {
-            live.insert(r.id);
-            live.extend(r.depends_on);
-        }
-    }
-    let stored: BTreeSet<FragmentId> = lib
-        .store()
-        .list(FRAGMENTS_PREFIX)
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| m.key.fragment_id())
-        .collect();
-    assert_eq!(stored, live);
-    for prefix in [TMP_PREFIX, LOCKS_PREFIX] {
-        assert!(
-            lib.store().list(prefix).await.unwrap().is_empty(),
-            "{prefix}"
-        );
-    }
+    assert_only_live_objects(&lib, "after a final gc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -234,54 +206,6 @@ async fn two_processes_ingest_overlapping_models_while_gc_runs() {
     assert_library_whole(lib_dir.path(), &models).await;
 }
 
-/// A filesystem store that stops before its `at`th fragment write until resumed, so a
-/// test can act while an ingest is provably half done. It signals `paused` only once
-/// every earlier fragment write has finished: workers put in parallel, so write
-/// `at - 1` may still be in flight when write `at` arrives.
-#[derive(Debug)]
-struct PauseBeforeFragment {
-    inner: FsStore,
-    at: usize,
-    fragment_puts: std::sync::atomic::AtomicUsize,
-    finished_puts: std::sync::atomic::AtomicUsize,
-    paused: tokio::sync::Notify,
-    resume: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl FragmentStore for PauseBeforeFragment {
-    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
-        let fragment = key.as_str().starts_with(FRAGMENTS_PREFIX);
-        if fragment && self.fragment_puts.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            while self.finished_puts.load(Ordering::SeqCst) < self.at - 1 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            self.paused.notify_one();
-            self.resume.notified().await;
-        }
-        let outcome = self.inner.put(key, bytes).await;
-        if fragment {
-            self.finished_puts.fetch_add(1, Ordering::SeqCst);
-        }
-        outcome
-    }
-    async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &ObjectKey, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<()> {
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_never_collects_under_a_half_done_ingest() {
     let src = tempfile::tempdir().unwrap();
@@ -289,14 +213,14 @@ async fn gc_never_collects_under_a_half_done_ingest() {
     let models: Vec<(String, PathBuf)> = (0..3)
         .map(|i| (format!("model-{i}"), write_model(src.path(), i)))
         .collect();
-    let store = Arc::new(PauseBeforeFragment {
-        inner: FsStore::open(lib_dir.path()).unwrap().without_sync(),
-        at: 10,
-        fragment_puts: Default::default(),
-        finished_puts: Default::default(),
-        paused: Default::default(),
-        resume: Default::default(),
-    });
+    // The store stops before the 10th fragment write until resumed, so the test can act
+    // while the ingest is provably half done. It signals `paused` only once every
+    // earlier fragment write has finished: workers put in parallel, so write 9 may
+    // still be in flight when write 10 arrives.
+    let store = Arc::new(HookStore::new(Arc::new(
+        FsStore::open(lib_dir.path()).unwrap().without_sync(),
+    )));
+    let pause = store.pause_before_put(FRAGMENTS_PREFIX, 10);
     let paused_lib = library(store.clone());
     let (name, path) = models[0].clone();
     let half_done = tokio::spawn(async move {
@@ -304,7 +228,7 @@ async fn gc_never_collects_under_a_half_done_ingest() {
             .ingest(&name, &path, IngestOptions::default())
             .await
     });
-    store.paused.notified().await;
+    pause.paused().await;
 
     // At least nine fragments of model-0 are written, unreferenced (no manifest yet) and
     // younger than any grace: gc must refuse rather than collect them.
@@ -323,7 +247,7 @@ async fn gc_never_collects_under_a_half_done_ingest() {
             .unwrap();
     }
 
-    store.resume.notify_one();
+    pause.resume();
     half_done.await.unwrap().unwrap();
     assert_library_whole(lib_dir.path(), &models).await;
 }

@@ -3,9 +3,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use haagenti_core::testkit::store::{Tamper, check_store};
 use haagenti_core::{FragmentStore, MemoryStore, ObjectKey};
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::store::{Tamper, check_store};
 
 struct FsTamper(std::path::PathBuf);
 

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haagenti_core::store::{FRAGMENTS_PREFIX, TMP_PREFIX};
-use haagenti_core::synth::{self, Recipe, SynthTensor};
-use haagenti_core::{
-    CodecRegistry, Dtype, FragmentLibrary, GcOptions, IngestOptions, LibraryConfig,
-};
+use haagenti_core::{Dtype, FragmentLibrary, GcOptions, IngestOptions};
 use haagenti_store_fs::FsStore;
+use haagenti_testkit::library::test_library;
+use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(PathBuf);
@@ -92,14 +91,7 @@ fn a_full_disk_fails_cleanly() {
     let big = model(&src.path().join("big.safetensors"), 2, 12);
     let fits = model(&src.path().join("fits.safetensors"), 3, 2);
 
-    let mut config = LibraryConfig::default();
-    config.fragment_size = 64 << 10;
-    let lib = FragmentLibrary::new(
-        Arc::new(FsStore::open(mnt.path().join("lib")).unwrap()),
-        CodecRegistry::default(),
-        config,
-    )
-    .unwrap();
+    let lib = test_library(Arc::new(FsStore::open(mnt.path().join("lib")).unwrap()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let gc_now = GcOptions {
         dry_run: false,

@@ -13,10 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use haagenti_core::synth::Rng;
-use haagenti_core::testkit::store::{Tamper, check_store};
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, PutOutcome};
 use haagenti_store_s3::{S3Credentials, S3Options, S3Store};
+use haagenti_testkit::store::{Tamper, check_store};
+use haagenti_testkit::synth::Rng;
 
 struct Server {
     endpoint: String,

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use haagenti_core::IngestOptions;
-use haagenti_core::synth;
 use haagenti_fragments::OpenOptions;
+use haagenti_testkit::synth;
 use serde_json::json;
 
 use crate::render::{human, print_json, print_stats, speed};

@@ -113,7 +113,8 @@ pub async fn load_model(lib: &FragmentLibrary, model: &str) -> Result<ModelLoad>
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use haagenti_core::{IngestOptions, synth};
+    use haagenti_core::IngestOptions;
+    use haagenti_testkit::synth;
 
     use super::*;
 

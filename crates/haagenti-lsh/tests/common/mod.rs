@@ -1,7 +1,7 @@
 //! Seeded fragment generators shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use haagenti_core::synth::{Rng, bf16_bytes, f16_bytes, f32_bytes, normal_f32};
+use haagenti_testkit::synth::{Rng, bf16_bytes, f16_bytes, f32_bytes, normal_f32};
 
 /// Centred cosine (Pearson correlation) of two value vectors, in f64.
 pub fn centred_cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -5,21 +5,22 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::FragmentLibrary;
-use crate::codec::CodecRegistry;
-use crate::store::{FragmentStore, ObjectKey, PutOutcome};
 use crate::synth::Rng;
-use crate::types::LibraryConfig;
+use haagenti_core::FragmentLibrary;
+use haagenti_core::LibraryConfig;
+use haagenti_core::codec::CodecRegistry;
+use haagenti_core::store::{FragmentStore, ObjectKey, PutOutcome};
 
 /// Lets the suite damage a stored object behind the store's back, as bit rot or a
 /// hostile writer would.
 #[async_trait]
 pub trait Tamper: Send + Sync {
+    /// Replaces the object at `key` with `bytes`, bypassing create-only semantics.
     async fn overwrite(&self, key: &ObjectKey, bytes: Bytes);
 }
 
 #[async_trait]
-impl Tamper for crate::MemoryStore {
+impl Tamper for haagenti_core::MemoryStore {
     async fn overwrite(&self, key: &ObjectKey, bytes: Bytes) {
         self.overwrite_for_test(key, bytes);
     }

@@ -1,8 +1,8 @@
 //! Writes one generated Llama-shaped model, for measuring ingest and export by hand:
-//! `cargo run --release -p haagenti-core --example gen_model -- OUT.safetensors BYTES [bf16|f16|f32] [SEED]`
+//! `cargo run --release -p haagenti-testkit --example gen_model -- OUT.safetensors BYTES [bf16|f16|f32] [SEED]`
 
 use haagenti_core::Dtype;
-use haagenti_core::synth;
+use haagenti_testkit::synth;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

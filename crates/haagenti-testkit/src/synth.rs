@@ -9,8 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cast::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
-use crate::types::Dtype;
+use haagenti_core::Dtype;
+use haagenti_core::cast::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 
 /// xoshiro256** seeded through splitmix64: small, fast, and stable forever.
 #[derive(Clone, Debug)]
@@ -20,6 +20,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// The generator for `seed` (any value, 0 included).
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut next = || {
@@ -35,6 +36,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
@@ -70,6 +72,7 @@ impl Rng {
         r * c
     }
 
+    /// Fills `out` with random bytes.
     pub fn fill_bytes(&mut self, out: &mut [u8]) {
         for chunk in out.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();
@@ -152,24 +155,43 @@ const IH6_VAR: f64 = (6.0 * (65_536.0 * 65_536.0 - 1.0) + 1.0) / 12.0;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recipe {
     /// Values drawn from N(mean, std²) with [`Rng::fast_normal`].
-    Normal { seed: u64, mean: f32, std: f32 },
+    Normal {
+        /// Seed of the values.
+        seed: u64,
+        /// Mean of the distribution.
+        mean: f32,
+        /// Standard deviation of the distribution.
+        std: f32,
+    },
     /// The base values rounded to the precision of `dtype` (bf16 or f16, round to nearest
     /// even; other dtypes leave them unchanged), kept as f32: the starting point of
     /// training after a cast.
-    Round { base: Box<Recipe>, dtype: Dtype },
+    Round {
+        /// The values rounded.
+        base: Box<Recipe>,
+        /// The precision they are rounded to.
+        dtype: Dtype,
+    },
     /// The base values plus N(0, std²) noise: a full fine-tune's update.
     Perturb {
+        /// The values perturbed.
         base: Box<Recipe>,
+        /// Seed of the noise.
         seed: u64,
+        /// Standard deviation of the noise.
         std: f32,
     },
     /// The base values plus `B·A`, `B` (rows × rank) and `A` (rank × cols) drawn from
     /// N(0, 1) and scaled so the update's spread is `std`: a merged LoRA adapter. `cols` is
     /// the tensor's last dimension.
     LowRank {
+        /// The values updated.
         base: Box<Recipe>,
+        /// Seed of `B` and `A`.
         seed: u64,
+        /// The rank of the update.
         rank: u32,
+        /// Standard deviation of the update.
         std: f32,
     },
 }
@@ -311,9 +333,13 @@ impl Source {
 /// its values. Nothing is materialised until [`SynthTensor::write_data`] streams it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynthTensor {
+    /// Name in the safetensors header.
     pub name: String,
+    /// Stored dtype: F32, BF16 or F16.
     pub dtype: Dtype,
+    /// Shape, outermost dimension first.
     pub shape: Vec<u64>,
+    /// How the values are produced.
     pub recipe: Recipe,
 }
 
@@ -898,6 +924,7 @@ fn recipe_std(recipe: &Recipe) -> f32 {
 /// What to generate: a seed and the approximate size of the fp32 parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilySpec {
+    /// Seed of every model of the family.
     pub seed: u64,
     /// Approximate size in bytes of the fp32 parent; every other model is sized from it.
     /// The whole family is about [`FAMILY_SIZE_FACTOR`] times this.
@@ -977,8 +1004,11 @@ impl std::fmt::Display for ModelKind {
 /// One generated model: a single safetensors file or a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyModel {
+    /// The model's name, unique in its family.
     pub name: String,
+    /// How it relates to the other models.
     pub kind: ModelKind,
+    /// One line on what it is, for reports.
     pub description: String,
     /// The `.safetensors` file or the model directory.
     pub path: PathBuf,
@@ -1001,8 +1031,11 @@ impl FamilyModel {
 /// A generated family, models in generation order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Family {
+    /// The directory the models were written to.
     pub dir: PathBuf,
+    /// What was generated.
     pub spec: FamilySpec,
+    /// The models, in generation order.
     pub models: Vec<FamilyModel>,
 }
 
@@ -1681,7 +1714,7 @@ fn tokenizer_json(seed: u64, vocab: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cast::cast_f32_bytes;
+    use haagenti_core::cast::cast_f32_bytes;
 
     #[test]
     fn rng_stream_is_pinned() {
@@ -1902,7 +1935,7 @@ mod tests {
 
     fn bf16_values(bytes: &[u8]) -> Vec<f32> {
         let mut out = Vec::new();
-        crate::cast::decode_values(bytes, Dtype::BF16, &mut out).unwrap();
+        haagenti_core::cast::decode_values(bytes, Dtype::BF16, &mut out).unwrap();
         out
     }
 

@@ -3,10 +3,10 @@
 //! Every [`Codec`] implementation runs [`check_codec`] in its tests. Failures panic with
 //! the case that failed, so they read as ordinary test failures.
 
-use crate::cast::{f32_to_bf16, f32_to_f16};
-use crate::codec::{Codec, EncodeHint, MAX_DECODED_LEN};
 use crate::synth::{self, Rng};
-use crate::types::{CodecPolicy, Dtype};
+use haagenti_core::cast::{f32_to_bf16, f32_to_f16};
+use haagenti_core::codec::{Codec, EncodeHint, MAX_DECODED_LEN};
+use haagenti_core::{CodecPolicy, Dtype};
 
 const POLICIES: [CodecPolicy; 3] = [CodecPolicy::Fast, CodecPolicy::Balanced, CodecPolicy::Max];
 

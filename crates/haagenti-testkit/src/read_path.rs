@@ -1,79 +1,36 @@
-//! The read-path suite: any byte range of any stored file, read through `FileReader`,
-//! equals the source bytes, for every encoding a fragment can have, and fetches only the
-//! fragments the range touches.
+//! The read-path suite: any byte range of any stored file, read through
+//! [`FileReader`](haagenti_core::FileReader), equals the source bytes, for every encoding a
+//! fragment can have, and fetches only the fragments the range touches.
+//!
+//! [`check_read_path`] runs it on a store; the caller supplies the real codecs and
+//! similarity (this crate depends on neither), which the suite needs to store deltas and
+//! casts. Run it on a multi-threaded tokio runtime (the random ranges block in place).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use haagenti_fragments::synth;
-use haagenti_fragments::{
+use haagenti_core::{
     Encoding, FileContent, FragmentError, FragmentId, FragmentLibrary, FragmentStore,
-    IngestOptions, LibraryConfig, ModelHandle, ModelManifest, ObjectKey, ObjectMeta, PutOutcome,
+    IngestOptions, ModelHandle, ModelManifest, ObjectKey,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+use crate::hooks::HookStore;
+use crate::library::TestLibrary;
+use crate::synth;
+
 /// Fragment size of the suite's libraries: the smallest allowed, so tensors span several.
 const FRAGMENT_SIZE: usize = 64 << 10;
 
-/// Records the keys of every `get` (and `get_range`) of fragment objects.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<dyn FragmentStore>,
-    gets: Mutex<Vec<FragmentId>>,
-}
-
-impl Recording {
-    fn take(&self) -> Vec<FragmentId> {
-        std::mem::take(&mut *self.gets.lock().unwrap())
-    }
-    fn record(&self, key: &ObjectKey) {
-        if let Some(id) = key.fragment_id() {
-            self.gets.lock().unwrap().push(id);
-        }
-    }
-}
-
-#[async_trait]
-impl FragmentStore for Recording {
-    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> haagenti_fragments::Result<PutOutcome> {
-        self.inner.put(key, bytes).await
-    }
-    async fn get(&self, key: &ObjectKey) -> haagenti_fragments::Result<Bytes> {
-        self.record(key);
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> haagenti_fragments::Result<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> haagenti_fragments::Result<Option<ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> haagenti_fragments::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> haagenti_fragments::Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-}
-
-fn library(store: Arc<dyn FragmentStore>) -> FragmentLibrary {
-    let mut config = LibraryConfig::default();
-    config.fragment_size = FRAGMENT_SIZE;
-    FragmentLibrary::new(
-        store,
-        haagenti_fragments::codec_impls::default_registry(),
-        config,
-    )
-    .unwrap()
-    .with_similarity(haagenti_fragments::lsh::cosine_similarity())
+/// Fragment ids read with `get` since the last call, with how often each was read.
+fn fragment_gets(store: &HookStore) -> HashMap<FragmentId, u64> {
+    store
+        .take_gets("fragments/")
+        .into_iter()
+        .filter_map(|(key, n): (ObjectKey, u64)| Some((key.fragment_id()?, n)))
+        .collect()
 }
 
 /// A model stored for the suite: its name and source (a file or a directory).
@@ -178,13 +135,18 @@ fn boundaries(manifest: &ModelManifest, file: &str) -> Vec<u64> {
     out
 }
 
-/// Runs the whole suite on a fresh, empty store.
-pub async fn run(store: Arc<dyn FragmentStore>) {
-    let recording = Arc::new(Recording {
-        inner: store,
-        gets: Mutex::default(),
-    });
-    let lib = library(recording.clone());
+/// Runs the whole suite on a fresh, empty store, with a library opened by `library`
+/// (which must carry the real codecs and similarity; the suite sets the fragment size).
+///
+/// Panics, naming the model, file and range, on the first read that differs from the
+/// source or fetches a fragment it does not need.
+pub async fn check_read_path(store: Arc<dyn FragmentStore>, library: &TestLibrary) {
+    let recording = Arc::new(HookStore::new(store));
+    let lib = library
+        .clone()
+        .fragment_size(FRAGMENT_SIZE)
+        .cache_bytes(0)
+        .open(recording.clone());
     let src = tempfile::tempdir().unwrap();
     let stored = ingest_family(&lib, src.path()).await;
 
@@ -340,7 +302,7 @@ async fn check_sequential(model: &ModelHandle, path: &str, expected: &[u8]) {
 /// fragment once (the read-ahead window keeps what a later read needs).
 async fn check_fetches(
     lib: &FragmentLibrary,
-    recording: &Recording,
+    recording: &HookStore,
     manifest: &ModelManifest,
     model: &str,
     path: &str,
@@ -377,25 +339,24 @@ async fn check_fetches(
     for (offset, len, touched) in cases {
         let fresh = lib.clone().with_cache_bytes(0);
         let reader = fresh.open_model(model).await.unwrap().file(path).unwrap();
-        recording.take();
+        fragment_gets(recording);
         reader.read_at(offset, len).await.unwrap();
-        let fetched = recording.take();
-        let fetched_set: HashSet<FragmentId> = fetched.iter().copied().collect();
+        let fetched = fragment_gets(recording);
+        let fetched_set: HashSet<FragmentId> = fetched.keys().copied().collect();
         assert_eq!(
             fetched_set,
             with_deps(&touched),
             "{model} {path}: range {offset}+{len} fetched other fragments"
         );
-        assert_eq!(
-            fetched.len(),
-            fetched_set.len(),
+        assert!(
+            fetched.values().all(|&n| n == 1),
             "{model} {path}: a fragment fetched twice"
         );
     }
     // Whole file, sequentially, in steps smaller than a fragment.
     let fresh = lib.clone().with_cache_bytes(0);
     let reader = fresh.open_model(model).await.unwrap().file(path).unwrap();
-    recording.take();
+    fragment_gets(recording);
     let size = reader.len();
     let mut at = 0;
     while at < size {
@@ -403,12 +364,16 @@ async fn check_fetches(
         reader.read_at(at, len).await.unwrap();
         at += len;
     }
-    let fetched = recording.take();
+    let fetched = fragment_gets(recording);
     let distinct: HashSet<FragmentId> = refs.iter().map(|r| r.id).collect();
-    let own = fetched.iter().filter(|id| distinct.contains(id)).count();
+    let own: u64 = fetched
+        .iter()
+        .filter(|(id, _)| distinct.contains(id))
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(
         own,
-        refs.len(),
+        refs.len() as u64,
         "{model} {path}: a sequential read fetched some fragment more than once"
     );
 }
