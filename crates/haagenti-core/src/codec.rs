@@ -24,6 +24,7 @@ pub const MAX_DECODED_LEN: usize = 16 << 20;
 pub struct EncodeHint {
     /// Element type when the bytes are tensor data.
     pub dtype: Option<Dtype>,
+    /// How hard to work for a smaller encoding (the library's configured policy).
     pub policy: CodecPolicy,
 }
 
@@ -151,19 +152,25 @@ impl CodecRegistry {
         me
     }
 
+    /// The codec new fragments are written with: [`RawCodec`] unless
+    /// [`Self::with_encoder`] chose another.
     pub fn encoder(&self) -> &Arc<dyn Codec> {
         &self.encoder
     }
 
+    /// The codec registered under `tag`; `None` means objects with this tag cannot be
+    /// read by this registry.
     pub fn get(&self, tag: CodecTag) -> Option<&Arc<dyn Codec>> {
         self.by_tag.get(&tag)
     }
 
+    /// The name of the codec registered under `tag`, or `unknown(<tag>)`, for reports.
     pub fn name_of(&self, tag: CodecTag) -> String {
         self.get(tag)
             .map_or_else(|| format!("unknown({tag})"), |c| c.name().to_string())
     }
 
+    /// Every registered codec, in tag order.
     pub fn codecs(&self) -> impl Iterator<Item = &Arc<dyn Codec>> {
         self.by_tag.values()
     }

@@ -4,6 +4,8 @@
 //! Backends (`haagenti-store-fs`, `haagenti-store-s3`), codecs (`haagenti-codec`) and
 //! signature schemes (`haagenti-lsh`) depend on this crate and nothing else of haagenti.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod cast;
 pub mod codec;
 pub mod error;
@@ -31,11 +33,10 @@ pub mod internals {
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ByteCount, DELTA_MAX_FRACTION, ExportReport, FileReader, FragmentLibrary, GcOptions, GcReport,
-    IndexReport, IngestOptions, IngestReport, LossyModel, MERGE_SEGMENTS_AT, MetricsSnapshot,
-    ModelComparison, ModelFile, ModelHandle, ModelSavings, Progress, PutFragment, Relation,
-    SIMILAR_FRAGMENT_THRESHOLD, SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch,
-    TensorSimilarity, VerifyReport,
+    ByteCount, ExportReport, FileReader, FragmentLibrary, GcOptions, GcReport, IndexReport,
+    IngestOptions, IngestReport, LossyModel, MetricsSnapshot, ModelComparison, ModelFile,
+    ModelHandle, ModelSavings, Progress, PutFragment, Relation, SimilarTensors, StoredCount,
+    Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,

@@ -12,13 +12,15 @@ use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
 use crate::types::{Dtype, FragmentId, FragmentType, LIBRARY_FORMAT_VERSION, validate_model_name};
 
+/// The first four bytes of every manifest object.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"HGMF";
 /// Upper bound on a decoded manifest; a hostile length prefix cannot allocate more.
-pub const MAX_MANIFEST_LEN: usize = 1 << 30;
+pub(crate) const MAX_MANIFEST_LEN: usize = 1 << 30;
 
 /// A reference from a file to one fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FragmentRef {
+    /// The fragment's content address.
     pub id: FragmentId,
     /// Decoded length in bytes.
     pub len: u32,
@@ -30,16 +32,22 @@ pub struct FragmentRef {
 /// One tensor of a safetensors file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorRef {
+    /// The tensor's name, as in the safetensors header.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
     /// Absolute byte offset of the tensor's data in its file.
     pub offset: u64,
+    /// Length of the tensor's data in bytes; its fragments' lengths add up to it.
     pub len: u64,
+    /// Its fragments, in order; together exactly the tensor's data.
     pub fragments: Vec<FragmentRef>,
 }
 
 impl TensorRef {
+    /// What the tensor holds, inferred from its name.
     pub fn fragment_type(&self) -> FragmentType {
         FragmentType::from_tensor_name(&self.name)
     }
@@ -50,11 +58,16 @@ impl TensorRef {
 pub enum FileContent {
     /// The original header bytes (length prefix included), then tensors in offset order.
     Safetensors {
+        /// The header bytes verbatim, its 8-byte length prefix included.
         header: Vec<u8>,
+        /// The tensors in offset order, tiling the rest of the file.
         tensors: Vec<TensorRef>,
     },
     /// Any other file: content-defined chunks in order.
-    Blob { chunks: Vec<FragmentRef> },
+    Blob {
+        /// The chunks in file order; their lengths add up to the file's size.
+        chunks: Vec<FragmentRef>,
+    },
 }
 
 /// One file of a model.
@@ -62,9 +75,11 @@ pub enum FileContent {
 pub struct FileManifest {
     /// Relative path with `/` separators (a single-file model: the file name).
     pub path: String,
+    /// Size of the file in bytes.
     pub size: u64,
     /// BLAKE3 of the whole original file.
     pub blake3: [u8; 32],
+    /// How to rebuild the file from fragments.
     pub content: FileContent,
 }
 
@@ -79,6 +94,7 @@ impl FileManifest {
         }
     }
 
+    /// The file's tensors in offset order (none for a blob file).
     pub fn tensors(&self) -> &[TensorRef] {
         match &self.content {
             FileContent::Safetensors { tensors, .. } => tensors,
@@ -107,9 +123,11 @@ pub struct LossySubstitution {
 /// Everything needed to rebuild one model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelManifest {
+    /// The model's name: `name` or `org/name` (see [`validate_model_name`]).
     pub name: String,
     /// Milliseconds since the Unix epoch at ingest.
     pub created_unix_ms: u64,
+    /// Every file of the model, each path once.
     pub files: Vec<FileManifest>,
     /// Empty unless the model was ingested with a lossy option.
     pub lossy: Vec<LossySubstitution>,
@@ -118,9 +136,13 @@ pub struct ModelManifest {
 /// Tensors grouped by layer (the name up to the last component), for reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayerMapping {
+    /// The layer's name: its tensors' names up to their last `.`.
     pub layer: String,
+    /// What the layer holds, inferred from the name of its first tensor.
     pub fragment_type: FragmentType,
+    /// Names of the layer's tensors, in file order.
     pub tensors: Vec<String>,
+    /// Sum of the tensors' data lengths.
     pub bytes: u64,
 }
 
@@ -135,6 +157,8 @@ impl ModelManifest {
         self.files.iter().flat_map(|f| f.fragments())
     }
 
+    /// Whether the model was ingested with lossy substitutions (its files may differ from
+    /// the source).
     pub fn is_lossy(&self) -> bool {
         !self.lossy.is_empty()
     }

@@ -24,6 +24,7 @@ use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
 use crate::types::{Dtype, Encoding, FragmentId, LIBRARY_FORMAT_VERSION};
 
+/// The first four bytes of every fragment object.
 pub const FRAGMENT_MAGIC: [u8; 4] = *b"HGFR";
 const FIXED_HEADER: usize = 32;
 const CHECKSUM_AT: usize = 24;
@@ -33,8 +34,11 @@ pub const MAX_OBJECT_HEADER_LEN: usize = FIXED_HEADER + 32 + 2;
 /// The decoded header of a stored fragment object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectHeader {
+    /// How the payload decodes to the fragment.
     pub encoding: Encoding,
+    /// Length of the decoded fragment in bytes.
     pub decoded_len: u64,
+    /// Element type of the tensor the fragment was first stored for, if any.
     pub dtype: Option<Dtype>,
     /// Where the payload starts.
     pub header_len: usize,

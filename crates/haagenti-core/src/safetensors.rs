@@ -20,19 +20,25 @@ pub const MAX_SAFETENSORS_HEADER_LEN: u64 = 100 << 20;
 /// One tensor as the header describes it. Offsets are absolute within the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderTensor {
+    /// The tensor's name.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
     /// Absolute byte range in the file.
     pub start: u64,
+    /// End of that range (exclusive); never before `start`.
     pub end: u64,
 }
 
 impl HeaderTensor {
+    /// Length of the tensor's data in bytes.
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
 
+    /// Whether the tensor has no data.
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
@@ -45,6 +51,7 @@ pub struct SafetensorsHeader {
     pub raw: Vec<u8>,
     /// Tensors in file order (sorted by offset; ties keep header order).
     pub tensors: Vec<HeaderTensor>,
+    /// Size of the whole file in bytes.
     pub file_len: u64,
 }
 

@@ -17,7 +17,9 @@ pub type SchemeTag = u16;
 /// A fixed-length bit signature (SimHash-style) or a MinHash vector, as the scheme decides.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Signature {
+    /// Tag of the scheme that computed it; only signatures of one scheme compare.
     pub scheme: SchemeTag,
+    /// The signature's bits or hash values, laid out as the scheme decides.
     pub words: Vec<u64>,
 }
 
@@ -101,7 +103,9 @@ pub type IndexFactory = Arc<dyn Fn() -> Box<dyn CandidateIndex> + Send + Sync>;
 /// its signatures. Turned on with [`crate::FragmentLibrary::with_similarity`].
 #[derive(Clone)]
 pub struct Similarity {
+    /// Computes the signature of each fragment.
     pub scheme: Arc<dyn SignatureScheme>,
+    /// Builds the empty index the library loads its segments into.
     pub new_index: IndexFactory,
 }
 
@@ -119,6 +123,7 @@ impl fmt::Debug for Similarity {
 pub struct EntryMeta {
     /// Decoded length in bytes.
     pub len: u32,
+    /// Element type of the tensor the fragment was stored for; `None` for blob bytes.
     pub dtype: Option<Dtype>,
     /// Stored standalone, so it may serve as a delta base or cast source (depth 1).
     pub standalone: bool,

@@ -22,8 +22,11 @@ use crate::types::FragmentId;
 pub struct ObjectKey(String);
 
 impl ObjectKey {
+    /// Longest key accepted, in bytes.
     pub const MAX_LEN: usize = 512;
 
+    /// Validates `key`; an [`InvalidInput`](FragmentError::InvalidInput) error names the
+    /// rule it breaks.
     pub fn new(key: impl Into<String>) -> Result<Self> {
         let key = key.into();
         let bad =
@@ -64,15 +67,20 @@ impl ObjectKey {
         (Self::fragment(&id) == *self).then_some(id)
     }
 
+    /// The key as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-/// Key prefixes of the library's namespaces.
+/// Key prefix of fragment objects (see [`ObjectKey::fragment`]).
 pub const FRAGMENTS_PREFIX: &str = "fragments/";
+/// Key prefix of model manifests: `manifests/<name>/<generation>`, one object per
+/// generation, generations 20 digits long.
 pub const MANIFESTS_PREFIX: &str = "manifests/";
+/// Key prefix of the similarity index's segments.
 pub const INDEX_PREFIX: &str = "index/";
+/// Key prefix of the locks that keep `gc` and ingest from racing.
 pub const LOCKS_PREFIX: &str = "locks/";
 /// Backends keep in-flight temporary objects here (gc sweeps old ones).
 pub const TMP_PREFIX: &str = "tmp/";
@@ -92,7 +100,9 @@ impl fmt::Display for ObjectKey {
 /// What a listing or `head` knows about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// The object's key.
     pub key: ObjectKey,
+    /// Size of the object in bytes.
     pub size: u64,
     /// Last modification (creation, since objects are immutable).
     pub modified: SystemTime,
@@ -101,6 +111,7 @@ pub struct ObjectMeta {
 /// Result of a create-only put.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
+    /// The object was written.
     Created,
     /// An object already had this key; nothing was written. For content-addressed keys
     /// that is success; the library checks the size.
@@ -117,10 +128,15 @@ pub enum PutOutcome {
 /// * `list` returns every object whose key starts with `prefix`, in no particular order.
 #[async_trait]
 pub trait FragmentStore: Send + Sync + fmt::Debug {
+    /// Writes `bytes` under `key`, atomically, unless an object already has that key.
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome>;
+    /// The whole object; a missing key is an error for which `is_not_found()` holds.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes>;
+    /// The object's size and time, or `None` when no object has `key`.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>>;
+    /// Every object whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Removes the object; a missing key is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
 
     /// Where the store lives, for messages (`/path/to/lib`, `s3://bucket/prefix`).
@@ -128,6 +144,7 @@ pub trait FragmentStore: Send + Sync + fmt::Debug {
         format!("{self:?}")
     }
 
+    /// Whether an object has `key` (a `head`).
     async fn exists(&self, key: &ObjectKey) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
     }
@@ -182,6 +199,7 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -25,6 +25,7 @@ impl FragmentId {
         Self(*blake3::hash(data).as_bytes())
     }
 
+    /// The 32 hash bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -88,24 +89,40 @@ impl FromStr for FragmentId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Dtype {
+    /// Boolean, one byte.
     Bool,
+    /// Unsigned 8-bit integer.
     U8,
+    /// Signed 8-bit integer.
     I8,
+    /// 8-bit float with 4 exponent and 3 mantissa bits.
     F8E4M3,
+    /// 8-bit float with 5 exponent and 2 mantissa bits.
     F8E5M2,
+    /// Signed 16-bit integer.
     I16,
+    /// Unsigned 16-bit integer.
     U16,
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16: the upper half of an f32.
     BF16,
+    /// Signed 32-bit integer.
     I32,
+    /// Unsigned 32-bit integer.
     U32,
+    /// IEEE 754 single precision.
     F32,
+    /// Signed 64-bit integer.
     I64,
+    /// Unsigned 64-bit integer.
     U64,
+    /// IEEE 754 double precision.
     F64,
 }
 
 impl Dtype {
+    /// Every dtype, in tag order.
     pub const ALL: [Dtype; 15] = [
         Dtype::Bool,
         Dtype::U8,
@@ -155,6 +172,7 @@ impl Dtype {
         }
     }
 
+    /// The dtype a safetensors header spells `name` (`F16`, `BF16`, …), if known.
     pub fn from_safetensors_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|d| d.safetensors_name() == name)
     }
@@ -188,6 +206,7 @@ impl Dtype {
         }
     }
 
+    /// Inverse of [`Self::tag`]; `None` for an unknown tag.
     pub fn from_tag(tag: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|d| d.tag() == tag)
     }
@@ -204,11 +223,17 @@ impl fmt::Display for Dtype {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum FragmentType {
+    /// Attention projections (`q_proj`, `to_k`, `qkv`, …).
     Attention,
+    /// Feed-forward layers (`mlp`, `gate_proj`, `fc1`, …).
     Mlp,
+    /// Normalisation weights (`layernorm`, `rmsnorm`, `ln_f`, …).
     Norm,
+    /// Token and position embeddings and the output head (`embed`, `wte`, `lm_head`, …).
     Embedding,
+    /// Biases (names ending in `.bias` or `_bias`).
     Bias,
+    /// Convolution kernels.
     Convolution,
     /// A tensor whose name says nothing we recognise.
     Tensor,
@@ -272,6 +297,7 @@ impl FragmentType {
         }
     }
 
+    /// Lower-case name for reports, as `Display` writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             FragmentType::Attention => "attention",
@@ -296,22 +322,37 @@ impl fmt::Display for FragmentType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Encoding {
     /// The payload is the fragment, run through one codec.
-    Standalone { codec: u16 },
+    Standalone {
+        /// Tag of the codec.
+        codec: u16,
+    },
     /// The payload is a codec-encoded XOR difference against `base` (never itself a delta).
-    Delta { codec: u16, base: FragmentId },
+    Delta {
+        /// Tag of the codec that encoded the difference.
+        codec: u16,
+        /// The fragment the difference is taken against.
+        base: FragmentId,
+    },
     /// No payload: the fragment is the round-to-nearest-even cast of `source` to `to`.
     Cast {
+        /// The fragment whose values are cast.
         source: FragmentId,
+        /// Element type of `source`.
         from: Dtype,
+        /// Element type of this fragment.
         to: Dtype,
     },
     /// The payload is a codec-encoded XOR difference against the round-to-nearest-even
     /// cast of `source` to `to`: a bf16 fine-tune stored against its fp32 parent. `source`
     /// is standalone, so this too decodes with two reads.
     CastDelta {
+        /// Tag of the codec that encoded the difference.
         codec: u16,
+        /// The fragment whose cast the difference is taken against.
         source: FragmentId,
+        /// Element type of `source`.
         from: Dtype,
+        /// Element type of this fragment.
         to: Dtype,
     },
 }
@@ -330,11 +371,14 @@ impl Encoding {
 /// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {
+    /// BLAKE3 of `data`.
     pub id: FragmentId,
+    /// The decoded bytes.
     pub data: Bytes,
 }
 
 impl Fragment {
+    /// The fragment of `data`, its id computed from the bytes.
     pub fn new(data: impl Into<Bytes>) -> Self {
         let data = data.into();
         Self {
@@ -347,11 +391,13 @@ impl Fragment {
 /// What the library knows about one stored fragment object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FragmentMetadata {
+    /// The fragment's content address.
     pub id: FragmentId,
     /// Decoded length in bytes.
     pub len: u64,
     /// Size of the stored object in bytes (header included).
     pub stored_len: u64,
+    /// How it is stored.
     pub encoding: Encoding,
     /// Element type of the tensor the fragment was first stored for, if any.
     pub dtype: Option<Dtype>,
@@ -362,6 +408,8 @@ pub struct FragmentMetadata {
 pub struct SimilarityThreshold(f32);
 
 impl SimilarityThreshold {
+    /// The threshold `value`; an [`InvalidInput`](FragmentError::InvalidInput) error unless
+    /// it lies in `[0, 1]`.
     pub fn new(value: f32) -> Result<Self, FragmentError> {
         if (0.0..=1.0).contains(&value) {
             Ok(Self(value))
@@ -372,6 +420,7 @@ impl SimilarityThreshold {
         }
     }
 
+    /// The threshold as a cosine.
     pub fn get(self) -> f32 {
         self.0
     }
@@ -380,6 +429,7 @@ impl SimilarityThreshold {
 /// A candidate returned by a similarity index.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SimilarityMatch {
+    /// The candidate fragment.
     pub id: FragmentId,
     /// Estimated cosine similarity in `[-1, 1]`.
     pub similarity: f32,
@@ -390,6 +440,7 @@ pub struct SimilarityMatch {
 pub enum CodecPolicy {
     /// Cheapest transform that still saves bytes.
     Fast,
+    /// A good ratio at moderate cost.
     #[default]
     Balanced,
     /// Best ratio, slower.
@@ -420,8 +471,9 @@ impl fmt::Display for CodecPolicy {
     }
 }
 
-/// Smallest and largest allowed tensor fragment sizes.
+/// Smallest allowed [`LibraryConfig::fragment_size`], in bytes (64 KiB).
 pub const MIN_FRAGMENT_SIZE: usize = 64 << 10;
+/// Largest allowed [`LibraryConfig::fragment_size`], in bytes (8 MiB).
 pub const MAX_FRAGMENT_SIZE: usize = 8 << 20;
 
 /// Elements per fragment of a `dtype` tensor: `fragment_size / 2` for 2- and 4-byte
@@ -445,6 +497,7 @@ pub struct LibraryConfig {
     pub fragment_size: usize,
     /// Average content-defined chunk size for blob files.
     pub blob_chunk_avg: usize,
+    /// How hard the codec works when writing fragments.
     pub codec_policy: CodecPolicy,
     /// How many fragments are hashed/encoded/stored at once; bounds memory.
     pub parallelism: usize,
@@ -469,6 +522,8 @@ impl Default for LibraryConfig {
 }
 
 impl LibraryConfig {
+    /// Checks every field's range; an [`InvalidInput`](FragmentError::InvalidInput) error
+    /// names the first one out of range.
     pub fn validate(&self) -> Result<(), FragmentError> {
         if !(MIN_FRAGMENT_SIZE..=MAX_FRAGMENT_SIZE).contains(&self.fragment_size) {
             return Err(FragmentError::InvalidInput(format!(
@@ -501,6 +556,7 @@ impl LibraryConfig {
 /// Library-wide figures, computed from the manifests and a listing of the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LibraryStats {
+    /// Models in the library.
     pub models: u64,
     /// Distinct fragment objects in the store.
     pub fragments: u64,
@@ -508,9 +564,13 @@ pub struct LibraryStats {
     pub logical_bytes: u64,
     /// Sum of the sizes of every object the library keeps (fragments, manifests, indexes).
     pub stored_bytes: u64,
+    /// Sum of the sizes of the fragment objects.
     pub fragment_bytes: u64,
+    /// Sum of the sizes of the manifest objects, every generation.
     pub manifest_bytes: u64,
+    /// Sum of the sizes of the similarity index's segments.
     pub index_bytes: u64,
+    /// Where the difference between logical and stored bytes comes from.
     pub savings: Savings,
 }
 

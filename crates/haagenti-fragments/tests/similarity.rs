@@ -495,7 +495,9 @@ async fn loose_lossy_bounds_reach_candidates_below_the_delta_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_merges_index_segments_once_they_pile_up() {
-    use haagenti_fragments::MERGE_SEGMENTS_AT;
+    // 32 segments, the library's merge threshold (`MERGE_SEGMENTS_AT` in haagenti-core's
+    // library/similarity.rs, crate-private).
+    const MERGE_SEGMENTS_AT: usize = 32;
     use synth::{Recipe, SynthTensor};
     let dir = tempfile::tempdir().unwrap();
     let fam = family(&dir.path().join("fam"));

@@ -18,7 +18,7 @@ use crate::types::{Dtype, Encoding, FragmentId, Savings, SimilarityThreshold};
 
 /// Fragment pairs estimated less similar than this do not relate two tensors in
 /// [`FragmentLibrary::similar_tensors`].
-pub const SIMILAR_FRAGMENT_THRESHOLD: f32 = 0.5;
+pub(crate) const SIMILAR_FRAGMENT_THRESHOLD: f32 = 0.5;
 /// Index matches examined per fragment of the queried tensor.
 const MATCHES_PER_FRAGMENT: usize = 32;
 /// Header and size reads in flight at once.
@@ -27,10 +27,13 @@ const CONCURRENT_READS: usize = 32;
 /// The tensors of the library most similar to one tensor of a model.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorSimilarity {
+    /// Relative path of the model file holding the tensor.
     pub file: String,
+    /// The tensor's name.
     pub tensor: String,
     /// Safetensors spelling of the element type.
     pub dtype: String,
+    /// Fragments the tensor is cut into.
     pub fragments: u64,
     /// Fragments with no signature in the index (values a signature does not apply to,
     /// or a fragment missing from the index): they take no part in the estimates.
@@ -42,9 +45,13 @@ pub struct TensorSimilarity {
 /// A tensor elsewhere in the library that resembles the queried one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorMatch {
+    /// The model holding it (the queried model itself for another of its tensors).
     pub model: String,
+    /// Relative path of its file in that model.
     pub file: String,
+    /// Its name.
     pub tensor: String,
+    /// Safetensors spelling of its element type.
     pub dtype: String,
     /// Estimated cosine similarity: for every signed fragment of the queried tensor, the
     /// best estimate among this tensor's fragments (1 for a shared fragment, 0 when the
@@ -57,7 +64,9 @@ pub struct TensorMatch {
 /// What [`FragmentLibrary::similar_tensors`] found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimilarTensors {
+    /// The queried model.
     pub model: String,
+    /// One entry per queried tensor, in manifest order.
     pub tensors: Vec<TensorSimilarity>,
     /// Index problems that may hide matches (a damaged segment): `reindex` fixes them.
     pub warnings: Vec<String>,
@@ -66,7 +75,9 @@ pub struct SimilarTensors {
 /// A number of fragment references and their decoded bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ByteCount {
+    /// Fragment references (a fragment referenced twice counts twice).
     pub fragments: u64,
+    /// Sum of their decoded lengths.
     pub bytes: u64,
 }
 
@@ -80,7 +91,9 @@ impl ByteCount {
 /// The bytes of `model`, classified against `other`. The four classes add up to `total`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Relation {
+    /// The model whose bytes are classified.
     pub model: String,
+    /// The model they are classified against.
     pub other: String,
     /// Every fragment reference of `model` (tensor data and blob chunks).
     pub total: ByteCount,
@@ -109,8 +122,11 @@ pub struct ModelComparison {
 /// References of one storage kind: count, decoded bytes and the size of their objects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StoredCount {
+    /// Fragment references.
     pub fragments: u64,
+    /// Sum of their decoded lengths.
     pub bytes: u64,
+    /// Sum of the sizes of their stored objects, headers included.
     pub stored_bytes: u64,
 }
 
@@ -130,6 +146,7 @@ impl StoredCount {
 /// `shared`, `repeated`, `lossy`, `standalone`, `delta`, `cast` or `missing`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ModelSavings {
+    /// The model's name.
     pub model: String,
     /// Sum of the model's file sizes.
     pub logical_bytes: u64,
@@ -145,7 +162,9 @@ pub struct ModelSavings {
     pub max_rel_error: f64,
     /// The other fragments (no earlier model references them), by how they are stored.
     pub standalone: StoredCount,
+    /// Stored as XOR deltas (against a similar fragment or the cast of one).
     pub delta: StoredCount,
+    /// Stored as exact casts of an f32 fragment (no payload).
     pub cast: StoredCount,
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
@@ -158,8 +177,11 @@ pub struct ModelSavings {
 /// A model ingested with lossy sharing.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LossyModel {
+    /// The model's name.
     pub model: String,
+    /// Fragments that reference a similar stored fragment instead of their own bytes.
     pub substitutions: u64,
+    /// Largest relative L2 error of those substitutions.
     pub max_rel_error: f64,
 }
 
@@ -178,7 +200,7 @@ impl FragmentLibrary {
     /// elsewhere in the library (other models, or other tensors of this one) whose values
     /// are most similar, with an estimated cosine. Estimates come from the similarity
     /// index, so they cover only what the index nominates (estimated cosine of at least
-    /// [`SIMILAR_FRAGMENT_THRESHOLD`] per fragment).
+    /// 0.5 per fragment).
     pub async fn similar_tensors(
         &self,
         model: &str,

@@ -22,9 +22,13 @@ use crate::manifest::ModelManifest;
 /// What an export wrote.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ExportReport {
+    /// The model's name.
     pub model: String,
+    /// Files written.
     pub files: u64,
+    /// Bytes written (the sum of the files' sizes).
     pub bytes: u64,
+    /// Wall-clock duration of the export.
     pub seconds: f64,
     /// True when the model was ingested with a lossy option (bytes differ from the source).
     pub lossy: bool,
@@ -37,8 +41,11 @@ pub struct ExportReport {
 /// What a verification found.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct VerifyReport {
+    /// Models checked.
     pub models: u64,
+    /// Files rebuilt and checked, damaged ones included.
     pub files: u64,
+    /// Bytes rebuilt (the sum of the checked files' sizes).
     pub bytes: u64,
     /// One line per damaged file, naming model, file, tensor and fragment.
     pub problems: Vec<String>,
@@ -48,6 +55,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Whether no damage was found.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }

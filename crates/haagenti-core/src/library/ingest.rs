@@ -32,7 +32,9 @@ use crate::types::{Dtype, Encoding, FragmentId, fragment_elements, validate_mode
 pub trait Progress: Send + Sync {
     /// Work is about to start on `total_bytes` bytes.
     fn begin(&self, total_bytes: u64);
+    /// `bytes` more bytes are done (an increment, not a running total).
     fn advance(&self, bytes: u64);
+    /// The work is done. An operation that fails may return without calling it.
     fn finish(&self);
 }
 
@@ -42,6 +44,7 @@ pub trait Progress: Send + Sync {
 pub struct IngestOptions {
     /// Replace an existing model of the same name instead of failing.
     pub replace: bool,
+    /// Receives the ingest's progress, in bytes of input.
     pub progress: Option<Arc<dyn Progress>>,
     /// Opt-in lossy sharing: a fragment whose values are within this relative L2 error of
     /// a stored fragment of the same dtype and length references that fragment instead of
@@ -60,11 +63,13 @@ impl std::fmt::Debug for IngestOptions {
 }
 
 impl IngestOptions {
+    /// Whether to replace an existing model of the same name instead of failing.
     pub fn replace(mut self, replace: bool) -> Self {
         self.replace = replace;
         self
     }
 
+    /// Reports the ingest's progress to `progress`.
     pub fn progress(mut self, progress: Arc<dyn Progress>) -> Self {
         self.progress = Some(progress);
         self
@@ -80,8 +85,11 @@ impl IngestOptions {
 /// What an ingest did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct IngestReport {
+    /// The model's name.
     pub model: String,
+    /// Files ingested.
     pub files: u64,
+    /// Tensors of the safetensors files.
     pub tensors: u64,
     /// Fragment references in the manifest.
     pub fragments: u64,
@@ -107,17 +115,20 @@ pub struct IngestReport {
     pub cast_fragment_bytes: u64,
     /// Fragments replaced by a similar stored one (lossy mode only).
     pub lossy_fragments: u64,
+    /// Decoded bytes of those substituted fragments.
     pub lossy_fragment_bytes: u64,
     /// Largest relative L2 error of those substitutions.
     pub max_rel_error: f64,
     /// Time spent computing signatures, summed over workers.
     pub signature_seconds: f64,
+    /// Size of the manifest object written.
     pub manifest_bytes: u64,
+    /// Wall-clock duration of the ingest.
     pub seconds: f64,
     /// Problems that cost savings but not data (for example a damaged index segment).
     pub warnings: Vec<String>,
-    /// Similarity index segments merged into one after this ingest (see
-    /// [`MERGE_SEGMENTS_AT`](crate::MERGE_SEGMENTS_AT)).
+    /// Similarity index segments merged into one after this ingest (an ingest merges them
+    /// once there are more than 32).
     pub index_segments_merged: u64,
 }
 

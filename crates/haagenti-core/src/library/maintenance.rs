@@ -24,6 +24,7 @@ pub(crate) const TMP_MIN_AGE: Duration = Duration::from_secs(60);
 /// Options of [`FragmentLibrary::gc`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GcOptions {
+    /// Report what would be deleted, delete nothing.
     pub dry_run: bool,
     /// Objects younger than this are kept whatever references them.
     pub grace: Duration,
@@ -41,12 +42,15 @@ impl Default for GcOptions {
 /// What a garbage collection found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
+    /// Fragments some manifest references (directly, or as a delta base or cast source).
     pub live_fragments: u64,
     /// Unreferenced objects older than the grace period (deleted unless dry run).
     pub garbage_objects: u64,
+    /// Total size of those objects.
     pub garbage_bytes: u64,
     /// Unreferenced objects kept because they are younger than the grace period.
     pub young_objects: u64,
+    /// Whether this was a dry run (nothing was deleted).
     pub dry_run: bool,
     /// Similarity index segments merged into one without the entries of deleted fragments.
     pub index_segments_merged: u64,

@@ -21,8 +21,8 @@ use bytes::Bytes;
 
 pub use cache::MetricsSnapshot;
 pub use compare::{
-    ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SIMILAR_FRAGMENT_THRESHOLD,
-    SimilarTensors, StoredCount, TensorMatch, TensorSimilarity,
+    ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SimilarTensors, StoredCount,
+    TensorMatch, TensorSimilarity,
 };
 pub use export::{ExportReport, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
@@ -30,7 +30,7 @@ pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
 pub use objects::PutFragment;
 pub use reader::{FileReader, ModelFile};
-pub use similarity::{DELTA_MAX_FRACTION, IndexReport, MERGE_SEGMENTS_AT};
+pub use similarity::IndexReport;
 
 use crate::codec::CodecRegistry;
 use crate::error::{FragmentError, Result};
@@ -74,14 +74,17 @@ impl FragmentLibrary {
         })
     }
 
+    /// The store the library reads and writes.
     pub fn store(&self) -> &Arc<dyn FragmentStore> {
         &self.inner.store
     }
 
+    /// The codecs the library reads, and the one it writes with.
     pub fn codecs(&self) -> &CodecRegistry {
         &self.inner.codecs
     }
 
+    /// The configuration the library was created with (validated).
     pub fn config(&self) -> &LibraryConfig {
         &self.inner.config
     }

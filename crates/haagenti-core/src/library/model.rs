@@ -19,8 +19,11 @@ use crate::types::Dtype;
 /// Where a tensor of a model lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's name, as in the safetensors header.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
     /// The model file holding it (relative path).
     pub file: String,
@@ -36,9 +39,13 @@ pub struct TensorInfo {
 /// its fragments, shared with the cache and every other reader (never copied).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tensor {
+    /// The tensor's name, as in the safetensors header.
     pub name: String,
+    /// The model file holding it (relative path).
     pub file: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
     /// The fragments' bytes, in order; together exactly the tensor's data.
     pub parts: Vec<Bytes>,
@@ -50,6 +57,7 @@ impl Tensor {
         self.parts.iter().map(|p| p.len() as u64).sum()
     }
 
+    /// Whether the tensor has no data (a tensor of zero elements).
     pub fn is_empty(&self) -> bool {
         self.parts.iter().all(Bytes::is_empty)
     }

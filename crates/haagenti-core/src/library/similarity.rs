@@ -29,12 +29,12 @@ use crate::types::{
 };
 
 /// A delta is kept only when it is at most this fraction of the standalone encoding.
-pub const DELTA_MAX_FRACTION: f64 = 0.9;
+pub(crate) const DELTA_MAX_FRACTION: f64 = 0.9;
 
 /// Index segments an ingest lets accumulate before it merges them into one. Every command
 /// that uses the index reads every segment, one request each (on S3, one round trip
 /// each), and each ingest adds one; `gc` merges them too, but need not ever run.
-pub const MERGE_SEGMENTS_AT: usize = 32;
+pub(crate) const MERGE_SEGMENTS_AT: usize = 32;
 
 /// Index segments read at once when loading the index.
 const SEGMENT_READS_IN_FLIGHT: usize = 4;
