@@ -81,6 +81,18 @@ fn ingest_export_show_stats_verify_rm_gc() {
             .iter()
             .all(|f| f["encoding"].as_str().is_some_and(|e| !e.is_empty()))
     );
+    // Layers group every tensor once, their bytes adding up to the tensors'.
+    let layers = show["layers"].as_array().unwrap();
+    let tensors = show["files"][0]["tensors"].as_array().unwrap();
+    let grouped: usize = layers
+        .iter()
+        .map(|l| l["tensors"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(grouped, tensors.len());
+    let layer_bytes: u64 = layers.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    let tensor_bytes: u64 = tensors.iter().map(|t| t["len"].as_u64().unwrap()).sum();
+    assert!(layer_bytes > 0);
+    assert_eq!(layer_bytes, tensor_bytes);
 
     let stats = json(&lib, &["stats", "--json"]);
     for field in ["models", "fragments", "logical_bytes", "stored_bytes"] {

@@ -2,12 +2,12 @@
 //! two writers at once, and `gc` racing an ingest.
 //!
 //! `cargo xtask test` starts moto on 127.0.0.1 and sets `HAAGENTI_TEST_S3_ENDPOINT` and
-//! `HAAGENTI_TEST_S3_BUCKET`; without them every test here prints a skip notice and passes.
+//! `HAAGENTI_TEST_S3_BUCKET`; without them every test here fails saying so, unless
+//! `HAAGENTI_SKIP_S3=1` asks for the skip.
 //! Each test uses its own key prefix, so they run in parallel in one bucket.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,21 +27,10 @@ struct S3Lib {
     url: String,
 }
 
-/// The test library, or `None` after printing a skip notice that `cargo test` shows even
-/// for passing tests (written to the real stderr, not libtest's captured one).
+/// The test library; see [`haagenti_testkit::env::s3_test_server`] (`None` only when
+/// `HAAGENTI_SKIP_S3=1` asked for the skip).
 fn s3_lib(test: &str) -> Option<S3Lib> {
-    let endpoint = match std::env::var("HAAGENTI_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipping S3 CLI tests: HAAGENTI_TEST_S3_ENDPOINT not set; run `cargo xtask test`"
-            );
-            return None;
-        }
-    };
-    let bucket =
-        std::env::var("HAAGENTI_TEST_S3_BUCKET").unwrap_or_else(|_| "haagenti-test".into());
+    let (endpoint, bucket) = haagenti_testkit::env::s3_test_server(test)?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -368,7 +368,9 @@ impl Encoding {
     }
 }
 
-/// A decoded fragment: its id and bytes. Bytes are shared, never copied, between users.
+/// A decoded, verified fragment: its id and bytes, as
+/// [`FragmentLibrary::get_fragment`](crate::FragmentLibrary::get_fragment) returns it. The
+/// bytes are shared, never copied, between users (the fragment cache and every reader).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {
     /// BLAKE3 of `data`.

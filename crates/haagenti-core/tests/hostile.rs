@@ -443,7 +443,7 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
     let manifest = f.lib.manifest("base").await.unwrap();
     let victim = manifest.fragments().next().unwrap().id;
     let other = manifest.fragments().nth(1).unwrap().id;
-    let data = f.lib.get_fragment(&victim).await.unwrap();
+    let data = f.lib.get_fragment(&victim).await.unwrap().data;
     let len = data.len() as u64;
     let raw = Encoding::Standalone { codec: 0 };
     let lies: Vec<(&str, Vec<u8>)> = vec![

@@ -25,7 +25,7 @@ pub use haagenti_store_s3 as s3;
 pub mod prelude {
     pub use crate::open::{OpenOptions, open};
     pub use haagenti_core::{
-        CodecPolicy, Dtype, FragmentError, FragmentId, FragmentLibrary, FragmentStore,
-        IngestOptions, LibraryConfig, LibraryStats, ModelHandle,
+        CodecPolicy, Dtype, FileReader, Fragment, FragmentError, FragmentId, FragmentLibrary,
+        FragmentStore, IngestOptions, LibraryConfig, LibraryStats, ModelFile, ModelHandle, Tensor,
     };
 }

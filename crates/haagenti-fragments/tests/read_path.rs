@@ -33,19 +33,11 @@ async fn read_at_equals_the_source_bytes_on_the_fs_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_at_equals_the_source_bytes_on_the_s3_store() {
     use haagenti_fragments::s3::{S3Credentials, S3Options, S3Store};
-    let endpoint = match std::env::var("HAAGENTI_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ if std::env::var("HAAGENTI_SKIP_S3").as_deref() == Ok("1") => {
-            eprintln!("skipped: HAAGENTI_SKIP_S3=1 (no S3 server)");
-            return;
-        }
-        _ => panic!(
-            "HAAGENTI_TEST_S3_ENDPOINT is not set: run `cargo xtask test` (it starts a local \
-             S3 server), or set HAAGENTI_SKIP_S3=1 to skip the S3 tests"
-        ),
+    let Some((endpoint, bucket)) =
+        haagenti_testkit::env::s3_test_server("read_at_equals_the_source_bytes_on_the_s3_store")
+    else {
+        return;
     };
-    let bucket =
-        std::env::var("HAAGENTI_TEST_S3_BUCKET").unwrap_or_else(|_| "haagenti-test".into());
     let prefix = format!(
         "read-path-{}",
         std::time::SystemTime::now()

@@ -1,13 +1,13 @@
 //! S3Store against a real S3-compatible server.
 //!
 //! `cargo xtask test` starts moto on 127.0.0.1 and sets `HAAGENTI_TEST_S3_ENDPOINT` and
-//! `HAAGENTI_TEST_S3_BUCKET`; without them every test here prints a skip notice and passes.
+//! `HAAGENTI_TEST_S3_BUCKET`; without them every test here fails saying so, unless
+//! `HAAGENTI_SKIP_S3=1` asks for the skip (then each prints it).
 //! Each test works under its own key prefix, so tests run in parallel in one bucket.
 
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,23 +23,11 @@ struct Server {
     bucket: String,
 }
 
-/// The test server, or `None` after printing a skip notice that `cargo test` shows even
-/// for passing tests (written to the real stderr, not libtest's captured one).
+/// The test server; see [`haagenti_testkit::env::s3_test_server`] (`None` only when
+/// `HAAGENTI_SKIP_S3=1` asked for the skip).
 fn server(test: &str) -> Option<Server> {
-    match std::env::var("HAAGENTI_TEST_S3_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(Server {
-            endpoint,
-            bucket: std::env::var("HAAGENTI_TEST_S3_BUCKET")
-                .unwrap_or_else(|_| "haagenti-test".into()),
-        }),
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipping S3 tests: HAAGENTI_TEST_S3_ENDPOINT not set; run `cargo xtask test`"
-            );
-            None
-        }
-    }
+    let (endpoint, bucket) = haagenti_testkit::env::s3_test_server(test)?;
+    Some(Server { endpoint, bucket })
 }
 
 fn options(server: &Server) -> S3Options {

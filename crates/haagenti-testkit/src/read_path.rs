@@ -113,7 +113,7 @@ async fn expected_bytes(
                 .iter()
                 .map(|r| u64::from(r.len))
                 .sum::<u64>();
-        let sub = lib.get_fragment(&l.substitute).await.unwrap();
+        let sub = lib.get_fragment(&l.substitute).await.unwrap().data;
         bytes[at as usize..at as usize + sub.len()].copy_from_slice(&sub);
     }
     bytes

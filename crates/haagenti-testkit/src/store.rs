@@ -228,7 +228,7 @@ async fn corrupt_objects_are_detected(store: Arc<dyn FragmentStore>, tamper: &dy
         .await
         .unwrap();
     assert!(put.created);
-    assert_eq!(lib.get_fragment(&put.id).await.unwrap(), data);
+    assert_eq!(lib.get_fragment(&put.id).await.unwrap().data, data);
     let k = ObjectKey::fragment(&put.id);
     let good = store.get(&k).await.unwrap();
 

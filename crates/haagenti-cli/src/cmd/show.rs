@@ -94,6 +94,7 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             "model": manifest.name, "created_unix_ms": manifest.created_unix_ms,
             "logical_bytes": manifest.logical_bytes(), "lossy": manifest.is_lossy(),
             "max_rel_error": lossy, "savings": savings, "files": files,
+            "layers": manifest.layers(),
         });
         return print_json(&doc);
     }

@@ -20,7 +20,7 @@ use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
 use crate::error::{FragmentError, Result};
 use crate::object::{self, ObjectHeader};
 use crate::store::{ObjectKey, PutOutcome};
-use crate::types::{Dtype, Encoding, FragmentId, FragmentMetadata};
+use crate::types::{Dtype, Encoding, Fragment, FragmentId, FragmentMetadata};
 
 /// What [`FragmentLibrary::put_fragment`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,9 +126,11 @@ impl FragmentLibrary {
 
     /// Fetches, decodes and verifies a fragment (at most two reads: deltas have depth 1),
     /// through the library's fragment cache (off unless
-    /// [`with_cache_bytes`](Self::with_cache_bytes) turned it on).
-    pub async fn get_fragment(&self, id: &FragmentId) -> Result<Bytes> {
-        self.fragment_via(id, Via::Cache).await
+    /// [`with_cache_bytes`](Self::with_cache_bytes) turned it on). The bytes are the
+    /// cache's own (shared, never copied) and hash to `id`.
+    pub async fn get_fragment(&self, id: &FragmentId) -> Result<Fragment> {
+        let data = self.fragment_via(id, Via::Cache).await?;
+        Ok(Fragment { id: *id, data })
     }
 
     /// A verified fragment, read as `via` says.
