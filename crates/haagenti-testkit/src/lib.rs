@@ -5,7 +5,7 @@
 //!   with their golden helpers.
 //! - [`synth`]: seeded, realistic model families (safetensors files and directories of
 //!   Llama-shaped models, fine-tunes, casts, LoRA merges): the test and benchmark corpus.
-//! - [`env`]: what a test needs from its machine (the local S3 server), failing with
+//! - [`env`](mod@env): what a test needs from its machine (the local S3 server), failing with
 //!   what to do unless a skip variable asks for the skip.
 //! - [`hooks`]: [`HookStore`](hooks::HookStore), a store wrapper that counts calls and
 //!   injects faults (failed or full writes, truncated or slow reads) and pauses.
