@@ -5,6 +5,7 @@
 //!
 //! The project README follows; its examples are compiled as doc tests.
 #![doc = include_str!("../../../README.md")]
+#![warn(missing_docs, unreachable_pub)]
 
 pub use haagenti_core::*;
 

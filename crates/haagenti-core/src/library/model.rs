@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::FragmentLibrary;
 use super::objects::Via;
-use super::reader::{FileLayout, FileReader, ModelFile};
+use super::reader::{FileLayout, FileReader, ModelFile, join};
 use crate::error::{FragmentError, Result};
 use crate::manifest::{FragmentRef, ModelManifest};
 use crate::types::Dtype;
@@ -65,15 +65,7 @@ impl Tensor {
     /// The data in one buffer: the single fragment's bytes without a copy, or the parts
     /// concatenated once.
     pub fn to_bytes(&self) -> Bytes {
-        match self.parts.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
-                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-                many.iter().for_each(|p| joined.extend_from_slice(p));
-                joined.freeze()
-            }
-        }
+        join(&self.parts)
     }
 }
 

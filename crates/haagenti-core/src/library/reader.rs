@@ -220,16 +220,7 @@ impl FileReader {
     /// past the end is an error ([`FragmentError::RangeOutOfBounds`]); an empty range at
     /// or before the end returns no bytes and fetches nothing.
     pub async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes> {
-        let parts = self.read_parts(offset, len).await?;
-        Ok(match parts.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
-                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-                many.iter().for_each(|p| joined.extend_from_slice(p));
-                joined.freeze()
-            }
-        })
+        Ok(join(&self.read_parts(offset, len).await?))
     }
 
     /// Like [`read_at`](Self::read_at), with the range's bytes as the slices of the
@@ -351,4 +342,17 @@ fn slice(layout: &FileLayout, i: usize, bytes: Bytes, offset: u64, end: u64) -> 
     let from = offset.saturating_sub(start) as usize;
     let to = (end.min(layout.starts[i + 1]) - start) as usize;
     bytes.slice(from..to)
+}
+
+/// `parts` in one buffer: the single part itself (no copy), or all of them joined once.
+pub(super) fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            many.iter().for_each(|p| joined.extend_from_slice(p));
+            joined.freeze()
+        }
+    }
 }
