@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::types::FragmentId;
+use crate::id::{FragmentId, ParseFragmentIdError};
 
 /// Result alias used across haagenti.
 pub type Result<T, E = FragmentError> = std::result::Result<T, E>;
@@ -237,6 +237,12 @@ pub enum FragmentError {
         #[source]
         source: Arc<FragmentError>,
     },
+}
+
+impl From<ParseFragmentIdError> for FragmentError {
+    fn from(e: ParseFragmentIdError) -> Self {
+        Self::InvalidInput(e.to_string())
+    }
 }
 
 impl FragmentError {

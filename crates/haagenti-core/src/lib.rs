@@ -9,6 +9,7 @@
 pub mod cast;
 pub mod codec;
 pub mod error;
+mod id;
 mod library;
 pub mod manifest;
 // Format internals: reached by tests and fuzz targets through feature `internals`.
