@@ -390,3 +390,74 @@ async fn replace_supersedes_and_gc_refuses_while_an_ingest_holds_its_lock() {
     );
     lib.gc(GcOptions::default()).await.unwrap();
 }
+
+/// Tensor reads go through the byte-range read path: `load_all` and `read_tensor` agree
+/// with the source file, zero-length tensors included, and a manifest whose tensor holds a
+/// zero-length fragment reference (valid: the fragments still add up) reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensor_reads_equal_the_source_with_empty_tensors_and_empty_fragments() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("m.safetensors");
+    let tensors = vec![
+        tensor("a.weight", Dtype::BF16, &[300, 257], 1),
+        tensor("empty", Dtype::F32, &[0, 4], 2),
+        tensor("b.weight", Dtype::F32, &[129, 511], 3),
+        tensor("c.bias", Dtype::F16, &[7], 4),
+    ];
+    synth::write_safetensors(&path, &tensors, None).unwrap();
+    let source = std::fs::read(&path).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = test_library(store.clone());
+    ingest(&lib, "m", &path).await;
+
+    let check = |loaded: Vec<haagenti_core::Tensor>, model: &haagenti_core::ModelHandle| {
+        assert_eq!(loaded.len(), tensors.len());
+        for (t, info) in loaded.iter().zip(model.tensors()) {
+            let want = &source[info.offset as usize..(info.offset + info.len) as usize];
+            assert!(t.to_bytes() == want, "tensor {} differs", t.name);
+            assert_eq!(t.len(), info.len);
+        }
+    };
+    let model = lib.open_model("m").await.unwrap();
+    check(model.load_all().await.unwrap(), &model);
+    for info in model.tensors() {
+        let one = model.read_tensor(&info.name).await.unwrap();
+        check_one(
+            &one,
+            &source[info.offset as usize..(info.offset + info.len) as usize],
+        );
+    }
+
+    // A newer generation whose tensor b starts with a zero-length fragment reference.
+    let mut manifest = lib.manifest("m").await.unwrap();
+    let haagenti_core::FileContent::Safetensors { tensors: refs, .. } =
+        &mut manifest.files[0].content
+    else {
+        panic!("a safetensors file");
+    };
+    let empty = haagenti_core::FragmentRef {
+        id: haagenti_core::FragmentId::of(b""),
+        len: 0,
+        depends_on: None,
+    };
+    refs[2].fragments.insert(0, empty);
+    let key = ObjectKey::new(format!("manifests/m/{:020}", u64::MAX / 2)).unwrap();
+    store
+        .put(&key, Bytes::from(manifest.encode().unwrap()))
+        .await
+        .unwrap();
+    let model = lib.open_model("m").await.unwrap();
+    assert_eq!(model.tensors()[2].fragments.len(), refs_len(&manifest, 2));
+    check(model.load_all().await.unwrap(), &model);
+    let out = tempfile::tempdir().unwrap();
+    lib.export("m", out.path(), None).await.unwrap();
+    assert!(std::fs::read(out.path().join("m.safetensors")).unwrap() == source);
+}
+
+fn check_one(t: &haagenti_core::Tensor, want: &[u8]) {
+    assert!(t.to_bytes() == want, "tensor {} differs", t.name);
+}
+
+fn refs_len(manifest: &haagenti_core::ModelManifest, tensor: usize) -> usize {
+    manifest.files[0].tensors()[tensor].fragments.len()
+}

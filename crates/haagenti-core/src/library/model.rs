@@ -223,13 +223,22 @@ impl ModelHandle {
             let mut parts = self
                 .file(&file.path)?
                 .stream(start, last.offset + last.len - start);
+            // Fragments never cross a tensor boundary, so each tensor takes whole parts.
             for info in in_file {
                 let mut tensor_parts = Vec::with_capacity(info.fragments.len());
-                for _ in 0..info.fragments.len() {
+                let mut got = 0;
+                while got < info.len {
                     match parts.next().await {
-                        Some(part) => tensor_parts.push(part?),
+                        Some(part) => {
+                            let part = part?;
+                            got += part.len() as u64;
+                            tensor_parts.push(part);
+                        }
                         None => return Err(self.corrupt(info, "fragment stream ended early")),
                     }
+                }
+                if got != info.len {
+                    return Err(self.corrupt(info, "fragments cross the tensor's end"));
                 }
                 out.push(tensor(info, tensor_parts));
             }
