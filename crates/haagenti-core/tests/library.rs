@@ -461,3 +461,28 @@ fn check_one(t: &haagenti_core::Tensor, want: &[u8]) {
 fn refs_len(manifest: &haagenti_core::ModelManifest, tensor: usize) -> usize {
     manifest.files[0].tensors()[tensor].fragments.len()
 }
+
+/// A reader does not remember a failed read: once the store serves good bytes again, the
+/// same reader reads the same range correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_retries_a_fragment_whose_read_failed() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("m.safetensors");
+    synth::write_safetensors(&path, &[tensor("w", Dtype::BF16, &[512, 300], 9)], None).unwrap();
+    let source = std::fs::read(&path).unwrap();
+    let hooks = Arc::new(haagenti_testkit::hooks::HookStore::new(Arc::new(
+        MemoryStore::new(),
+    )));
+    let lib = test_library(hooks.clone());
+    ingest(&lib, "m", &path).await;
+    let model = lib.open_model("m").await.unwrap();
+    let reader = model.file("m.safetensors").unwrap();
+    let at = model.tensors()[0].offset + 100;
+
+    hooks.truncate_reads("fragments/", 10);
+    let err = reader.read_at(at, 64).await.unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    hooks.heal();
+    let got = reader.read_at(at, 64).await.unwrap();
+    assert!(got == source[at as usize..at as usize + 64]);
+}

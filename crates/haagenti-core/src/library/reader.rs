@@ -291,7 +291,10 @@ impl FileReader {
             && span.start <= window.last.end + ahead;
         let keep = span.start
             ..(span.end + if sequential { ahead } else { 0 }).min(self.layout.pieces.len());
-        window.fetches.retain(|i, _| keep.contains(i));
+        // A failed fetch is not kept: the next read of that piece tries again.
+        window
+            .fetches
+            .retain(|i, f| keep.contains(i) && !matches!(f.peek(), Some(Err(_))));
         for i in keep {
             window.fetches.entry(i).or_insert_with(|| {
                 let fetch = self.fetch(i).boxed().shared();
