@@ -320,6 +320,20 @@ impl FragmentError {
         )
     }
 
+    /// The backend's own error under a [`Backend`](Self::Backend) error (through any
+    /// [`InModel`](Self::InModel) context), ready to downcast (e.g. to
+    /// `object_store::Error`). [`std::error::Error::source`] returns it wrapped in its
+    /// `Arc`, which does not downcast to the inner type.
+    pub fn backend_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self.root() {
+            Self::Backend {
+                source: Some(cause),
+                ..
+            } => Some(&**cause),
+            _ => None,
+        }
+    }
+
     /// Whether this error means the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self.root(), Self::NotFound { .. })
@@ -362,5 +376,16 @@ mod tests {
         assert!(errors[4].is_corruption() && errors[5].is_not_found());
         let io = errors[0].source().expect("io errors keep their cause");
         assert_eq!(io.to_string(), "disk");
+        let backend = FragmentError::Backend {
+            backend: "test",
+            op: "get",
+            key: "k".into(),
+            reason: "r".into(),
+            source: Some(Arc::new(std::io::Error::other("wire"))),
+        }
+        .in_model("m", "somewhere");
+        let cause = backend.backend_cause().expect("the backend's error");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        assert!(errors[0].backend_cause().is_none());
     }
 }
