@@ -486,3 +486,65 @@ async fn a_reader_retries_a_fragment_whose_read_failed() {
     let got = reader.read_at(at, 64).await.unwrap();
     assert!(got == source[at as usize..at as usize + 64]);
 }
+
+/// `org/name` models live beside a model named `org` and beside each other: listed,
+/// read, replaced and removed independently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_models_are_independent_of_their_namespace_and_neighbours() {
+    let src = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (i, name) in ["org", "org/a", "org/b", "other/a"].iter().enumerate() {
+        let path = src.path().join(format!("{i}.safetensors"));
+        synth::write_safetensors(
+            &path,
+            &[tensor("w", Dtype::F16, &[64, 64], i as u64 + 20)],
+            None,
+        )
+        .unwrap();
+        paths.push((*name, path));
+    }
+    let store = Arc::new(MemoryStore::new());
+    let lib = test_library(store.clone());
+    for (name, path) in &paths {
+        ingest(&lib, name, path).await;
+    }
+    assert_eq!(
+        lib.models().await.unwrap(),
+        ["org", "org/a", "org/b", "other/a"]
+    );
+    let keys: Vec<String> = store
+        .list("manifests/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.starts_with("manifests/org/a/")),
+        "{keys:?}"
+    );
+
+    // Replacing `org` leaves `org/a` alone, and the other way round.
+    lib.ingest("org", &paths[1].1, IngestOptions::default().replace(true))
+        .await
+        .unwrap();
+    lib.remove("org/b").await.unwrap();
+    assert_eq!(lib.models().await.unwrap(), ["org", "org/a", "other/a"]);
+    for (name, path) in [
+        ("org", &paths[1].1),
+        ("org/a", &paths[1].1),
+        ("other/a", &paths[3].1),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        lib.export(name, out.path(), None).await.unwrap();
+        let file = path.file_name().unwrap();
+        assert!(
+            std::fs::read(out.path().join(file)).unwrap() == std::fs::read(path).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        lib.manifest("org/b").await,
+        Err(FragmentError::ModelNotFound(_))
+    ));
+}
