@@ -24,7 +24,7 @@ pub struct Args {
     /// Fragment cache budget in MiB (the mount's memory is about this plus a constant).
     #[arg(long, default_value_t = 256)]
     pub cache_mb: u64,
-    /// `plain`: MOUNTPOINT/<model>/<file>; `hf`: the Hugging Face hub cache layout, for
+    /// `plain`: MOUNTPOINT/MODEL/FILE; `hf`: the Hugging Face hub cache layout, for
     /// `HF_HUB_CACHE=MOUNTPOINT HF_HUB_OFFLINE=1`.
     #[arg(long, value_enum, default_value_t = Layout::Plain)]
     pub layout: Layout,
