@@ -85,6 +85,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )?;
     }
+    ensure_fusermount()?;
     // Build first so the S3 server does not idle through compilation.
     cmd(
         &cargo,
@@ -103,4 +104,35 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let bench = tests.and_then(|()| bench::run(&["--quick".to_string()], &env));
     drop(server); // stops the server (by PID) whether or not the tests passed
     bench
+}
+
+/// The mount tests need `fusermount3`: when it is missing and we are root (as CI is),
+/// install Debian's `fuse3`; otherwise the tests fail saying what to install.
+fn ensure_fusermount() -> Result<()> {
+    let present = Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if present || !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if !root {
+        println!(
+            "fusermount3 is missing and we are not root: the mount tests will fail (apt-get install fuse3)"
+        );
+        return Ok(());
+    }
+    println!("fusermount3 is missing: installing fuse3 for the mount tests");
+    cmd("apt-get", &["update"], &[])?;
+    cmd(
+        "apt-get",
+        &["install", "-y", "fuse3"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
 }

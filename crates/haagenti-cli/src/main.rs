@@ -13,6 +13,8 @@ macro_rules! outln {
 
 mod cmd;
 mod location;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+mod mount;
 mod progress;
 mod render;
 
@@ -36,6 +38,7 @@ use crate::location::Location;
   haagenti compare --model sdxl-base --model sdxl-turbo
   haagenti export --model sdxl-base --out ./restored/
   haagenti --library s3://bucket/models stats      any command, on S3 storage
+  haagenti mount ./models                          every model as read-only files
 
 Exit codes: 0 success, 1 error (one line on stderr), 2 bad command line."
 )]
@@ -74,6 +77,9 @@ enum Command {
     Reindex(reindex::Args),
     /// Load models in sequence through one fragment cache and report what each fetched.
     Load(load::Args),
+    /// Every stored model as read-only files (FUSE): plain or Hugging Face cache layout.
+    #[cfg(all(feature = "mount", target_os = "linux"))]
+    Mount(cmd::mount::Args),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo(demo::Args),
 }
@@ -94,6 +100,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Compare(args) => compare::run(location, args).await,
         Command::Reindex(args) => reindex::run(location, args).await,
         Command::Load(args) => load::run(location, args).await,
+        #[cfg(all(feature = "mount", target_os = "linux"))]
+        Command::Mount(args) => cmd::mount::run(location, args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -7,6 +7,8 @@ pub mod gc;
 pub mod ingest;
 pub mod list;
 pub mod load;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+pub mod mount;
 pub mod reindex;
 pub mod rm;
 pub mod show;

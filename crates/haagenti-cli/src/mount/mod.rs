@@ -1,0 +1,710 @@
+//! The read-only FUSE filesystem behind `haagenti mount`: the tree of directories and
+//! files (plain or Hugging Face cache layout) built from the manifests, and the
+//! [`fuser::Filesystem`] that serves it, reading through [`FileReader::read_at`].
+//!
+//! Inodes: 1 is the root; every other node gets the next number when it first appears
+//! and keeps it for the life of the mount (never reused). A model that appears while
+//! mounted gets new nodes; a removed model's nodes are detached from their directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, Request,
+};
+use haagenti_core::{FileReader, FragmentLibrary, ModelHandle};
+
+/// How stored models appear under the mount point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// `/<model>/<file path>`; `org/name` is directory `org/` holding `name/`.
+    Plain,
+    /// The Hugging Face hub cache: `models--{org}--{name}/refs/main` and
+    /// `models--{org}--{name}/snapshots/{revision}/{file path}`.
+    Hf,
+}
+
+/// The 40-hex-digit revision id of a stored model generation in the `hf` layout: the first
+/// 40 hex digits of BLAKE3 over `haagenti-revision\0{name}\0{created_unix_ms}`. Stable for
+/// one stored generation of a model; a re-ingest (`--replace`) gets a new one.
+pub fn revision(name: &str, created_unix_ms: u64) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"haagenti-revision\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(created_unix_ms.to_string().as_bytes());
+    h.finalize().to_hex()[..40].to_string()
+}
+
+/// The directory a model lives in under the `hf` layout: `models--{org}--{name}`.
+pub fn hf_repo_dir(name: &str) -> String {
+    format!("models--{}", name.replace('/', "--"))
+}
+
+/// Attribute and entry lifetime in the kernel for directories (they change when models
+/// come and go) and for files (immutable).
+const DIR_TTL: Duration = Duration::from_secs(1);
+const FILE_TTL: Duration = Duration::from_secs(60);
+/// Listing the library again at most this often from `readdir`/`lookup` hits.
+const RELIST_EVERY: Duration = Duration::from_secs(3);
+
+/// One stored model as mounted.
+#[derive(Debug)]
+struct Model {
+    handle: ModelHandle,
+    mtime: SystemTime,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Dir {
+        children: BTreeMap<OsString, u64>,
+        /// Root or a namespace directory: a lookup miss here lists the library again.
+        listing: bool,
+    },
+    /// A file of a model: index into `ModelHandle::files()`.
+    File { model: Arc<Model>, index: usize },
+    /// Bytes held in memory (`refs/main`).
+    Inline(Arc<[u8]>),
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: u64,
+    kind: Kind,
+    mtime: SystemTime,
+}
+
+impl Node {
+    fn size(&self) -> u64 {
+        match &self.kind {
+            Kind::Dir { .. } => 0,
+            Kind::File { model, index } => model.handle.files()[*index].size,
+            Kind::Inline(bytes) => bytes.len() as u64,
+        }
+    }
+
+    fn file_type(&self) -> FileType {
+        match self.kind {
+            Kind::Dir { .. } => FileType::Directory,
+            _ => FileType::RegularFile,
+        }
+    }
+}
+
+/// The tree: nodes by inode, and which nodes each mounted model owns.
+#[derive(Debug)]
+struct Tree {
+    nodes: HashMap<u64, Node>,
+    next: u64,
+    /// Model name → (created_unix_ms, the model's top node, which its removal detaches).
+    models: HashMap<String, (u64, u64)>,
+}
+
+impl Tree {
+    fn new(mtime: SystemTime) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            1,
+            Node {
+                parent: 1,
+                kind: Kind::Dir {
+                    children: BTreeMap::new(),
+                    listing: true,
+                },
+                mtime,
+            },
+        );
+        Self {
+            nodes,
+            next: 2,
+            models: HashMap::new(),
+        }
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        match &self.nodes.get(&parent)?.kind {
+            Kind::Dir { children, .. } => children.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Adds node `kind` as `name` under `parent` (replacing nothing: an existing child of
+    /// that name is returned instead when it is a directory and `kind` is one too).
+    fn add(&mut self, parent: u64, name: &str, kind: Kind, mtime: SystemTime) -> u64 {
+        if let Some(existing) = self.child(parent, OsStr::new(name))
+            && matches!(kind, Kind::Dir { .. })
+            && matches!(self.nodes[&existing].kind, Kind::Dir { .. })
+        {
+            return existing;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                kind,
+                mtime,
+            },
+        );
+        if let Some(Node {
+            kind: Kind::Dir { children, .. },
+            ..
+        }) = self.nodes.get_mut(&parent)
+        {
+            children.insert(OsString::from(name), ino);
+        }
+        ino
+    }
+
+    fn dir(&mut self, parent: u64, name: &str, listing: bool, mtime: SystemTime) -> u64 {
+        let kind = Kind::Dir {
+            children: BTreeMap::new(),
+            listing,
+        };
+        self.add(parent, name, kind, mtime)
+    }
+
+    /// Adds `model`'s nodes for `layout`.
+    fn insert(&mut self, layout: Layout, model: Model, created_unix_ms: u64) {
+        let model = Arc::new(model);
+        let name = model.handle.name().to_string();
+        let mtime = model.mtime;
+        let (top, files_dir) = match layout {
+            Layout::Plain => {
+                let mut parent = 1;
+                let parts: Vec<&str> = name.split('/').collect();
+                for ns in &parts[..parts.len() - 1] {
+                    parent = self.dir(parent, ns, true, mtime);
+                }
+                let top = self.dir(parent, parts[parts.len() - 1], false, mtime);
+                (top, top)
+            }
+            Layout::Hf => {
+                let top = self.dir(1, &hf_repo_dir(&name), false, mtime);
+                let rev = revision(&name, created_unix_ms);
+                let refs = self.dir(top, "refs", false, mtime);
+                let bytes: Arc<[u8]> = Arc::from(rev.as_bytes());
+                self.add(refs, "main", Kind::Inline(bytes), mtime);
+                let snapshots = self.dir(top, "snapshots", false, mtime);
+                let snap = self.dir(snapshots, &rev, false, mtime);
+                (top, snap)
+            }
+        };
+        for (index, file) in model.handle.files().iter().enumerate() {
+            let parts: Vec<&str> = file.path.split('/').filter(|p| !p.is_empty()).collect();
+            let Some((leaf, dirs)) = parts.split_last() else {
+                continue;
+            };
+            let mut parent = files_dir;
+            for d in dirs {
+                parent = self.dir(parent, d, false, mtime);
+            }
+            let kind = Kind::File {
+                model: model.clone(),
+                index,
+            };
+            self.add(parent, leaf, kind, mtime);
+        }
+        self.models.insert(name, (created_unix_ms, top));
+    }
+
+    /// Detaches a model's top node from its directory (open files keep reading).
+    fn remove(&mut self, name: &str) {
+        let Some((_, top)) = self.models.remove(name) else {
+            return;
+        };
+        let Some(parent) = self.nodes.get(&top).map(|n| n.parent) else {
+            return;
+        };
+        if let Some(Node {
+            kind: Kind::Dir { children, .. },
+            ..
+        }) = self.nodes.get_mut(&parent)
+        {
+            children.retain(|_, ino| *ino != top);
+        }
+    }
+}
+
+/// The mounted filesystem.
+#[derive(Debug)]
+pub struct MountFs {
+    library: FragmentLibrary,
+    runtime: tokio::runtime::Handle,
+    layout: Layout,
+    /// Only these models (all when empty).
+    only: Vec<String>,
+    tree: RwLock<Tree>,
+    /// When the library was last listed; held while listing (one listing at a time).
+    listed: Mutex<Instant>,
+    readers: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+impl MountFs {
+    /// A filesystem over `library`'s models (or only `only`), listed now: a name of
+    /// `only` that is not stored is an error.
+    pub async fn new(
+        library: FragmentLibrary,
+        layout: Layout,
+        only: Vec<String>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self> {
+        let stored = library.models().await.context("listing models")?;
+        if let Some(missing) = only.iter().find(|m| !stored.contains(m)) {
+            anyhow::bail!("no model {missing:?} in the library");
+        }
+        let fs = Self {
+            library,
+            runtime: tokio::runtime::Handle::current(),
+            layout,
+            only,
+            tree: RwLock::new(Tree::new(SystemTime::now())),
+            listed: Mutex::new(Instant::now()),
+            readers: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+        };
+        fs.sync(stored).await?;
+        Ok(fs)
+    }
+
+    /// Number of models mounted.
+    pub fn model_count(&self) -> usize {
+        self.tree.read().map(|t| t.models.len()).unwrap_or(0)
+    }
+
+    /// Brings the tree in line with `stored` (the library's model names): opens new
+    /// models, detaches removed ones.
+    async fn sync(&self, stored: Vec<String>) -> Result<()> {
+        let wanted: Vec<String> = stored
+            .into_iter()
+            .filter(|m| self.only.is_empty() || self.only.contains(m))
+            .collect();
+        let known: Vec<String> = match self.tree.read() {
+            Ok(t) => t.models.keys().cloned().collect(),
+            Err(_) => return Ok(()),
+        };
+        let mut added = Vec::new();
+        for name in wanted.iter().filter(|m| !known.contains(m)) {
+            // A model removed between the listing and here is simply not added.
+            let Ok(manifest) = self.library.manifest(name).await else {
+                continue;
+            };
+            let Ok(handle) = self.library.open_model(name).await else {
+                continue;
+            };
+            let mtime = UNIX_EPOCH + Duration::from_millis(manifest.created_unix_ms);
+            added.push((Model { handle, mtime }, manifest.created_unix_ms));
+        }
+        if let Ok(mut tree) = self.tree.write() {
+            for name in known.iter().filter(|m| !wanted.contains(m)) {
+                tree.remove(name);
+            }
+            for (model, created) in added {
+                tree.insert(self.layout, model, created);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the library again when `force` or when the last listing is older than
+    /// [`RELIST_EVERY`]. Runs on a FUSE thread (never a runtime thread), so it blocks on
+    /// the runtime.
+    fn relist(&self, force: bool) {
+        let Ok(mut listed) = self.listed.lock() else {
+            return;
+        };
+        if !force && listed.elapsed() < RELIST_EVERY {
+            return;
+        }
+        let result = self.runtime.block_on(async {
+            let stored = self.library.models().await?;
+            self.sync(stored).await
+        });
+        if let Err(e) = result {
+            eprintln!("haagenti mount: listing models: {e:#}");
+        }
+        *listed = Instant::now();
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let size = node.size();
+        let (perm, nlink) = match node.kind {
+            Kind::Dir { .. } => (0o555, 2),
+            _ => (0o444, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.mtime,
+            crtime: node.mtime,
+            kind: node.file_type(),
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    fn ttl(node: &Node) -> Duration {
+        match node.kind {
+            Kind::Dir { .. } => DIR_TTL,
+            _ => FILE_TTL,
+        }
+    }
+
+    /// `(attr, ttl)` of `name` under `parent`, if it exists.
+    fn find(&self, parent: u64, name: &OsStr) -> Option<(FileAttr, Duration)> {
+        let tree = self.tree.read().ok()?;
+        let ino = tree.child(parent, name)?;
+        let node = tree.nodes.get(&ino)?;
+        Some((self.attr(ino, node), Self::ttl(node)))
+    }
+
+    fn is_listing(&self, ino: u64) -> bool {
+        self.tree.read().is_ok_and(|t| {
+            matches!(
+                t.nodes.get(&ino),
+                Some(Node {
+                    kind: Kind::Dir { listing: true, .. },
+                    ..
+                })
+            )
+        })
+    }
+}
+
+impl Filesystem for MountFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = parent.0;
+        if self.is_listing(parent) {
+            self.relist(false);
+        }
+        let mut found = self.find(parent, name);
+        if found.is_none() && self.is_listing(parent) {
+            // A model ingested since the last listing: look again, now.
+            self.relist(true);
+            found = self.find(parent, name);
+        }
+        match found {
+            Some((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Ok(tree) = self.tree.read() else {
+            return reply.error(Errno::EIO);
+        };
+        match tree.nodes.get(&ino.0) {
+            Some(node) => reply.attr(&Self::ttl(node), &self.attr(ino.0, node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let reader = {
+            let Ok(tree) = self.tree.read() else {
+                return reply.error(Errno::EIO);
+            };
+            match tree.nodes.get(&ino.0).map(|n| &n.kind) {
+                None => return reply.error(Errno::ENOENT),
+                Some(Kind::Dir { .. }) => return reply.error(Errno::EISDIR),
+                Some(Kind::Inline(_)) => None,
+                Some(Kind::File { model, index }) => {
+                    let path = &model.handle.files()[*index].path;
+                    match model.handle.file(path) {
+                        Ok(reader) => Some(OpenFile {
+                            model: model.handle.name().to_string(),
+                            reader,
+                        }),
+                        Err(e) => {
+                            eprintln!(
+                                "haagenti mount: opening {path} of model {}: {e}",
+                                model.handle.name()
+                            );
+                            return reply.error(Errno::EIO);
+                        }
+                    }
+                }
+            }
+        };
+        let fh = match reader {
+            Some(reader) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut readers) = self.readers.lock() {
+                    readers.insert(fh, Arc::new(reader));
+                }
+                fh
+            }
+            None => 0,
+        };
+        // The files are immutable: the kernel keeps their pages across opens.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let reader = self.readers.lock().ok().and_then(|r| r.get(&fh.0).cloned());
+        let Some(open) = reader else {
+            // An in-memory file (`refs/main`).
+            let Ok(tree) = self.tree.read() else {
+                return reply.error(Errno::EIO);
+            };
+            return match tree.nodes.get(&ino.0).map(|n| &n.kind) {
+                Some(Kind::Inline(bytes)) => {
+                    let start = (offset as usize).min(bytes.len());
+                    let end = start.saturating_add(size as usize).min(bytes.len());
+                    reply.data(&bytes[start..end]);
+                }
+                _ => reply.error(Errno::EBADF),
+            };
+        };
+        let len = u64::from(size).min(open.reader.len().saturating_sub(offset));
+        // Served on the runtime so that concurrent readers proceed in parallel.
+        self.runtime.spawn(async move {
+            match open.reader.read_at(offset, len).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => {
+                    eprintln!(
+                        "haagenti mount: EIO reading model {} file {} at {offset} (+{len}): {e}",
+                        open.model,
+                        open.reader.file().path
+                    );
+                    reply.error(Errno::EIO);
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if offset == 0 && self.is_listing(ino.0) {
+            self.relist(false);
+        }
+        let Ok(tree) = self.tree.read() else {
+            return reply.error(Errno::EIO);
+        };
+        let Some(node) = tree.nodes.get(&ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Kind::Dir { children, .. } = &node.kind else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let mut entries: Vec<(u64, FileType, &OsStr)> = vec![
+            (ino.0, FileType::Directory, OsStr::new(".")),
+            (node.parent, FileType::Directory, OsStr::new("..")),
+        ];
+        for (name, child) in children {
+            if let Some(c) = tree.nodes.get(child) {
+                entries.push((*child, c.file_type(), name.as_os_str()));
+            }
+        }
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree.read().map(|t| t.nodes.len() as u64).unwrap_or(0);
+        reply.statfs(0, 0, 0, files, 0, 1 << 20, 255, 1 << 20);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// An open file: one reader per handle, so that its sequential read-ahead follows this
+/// handle's reads.
+#[derive(Debug)]
+struct OpenFile {
+    model: String,
+    reader: FileReader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_is_40_hex_and_depends_on_name_and_generation() {
+        let a = revision("org/model", 1);
+        assert_eq!(a.len(), 40);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, revision("org/model", 1));
+        assert_ne!(a, revision("org/model", 2));
+        assert_ne!(a, revision("org/other", 1));
+        assert_eq!(hf_repo_dir("org/model"), "models--org--model");
+        assert_eq!(hf_repo_dir("gpt2"), "models--gpt2");
+    }
+}

@@ -1,0 +1,494 @@
+//! `haagenti mount`: a generated family read back through a real FUSE mount.
+#![cfg(all(feature = "mount", target_os = "linux"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)] // not every helper is used here
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haagenti_testkit::synth::{self, Family};
+
+const SKIP_FUSE: &str = "HAAGENTI_SKIP_FUSE";
+
+/// `Some(())` when FUSE mounts can run here; a panic saying what is missing otherwise
+/// (`None` after printing the skip when `HAAGENTI_SKIP_FUSE=1`).
+fn fuse_available(test: &str) -> Option<()> {
+    let fusermount = Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !fusermount {
+        panic!(
+            "{test}: `fusermount3` is not on PATH: `apt-get install fuse3` \
+             (`cargo xtask test` installs it when run as root)"
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return haagenti_testkit::env::unavailable(
+            test,
+            SKIP_FUSE,
+            "/dev/fuse is absent: FUSE mounts cannot run on this machine",
+        );
+    }
+    Some(())
+}
+
+/// A running `haagenti mount --foreground`; dropping it unmounts, whatever happened.
+struct Mounted {
+    child: Child,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    fn start(lib: &Path, mountpoint: &Path, extra: &[&str]) -> Mounted {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let before = std::fs::metadata(mountpoint).unwrap().dev();
+        let child = Command::new(env!("CARGO_BIN_EXE_haagenti"))
+            .arg("--library")
+            .arg(lib)
+            .arg("mount")
+            .arg(mountpoint)
+            .arg("--foreground")
+            .args(extra)
+            .env_remove("HAAGENTI_LIBRARY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = m.child.try_wait().unwrap() {
+                panic!("haagenti mount exited before mounting: {status}");
+            }
+            if std::fs::metadata(mountpoint).is_ok_and(|md| md.dev() != before) {
+                return m;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} not mounted within 60s",
+                mountpoint.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The killed process leaves the mount point disconnected: clear it, bounded.
+        if let Ok(mut u) = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mountpoint)
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if u.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = u.kill();
+            let _ = u.wait();
+        }
+    }
+}
+
+/// A small generated family ingested model by model with the CLI: `(family, library)`.
+fn ingested(dir: &Path, seed: u64) -> (Family, PathBuf) {
+    let family = synth::small_family(&dir.join("src"), seed).unwrap();
+    let lib = dir.join("lib");
+    for m in &family.models {
+        common::ok(
+            &lib,
+            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
+        );
+    }
+    (family, lib)
+}
+
+/// Every `(relative path in the model, source file)` of a generated model.
+fn files_of(m: &synth::FamilyModel) -> Vec<(String, PathBuf)> {
+    m.files
+        .iter()
+        .map(|f| {
+            let rel = if m.is_dir() {
+                f.strip_prefix(&m.path).unwrap()
+            } else {
+                Path::new(f.file_name().unwrap())
+            };
+            (rel.to_str().unwrap().to_string(), f.clone())
+        })
+        .collect()
+}
+
+fn random_preads(mounted: &Path, source: &Path, seed: u64, count: usize) {
+    let want = std::fs::read(source).unwrap();
+    let file = std::fs::File::open(mounted).unwrap();
+    let mut rng = synth::Rng::new(seed);
+    let len = want.len() as u64;
+    for _ in 0..count {
+        let offset = rng.below(len + 1);
+        let n = rng.below((len - offset).min(300_000) + 1) as usize;
+        let mut buf = vec![0u8; n];
+        let mut done = 0;
+        while done < n {
+            let got = file
+                .read_at(&mut buf[done..], offset + done as u64)
+                .unwrap();
+            assert!(got > 0, "{}: short read at {offset}", mounted.display());
+            done += got;
+        }
+        assert!(
+            buf == want[offset as usize..offset as usize + n],
+            "{}: pread({offset}, {n}) differs from the source",
+            mounted.display()
+        );
+    }
+}
+
+#[test]
+fn every_file_reads_back_identical_through_the_plain_mount() {
+    let test = "every_file_reads_back_identical_through_the_plain_mount";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (family, lib) = ingested(dir.path(), 21);
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+
+    let mut names: Vec<String> = std::fs::read_dir(&mnt.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    want.sort();
+    assert_eq!(names, want);
+
+    for m in &family.models {
+        for (rel, source) in files_of(m) {
+            let path = mnt.path(&format!("{}/{rel}", m.name));
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.len(), std::fs::metadata(&source).unwrap().len());
+            assert_eq!(meta.mode() & 0o7777, 0o444, "{}", path.display());
+            assert!(
+                std::fs::read(&path).unwrap() == std::fs::read(&source).unwrap(),
+                "{} differs from {}",
+                path.display(),
+                source.display()
+            );
+        }
+        let dir_mode = std::fs::metadata(mnt.path(&m.name)).unwrap().mode();
+        assert_eq!(dir_mode & 0o7777, 0o555);
+    }
+    // And with `cmp`, the program.
+    let m = family.model("base-fp32").unwrap();
+    let (rel, source) = files_of(m).into_iter().last().unwrap();
+    let status = Command::new("cmp")
+        .arg(mnt.path(&format!("{}/{rel}", m.name)))
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cmp {rel}");
+}
+
+#[test]
+fn random_preads_equal_the_source_and_concurrent_readers_get_their_bytes() {
+    let test = "random_preads_equal_the_source_and_concurrent_readers_get_their_bytes";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (family, lib) = ingested(dir.path(), 22);
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &["--cache-mb", "8"]);
+
+    for (i, m) in family.models.iter().enumerate() {
+        for (j, (rel, source)) in files_of(m).into_iter().enumerate() {
+            let path = mnt.path(&format!("{}/{rel}", m.name));
+            random_preads(&path, &source, (i * 100 + j) as u64, 1000);
+        }
+    }
+
+    // 8 threads, each reading a different model (round-robin over the family) in full.
+    let models: Vec<_> = family.models.iter().cycle().take(8).cloned().collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter()
+            .enumerate()
+            .map(|(t, m)| {
+                let mnt = &mnt;
+                s.spawn(move || {
+                    for (rel, source) in files_of(m) {
+                        let path = mnt.path(&format!("{}/{rel}", m.name));
+                        assert!(
+                            std::fs::read(&path).unwrap() == std::fs::read(&source).unwrap(),
+                            "thread {t}: {} differs",
+                            path.display()
+                        );
+                        random_preads(&path, &source, 1000 + t as u64, 50);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn writes_fail_with_erofs() {
+    let test = "writes_fail_with_erofs";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("one.safetensors");
+    synth::generate_model(&src, 64 << 10, 5, haagenti_core::Dtype::BF16).unwrap();
+    let lib = dir.path().join("lib");
+    common::ok(
+        &lib,
+        &["ingest", "--model", "org/one", src.to_str().unwrap()],
+    );
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+    let file = mnt.path("org/one/one.safetensors");
+    assert!(std::fs::read(&file).unwrap() == std::fs::read(&src).unwrap());
+
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(30), "{what}: {e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem, "{what}");
+    };
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map(drop),
+        "open for writing",
+    );
+    erofs(std::fs::write(mnt.path("org/new"), b"x"), "create");
+    erofs(std::fs::create_dir(mnt.path("org/dir")), "mkdir");
+    erofs(std::fs::remove_file(&file), "unlink");
+    erofs(
+        std::fs::rename(&file, mnt.path("org/one/renamed")),
+        "rename",
+    );
+    erofs(
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)),
+        "chmod",
+    );
+    // Still intact.
+    assert!(std::fs::read(&file).unwrap() == std::fs::read(&src).unwrap());
+}
+
+#[test]
+fn hf_layout_refs_and_snapshots_resolve_to_the_files() {
+    let test = "hf_layout_refs_and_snapshots_resolve_to_the_files";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let family = synth::small_family(&dir.path().join("src"), 23).unwrap();
+    let lib = dir.path().join("lib");
+    let base = family.model("base-fp32").unwrap();
+    let lora = family.model("lora-bf16").unwrap();
+    common::ok(
+        &lib,
+        &["ingest", "--model", "org/base", base.path.to_str().unwrap()],
+    );
+    common::ok(
+        &lib,
+        &["ingest", "--model", "lora", lora.path.to_str().unwrap()],
+    );
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &["--layout", "hf"]);
+
+    for (repo, m) in [("models--org--base", base), ("models--lora", lora)] {
+        let rev = std::fs::read_to_string(mnt.path(&format!("{repo}/refs/main"))).unwrap();
+        assert_eq!(rev.len(), 40, "{repo}: {rev:?}");
+        assert!(rev.chars().all(|c| c.is_ascii_hexdigit()), "{rev:?}");
+        let snapshots: Vec<_> = std::fs::read_dir(mnt.path(&format!("{repo}/snapshots")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(snapshots, std::slice::from_ref(&rev));
+        for (rel, source) in files_of(m) {
+            let path = mnt.path(&format!("{repo}/snapshots/{rev}/{rel}"));
+            assert!(
+                std::fs::read(&path).unwrap() == std::fs::read(&source).unwrap(),
+                "{} differs",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_ingested_while_mounted_appears() {
+    let test = "a_model_ingested_while_mounted_appears";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    synth::generate_model(&a, 64 << 10, 6, haagenti_core::Dtype::BF16).unwrap();
+    synth::generate_model(&b, 64 << 10, 7, haagenti_core::Dtype::BF16).unwrap();
+    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+    assert!(mnt.path("a/a.safetensors").exists());
+    common::ok(&lib, &["ingest", "--model", "org/b", b.to_str().unwrap()]);
+    let got = std::fs::read(mnt.path("org/b/b.safetensors")).unwrap();
+    assert!(got == std::fs::read(&b).unwrap());
+}
+
+/// Every stored object file under `fragments/`.
+fn objects(lib: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![lib.join("fragments")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_damaged_fragment_fails_reads_with_eio_and_other_files_read_fine() {
+    let test = "a_damaged_fragment_fails_reads_with_eio_and_other_files_read_fine";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    synth::generate_model(&a, 256 << 10, 8, haagenti_core::Dtype::BF16).unwrap();
+    synth::generate_model(&b, 256 << 10, 9, haagenti_core::Dtype::BF16).unwrap();
+    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
+    let before = objects(&lib);
+    common::ok(&lib, &["ingest", "--model", "b", b.to_str().unwrap()]);
+    // An object written by b's ingest: a (ingested before it existed) cannot use it.
+    let victim = objects(&lib)
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .expect("b's ingest wrote objects");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x55;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+    assert!(std::fs::read(mnt.path("a/a.safetensors")).unwrap() == std::fs::read(&a).unwrap());
+    random_preads(&mnt.path("a/a.safetensors"), &a, 3, 200);
+
+    // Reading b in 64 KiB pieces: the pieces touching the damaged fragment fail with EIO,
+    // never with wrong bytes; the others equal the source.
+    let want = std::fs::read(&b).unwrap();
+    let file = std::fs::File::open(mnt.path("b/b.safetensors")).unwrap();
+    let (mut good, mut eio) = (0, 0);
+    for start in (0..want.len()).step_by(64 << 10) {
+        let end = (start + (64 << 10)).min(want.len());
+        let mut buf = vec![0u8; end - start];
+        match file.read_exact_at(&mut buf, start as u64) {
+            Ok(()) => {
+                assert!(buf == want[start..end], "wrong bytes at {start}");
+                good += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "at {start}: {e}");
+                eio += 1;
+            }
+        }
+    }
+    assert!(eio > 0, "no read failed ({good} good)");
+    assert!(good > 0, "every read failed");
+    // a still reads fine after b's failures.
+    assert!(std::fs::read(mnt.path("a/a.safetensors")).unwrap() == std::fs::read(&a).unwrap());
+}
+
+#[test]
+fn a_mount_point_left_behind_is_reported_with_the_fix() {
+    let test = "a_mount_point_left_behind_is_reported_with_the_fix";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    let a = dir.path().join("a.safetensors");
+    synth::generate_model(&a, 64 << 10, 10, haagenti_core::Dtype::BF16).unwrap();
+    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
+    let mp = dir.path().join("mnt");
+    let mut mnt = Mounted::start(&lib, &mp, &[]);
+    // SIGKILL: no chance to unmount.
+    mnt.child.kill().unwrap();
+    mnt.child.wait().unwrap();
+    let out = common::haagenti(&lib, &["mount", mp.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fusermount3 -u"), "{err}");
+    drop(mnt); // clears it
+    // Detached: prints the PID and returns once mounted; SIGTERM unmounts cleanly.
+    let log = dir.path().join("mount.log");
+    let out = common::haagenti(
+        &lib,
+        &[
+            "mount",
+            mp.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "detached mount failed: {}; its log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let pid: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(mp.join("a/a.safetensors").exists());
+    let status = Command::new("kill").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    while mp.join("a").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still mounted after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&mp)
+        .stderr(Stdio::null())
+        .status();
+}
