@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 mod bench;
 mod fuzz;
 mod moto;
+mod python;
 
 fn main() {
     if let Err(e) = run() {
@@ -34,7 +35,7 @@ fn run() -> Result<()> {
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(
-                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (starts a local S3 server)"
+                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (installs the Python test\n                    clients into target/py-venv, starts a local S3 server)"
             );
             Ok(())
         }
@@ -92,8 +93,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &["test", "--workspace", "--all-features", "--no-run"],
         &[],
     )?;
+    let python = python::test_python(root)?;
     let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
-    let env = server.env();
+    let mut env = server.env();
+    env.push(("HAAGENTI_TEST_PYTHON", python.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let tests = cmd(
         &cargo,

@@ -5,6 +5,7 @@
 #[allow(dead_code)] // not every helper is used here
 mod common;
 
+use std::ffi::OsString;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +38,73 @@ fn fuse_available(test: &str) -> Option<()> {
     Some(())
 }
 
+/// A library the tests mount: a directory, or a fresh prefix of the local S3 server's
+/// bucket. Carries the arguments that select it.
+struct Lib {
+    args: Vec<OsString>,
+    path: PathBuf,
+}
+
+impl Lib {
+    fn fs(path: &Path) -> Lib {
+        Lib {
+            args: vec!["--library".into(), path.into()],
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// `None` only when `HAAGENTI_SKIP_S3=1` asked for the skip.
+    fn s3(test: &str) -> Option<Lib> {
+        let (endpoint, bucket) = haagenti_testkit::env::s3_test_server(test)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let url = format!(
+            "s3://{bucket}/tests/mount-{test}-{}-{nanos}",
+            std::process::id()
+        );
+        Some(Lib {
+            args: vec![
+                "--library".into(),
+                url.clone().into(),
+                "--s3-endpoint".into(),
+                endpoint.into(),
+            ],
+            path: PathBuf::from(url),
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_haagenti"));
+        cmd.args(&self.args)
+            .env_remove("HAAGENTI_LIBRARY")
+            .env_remove("HAAGENTI_S3_ENDPOINT");
+        // moto does not check signatures; real credentials in the environment win.
+        for (var, default) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ] {
+            if std::env::var_os(var).is_none() {
+                cmd.env(var, default);
+            }
+        }
+        cmd
+    }
+
+    /// Runs `haagenti ARGS...` on this library, which must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
 /// A running `haagenti mount --foreground`; dropping it unmounts, whatever happened.
 struct Mounted {
     child: Child,
@@ -44,17 +112,15 @@ struct Mounted {
 }
 
 impl Mounted {
-    fn start(lib: &Path, mountpoint: &Path, extra: &[&str]) -> Mounted {
+    fn start(lib: &Lib, mountpoint: &Path, extra: &[&str]) -> Mounted {
         std::fs::create_dir_all(mountpoint).unwrap();
         let before = std::fs::metadata(mountpoint).unwrap().dev();
-        let child = Command::new(env!("CARGO_BIN_EXE_haagenti"))
-            .arg("--library")
-            .arg(lib)
+        let child = lib
+            .command()
             .arg("mount")
             .arg(mountpoint)
             .arg("--foreground")
             .args(extra)
-            .env_remove("HAAGENTI_LIBRARY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -111,17 +177,14 @@ impl Drop for Mounted {
     }
 }
 
-/// A small generated family ingested model by model with the CLI: `(family, library)`.
-fn ingested(dir: &Path, seed: u64) -> (Family, PathBuf) {
+/// A small generated family (under `dir/src`) ingested model by model with the CLI into
+/// `lib`.
+fn ingested(dir: &Path, seed: u64, lib: &Lib) -> Family {
     let family = synth::small_family(&dir.join("src"), seed).unwrap();
-    let lib = dir.join("lib");
     for m in &family.models {
-        common::ok(
-            &lib,
-            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
-        );
+        lib.ok(&["ingest", "--model", &m.name, m.path.to_str().unwrap()]);
     }
-    (family, lib)
+    family
 }
 
 /// Every `(relative path in the model, source file)` of a generated model.
@@ -171,8 +234,28 @@ fn every_file_reads_back_identical_through_the_plain_mount() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (family, lib) = ingested(dir.path(), 21);
-    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+    every_file_reads_back_identical(dir.path(), &Lib::fs(&dir.path().join("lib")));
+}
+
+#[test]
+fn every_file_reads_back_identical_through_a_mount_of_an_s3_library() {
+    let test = "every_file_reads_back_identical_through_a_mount_of_an_s3_library";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let Some(lib) = Lib::s3(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    every_file_reads_back_identical(dir.path(), &lib);
+}
+
+/// Every file of a generated family, read whole through a plain mount of `lib`, equals
+/// its source (sizes and modes too), also by `cmp`; and the real `safetensors` package
+/// reads every tensor of every `.safetensors` file through the mount (mmap).
+fn every_file_reads_back_identical(dir: &Path, lib: &Lib) {
+    let family = ingested(dir, 21, lib);
+    let mnt = Mounted::start(lib, &dir.join("mnt"), &[]);
 
     let mut names: Vec<String> = std::fs::read_dir(&mnt.mountpoint)
         .unwrap()
@@ -208,6 +291,50 @@ fn every_file_reads_back_identical_through_the_plain_mount() {
         .status()
         .unwrap();
     assert!(status.success(), "cmp {rel}");
+
+    let Some(python) = haagenti_testkit::env::test_python("safetensors through the mount") else {
+        return;
+    };
+    let pairs: Vec<String> = family
+        .models
+        .iter()
+        .flat_map(|m| {
+            files_of(m)
+                .into_iter()
+                .filter(|(rel, _)| rel.ends_with(".safetensors"))
+                .map(|(rel, source)| {
+                    format!(
+                        "{}::{}",
+                        mnt.path(&format!("{}/{rel}", m.name)).display(),
+                        source.display()
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(pairs.len() >= family.models.len(), "{pairs:?}");
+    run_python(&python, "safetensors_equal.py", &pairs, &[]);
+}
+
+/// Runs one of the `tests/py` scripts with the test interpreter; it must succeed.
+fn run_python(python: &Path, script: &str, args: &[String], envs: &[(&str, &Path)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
 #[test]
@@ -217,8 +344,27 @@ fn random_preads_equal_the_source_and_concurrent_readers_get_their_bytes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (family, lib) = ingested(dir.path(), 22);
-    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &["--cache-mb", "8"]);
+    random_preads_and_concurrent_readers(dir.path(), &Lib::fs(&dir.path().join("lib")));
+}
+
+#[test]
+fn random_preads_and_concurrent_readers_on_a_mount_of_an_s3_library() {
+    let test = "random_preads_and_concurrent_readers_on_a_mount_of_an_s3_library";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let Some(lib) = Lib::s3(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    random_preads_and_concurrent_readers(dir.path(), &lib);
+}
+
+/// 1,000 random `pread`s per file equal the source; 8 threads reading different models
+/// at once get their bytes. The cache is kept small so reads go to the store.
+fn random_preads_and_concurrent_readers(dir: &Path, lib: &Lib) {
+    let family = ingested(dir, 22, lib);
+    let mnt = Mounted::start(lib, &dir.join("mnt"), &["--cache-mb", "8"]);
 
     for (i, m) in family.models.iter().enumerate() {
         for (j, (rel, source)) in files_of(m).into_iter().enumerate() {
@@ -263,11 +409,8 @@ fn writes_fail_with_erofs() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("one.safetensors");
     synth::generate_model(&src, 64 << 10, 5, haagenti_core::Dtype::BF16).unwrap();
-    let lib = dir.path().join("lib");
-    common::ok(
-        &lib,
-        &["ingest", "--model", "org/one", src.to_str().unwrap()],
-    );
+    let lib = Lib::fs(&dir.path().join("lib"));
+    lib.ok(&["ingest", "--model", "org/one", src.to_str().unwrap()]);
     let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
     let file = mnt.path("org/one/one.safetensors");
     assert!(std::fs::read(&file).unwrap() == std::fs::read(&src).unwrap());
@@ -307,20 +450,19 @@ fn hf_layout_refs_and_snapshots_resolve_to_the_files() {
     };
     let dir = tempfile::tempdir().unwrap();
     let family = synth::small_family(&dir.path().join("src"), 23).unwrap();
-    let lib = dir.path().join("lib");
+    let lib = Lib::fs(&dir.path().join("lib"));
     let base = family.model("base-fp32").unwrap();
     let lora = family.model("lora-bf16").unwrap();
-    common::ok(
-        &lib,
-        &["ingest", "--model", "org/base", base.path.to_str().unwrap()],
-    );
-    common::ok(
-        &lib,
-        &["ingest", "--model", "lora", lora.path.to_str().unwrap()],
-    );
+    lib.ok(&["ingest", "--model", "org/base", base.path.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "lora", lora.path.to_str().unwrap()]);
     let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &["--layout", "hf"]);
 
-    for (repo, m) in [("models--org--base", base), ("models--lora", lora)] {
+    let python = haagenti_testkit::env::test_python("huggingface_hub through the mount");
+    let hf_home = dir.path().join("hf-home");
+    for (repo_id, repo, m) in [
+        ("org/base", "models--org--base", base),
+        ("lora", "models--lora", lora),
+    ] {
         let rev = std::fs::read_to_string(mnt.path(&format!("{repo}/refs/main"))).unwrap();
         assert_eq!(rev.len(), 40, "{repo}: {rev:?}");
         assert!(rev.chars().all(|c| c.is_ascii_hexdigit()), "{rev:?}");
@@ -337,6 +479,25 @@ fn hf_layout_refs_and_snapshots_resolve_to_the_files() {
                 path.display()
             );
         }
+        // The real client, offline, with the mount as its cache.
+        if let Some(python) = &python {
+            let mut args = vec![repo_id.to_string(), rev.clone()];
+            args.extend(
+                files_of(m)
+                    .into_iter()
+                    .map(|(rel, source)| format!("{rel}::{}", source.display())),
+            );
+            run_python(
+                python,
+                "hf_cache_equal.py",
+                &args,
+                &[
+                    ("HF_HUB_CACHE", &mnt.mountpoint),
+                    ("HF_HOME", &hf_home),
+                    ("HF_HUB_OFFLINE", Path::new("1")),
+                ],
+            );
+        }
     }
 }
 
@@ -347,15 +508,15 @@ fn a_model_ingested_while_mounted_appears() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("lib");
+    let lib = Lib::fs(&dir.path().join("lib"));
     let a = dir.path().join("a.safetensors");
     let b = dir.path().join("b.safetensors");
     synth::generate_model(&a, 64 << 10, 6, haagenti_core::Dtype::BF16).unwrap();
     synth::generate_model(&b, 64 << 10, 7, haagenti_core::Dtype::BF16).unwrap();
-    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "a", a.to_str().unwrap()]);
     let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
     assert!(mnt.path("a/a.safetensors").exists());
-    common::ok(&lib, &["ingest", "--model", "org/b", b.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "org/b", b.to_str().unwrap()]);
     let got = std::fs::read(mnt.path("org/b/b.safetensors")).unwrap();
     assert!(got == std::fs::read(&b).unwrap());
 }
@@ -385,16 +546,16 @@ fn a_damaged_fragment_fails_reads_with_eio_and_other_files_read_fine() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("lib");
+    let lib = Lib::fs(&dir.path().join("lib"));
     let a = dir.path().join("a.safetensors");
     let b = dir.path().join("b.safetensors");
     synth::generate_model(&a, 256 << 10, 8, haagenti_core::Dtype::BF16).unwrap();
     synth::generate_model(&b, 256 << 10, 9, haagenti_core::Dtype::BF16).unwrap();
-    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
-    let before = objects(&lib);
-    common::ok(&lib, &["ingest", "--model", "b", b.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "a", a.to_str().unwrap()]);
+    let before = objects(&lib.path);
+    lib.ok(&["ingest", "--model", "b", b.to_str().unwrap()]);
     // An object written by b's ingest: a (ingested before it existed) cannot use it.
-    let victim = objects(&lib)
+    let victim = objects(&lib.path)
         .into_iter()
         .find(|p| !before.contains(p))
         .expect("b's ingest wrote objects");
@@ -439,16 +600,16 @@ fn a_mount_point_left_behind_is_reported_with_the_fix() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("lib");
+    let lib = Lib::fs(&dir.path().join("lib"));
     let a = dir.path().join("a.safetensors");
     synth::generate_model(&a, 64 << 10, 10, haagenti_core::Dtype::BF16).unwrap();
-    common::ok(&lib, &["ingest", "--model", "a", a.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "a", a.to_str().unwrap()]);
     let mp = dir.path().join("mnt");
     let mut mnt = Mounted::start(&lib, &mp, &[]);
     // SIGKILL: no chance to unmount.
     mnt.child.kill().unwrap();
     mnt.child.wait().unwrap();
-    let out = common::haagenti(&lib, &["mount", mp.to_str().unwrap()]);
+    let out = common::haagenti(&lib.path, &["mount", mp.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fusermount3 -u"), "{err}");
@@ -456,7 +617,7 @@ fn a_mount_point_left_behind_is_reported_with_the_fix() {
     // Detached: prints the PID and returns once mounted; SIGTERM unmounts cleanly.
     let log = dir.path().join("mount.log");
     let out = common::haagenti(
-        &lib,
+        &lib.path,
         &[
             "mount",
             mp.to_str().unwrap(),

@@ -30,6 +30,28 @@ pub fn s3_test_server(test: &str) -> Option<(String, String)> {
     }
 }
 
+/// The variable that asks the tests driving the real Python clients to skip.
+pub const SKIP_PYTHON: &str = "HAAGENTI_SKIP_PYTHON";
+
+/// The Python interpreter holding the real client packages (`safetensors`, `numpy`,
+/// `ml_dtypes`, `huggingface_hub`, pinned in `scripts/test-requirements.txt`), from
+/// `HAAGENTI_TEST_PYTHON`, which `cargo xtask test` sets after installing them into
+/// `target/py-venv`. `None` (after printing the skip) when unset and
+/// `HAAGENTI_SKIP_PYTHON=1`; a panic saying how to get it otherwise.
+pub fn test_python(test: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os("HAAGENTI_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => Some(p.into()),
+        _ => unavailable(
+            test,
+            SKIP_PYTHON,
+            "HAAGENTI_TEST_PYTHON is not set: run the tests with `cargo xtask test`, which \
+             installs the Python clients into target/py-venv (or `python3 -m venv V && \
+             V/bin/pip install -r scripts/test-requirements.txt` and set \
+             HAAGENTI_TEST_PYTHON=V/bin/python)",
+        ),
+    }
+}
+
 /// `None` after printing the skip when `skip_var` is `1`; else a panic with `why`.
 pub fn unavailable<T>(test: &str, skip_var: &str, why: &str) -> Option<T> {
     if std::env::var(skip_var).as_deref() == Ok("1") {
