@@ -2,10 +2,28 @@
 //! run it from the workspace root (it writes `target/bench/latest.json` and, for a full
 //! run, `docs/benchmarks.md`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+/// What the tests and the bench's mount section need besides the S3 server: the Python
+/// clients (`HAAGENTI_TEST_PYTHON`) and the release `haagenti` binary the bench mounts
+/// with (`HAAGENTI_BENCH_CLI`).
+pub fn prepare(root: &Path) -> Result<Vec<(&'static str, String)>> {
+    let python = crate::python::test_python(root)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::cmd(
+        &cargo,
+        &["build", "--quiet", "--release", "-p", "haagenti-cli"],
+        &[],
+    )?;
+    let cli = root.join("target").join("release").join("haagenti");
+    Ok(vec![
+        ("HAAGENTI_TEST_PYTHON", python.display().to_string()),
+        ("HAAGENTI_BENCH_CLI", cli.display().to_string()),
+    ])
+}
 
 /// `cargo xtask bench [--quick] [--scale BYTES] [--seed N] [--out DIR]`.
 /// `env` points the bench at a running S3 server (its S3 rows are skipped without one).

@@ -25,8 +25,10 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("bench") => {
+            ensure_fusermount()?;
+            let mut env = bench::prepare(&root)?;
             let server = moto::MotoServer::start(&root).context("starting the local S3 server")?;
-            let env = server.env();
+            env.extend(server.env());
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             bench::run(&args[1..], &env)
         }
@@ -93,10 +95,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &["test", "--workspace", "--all-features", "--no-run"],
         &[],
     )?;
-    let python = python::test_python(root)?;
+    let mut env = bench::prepare(root)?;
     let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
-    let mut env = server.env();
-    env.push(("HAAGENTI_TEST_PYTHON", python.display().to_string()));
+    env.extend(server.env());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let tests = cmd(
         &cargo,

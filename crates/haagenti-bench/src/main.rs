@@ -9,6 +9,7 @@
 //! - `similarity [--quick] [--sim-parent BYTES] [--seed N] [--out DIR]`: only the
 //!   similarity family (issue 5 acceptance); prints its section and writes
 //!   `OUT/similarity.json`.
+//! - `mount [--quick]`: only reading through `haagenti mount`.
 //! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
 //! - `child ...`: internal; the ingest and export phases run in a child process so their
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
@@ -18,6 +19,7 @@ mod codecs;
 mod corpus;
 mod haagenti;
 mod lsh;
+mod mount;
 mod report;
 mod s3;
 mod similarity;
@@ -37,6 +39,12 @@ const QUICK_SCALE: u64 = 50_000_000;
 /// Size of the single large model of a full run (0 in `--quick`).
 const DEFAULT_BIG_MODEL: u64 = 2 << 30;
 const DEFAULT_SEED: u64 = 42;
+/// Models of the mount section: read sequentially (peak RSS with a 256 MiB cache), and
+/// read tensor by tensor with `safe_open`.
+const DEFAULT_MOUNT_MODEL: u64 = 2 << 30;
+const DEFAULT_MOUNT_TENSORS: u64 = 400_000_000;
+const QUICK_MOUNT_MODEL: u64 = 64 << 20;
+const QUICK_MOUNT_TENSORS: u64 = 32 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +72,13 @@ enum Command {
         /// Print the result as one JSON line (how `run` reads it from a child process).
         #[arg(long)]
         json: bool,
+    },
+    /// Only reading through `haagenti mount` (needs HAAGENTI_BENCH_CLI and
+    /// HAAGENTI_TEST_PYTHON, which `cargo xtask bench` sets).
+    Mount {
+        /// The quick configuration.
+        #[arg(long)]
+        quick: bool,
     },
     /// Write the corpus under DIR for inspection.
     GenCorpus {
@@ -140,6 +155,15 @@ impl From<OptionArgs> for Options {
     }
 }
 
+/// `(sequentially read model, safe_open model)` sizes of the mount section.
+fn mount_sizes(quick: bool) -> (u64, u64) {
+    if quick {
+        (QUICK_MOUNT_MODEL, QUICK_MOUNT_TENSORS)
+    } else {
+        (DEFAULT_MOUNT_MODEL, DEFAULT_MOUNT_TENSORS)
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -171,6 +195,14 @@ fn dispatch(command: Command) -> Result<()> {
                 println!("{}", switch::markdown(&bench));
             }
             Ok(())
+        }
+        Command::Mount { quick } => {
+            let (model, tensors) = mount_sizes(quick);
+            let work = util::workspace_root().join("target/bench/work-mount");
+            let bench = mount::run(&work, model, tensors, DEFAULT_SEED)?;
+            util::remove_dir_if_exists(&work)?;
+            println!("{}", mount::markdown(&bench));
+            bench.check()
         }
         Command::Child(args) => haagenti::child(args),
     }
@@ -233,6 +265,9 @@ fn run(opts: &Options) -> Result<()> {
     let s3_bench = s3::run(opts.quick)?;
     eprintln!("model switching through the shared fragment cache ...");
     let switch_bench = switch::run_in_child(opts.quick)?;
+    eprintln!("reading through haagenti mount ...");
+    let (mount_bytes, tensors_bytes) = mount_sizes(opts.quick);
+    let mount_bench = mount::run(&work, mount_bytes, tensors_bytes, opts.seed)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -246,6 +281,7 @@ fn run(opts: &Options) -> Result<()> {
             .as_ref()
             .map_or(Ok(()), similarity::SimilarityBench::check)
     });
+    let identical = identical.and_then(|()| mount_bench.check());
     let results = report::Results {
         quick: opts.quick,
         machine: report::Machine::detect(),
@@ -267,6 +303,8 @@ fn run(opts: &Options) -> Result<()> {
             s3: serde_json::to_value(&s3_bench)?,
             switch_markdown: switch::markdown(&switch_bench),
             switch: serde_json::to_value(&switch_bench)?,
+            mount_markdown: mount::markdown(&mount_bench),
+            mount: serde_json::to_value(&mount_bench)?,
         },
         wall_secs: started.elapsed().as_secs_f64(),
     };

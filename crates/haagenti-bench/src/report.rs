@@ -114,6 +114,8 @@ pub struct Micro {
     pub s3: Value,
     pub switch_markdown: String,
     pub switch: Value,
+    pub mount_markdown: String,
+    pub mount: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -313,6 +315,7 @@ pub fn markdown(r: &Results<'_>) -> String {
         let _ = writeln!(s, "\n{}", md.trim_end());
     }
     let _ = writeln!(s, "\n{}", r.micro.switch_markdown.trim_end());
+    let _ = writeln!(s, "\n{}", r.micro.mount_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -366,6 +369,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "lsh": r.micro.lsh,
             "s3": r.micro.s3,
             "switch": r.micro.switch,
+            "mount": r.micro.mount,
         },
     })
 }

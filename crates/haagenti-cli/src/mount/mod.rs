@@ -393,7 +393,43 @@ impl MountFs {
     }
 }
 
+thread_local! {
+    /// Where a reply spanning several fragments is assembled: reused, so that a 1 MiB
+    /// read does not cost a fresh (page-faulting) allocation.
+    static JOIN_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Replies with the concatenation of `parts` (one part: no copy).
+fn reply_joined<B: AsRef<[u8]>>(reply: ReplyData, parts: &[B]) {
+    match parts {
+        [] => reply.data(&[]),
+        [one] => reply.data(one.as_ref()),
+        _ => JOIN_BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            for part in parts {
+                buffer.extend_from_slice(part.as_ref());
+            }
+            reply.data(&buffer);
+        }),
+    }
+}
+
+/// Largest read the kernel sends in one request once `max_pages` allows it (the default is
+/// 128 KiB): fewer round trips per fragment for big sequential reads.
+const MAX_REQUEST: u32 = 1 << 20;
+
 impl Filesystem for MountFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // The kernel sizes read requests by `max_pages`, which fuser derives from the
+        // larger of max_write and max_readahead; nothing is ever written here.
+        let _ = config.set_max_write(MAX_REQUEST);
+        if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = parent.0;
         if self.is_listing(parent) {
@@ -494,8 +530,8 @@ impl Filesystem for MountFs {
         let len = u64::from(size).min(open.reader.len().saturating_sub(offset));
         // Served on the runtime so that concurrent readers proceed in parallel.
         self.runtime.spawn(async move {
-            match open.reader.read_at(offset, len).await {
-                Ok(bytes) => reply.data(&bytes),
+            match open.reader.read_parts(offset, len).await {
+                Ok(parts) => reply_joined(reply, &parts),
                 Err(e) => {
                     eprintln!(
                         "haagenti mount: EIO reading model {} file {} at {offset} (+{len}): {e}",

@@ -280,14 +280,15 @@ impl FileReader {
     }
 
     /// The fetches of `span`, from the window where they are already under way, and the
-    /// window moved on: a read that starts at or after the last one and no further than
-    /// its read-ahead counts as sequential and starts fetching the next
-    /// [`in_flight`](Self::in_flight) pieces.
+    /// window moved on: a read that starts within [`in_flight`](Self::in_flight) pieces
+    /// of the last one, either way, counts as sequential and keeps fetching the next
+    /// `in_flight` pieces. Backward steps are allowed because the kernel's read-around
+    /// of a memory-mapped file asks for a range centred on each faulting page.
     fn window_fetches(&self, span: Range<usize>) -> Vec<SharedFetch> {
         let ahead = self.in_flight();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let sequential = !window.last.is_empty()
-            && span.start >= window.last.start
+            && span.start + ahead >= window.last.start
             && span.start <= window.last.end + ahead;
         let keep = span.start
             ..(span.end + if sequential { ahead } else { 0 }).min(self.layout.pieces.len());
