@@ -33,25 +33,24 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     let lib = location.open(OpenOptions::default()).await?;
     let bar = Bar::new("export", args.json);
     let progress = bar.as_deref().map(|b| b as &dyn Progress);
-    let report = match &args.revision {
-        None => lib.export(&args.model, &args.out, progress).await,
-        Some(rev) => {
-            let generations = lib
-                .generations(&args.model)
-                .await
-                .with_context(|| format!("exporting model {:?}", args.model))?;
-            // The newest generation of that revision (a revision may be stored twice).
-            let Some(manifest) = generations
-                .iter()
-                .rev()
-                .find(|m| m.revision.as_deref() == Some(rev.as_str()) || m.revision_id() == *rev)
-            else {
-                anyhow::bail!("model {:?} has no stored revision {rev:?}", args.model);
-            };
-            lib.export_generation(manifest, &args.out, progress).await
+    let report =
+        match &args.revision {
+            None => lib.export(&args.model, &args.out, progress).await,
+            Some(rev) => {
+                let generations = lib
+                    .generations(&args.model)
+                    .await
+                    .with_context(|| format!("exporting model {:?}", args.model))?;
+                // The newest generation of that revision (a revision may be stored twice).
+                let Some(manifest) = generations.iter().rev().find(|m| {
+                    m.revision.as_deref() == Some(rev.as_str()) || m.revision_id() == *rev
+                }) else {
+                    anyhow::bail!("model {:?} has no stored revision {rev:?}", args.model);
+                };
+                lib.export_generation(manifest, &args.out, progress).await
+            }
         }
-    }
-    .with_context(|| format!("exporting model {:?}", args.model))?;
+        .with_context(|| format!("exporting model {:?}", args.model))?;
     if args.json {
         return print_json(&report);
     }

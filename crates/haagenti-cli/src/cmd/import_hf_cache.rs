@@ -6,6 +6,7 @@
 //! revision recorded; the one `refs/main` names is ingested last so it is the newest (the
 //! one `list`, `export` and the plain mount show). Re-running imports only what is new.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -256,60 +257,70 @@ async fn import_repo(lib: &FragmentLibrary, repo: &Repo, out: &mut Out) -> Resul
         Ok(s) => s,
         Err(e) => return out.skip(skip(None, format!("{e:#}"))),
     };
-    // The revisions stored as generations of the model, oldest first.
-    let mut stored: Vec<Option<String>> = match lib.generations(&repo.model).await {
-        Ok(generations) => generations.into_iter().map(|m| m.revision).collect(),
-        Err(FragmentError::ModelNotFound(_)) => Vec::new(),
-        Err(e) => {
-            out.report.failed.push(Failed {
-                model: repo.model.clone(),
-                revision: String::new(),
-                error: format!("reading its stored generations: {e}"),
-            });
-            if !out.json {
-                outln!("FAILED {}: reading its stored generations: {e}", repo.model)?;
+    // The stored generations of the model, oldest first: revision, files and sizes.
+    let mut stored: Vec<(Option<String>, HashSet<(String, u64)>)> =
+        match lib.generations(&repo.model).await {
+            Ok(generations) => generations
+                .into_iter()
+                .map(|m| {
+                    let files = m.files.into_iter().map(|f| (f.path, f.size)).collect();
+                    (m.revision, files)
+                })
+                .collect(),
+            Err(FragmentError::ModelNotFound(_)) => Vec::new(),
+            Err(e) => {
+                out.report.failed.push(Failed {
+                    model: repo.model.clone(),
+                    revision: String::new(),
+                    error: format!("reading its stored generations: {e}"),
+                });
+                if !out.json {
+                    outln!("FAILED {}: reading its stored generations: {e}", repo.model)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-    };
-    let is_stored = |stored: &[Option<String>], rev: &str| {
-        stored.iter().any(|r| r.as_deref() == Some(rev))
+        };
+    let has_revision = |stored: &[(Option<String>, HashSet<(String, u64)>)], rev: &str| {
+        stored.iter().any(|(r, _)| r.as_deref() == Some(rev))
     };
     let mut imported_any = false;
     for snap in &snapshots {
-        if is_stored(&stored, &snap.revision) {
+        let files = scan_snapshot(repo, snap, out)?;
+        // Stored already when a generation of this revision has every complete file (a
+        // file whose download finished since then makes the snapshot new again).
+        let complete = stored.iter().any(|(rev, have)| {
+            rev.as_deref() == Some(snap.revision.as_str())
+                && files
+                    .iter()
+                    .all(|f| have.contains(&(f.rel.clone(), f.size)))
+        });
+        if complete {
             out.already_stored(&repo.model, &snap.revision)?;
             continue;
         }
-        if import_snapshot(lib, repo, snap, false, out).await? {
+        let names: HashSet<(String, u64)> = files.iter().map(|f| (f.rel.clone(), f.size)).collect();
+        if import_snapshot(lib, repo, snap, files, false, out).await? {
             imported_any = true;
-            stored.push(Some(snap.revision.clone()));
+            stored.push((Some(snap.revision.clone()), names));
         }
     }
     // New snapshots went in after main, which was stored by an earlier run: ingest main
     // again (it dedups fully) so that it is the newest generation.
     if let Some(main) = main
         && imported_any
-        && is_stored(&stored, &main.revision)
-        && stored.last().and_then(Option::as_deref) != Some(main.revision.as_str())
+        && has_revision(&stored, &main.revision)
+        && stored.last().and_then(|(r, _)| r.as_deref()) != Some(main.revision.as_str())
     {
-        import_snapshot(lib, repo, &main, true, out).await?;
+        // Its skipped files were reported above.
+        let files = collect_files(&main.path, &main.path).0;
+        import_snapshot(lib, repo, &main, files, true, out).await?;
     }
     Ok(())
 }
 
-/// Ingests one snapshot as a new generation (older ones kept). Returns whether it was
-/// stored; a failed ingest is reported and returns `false`.
-async fn import_snapshot(
-    lib: &FragmentLibrary,
-    repo: &Repo,
-    snap: &Snapshot,
-    again_as_newest: bool,
-    out: &mut Out,
-) -> Result<bool> {
-    let mut files = Vec::new();
-    let mut skipped = Vec::new();
-    collect_files(&snap.path, &snap.path, &mut files, &mut skipped);
+/// The complete files of a snapshot; reports the entries left out as skipped.
+fn scan_snapshot(repo: &Repo, snap: &Snapshot, out: &mut Out) -> Result<Vec<SnapshotFile>> {
+    let (files, skipped) = collect_files(&snap.path, &snap.path);
     for (path, reason) in skipped {
         out.skip(Skipped {
             repo: repo.dir_name.clone(),
@@ -318,6 +329,19 @@ async fn import_snapshot(
             reason,
         })?;
     }
+    Ok(files)
+}
+
+/// Ingests one snapshot as a new generation (older ones kept). Returns whether it was
+/// stored; a failed ingest is reported and returns `false`.
+async fn import_snapshot(
+    lib: &FragmentLibrary,
+    repo: &Repo,
+    snap: &Snapshot,
+    files: Vec<SnapshotFile>,
+    again_as_newest: bool,
+    out: &mut Out,
+) -> Result<bool> {
     if files.is_empty() {
         out.skip(Skipped {
             repo: repo.dir_name.clone(),
@@ -334,6 +358,7 @@ async fn import_snapshot(
     if let Some(bar) = Bar::new("import", out.json) {
         opts = opts.progress(bar);
     }
+    let files = files.into_iter().map(|f| (f.rel, f.source)).collect();
     match lib.ingest_files(&repo.model, files, opts).await {
         Ok(report) => {
             if !out.json {
@@ -363,11 +388,7 @@ async fn import_snapshot(
         }
         Err(e) => {
             if !out.json {
-                outln!(
-                    "FAILED {} @ {}: {e}",
-                    repo.model,
-                    short(&snap.revision)
-                )?;
+                outln!("FAILED {} @ {}: {e}", repo.model, short(&snap.revision))?;
             }
             out.report.failed.push(Failed {
                 model: repo.model.clone(),
@@ -433,13 +454,31 @@ fn list_snapshots(repo: &Repo, out: &mut Out) -> Result<(Vec<Snapshot>, Option<S
     Ok((ordered, main))
 }
 
-/// The files of a snapshot directory as (relative path, file to read), following the
-/// symlinks into `blobs/`. Entries that cannot be read whole (a dangling symlink, a blob
-/// still downloading) go to `skipped` with the reason.
-fn collect_files(
+/// A complete file of a snapshot.
+#[derive(Debug)]
+struct SnapshotFile {
+    /// Its path in the snapshot (and the model), `/`-separated.
+    rel: String,
+    /// The snapshot entry (a symlink into `blobs/`).
+    source: PathBuf,
+    size: u64,
+}
+
+/// The files of snapshot directory `root`, following the symlinks into `blobs/`, and the
+/// entries that cannot be read whole (a dangling symlink, a blob still downloading) as
+/// (relative path, reason).
+fn collect_files(root: &Path, dir: &Path) -> (Vec<SnapshotFile>, Vec<(String, String)>) {
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    walk_snapshot(root, dir, &mut files, &mut skipped);
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    (files, skipped)
+}
+
+fn walk_snapshot(
     root: &Path,
     dir: &Path,
-    files: &mut Vec<(String, PathBuf)>,
+    files: &mut Vec<SnapshotFile>,
     skipped: &mut Vec<(String, String)>,
 ) {
     let rel_of = |p: &Path| -> String {
@@ -480,7 +519,7 @@ fn collect_files(
             continue;
         };
         if link.is_dir() {
-            collect_files(root, &path, files, skipped);
+            walk_snapshot(root, &path, files, skipped);
             continue;
         }
         if link.is_symlink() {
@@ -496,7 +535,11 @@ fn collect_files(
             }
         }
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => files.push((rel, path)),
+            Ok(m) if m.is_file() => files.push(SnapshotFile {
+                rel,
+                source: path,
+                size: m.len(),
+            }),
             Ok(_) => skipped.push((rel, "not a regular file".into())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 skipped.push((rel, "dangling symlink (its blob is missing)".into()));
