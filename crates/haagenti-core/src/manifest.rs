@@ -551,7 +551,8 @@ mod tests {
         assert_ne!(a, derived_revision_id("org/other", 1));
         // The derivation is part of what mounts expose: pin it.
         let mut h = blake3::Hasher::new();
-        h.update(b"haagenti-revision\0org/model\01");
+        h.update(b"haagenti-revision\0org/model\0");
+        h.update(b"1");
         assert_eq!(a, h.finalize().to_hex()[..40]);
 
         let mut m = sample();

@@ -257,65 +257,78 @@ async fn import_repo(lib: &FragmentLibrary, repo: &Repo, out: &mut Out) -> Resul
         Ok(s) => s,
         Err(e) => return out.skip(skip(None, format!("{e:#}"))),
     };
-    // The stored generations of the model, oldest first: revision, files and sizes.
-    let mut stored: Vec<(Option<String>, HashSet<(String, u64)>)> =
-        match lib.generations(&repo.model).await {
-            Ok(generations) => generations
-                .into_iter()
-                .map(|m| {
-                    let files = m.files.into_iter().map(|f| (f.path, f.size)).collect();
-                    (m.revision, files)
-                })
-                .collect(),
-            Err(FragmentError::ModelNotFound(_)) => Vec::new(),
-            Err(e) => {
-                out.report.failed.push(Failed {
-                    model: repo.model.clone(),
-                    revision: String::new(),
-                    error: format!("reading its stored generations: {e}"),
-                });
-                if !out.json {
-                    outln!("FAILED {}: reading its stored generations: {e}", repo.model)?;
-                }
-                return Ok(());
+    // The stored generations of the model, oldest first.
+    let mut stored: Vec<StoredGeneration> = match lib.generations(&repo.model).await {
+        Ok(generations) => generations
+            .into_iter()
+            .map(|m| StoredGeneration {
+                revision: m.revision,
+                files: m.files.into_iter().map(|f| (f.path, f.size)).collect(),
+            })
+            .collect(),
+        Err(FragmentError::ModelNotFound(_)) => Vec::new(),
+        Err(e) => {
+            out.report.failed.push(Failed {
+                model: repo.model.clone(),
+                revision: String::new(),
+                error: format!("reading its stored generations: {e}"),
+            });
+            if !out.json {
+                outln!("FAILED {}: reading its stored generations: {e}", repo.model)?;
             }
-        };
-    let has_revision = |stored: &[(Option<String>, HashSet<(String, u64)>)], rev: &str| {
-        stored.iter().any(|(r, _)| r.as_deref() == Some(rev))
+            return Ok(());
+        }
     };
     let mut imported_any = false;
     for snap in &snapshots {
         let files = scan_snapshot(repo, snap, out)?;
         // Stored already when a generation of this revision has every complete file (a
         // file whose download finished since then makes the snapshot new again).
-        let complete = stored.iter().any(|(rev, have)| {
-            rev.as_deref() == Some(snap.revision.as_str())
+        let complete = stored.iter().any(|g| {
+            g.is(&snap.revision)
                 && files
                     .iter()
-                    .all(|f| have.contains(&(f.rel.clone(), f.size)))
+                    .all(|f| g.files.contains(&(f.rel.clone(), f.size)))
         });
         if complete {
             out.already_stored(&repo.model, &snap.revision)?;
             continue;
         }
-        let names: HashSet<(String, u64)> = files.iter().map(|f| (f.rel.clone(), f.size)).collect();
+        let generation = StoredGeneration {
+            revision: Some(snap.revision.clone()),
+            files: files.iter().map(|f| (f.rel.clone(), f.size)).collect(),
+        };
         if import_snapshot(lib, repo, snap, files, false, out).await? {
             imported_any = true;
-            stored.push((Some(snap.revision.clone()), names));
+            stored.push(generation);
         }
     }
     // New snapshots went in after main, which was stored by an earlier run: ingest main
     // again (it dedups fully) so that it is the newest generation.
     if let Some(main) = main
         && imported_any
-        && has_revision(&stored, &main.revision)
-        && stored.last().and_then(|(r, _)| r.as_deref()) != Some(main.revision.as_str())
+        && stored.iter().any(|g| g.is(&main.revision))
+        && !stored.last().is_some_and(|g| g.is(&main.revision))
     {
         // Its skipped files were reported above.
         let files = collect_files(&main.path, &main.path).0;
         import_snapshot(lib, repo, &main, files, true, out).await?;
     }
     Ok(())
+}
+
+/// What a stored generation of a model holds, to tell whether a snapshot is in it.
+#[derive(Debug)]
+struct StoredGeneration {
+    revision: Option<String>,
+    /// (path, size) of each file.
+    files: HashSet<(String, u64)>,
+}
+
+impl StoredGeneration {
+    fn is(&self, revision: &str) -> bool {
+        self.revision.as_deref() == Some(revision)
+    }
 }
 
 /// The complete files of a snapshot; reports the entries left out as skipped.
