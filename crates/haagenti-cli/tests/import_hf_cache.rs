@@ -431,6 +431,41 @@ fn a_missing_or_non_directory_cache_is_an_error_and_writes_nothing() {
     assert!(report["imported"].as_array().unwrap().is_empty());
 }
 
+#[test]
+fn a_snapshot_that_fails_is_reported_the_rest_imported_and_the_exit_is_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let good = dir.join("models--good");
+    file(
+        &good,
+        &revision("good"),
+        "model.safetensors",
+        &weights(tmp.path(), 5),
+    );
+    let broken = dir.join("models--org--broken");
+    file(
+        &broken,
+        &revision("broken"),
+        "model.safetensors",
+        b"not safetensors",
+    );
+    let lib = tmp.path().join("lib");
+    let out = haagenti(&lib, &["import-hf-cache", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        revisions(&report["imported"]),
+        [("good".to_string(), revision("good"))]
+    );
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["model"], "org/broken");
+    assert_eq!(failed[0]["revision"], revision("broken").as_str());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be imported"));
+    let list = json(&lib, &["list", "--json"]);
+    assert_eq!(list["models"].as_array().unwrap().len(), 1);
+}
+
 /// The `hf` mount of an imported cache: a snapshot per stored generation, named by its hub
 /// commit, `refs/main` naming main's; the plain layout shows main's files.
 #[cfg(all(feature = "mount", target_os = "linux"))]

@@ -169,7 +169,7 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     }
     anyhow::ensure!(
         report.failed.is_empty(),
-        "{} of the cache's snapshots could not be imported (see above)",
+        "{} of the cache's snapshots could not be imported (see the report above)",
         report.failed.len()
     );
     Ok(())
