@@ -102,7 +102,13 @@ pub fn manifest_decode(mut data: &[u8]) {
     let bytes: Vec<u8> = if mode & 1 == 0 {
         data.to_vec()
     } else {
-        wrap_manifest_body(data)
+        // Bodies of both manifest versions: 1 (no revision) and the current one.
+        let version = if mode & 2 == 0 {
+            haagenti_core::MANIFEST_FORMAT_VERSION
+        } else {
+            1
+        };
+        wrap_manifest_body(version, data)
     };
     let Ok(manifest) = ModelManifest::decode(&bytes, "fuzz") else {
         return;
@@ -113,10 +119,10 @@ pub fn manifest_decode(mut data: &[u8]) {
     assert_eq!(back.encode().expect("encodes"), again);
 }
 
-/// A stored manifest around `body`: magic, version, BLAKE3 of the body, body.
-pub fn wrap_manifest_body(body: &[u8]) -> Vec<u8> {
+/// A stored manifest around `body`: magic, `version`, BLAKE3 of the body, body.
+pub fn wrap_manifest_body(version: u8, body: &[u8]) -> Vec<u8> {
     let mut out = haagenti_core::manifest::MANIFEST_MAGIC.to_vec();
-    out.push(haagenti_core::LIBRARY_FORMAT_VERSION);
+    out.push(version);
     out.extend_from_slice(blake3_of(body).as_bytes());
     out.extend_from_slice(body);
     out

@@ -34,6 +34,7 @@ use crate::location::Location;
     after_help = "Examples:
   haagenti demo                                    try it on a generated model family
   haagenti ingest --model sdxl-base ./sdxl-base/   a directory or one .safetensors file
+  haagenti import-hf-cache                         every model of ~/.cache/huggingface/hub
   haagenti show --model sdxl-base                  how each file and tensor is stored
   haagenti compare --model sdxl-base --model sdxl-turbo
   haagenti export --model sdxl-base --out ./restored/
@@ -54,6 +55,9 @@ struct Cli {
 enum Command {
     /// Ingest a .safetensors file or a model directory under a model name.
     Ingest(ingest::Args),
+    /// Store every model snapshot of a Hugging Face hub cache, each revision a generation
+    /// (refs/main's the newest); snapshots already stored are skipped.
+    ImportHfCache(import_hf_cache::Args),
     /// Rebuild every file of a model, bit-exact, under a directory.
     Export(export::Args),
     /// List the models in the library.
@@ -89,6 +93,7 @@ async fn run(cli: Cli) -> Result<()> {
     let location = &cli.location;
     match cli.command {
         Command::Ingest(args) => ingest::run(location, args).await,
+        Command::ImportHfCache(args) => import_hf_cache::run(location, args).await,
         Command::Export(args) => export::run(location, args).await,
         Command::List(args) => list::run(location, args).await,
         Command::Show(args) => show::run(location, args).await,

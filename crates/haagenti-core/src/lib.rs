@@ -40,7 +40,8 @@ pub use library::{
     Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
-    FileContent, FileManifest, FragmentRef, LayerMapping, ModelManifest, TensorRef,
+    FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,
+    TensorRef, validate_revision,
 };
 pub use signature::{
     CandidateIndex, EntryMeta, IndexFactory, SchemeTag, Signature, SignatureScheme, Similarity,

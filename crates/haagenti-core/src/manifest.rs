@@ -1,8 +1,9 @@
 //! Model manifests: how to rebuild every file of a model from fragments.
 //!
 //! Manifests are immutable objects. Encoding (see `docs/format.md`):
-//! `"HGMF"`, format version (1 byte), BLAKE3 of the body (32 bytes), body (bincode 2,
-//! standard config, decoded with a size limit).
+//! `"HGMF"`, manifest format version (1 byte), BLAKE3 of the body (32 bytes), body
+//! (bincode 2, standard config, decoded with a size limit). Version 2 added
+//! [`ModelManifest::revision`]; version 1 bodies still decode (with no revision).
 
 use std::collections::BTreeMap;
 
@@ -10,10 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
-use crate::types::{Dtype, FragmentId, FragmentType, LIBRARY_FORMAT_VERSION, validate_model_name};
+use crate::types::{Dtype, FragmentId, FragmentType, validate_model_name};
 
 /// The first four bytes of every manifest object.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"HGMF";
+/// The manifest format version [`ModelManifest::encode`] writes. Manifests have their own
+/// version (fragment objects keep `LIBRARY_FORMAT_VERSION`): 1 is the body without
+/// `revision`, 2 added it. Decoding accepts both.
+pub const MANIFEST_FORMAT_VERSION: u8 = 2;
 /// Upper bound on a decoded manifest; a hostile length prefix cannot allocate more.
 pub(crate) const MAX_MANIFEST_LEN: usize = 1 << 30;
 
@@ -131,6 +136,32 @@ pub struct ModelManifest {
     pub files: Vec<FileManifest>,
     /// Empty unless the model was ingested with a lossy option.
     pub lossy: Vec<LossySubstitution>,
+    /// The source's revision when the ingest recorded one (for a model imported from the
+    /// Hugging Face hub cache: the commit hash of the snapshot). See [`validate_revision`].
+    pub revision: Option<String>,
+}
+
+/// The body of a version 1 manifest: [`ModelManifest`] before `revision`. bincode encodes
+/// a struct as its fields in order, so the old shape is needed to read old bodies.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelManifestV1 {
+    name: String,
+    created_unix_ms: u64,
+    files: Vec<FileManifest>,
+    lossy: Vec<LossySubstitution>,
+}
+
+impl From<ModelManifestV1> for ModelManifest {
+    fn from(v1: ModelManifestV1) -> Self {
+        Self {
+            name: v1.name,
+            created_unix_ms: v1.created_unix_ms,
+            files: v1.files,
+            lossy: v1.lossy,
+            revision: None,
+        }
+    }
 }
 
 /// Tensors grouped by layer (the name up to the last component), for reports.
@@ -206,16 +237,29 @@ impl ModelManifest {
         map.into_values().collect()
     }
 
-    /// Serialises into the versioned, checksummed envelope.
+    /// The 40-hex-digit revision id of this stored generation, as the Hugging Face hub
+    /// names revisions: the recorded [`revision`](Self::revision) when it is exactly 40
+    /// lowercase hex digits (a hub commit hash, so `revision=<commit>` keeps resolving
+    /// after an import), else the first 40 hex digits of BLAKE3 over
+    /// `haagenti-revision\0{name}\0{created_unix_ms}`: stable for one generation, new for
+    /// every re-ingest.
+    pub fn revision_id(&self) -> String {
+        match &self.revision {
+            Some(r)
+                if r.len() == 40 && r.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                r.clone()
+            }
+            _ => derived_revision_id(&self.name, self.created_unix_ms),
+        }
+    }
+
+    /// Serialises into the versioned, checksummed envelope (always the current
+    /// [`MANIFEST_FORMAT_VERSION`]).
     pub fn encode(&self) -> Result<Vec<u8>> {
         let body = bincode::serde::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| FragmentError::InvalidInput(format!("cannot encode manifest: {e}")))?;
-        let mut out = Vec::with_capacity(body.len() + 37);
-        out.extend_from_slice(&MANIFEST_MAGIC);
-        out.push(LIBRARY_FORMAT_VERSION);
-        out.extend_from_slice(blake3::hash(&body).as_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        Ok(envelope(MANIFEST_FORMAT_VERSION, &body))
     }
 
     /// Parses and validates an envelope; `key` names the object in errors.
@@ -226,11 +270,12 @@ impl ModelManifest {
                 "not a haagenti manifest (bad magic or too short)".into(),
             ));
         }
-        if bytes[4] != LIBRARY_FORMAT_VERSION {
+        let version = bytes[4];
+        if !(1..=MANIFEST_FORMAT_VERSION).contains(&version) {
             return Err(FragmentError::UnsupportedVersion {
                 key: key.to_string(),
-                found: u32::from(bytes[4]),
-                supported: u32::from(LIBRARY_FORMAT_VERSION),
+                found: u32::from(version),
+                supported: u32::from(MANIFEST_FORMAT_VERSION),
             });
         }
         let body = &bytes[37..];
@@ -238,8 +283,15 @@ impl ModelManifest {
             return Err(corrupt("checksum mismatch".into()));
         }
         let config = bincode::config::standard().with_limit::<MAX_MANIFEST_LEN>();
-        let (manifest, used): (Self, usize) = bincode::serde::decode_from_slice(body, config)
-            .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+        let undecodable =
+            |e: bincode::error::DecodeError| corrupt(format!("undecodable body: {e}"));
+        let (manifest, used): (Self, usize) = if version == 1 {
+            let (v1, used): (ModelManifestV1, usize) =
+                bincode::serde::decode_from_slice(body, config).map_err(undecodable)?;
+            (v1.into(), used)
+        } else {
+            bincode::serde::decode_from_slice(body, config).map_err(undecodable)?
+        };
         if used != body.len() {
             return Err(corrupt("trailing bytes after the body".into()));
         }
@@ -253,6 +305,9 @@ impl ModelManifest {
         let bad =
             |why: String| FragmentError::InvalidInput(format!("manifest {:?}: {why}", self.name));
         validate_model_name(&self.name)?;
+        if let Some(r) = &self.revision {
+            validate_revision(r).map_err(|e| bad(e.to_string()))?;
+        }
         let mut paths = std::collections::HashSet::new();
         for f in &self.files {
             validate_relative_path(&f.path).map_err(|e| bad(e.to_string()))?;
@@ -315,6 +370,43 @@ impl ModelManifest {
     }
 }
 
+/// Checks a source revision as a manifest records it: 1 to 64 bytes of `[0-9A-Za-z._-]`
+/// (a Hub commit hash, a tag or a branch name without `/`).
+pub fn validate_revision(revision: &str) -> Result<()> {
+    let ok = (1..=64).contains(&revision.len())
+        && revision
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FragmentError::InvalidInput(format!(
+            "revision {revision:?}: expected 1 to 64 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// The revision id of a generation without a recorded hub commit (see
+/// [`ModelManifest::revision_id`]).
+fn derived_revision_id(name: &str, created_unix_ms: u64) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"haagenti-revision\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(created_unix_ms.to_string().as_bytes());
+    h.finalize().to_hex()[..40].to_string()
+}
+
+/// `"HGMF"`, `version`, BLAKE3 of `body`, `body`.
+fn envelope(version: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 37);
+    out.extend_from_slice(&MANIFEST_MAGIC);
+    out.push(version);
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Checks a manifest path: relative, `/`-separated, no empty, `.` or `..` components,
 /// no backslashes or NULs.
 pub fn validate_relative_path(path: &str) -> Result<()> {
@@ -374,6 +466,7 @@ mod tests {
                 },
             ],
             lossy: vec![],
+            revision: None,
         }
     }
 
@@ -397,11 +490,85 @@ mod tests {
         // A body claiming a huge string length must fail cleanly, not abort on allocation.
         let mut body = vec![0xfc];
         body.extend_from_slice(&[0xff; 4]);
-        let mut bytes = MANIFEST_MAGIC.to_vec();
-        bytes.push(LIBRARY_FORMAT_VERSION);
-        bytes.extend_from_slice(blake3::hash(&body).as_bytes());
-        bytes.extend_from_slice(&body);
-        assert!(ModelManifest::decode(&bytes, "k").is_err());
+        for version in [1, MANIFEST_FORMAT_VERSION] {
+            assert!(ModelManifest::decode(&envelope(version, &body), "k").is_err());
+        }
+    }
+
+    #[test]
+    fn version_1_manifests_still_decode() {
+        let m = sample();
+        let v1 = ModelManifestV1 {
+            name: m.name.clone(),
+            created_unix_ms: m.created_unix_ms,
+            files: m.files.clone(),
+            lossy: m.lossy.clone(),
+        };
+        let body = bincode::serde::encode_to_vec(&v1, bincode::config::standard()).unwrap();
+        let decoded = ModelManifest::decode(&envelope(1, &body), "k").unwrap();
+        assert_eq!(decoded, m);
+        assert_eq!(decoded.revision, None);
+        // The same body labelled version 2 lacks the revision field: corrupt, not misread.
+        assert!(ModelManifest::decode(&envelope(2, &body), "k").is_err());
+        // A version 2 body is not a version 1 body either (the trailing field is left over).
+        let v2 = m.encode().unwrap();
+        assert_eq!(v2[4], MANIFEST_FORMAT_VERSION);
+        assert!(ModelManifest::decode(&envelope(1, &v2[37..]), "k").is_err());
+        for unknown in [0, 3, 255] {
+            assert!(matches!(
+                ModelManifest::decode(&envelope(unknown, &v2[37..]), "k"),
+                Err(FragmentError::UnsupportedVersion { found, supported: 2, .. })
+                    if found == u32::from(unknown)
+            ));
+        }
+    }
+
+    #[test]
+    fn revision_round_trips_and_is_validated() {
+        let mut m = sample();
+        m.revision = Some("0123456789abcdef0123456789abcdef01234567".into());
+        let bytes = m.encode().unwrap();
+        assert_eq!(ModelManifest::decode(&bytes, "k").unwrap(), m);
+        for ok in ["main", "v1.0_rc-2", &"a".repeat(64)] {
+            assert!(validate_revision(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "refs/pr/1", "a b", "é", &"a".repeat(65)] {
+            assert!(validate_revision(bad).is_err(), "{bad:?}");
+            m.revision = Some(bad.to_string());
+            assert!(m.validate().is_err(), "{bad:?}");
+            let body = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
+            assert!(ModelManifest::decode(&envelope(2, &body), "k").is_err());
+        }
+    }
+
+    #[test]
+    fn revision_id_is_the_hub_commit_or_derived() {
+        let a = derived_revision_id("org/model", 1);
+        assert_eq!(a.len(), 40);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, derived_revision_id("org/model", 1));
+        assert_ne!(a, derived_revision_id("org/model", 2));
+        assert_ne!(a, derived_revision_id("org/other", 1));
+        // The derivation is part of what mounts expose: pin it.
+        let mut h = blake3::Hasher::new();
+        h.update(b"haagenti-revision\0org/model\0");
+        h.update(b"1");
+        assert_eq!(a, h.finalize().to_hex()[..40]);
+
+        let mut m = sample();
+        assert_eq!(m.revision_id(), derived_revision_id("m", 1));
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        m.revision = Some(commit.into());
+        assert_eq!(m.revision_id(), commit);
+        // Not a lowercase 40-hex commit: the derived id.
+        for other in [
+            "main",
+            "0123456789ABCDEF0123456789ABCDEF01234567",
+            &commit[..39],
+        ] {
+            m.revision = Some(other.into());
+            assert_eq!(m.revision_id(), derived_revision_id("m", 1), "{other:?}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::FragmentError;
 pub use crate::id::{FragmentId, ParseFragmentIdError};
 
-/// Format version of every object the library writes (fragments, manifests, indexes).
-/// Readers reject any other version.
+/// Format version of the fragment objects the library writes;
+/// manifests have their own, `MANIFEST_FORMAT_VERSION`. Readers reject any other version.
 pub const LIBRARY_FORMAT_VERSION: u8 = 1;
 
 /// Default cosine similarity above which two fragments are considered related.

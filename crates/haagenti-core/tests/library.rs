@@ -391,6 +391,120 @@ async fn replace_supersedes_and_gc_refuses_while_an_ingest_holds_its_lock() {
     lib.gc(GcOptions::default()).await.unwrap();
 }
 
+/// `keep_older_generations`: an older generation stays listed, readable and alive through
+/// gc; the new one is current; `remove` takes every generation; revisions are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_older_generations_survive_gc_and_stay_readable() {
+    let src = tempfile::tempdir().unwrap();
+    let v1 = src.path().join("v1.safetensors");
+    let v2 = src.path().join("v2.safetensors");
+    synth::write_safetensors(&v1, &[tensor("w", Dtype::F16, &[128, 128], 1)], None).unwrap();
+    synth::write_safetensors(&v2, &[tensor("w", Dtype::F16, &[128, 128], 2)], None).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let lib = test_library(store.clone());
+    let rev1 = "1111111111111111111111111111111111111111";
+    lib.ingest(
+        "org/m",
+        &v1,
+        IngestOptions::default().revision(Some(rev1.into())),
+    )
+    .await
+    .unwrap();
+    // ingest_files: the file under another path, kept next to the first generation.
+    lib.ingest_files(
+        "org/m",
+        vec![("sub/model.safetensors".into(), v2.clone())],
+        IngestOptions::default()
+            .replace(true)
+            .keep_older_generations(true)
+            .revision(Some("main".into())),
+    )
+    .await
+    .unwrap();
+    let generations = lib.generations("org/m").await.unwrap();
+    assert_eq!(generations.len(), 2);
+    assert_eq!(generations[0].revision.as_deref(), Some(rev1));
+    assert_eq!(generations[0].revision_id(), rev1);
+    assert_eq!(generations[1].revision.as_deref(), Some("main"));
+    assert_ne!(generations[1].revision_id(), rev1);
+    assert_eq!(lib.manifest("org/m").await.unwrap(), generations[1]);
+    assert_eq!(lib.models().await.unwrap(), ["org/m"]);
+
+    // Only the older generation references v1's fragments: gc must keep them.
+    let gc = lib
+        .gc(GcOptions {
+            dry_run: false,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(gc.garbage_objects, 0);
+    let out = tempfile::tempdir().unwrap();
+    lib.export_generation(&generations[0], out.path(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&v1).unwrap(),
+        std::fs::read(out.path().join("v1.safetensors")).unwrap()
+    );
+    let old = lib.open_generation(&generations[0]).unwrap();
+    let want = std::fs::read(&v1).unwrap();
+    let reader = old.file("v1.safetensors").unwrap();
+    let got = reader.read_at(0, want.len() as u64).await.unwrap();
+    assert_eq!(&got[..], &want[..]);
+    lib.export("org/m", out.path(), None).await.unwrap();
+    assert_eq!(
+        std::fs::read(&v2).unwrap(),
+        std::fs::read(out.path().join("sub/model.safetensors")).unwrap()
+    );
+
+    // A plain replace deletes every older generation.
+    lib.ingest("org/m", &v2, IngestOptions::default().replace(true))
+        .await
+        .unwrap();
+    assert_eq!(lib.generations("org/m").await.unwrap().len(), 1);
+    lib.ingest(
+        "org/m",
+        &v1,
+        IngestOptions::default()
+            .replace(true)
+            .keep_older_generations(true),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.list("manifests/org/m/").await.unwrap().len(), 2);
+    lib.remove("org/m").await.unwrap();
+    assert!(store.list("manifests/").await.unwrap().is_empty());
+    assert!(matches!(
+        lib.generations("org/m").await,
+        Err(FragmentError::ModelNotFound(_))
+    ));
+
+    // Bad input to ingest_files and a bad revision change nothing.
+    let before = store.list("").await.unwrap().len();
+    let dup = vec![("a".into(), v1.clone()), ("a".into(), v2.clone())];
+    assert!(
+        lib.ingest_files("x", dup, IngestOptions::default())
+            .await
+            .is_err()
+    );
+    let missing = vec![("a".into(), src.path().join("missing"))];
+    assert!(
+        lib.ingest_files("x", missing, IngestOptions::default())
+            .await
+            .is_err()
+    );
+    let unsafe_path = vec![("../a".into(), v1.clone())];
+    assert!(
+        lib.ingest_files("x", unsafe_path, IngestOptions::default())
+            .await
+            .is_err()
+    );
+    let bad_rev = IngestOptions::default().revision(Some("refs/pr/1".into()));
+    assert!(lib.ingest("x", &v1, bad_rev).await.is_err());
+    assert_eq!(store.list("").await.unwrap().len(), before);
+}
+
 /// Tensor reads go through the byte-range read path: `load_all` and `read_tensor` agree
 /// with the source file, zero-length tensors included, and a manifest whose tensor holds a
 /// zero-length fragment reference (valid: the fragments still add up) reads the same.

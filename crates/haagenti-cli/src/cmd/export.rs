@@ -19,6 +19,11 @@ pub struct Args {
     /// (created if missing; each file appears only once its hash checks out).
     #[arg(long)]
     out: PathBuf,
+    /// Rebuild this stored generation instead of the newest: its recorded revision (for
+    /// an imported Hugging Face snapshot, the commit hash) or its revision id (see
+    /// `show`).
+    #[arg(long)]
+    revision: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -27,13 +32,24 @@ pub struct Args {
 pub async fn run(location: &Location, args: Args) -> Result<()> {
     let lib = location.open(OpenOptions::default()).await?;
     let bar = Bar::new("export", args.json);
-    let report = lib
-        .export(
-            &args.model,
-            &args.out,
-            bar.as_deref().map(|b| b as &dyn Progress),
-        )
-        .await
+    let progress = bar.as_deref().map(|b| b as &dyn Progress);
+    let report =
+        match &args.revision {
+            None => lib.export(&args.model, &args.out, progress).await,
+            Some(rev) => {
+                let generations = lib
+                    .generations(&args.model)
+                    .await
+                    .with_context(|| format!("exporting model {:?}", args.model))?;
+                // The newest generation of that revision (a revision may be stored twice).
+                let Some(manifest) = generations.iter().rev().find(|m| {
+                    m.revision.as_deref() == Some(rev.as_str()) || m.revision_id() == *rev
+                }) else {
+                    anyhow::bail!("model {:?} has no stored revision {rev:?}", args.model);
+                };
+                lib.export_generation(manifest, &args.out, progress).await
+            }
+        }
         .with_context(|| format!("exporting model {:?}", args.model))?;
     if args.json {
         return print_json(&report);

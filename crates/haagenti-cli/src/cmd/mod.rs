@@ -4,6 +4,7 @@ pub mod compare;
 pub mod demo;
 pub mod export;
 pub mod gc;
+pub mod import_hf_cache;
 pub mod ingest;
 pub mod list;
 pub mod load;

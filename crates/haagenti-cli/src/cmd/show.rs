@@ -92,6 +92,7 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     if json {
         let doc = json!({
             "model": manifest.name, "created_unix_ms": manifest.created_unix_ms,
+            "revision": manifest.revision, "revision_id": manifest.revision_id(),
             "logical_bytes": manifest.logical_bytes(), "lossy": manifest.is_lossy(),
             "max_rel_error": lossy, "savings": savings, "files": files,
             "layers": manifest.layers(),
@@ -99,9 +100,10 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         return print_json(&doc);
     }
     outln!(
-        "model {} ({})",
+        "model {} ({}), revision {}",
         manifest.name,
-        human(manifest.logical_bytes())
+        human(manifest.logical_bytes()),
+        manifest.revision.as_deref().unwrap_or("(none recorded)"),
     )?;
     if let Some(e) = lossy {
         outln!(

@@ -25,21 +25,10 @@ use haagenti_core::{FileReader, FragmentLibrary, ModelHandle};
 pub enum Layout {
     /// `/<model>/<file path>`; `org/name` is directory `org/` holding `name/`.
     Plain,
-    /// The Hugging Face hub cache: `models--{org}--{name}/refs/main` and
-    /// `models--{org}--{name}/snapshots/{revision}/{file path}`.
+    /// The Hugging Face hub cache: `models--{org}--{name}/refs/main` (the newest
+    /// generation's revision id) and `models--{org}--{name}/snapshots/{revision}/{file
+    /// path}` for every stored generation (`ModelManifest::revision_id`).
     Hf,
-}
-
-/// The 40-hex-digit revision id of a stored model generation in the `hf` layout: the first
-/// 40 hex digits of BLAKE3 over `haagenti-revision\0{name}\0{created_unix_ms}`. Stable for
-/// one stored generation of a model; a re-ingest (`--replace`) gets a new one.
-pub fn revision(name: &str, created_unix_ms: u64) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"haagenti-revision\0");
-    h.update(name.as_bytes());
-    h.update(b"\0");
-    h.update(created_unix_ms.to_string().as_bytes());
-    h.finalize().to_hex()[..40].to_string()
 }
 
 /// The directory a model lives in under the `hf` layout: `models--{org}--{name}`.
@@ -54,11 +43,13 @@ const FILE_TTL: Duration = Duration::from_secs(60);
 /// Listing the library again at most this often from `readdir`/`lookup` hits.
 const RELIST_EVERY: Duration = Duration::from_secs(3);
 
-/// One stored model as mounted.
+/// One stored generation of a model as mounted.
 #[derive(Debug)]
 struct Model {
     handle: ModelHandle,
     mtime: SystemTime,
+    /// `ModelManifest::revision_id`: its snapshot directory in the `hf` layout.
+    revision: String,
 }
 
 #[derive(Debug)]
@@ -172,12 +163,15 @@ impl Tree {
         self.add(parent, name, kind, mtime)
     }
 
-    /// Adds `model`'s nodes for `layout`.
-    fn insert(&mut self, layout: Layout, model: Model, created_unix_ms: u64) {
-        let model = Arc::new(model);
-        let name = model.handle.name().to_string();
-        let mtime = model.mtime;
-        let (top, files_dir) = match layout {
+    /// Adds a model's nodes for `layout`: `generations` oldest first (not empty); the plain
+    /// layout shows only the newest, the `hf` layout a snapshot of each.
+    fn insert(&mut self, layout: Layout, generations: Vec<Model>, created_unix_ms: u64) {
+        let Some(newest) = generations.last() else {
+            return;
+        };
+        let name = newest.handle.name().to_string();
+        let mtime = newest.mtime;
+        let top = match layout {
             Layout::Plain => {
                 let mut parent = 1;
                 let parts: Vec<&str> = name.split('/').collect();
@@ -185,19 +179,30 @@ impl Tree {
                     parent = self.dir(parent, ns, true, mtime);
                 }
                 let top = self.dir(parent, parts[parts.len() - 1], false, mtime);
-                (top, top)
+                if let Some(model) = generations.into_iter().last() {
+                    self.insert_files(top, Arc::new(model));
+                }
+                top
             }
             Layout::Hf => {
                 let top = self.dir(1, &hf_repo_dir(&name), false, mtime);
-                let rev = revision(&name, created_unix_ms);
                 let refs = self.dir(top, "refs", false, mtime);
-                let bytes: Arc<[u8]> = Arc::from(rev.as_bytes());
+                let bytes: Arc<[u8]> = Arc::from(newest.revision.as_bytes());
                 self.add(refs, "main", Kind::Inline(bytes), mtime);
                 let snapshots = self.dir(top, "snapshots", false, mtime);
-                let snap = self.dir(snapshots, &rev, false, mtime);
-                (top, snap)
+                for model in generations {
+                    let snap = self.dir(snapshots, &model.revision, false, model.mtime);
+                    self.insert_files(snap, Arc::new(model));
+                }
+                top
             }
         };
+        self.models.insert(name, (created_unix_ms, top));
+    }
+
+    /// Adds the files of one generation under directory `files_dir`.
+    fn insert_files(&mut self, files_dir: u64, model: Arc<Model>) {
+        let mtime = model.mtime;
         for (index, file) in model.handle.files().iter().enumerate() {
             let parts: Vec<&str> = file.path.split('/').filter(|p| !p.is_empty()).collect();
             let Some((leaf, dirs)) = parts.split_last() else {
@@ -213,7 +218,6 @@ impl Tree {
             };
             self.add(parent, leaf, kind, mtime);
         }
-        self.models.insert(name, (created_unix_ms, top));
     }
 
     /// Detaches a model's top node from its directory (open files keep reading).
@@ -300,21 +304,31 @@ impl MountFs {
         let mut added = Vec::new();
         for name in wanted.iter().filter(|m| !known.contains(m)) {
             // A model removed between the listing and here is simply not added.
-            let Ok(manifest) = self.library.manifest(name).await else {
+            let Ok(manifests) = self.library.generations(name).await else {
                 continue;
             };
-            let Ok(handle) = self.library.open_model(name).await else {
+            let Some(created) = manifests.last().map(|m| m.created_unix_ms) else {
                 continue;
             };
-            let mtime = UNIX_EPOCH + Duration::from_millis(manifest.created_unix_ms);
-            added.push((Model { handle, mtime }, manifest.created_unix_ms));
+            let generations: Vec<Model> = manifests
+                .iter()
+                .filter_map(|manifest| {
+                    let handle = self.library.open_generation(manifest).ok()?;
+                    Some(Model {
+                        handle,
+                        mtime: UNIX_EPOCH + Duration::from_millis(manifest.created_unix_ms),
+                        revision: manifest.revision_id(),
+                    })
+                })
+                .collect();
+            added.push((generations, created));
         }
         if let Ok(mut tree) = self.tree.write() {
             for name in known.iter().filter(|m| !wanted.contains(m)) {
                 tree.remove(name);
             }
-            for (model, created) in added {
-                tree.insert(self.layout, model, created);
+            for (generations, created) in added {
+                tree.insert(self.layout, generations, created);
             }
         }
         Ok(())
@@ -733,13 +747,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revision_is_40_hex_and_depends_on_name_and_generation() {
-        let a = revision("org/model", 1);
-        assert_eq!(a.len(), 40);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(a, revision("org/model", 1));
-        assert_ne!(a, revision("org/model", 2));
-        assert_ne!(a, revision("org/other", 1));
+    fn hf_repo_dir_is_the_hub_cache_name() {
         assert_eq!(hf_repo_dir("org/model"), "models--org--model");
         assert_eq!(hf_repo_dir("gpt2"), "models--gpt2");
     }

@@ -70,14 +70,24 @@ impl FragmentLibrary {
         out_dir: &Path,
         progress: Option<&dyn Progress>,
     ) -> Result<ExportReport> {
-        let started = Instant::now();
         let manifest = self.manifest(name).await?;
-        let model = ModelHandle::new(self.clone(), &manifest);
+        self.export_generation(&manifest, out_dir, progress).await
+    }
+
+    /// [`Self::export`] of one generation of a model, as [`Self::generations`] returns it.
+    pub async fn export_generation(
+        &self,
+        manifest: &ModelManifest,
+        out_dir: &Path,
+        progress: Option<&dyn Progress>,
+    ) -> Result<ExportReport> {
+        let started = Instant::now();
+        let model = self.open_generation(manifest)?;
         if let Some(p) = progress {
             p.begin(manifest.logical_bytes());
         }
         let mut report = ExportReport {
-            model: name.to_string(),
+            model: manifest.name.clone(),
             lossy: manifest.is_lossy(),
             max_rel_error: manifest.max_rel_error(),
             ..Default::default()

@@ -21,7 +21,7 @@ use super::{FragmentLibrary, join_error, now_unix_ms};
 use crate::error::{FragmentError, Result};
 use crate::manifest::{
     FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, TensorRef,
-    validate_relative_path,
+    validate_relative_path, validate_revision,
 };
 use crate::safetensors::{self, SafetensorsHeader};
 use crate::signature::EntryMeta;
@@ -51,6 +51,13 @@ pub struct IngestOptions {
     /// being stored. Every substitution is recorded in the manifest. `None` (the default)
     /// keeps every byte.
     pub lossy_max_rel_error: Option<f64>,
+    /// The source's revision to record in the manifest ([`ModelManifest::revision`]).
+    pub revision: Option<String>,
+    /// With `replace`: keep the model's older generations instead of deleting them once
+    /// the new one is durable. The new generation becomes the current one (the newest);
+    /// the older ones stay readable through [`FragmentLibrary::generations`], keep their
+    /// fragments alive through gc, and go with the model at `remove`.
+    pub keep_older_generations: bool,
 }
 
 impl std::fmt::Debug for IngestOptions {
@@ -58,6 +65,8 @@ impl std::fmt::Debug for IngestOptions {
         f.debug_struct("IngestOptions")
             .field("replace", &self.replace)
             .field("lossy_max_rel_error", &self.lossy_max_rel_error)
+            .field("revision", &self.revision)
+            .field("keep_older_generations", &self.keep_older_generations)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +87,20 @@ impl IngestOptions {
     /// Turns on lossy sharing with the largest relative L2 error allowed per fragment.
     pub fn lossy_max_rel_error(mut self, max: Option<f64>) -> Self {
         self.lossy_max_rel_error = max;
+        self
+    }
+
+    /// Records the source's revision in the manifest (1 to 64 of `[0-9A-Za-z._-]`, see
+    /// [`validate_revision`]; checked before anything is written).
+    pub fn revision(mut self, revision: Option<String>) -> Self {
+        self.revision = revision;
+        self
+    }
+
+    /// With [`replace`](Self::replace): whether to keep the model's older generations
+    /// rather than delete them (see [`IngestOptions::keep_older_generations`]).
+    pub fn keep_older_generations(mut self, keep: bool) -> Self {
+        self.keep_older_generations = keep;
         self
     }
 }
@@ -165,6 +188,45 @@ impl FragmentLibrary {
         opts: IngestOptions,
     ) -> Result<IngestReport> {
         let started = Instant::now();
+        self.check_ingest(name, &opts).await?;
+        let root = path.to_path_buf();
+        let sources = tokio::task::spawn_blocking(move || scan_sources(&root))
+            .await
+            .map_err(join_error)??;
+        self.ingest_sources(name, sources, opts, started).await
+    }
+
+    /// Ingests an explicit list of files as model `name`: each `(path, source)` stores the
+    /// file at `source` (symlinks followed, wherever they point) under the relative
+    /// `path` of the model. For sources that are not one directory tree, such as a
+    /// Hugging Face cache snapshot whose files are symlinks into a shared blob directory.
+    /// Validated up front like [`Self::ingest`]: paths must be safe and distinct, sources
+    /// regular files.
+    pub async fn ingest_files(
+        &self,
+        name: &str,
+        files: Vec<(String, PathBuf)>,
+        opts: IngestOptions,
+    ) -> Result<IngestReport> {
+        let started = Instant::now();
+        self.check_ingest(name, &opts).await?;
+        let mut files: Vec<(PathBuf, String)> =
+            files.into_iter().map(|(rel, abs)| (abs, rel)).collect();
+        files.sort_by(|a, b| a.1.cmp(&b.1));
+        if let Some(w) = files.windows(2).find(|w| w[0].1 == w[1].1) {
+            return Err(FragmentError::InvalidInput(format!(
+                "file path {:?} given twice",
+                w[0].1
+            )));
+        }
+        let sources = tokio::task::spawn_blocking(move || validate_sources(files))
+            .await
+            .map_err(join_error)??;
+        self.ingest_sources(name, sources, opts, started).await
+    }
+
+    /// The checks of an ingest's name and options, before any input is read.
+    async fn check_ingest(&self, name: &str, opts: &IngestOptions) -> Result<()> {
         validate_model_name(name)?;
         if let Some(e) = opts.lossy_max_rel_error
             && !(e.is_finite() && e > 0.0 && e < 1.0)
@@ -173,14 +235,22 @@ impl FragmentLibrary {
                 "lossy max relative error {e} is outside (0, 1)"
             )));
         }
+        if let Some(r) = &opts.revision {
+            validate_revision(r)?;
+        }
         if !opts.replace && !self.manifest_generations(name).await?.is_empty() {
             return Err(FragmentError::ModelExists(name.to_string()));
         }
-        let root = path.to_path_buf();
-        let sources = tokio::task::spawn_blocking(move || scan_sources(&root))
-            .await
-            .map_err(join_error)??;
+        Ok(())
+    }
 
+    async fn ingest_sources(
+        &self,
+        name: &str,
+        sources: Vec<SourceFile>,
+        opts: IngestOptions,
+        started: Instant,
+    ) -> Result<IngestReport> {
         let lock = self.acquire_lock(LockKind::Ingest).await?;
         let result = self.ingest_locked(name, sources, &opts).await;
         lock.release().await;
@@ -315,6 +385,7 @@ impl FragmentLibrary {
             created_unix_ms: now_unix_ms(),
             files,
             lossy: substitutions,
+            revision: opts.revision.clone(),
         };
         report.files = manifest.files.len() as u64;
         report.tensors = manifest
@@ -327,9 +398,11 @@ impl FragmentLibrary {
         let key = self.put_manifest(&manifest).await?;
         report.manifest_bytes = self.store().head(&key).await?.map_or(0, |m| m.size);
         // Older generations are superseded only once the new one is durable.
-        for old in self.manifest_generations(name).await? {
-            if old != key {
-                self.store().delete(&old).await?;
+        if !opts.keep_older_generations {
+            for old in self.manifest_generations(name).await? {
+                if old != key {
+                    self.store().delete(&old).await?;
+                }
             }
         }
         // The model is stored: from here on a failure costs savings, not the ingest.
@@ -531,13 +604,24 @@ fn scan_sources(path: &Path) -> Result<Vec<SourceFile>> {
             path.display()
         )));
     }
+    validate_sources(files)
+}
+
+/// Validates `(source, relative path)` pairs: safe paths, regular files (through
+/// symlinks), safetensors headers. Keeps their order.
+fn validate_sources(files: Vec<(PathBuf, String)>) -> Result<Vec<SourceFile>> {
     files
         .into_iter()
         .map(|(abs, rel)| {
             validate_relative_path(&rel)?;
-            let size = std::fs::metadata(&abs)
-                .map_err(|e| FragmentError::io("stat", &abs, e))?
-                .len();
+            let meta = std::fs::metadata(&abs).map_err(|e| FragmentError::io("stat", &abs, e))?;
+            if !meta.is_file() {
+                return Err(FragmentError::InvalidInput(format!(
+                    "{}: not a regular file",
+                    abs.display()
+                )));
+            }
+            let size = meta.len();
             let header = if rel.ends_with(".safetensors") {
                 Some(safetensors::read_header(&abs)?)
             } else {

@@ -101,7 +101,7 @@ impl FragmentLibrary {
         Ok(names)
     }
 
-    /// The current manifest of `name`.
+    /// The current manifest of `name`: its newest generation.
     pub async fn manifest(&self, name: &str) -> Result<ModelManifest> {
         validate_model_name(name)?;
         let key = self
@@ -109,7 +109,33 @@ impl FragmentLibrary {
             .await?
             .pop()
             .ok_or_else(|| FragmentError::ModelNotFound(name.to_string()))?;
-        let bytes = self.inner.store.get(&key).await?;
+        self.read_manifest(name, &key).await
+    }
+
+    /// Every stored generation of `name`, oldest first (the last is [`Self::manifest`]).
+    /// A model has more than one only when an ingest kept the older ones
+    /// ([`IngestOptions::keep_older_generations`]) or when a replacing ingest has not
+    /// deleted them yet. A generation deleted while this reads is left out.
+    pub async fn generations(&self, name: &str) -> Result<Vec<ModelManifest>> {
+        validate_model_name(name)?;
+        let keys = self.manifest_generations(name).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.read_manifest(name, key).await {
+                Ok(m) => out.push(m),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            return Err(FragmentError::ModelNotFound(name.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Reads and decodes the manifest at `key`, which must name model `name`.
+    async fn read_manifest(&self, name: &str, key: &ObjectKey) -> Result<ModelManifest> {
+        let bytes = self.inner.store.get(key).await?;
         let manifest = ModelManifest::decode(&bytes, key.as_str())?;
         if manifest.name != name {
             return Err(FragmentError::corrupt(

@@ -89,6 +89,13 @@ impl FragmentLibrary {
         let manifest = self.manifest(name).await?;
         Ok(ModelHandle::new(self.clone(), &manifest))
     }
+
+    /// Opens one generation of a model for reading, as [`Self::generations`] returns it
+    /// (or any manifest of this library; it is validated first).
+    pub fn open_generation(&self, manifest: &ModelManifest) -> Result<ModelHandle> {
+        manifest.validate()?;
+        Ok(ModelHandle::new(self.clone(), manifest))
+    }
 }
 
 impl ModelHandle {
