@@ -521,6 +521,48 @@ fn a_model_ingested_while_mounted_appears() {
     assert!(got == std::fs::read(&b).unwrap());
 }
 
+#[test]
+fn a_model_replaced_while_mounted_shows_its_new_files() {
+    let test = "a_model_replaced_while_mounted_shows_its_new_files";
+    let Some(()) = fuse_available(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&dir.path().join("lib"));
+    let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+    for (d, seed) in [(&v1, 11), (&v2, 12)] {
+        std::fs::create_dir_all(d).unwrap();
+        synth::generate_model(
+            &d.join("m.safetensors"),
+            64 << 10,
+            seed,
+            haagenti_core::Dtype::BF16,
+        )
+        .unwrap();
+    }
+    lib.ok(&["ingest", "--model", "m", v1.to_str().unwrap()]);
+    let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
+    let file = mnt.path("m/m.safetensors");
+    let want1 = std::fs::read(v1.join("m.safetensors")).unwrap();
+    let want2 = std::fs::read(v2.join("m.safetensors")).unwrap();
+    assert!(std::fs::read(&file).unwrap() == want1);
+    let open_before = std::fs::File::open(&file).unwrap();
+
+    lib.ok(&["ingest", "--replace", "--model", "m", v2.to_str().unwrap()]);
+    let started = Instant::now();
+    while std::fs::read(&file).unwrap() != want2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replaced model did not show within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A file opened before the replace keeps reading the generation it opened.
+    let mut buf = vec![0u8; want1.len()];
+    open_before.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == want1);
+}
+
 /// Every stored object file under `fragments/`.
 fn objects(lib: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

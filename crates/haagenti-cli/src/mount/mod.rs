@@ -94,8 +94,9 @@ impl Node {
 struct Tree {
     nodes: HashMap<u64, Node>,
     next: u64,
-    /// Model name → (created_unix_ms, the model's top node, which its removal detaches).
-    models: HashMap<String, (u64, u64)>,
+    /// Model name → (its generation ids when added, its top node, which its removal
+    /// detaches).
+    models: HashMap<String, (Vec<String>, u64)>,
 }
 
 impl Tree {
@@ -165,7 +166,7 @@ impl Tree {
 
     /// Adds a model's nodes for `layout`: `generations` oldest first (not empty); the plain
     /// layout shows only the newest, the `hf` layout a snapshot of each.
-    fn insert(&mut self, layout: Layout, generations: Vec<Model>, created_unix_ms: u64) {
+    fn insert(&mut self, layout: Layout, generations: Vec<Model>, ids: Vec<String>) {
         let Some(newest) = generations.last() else {
             return;
         };
@@ -197,7 +198,7 @@ impl Tree {
                 top
             }
         };
-        self.models.insert(name, (created_unix_ms, top));
+        self.models.insert(name, (ids, top));
     }
 
     /// Adds the files of one generation under directory `files_dir`.
@@ -265,8 +266,11 @@ impl MountFs {
         uid: u32,
         gid: u32,
     ) -> Result<Self> {
-        let stored = library.models().await.context("listing models")?;
-        if let Some(missing) = only.iter().find(|m| !stored.contains(m)) {
+        let stored = library
+            .model_generations()
+            .await
+            .context("listing models")?;
+        if let Some(missing) = only.iter().find(|m| !stored.contains_key(*m)) {
             anyhow::bail!("no model {missing:?} in the library");
         }
         let fs = Self {
@@ -290,24 +294,26 @@ impl MountFs {
         self.tree.read().map(|t| t.models.len()).unwrap_or(0)
     }
 
-    /// Brings the tree in line with `stored` (the library's model names): opens new
-    /// models, detaches removed ones.
-    async fn sync(&self, stored: Vec<String>) -> Result<()> {
-        let wanted: Vec<String> = stored
+    /// Brings the tree in line with `stored` (each model's generation ids): opens new
+    /// models, re-opens replaced ones (new generation ids), detaches removed ones. Files
+    /// already open keep reading the generation they were opened on.
+    async fn sync(&self, stored: BTreeMap<String, Vec<String>>) -> Result<()> {
+        let wanted: BTreeMap<String, Vec<String>> = stored
             .into_iter()
-            .filter(|m| self.only.is_empty() || self.only.contains(m))
+            .filter(|(m, _)| self.only.is_empty() || self.only.contains(m))
             .collect();
-        let known: Vec<String> = match self.tree.read() {
-            Ok(t) => t.models.keys().cloned().collect(),
+        let known: HashMap<String, Vec<String>> = match self.tree.read() {
+            Ok(t) => t
+                .models
+                .iter()
+                .map(|(name, (ids, _))| (name.clone(), ids.clone()))
+                .collect(),
             Err(_) => return Ok(()),
         };
         let mut added = Vec::new();
-        for name in wanted.iter().filter(|m| !known.contains(m)) {
+        for (name, ids) in wanted.iter().filter(|(m, ids)| known.get(*m) != Some(ids)) {
             // A model removed between the listing and here is simply not added.
             let Ok(manifests) = self.library.generations(name).await else {
-                continue;
-            };
-            let Some(created) = manifests.last().map(|m| m.created_unix_ms) else {
                 continue;
             };
             let generations: Vec<Model> = manifests
@@ -321,14 +327,15 @@ impl MountFs {
                     })
                 })
                 .collect();
-            added.push((generations, created));
+            added.push((name.clone(), generations, ids.clone()));
         }
         if let Ok(mut tree) = self.tree.write() {
-            for name in known.iter().filter(|m| !wanted.contains(m)) {
+            for name in known.keys().filter(|m| !wanted.contains_key(*m)) {
                 tree.remove(name);
             }
-            for (generations, created) in added {
-                tree.insert(self.layout, generations, created);
+            for (name, generations, ids) in added {
+                tree.remove(&name); // a replaced model: its old nodes go
+                tree.insert(self.layout, generations, ids);
             }
         }
         Ok(())
@@ -345,7 +352,7 @@ impl MountFs {
             return;
         }
         let result = self.runtime.block_on(async {
-            let stored = self.library.models().await?;
+            let stored = self.library.model_generations().await?;
             self.sync(stored).await
         });
         if let Err(e) = result {

@@ -9,7 +9,12 @@
 //! on: by default every read goes to the store and is verified there, and memory stays
 //! what the caller holds. Concurrent reads of one fragment share one fetch either way.
 //!
-//! Budget guarantee: the cache (moka, TinyLFU admission, LRU eviction) applies evictions
+//! Policy: plain LRU. Reads of a model are scans, and a fragment fetched ahead of its
+//! reader (read-ahead, prefetch) must still be there when the reader comes: TinyLFU's
+//! admission would reject it in a full cache (it has been seen once) and have it fetched
+//! and decoded again. What a second model shares with the first is what was used last.
+//!
+//! Budget guarantee: the cache (moka) applies evictions
 //! in batches; every insertion here is followed by `run_pending_tasks`, so once a read
 //! has returned, the cached bytes are within the budget again. While reads are in
 //! flight the cache may exceed it by at most the fragments being inserted at that moment
@@ -62,6 +67,7 @@ impl FragmentCache {
     pub(super) fn new(budget: u64) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(budget)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             // Fragments are at most MAX_DECODED_LEN (16 MiB) long, well within u32.
             .weigher(|_: &FragmentId, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .build();

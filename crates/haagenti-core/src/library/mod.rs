@@ -14,6 +14,7 @@ mod objects;
 mod reader;
 mod similarity;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -99,6 +100,19 @@ impl FragmentLibrary {
             .collect();
         names.dedup();
         Ok(names)
+    }
+
+    /// Every model with the ids of its stored generations (the 20-digit last segment of
+    /// each manifest key, oldest first), from one listing and without reading a manifest:
+    /// cheap enough to poll, and a changed list is how a watcher (the mount) sees that a
+    /// model was replaced.
+    pub async fn model_generations(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, key) in self.manifest_keys().await? {
+            let generation = key.as_str().rsplit('/').next().unwrap_or_default();
+            out.entry(name).or_default().push(generation.to_string());
+        }
+        Ok(out)
     }
 
     /// The current manifest of `name`: its newest generation.
