@@ -161,6 +161,18 @@ pub enum FragmentError {
         reason: String,
     },
 
+    /// A manifest object cannot be decoded, so the fragments it references are unknown:
+    /// garbage collection refuses to run rather than delete them.
+    #[error("manifest {key} of model {model:?} cannot be read: {reason}")]
+    ManifestUnreadable {
+        /// The model the manifest belongs to.
+        model: String,
+        /// The manifest object's key.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// A fragment decoded, but not to the bytes its id names.
     #[error("fragment {id} is corrupt: decoded bytes hash to {actual}")]
     HashMismatch {
@@ -316,7 +328,10 @@ impl FragmentError {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self.root(),
-            Self::CorruptObject { .. } | Self::HashMismatch { .. } | Self::FileHashMismatch { .. }
+            Self::CorruptObject { .. }
+                | Self::ManifestUnreadable { .. }
+                | Self::HashMismatch { .. }
+                | Self::FileHashMismatch { .. }
         )
     }
 

@@ -505,6 +505,23 @@ pub struct LibraryStats {
     pub index_bytes: u64,
     /// Where the difference between logical and stored bytes comes from.
     pub savings: Savings,
+    /// Models whose current manifest cannot be read: left out of every figure above
+    /// except the stored sizes, which come from a listing.
+    #[serde(default)]
+    pub damaged: Vec<DamagedManifest>,
+}
+
+/// A model whose current manifest cannot be read (missing, corrupt, naming another
+/// model), from `FragmentLibrary::manifests_report`. Its fragments are untouched and
+/// `FragmentLibrary::remove` still deletes it: removing never decodes manifests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedManifest {
+    /// The model's name.
+    pub model: String,
+    /// The store key of its current manifest.
+    pub key: String,
+    /// Why it could not be read.
+    pub error: String,
 }
 
 impl LibraryStats {

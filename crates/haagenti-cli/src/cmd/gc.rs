@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use haagenti_core::GcOptions;
+use haagenti_core::{FragmentError, GcOptions};
 use haagenti_fragments::OpenOptions;
 
 use crate::location::Location;
@@ -29,7 +29,15 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             dry_run: args.dry_run,
             grace: Duration::from_secs(args.grace),
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            FragmentError::ManifestUnreadable { ref model, .. } => anyhow::anyhow!(
+                "{e}; gc refuses to run while a manifest is unreadable. Remove the model \
+                 (`haagenti rm --model {model}`) or ingest it again \
+                 (`haagenti ingest --replace --model {model} PATH`), then run gc"
+            ),
+            e => e.into(),
+        })?;
     if args.json {
         print_json(&report)?;
     } else {

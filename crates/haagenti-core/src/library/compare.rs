@@ -484,26 +484,10 @@ impl FragmentLibrary {
     }
 
     /// The current manifest of every model, sorted by name. A model removed while this
-    /// runs is left out.
+    /// runs is left out, and so is one whose manifest cannot be read (contained: it must
+    /// not stop queries about the others; `manifests_report` names them).
     async fn latest_manifests(&self) -> Result<Vec<ModelManifest>> {
-        let names = self.models().await?;
-        let manifests = futures::stream::iter(
-            names
-                .iter()
-                .map(|name| async move { self.manifest(name).await }),
-        )
-        .buffered(16)
-        .collect::<Vec<_>>()
-        .await;
-        let mut out = Vec::with_capacity(manifests.len());
-        for m in manifests {
-            match m {
-                Ok(m) => out.push(m),
-                Err(FragmentError::ModelNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        Ok(self.manifests_report().await?.0)
     }
 
     /// Headers of `ids`, read concurrently; a fragment that is not stored becomes a

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::ingest::Progress;
 use super::model::ModelHandle;
 use super::reader::ModelFile;
-use super::{FragmentLibrary, join_error};
+use super::{DamagedManifest, FragmentLibrary, join_error};
 use crate::error::{FragmentError, Result};
 use crate::manifest::ModelManifest;
 
@@ -52,6 +52,25 @@ pub struct VerifyReport {
     /// Files with lossy substitutions: every fragment and the length were checked, but not
     /// the source's whole-file hash, which their bytes cannot match.
     pub lossy_files: u64,
+    /// Each model checked, with what was found (models with a damaged manifest are in
+    /// `damaged` instead).
+    pub per_model: Vec<ModelVerified>,
+    /// Models whose current manifest cannot be read: each is also one line of `problems`;
+    /// every other model is still verified in full.
+    pub damaged: Vec<DamagedManifest>,
+}
+
+/// One model's outcome in a [`VerifyReport`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelVerified {
+    /// The model's name.
+    pub model: String,
+    /// Files rebuilt and checked.
+    pub files: u64,
+    /// Bytes rebuilt.
+    pub bytes: u64,
+    /// Damaged files found (each is a line of the report's `problems`).
+    pub problems: u64,
 }
 
 impl VerifyReport {
@@ -126,31 +145,42 @@ impl FragmentLibrary {
         name: Option<&str>,
         progress: Option<&dyn Progress>,
     ) -> Result<VerifyReport> {
-        let names = match name {
-            Some(n) => vec![n.to_string()],
-            None => self.models().await?,
+        // One model: its manifest must be readable. Every model: a damaged manifest is a
+        // problem of its own and the other models are verified in full.
+        let (manifests, damaged) = match name {
+            Some(n) => (vec![self.manifest(n).await?], Vec::new()),
+            None => self.manifests_report().await?,
         };
-        let mut manifests = Vec::with_capacity(names.len());
-        for n in &names {
-            manifests.push(self.manifest(n).await?);
-        }
         if let Some(p) = progress {
             p.begin(manifests.iter().map(ModelManifest::logical_bytes).sum());
         }
         let mut report = VerifyReport {
             models: manifests.len() as u64,
+            problems: damaged
+                .iter()
+                .map(|d| format!("{}: manifest {} unreadable: {}", d.model, d.key, d.error))
+                .collect(),
+            damaged,
             ..Default::default()
         };
         for manifest in &manifests {
             let model = ModelHandle::new(self.clone(), manifest);
+            let mut status = ModelVerified {
+                model: manifest.name.clone(),
+                ..Default::default()
+            };
             for file in model.files() {
-                report.files += 1;
-                report.bytes += file.size;
+                status.files += 1;
+                status.bytes += file.size;
                 report.lossy_files += u64::from(file.lossy);
                 if let Err(e) = self.rebuild_file(&model, file, None, progress).await {
+                    status.problems += 1;
                     report.problems.push(e.to_string());
                 }
             }
+            report.files += status.files;
+            report.bytes += status.bytes;
+            report.per_model.push(status);
         }
         if let Some(p) = progress {
             p.finish();

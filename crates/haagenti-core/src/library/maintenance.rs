@@ -74,12 +74,23 @@ impl FragmentLibrary {
 
     /// Every manifest object in the store, decoded (all generations: each keeps its
     /// fragments alive until it is deleted).
+    /// One that cannot be decoded fails the call with
+    /// [`FragmentError::ManifestUnreadable`] naming it.
     async fn all_manifests(&self) -> Result<Vec<(ObjectKey, ModelManifest)>> {
         let keys = self.manifest_keys().await?;
         let store = self.store();
-        futures::stream::iter(keys.into_iter().map(|(_, key)| async move {
+        futures::stream::iter(keys.into_iter().map(|(model, key)| async move {
             let bytes = store.get(&key).await?;
-            let m = ModelManifest::decode(&bytes, key.as_str())?;
+            let m = ModelManifest::decode(&bytes, key.as_str()).map_err(|e| {
+                FragmentError::ManifestUnreadable {
+                    model,
+                    key: key.as_str().to_string(),
+                    reason: match e {
+                        FragmentError::CorruptObject { reason, .. } => reason,
+                        other => other.to_string(),
+                    },
+                }
+            })?;
             Ok::<_, FragmentError>((key, m))
         }))
         .buffered(16)
@@ -92,6 +103,8 @@ impl FragmentLibrary {
     /// Mark and sweep: deletes fragment and temporary objects that no manifest references
     /// (delta bases and cast sources count as referenced) and that are older than the
     /// grace period (temporary objects: and older than a minute, see `TMP_MIN_AGE`).
+    /// Refuses with [`FragmentError::ManifestUnreadable`] while any manifest cannot be
+    /// decoded: the fragments it references are unknown.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let lock = self.acquire_lock(LockKind::Gc).await?;
         let result = self.gc_locked(opts).await;
@@ -150,20 +163,19 @@ impl FragmentLibrary {
     }
 
     /// Library-wide figures from the manifests, a listing of the store and the headers of
-    /// the referenced fragments.
+    /// the referenced fragments. Models whose current manifest cannot be read are left out
+    /// of the figures and listed in `damaged`.
     pub async fn stats(&self) -> Result<LibraryStats> {
-        let manifests = self.all_manifests().await?;
-        let mut latest: HashMap<&str, &ModelManifest> = HashMap::new();
-        for (_, m) in &manifests {
-            latest.insert(m.name.as_str(), m); // keys are sorted: the last generation wins
-        }
+        // A model whose manifest cannot be read is reported, not allowed to hide the rest.
+        let (latest, damaged) = self.manifests_report().await?;
         let mut stats = LibraryStats {
             models: latest.len() as u64,
+            damaged,
             ..Default::default()
         };
         let mut referenced: HashMap<FragmentId, u64> = HashMap::new();
         let mut ref_bytes = 0u64;
-        for m in latest.values() {
+        for m in &latest {
             stats.logical_bytes += m.logical_bytes();
             for r in m.fragments() {
                 ref_bytes += u64::from(r.len);
@@ -174,7 +186,7 @@ impl FragmentLibrary {
         // A substituted fragment's reference points at its substitute: that saving is
         // lossy sharing, not exact dedup.
         stats.savings.lossy_bytes = latest
-            .values()
+            .iter()
             .flat_map(|m| m.lossy.iter().filter_map(|l| m.substituted_ref(l)))
             .map(|r| u64::from(r.len))
             .sum();

@@ -20,12 +20,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub use crate::types::DamagedManifest;
 pub use cache::MetricsSnapshot;
 pub use compare::{
     ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SimilarTensors, StoredCount,
     TensorMatch, TensorSimilarity,
 };
-pub use export::{ExportReport, VerifyReport};
+pub use export::{ExportReport, ModelVerified, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
@@ -158,6 +159,44 @@ impl FragmentLibrary {
             ));
         }
         Ok(manifest)
+    }
+
+    /// The current manifest of every model, sorted by name, with the models whose current
+    /// manifest cannot be read (missing, corrupt, naming another model) reported apart
+    /// instead of failing the whole call: one damaged model does not hide the others.
+    /// Errors only when the store cannot be listed.
+    pub async fn manifests_report(&self) -> Result<(Vec<ModelManifest>, Vec<DamagedManifest>)> {
+        let mut current: Vec<(String, ObjectKey)> = Vec::new();
+        for (name, key) in self.manifest_keys().await? {
+            // Sorted by name then generation: the last key of a name is its current one.
+            match current.last_mut() {
+                Some((last, k)) if *last == name => *k = key,
+                _ => current.push((name, key)),
+            }
+        }
+        use futures::StreamExt as _;
+        let read = futures::stream::iter(current.into_iter().map(|(name, key)| async move {
+            let result = self.manifest(&name).await;
+            (name, key, result)
+        }))
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await;
+        let mut intact = Vec::new();
+        let mut damaged = Vec::new();
+        for (name, key, result) in read {
+            match result {
+                Ok(m) => intact.push(m),
+                // Removed while this ran.
+                Err(FragmentError::ModelNotFound(_)) => {}
+                Err(error) => damaged.push(DamagedManifest {
+                    model: name,
+                    key: key.as_str().to_string(),
+                    error: error.to_string(),
+                }),
+            }
+        }
+        Ok((intact, damaged))
     }
 
     /// Every manifest key as (model name, key), sorted by name then generation.
