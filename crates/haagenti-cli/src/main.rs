@@ -86,6 +86,9 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo(demo::Args),
+    /// Serve every model over HTTP as a Hugging Face Hub (HF_ENDPOINT=http://ADDR).
+    #[cfg(feature = "serve")]
+    Serve(cmd::serve::Args),
 }
 
 /// Runs the command the line names.
@@ -108,6 +111,8 @@ async fn run(cli: Cli) -> Result<()> {
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(args) => cmd::mount::run(location, args).await,
         Command::Demo(args) => demo::run(args).await,
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => cmd::serve::run(location, args).await,
     }
 }
 

@@ -12,6 +12,8 @@ pub mod load;
 pub mod mount;
 pub mod reindex;
 pub mod rm;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod show;
 pub mod similar;
 pub mod stats;

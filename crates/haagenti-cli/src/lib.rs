@@ -1,0 +1,5 @@
+//! The parts of the `haagenti` command that its integration tests drive in-process. Not
+//! an API: the command line is.
+
+#[cfg(feature = "serve")]
+pub mod serve;
