@@ -52,7 +52,13 @@ pub fn parse(path: &str) -> Result<Route, HubError> {
     let rest = path
         .strip_prefix('/')
         .ok_or(HubError::BadRequest("the path must start with /"))?;
+    if rest.is_empty() {
+        return Err(HubError::NotFound);
+    }
     let raw: Vec<&str> = rest.split('/').collect();
+    if raw.iter().any(|s| s.is_empty()) {
+        return Err(HubError::BadRequest("empty path segment"));
+    }
     match raw.as_slice() {
         ["health"] => return Ok(Route::Health),
         ["api", "models"] => return Ok(Route::ListModels),
