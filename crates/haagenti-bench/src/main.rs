@@ -10,6 +10,7 @@
 //!   similarity family (issue 5 acceptance); prints its section and writes
 //!   `OUT/similarity.json`.
 //! - `mount [--quick]`: only reading through `haagenti mount`.
+//! - `serve [--quick]`: only downloading from `haagenti serve` next to `http.server`.
 //! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
 //! - `child ...`: internal; the ingest and export phases run in a child process so their
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
@@ -22,6 +23,7 @@ mod lsh;
 mod mount;
 mod report;
 mod s3;
+mod serve;
 mod similarity;
 mod switch;
 mod system;
@@ -45,6 +47,9 @@ const DEFAULT_MOUNT_MODEL: u64 = 2 << 30;
 const DEFAULT_MOUNT_TENSORS: u64 = 400_000_000;
 const QUICK_MOUNT_MODEL: u64 = 64 << 20;
 const QUICK_MOUNT_TENSORS: u64 = 32 << 20;
+/// Model of the serve section, downloaded whole by one and by eight clients.
+const DEFAULT_SERVE_MODEL: u64 = 1 << 30;
+const QUICK_SERVE_MODEL: u64 = 64 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +81,13 @@ enum Command {
     /// Only reading through `haagenti mount` (needs HAAGENTI_BENCH_CLI and
     /// HAAGENTI_TEST_PYTHON, which `cargo xtask bench` sets).
     Mount {
+        /// The quick configuration.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Only downloading from `haagenti serve` next to `python3 -m http.server` (needs
+    /// HAAGENTI_BENCH_CLI, which `cargo xtask bench` sets).
+    Serve {
         /// The quick configuration.
         #[arg(long)]
         quick: bool,
@@ -164,6 +176,14 @@ fn mount_sizes(quick: bool) -> (u64, u64) {
     }
 }
 
+fn serve_size(quick: bool) -> u64 {
+    if quick {
+        QUICK_SERVE_MODEL
+    } else {
+        DEFAULT_SERVE_MODEL
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -202,6 +222,13 @@ fn dispatch(command: Command) -> Result<()> {
             let bench = mount::run(&work, model, tensors, DEFAULT_SEED)?;
             util::remove_dir_if_exists(&work)?;
             println!("{}", mount::markdown(&bench));
+            bench.check()
+        }
+        Command::Serve { quick } => {
+            let work = util::workspace_root().join("target/bench/work-serve");
+            let bench = serve::run(&work, serve_size(quick), DEFAULT_SEED)?;
+            util::remove_dir_if_exists(&work)?;
+            println!("{}", serve::markdown(&bench));
             bench.check()
         }
         Command::Child(args) => haagenti::child(args),
@@ -268,6 +295,8 @@ fn run(opts: &Options) -> Result<()> {
     eprintln!("reading through haagenti mount ...");
     let (mount_bytes, tensors_bytes) = mount_sizes(opts.quick);
     let mount_bench = mount::run(&work, mount_bytes, tensors_bytes, opts.seed)?;
+    eprintln!("downloading from haagenti serve ...");
+    let serve_bench = serve::run(&work, serve_size(opts.quick), opts.seed)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -281,7 +310,9 @@ fn run(opts: &Options) -> Result<()> {
             .as_ref()
             .map_or(Ok(()), similarity::SimilarityBench::check)
     });
-    let identical = identical.and_then(|()| mount_bench.check());
+    let identical = identical
+        .and_then(|()| mount_bench.check())
+        .and_then(|()| serve_bench.check());
     let results = report::Results {
         quick: opts.quick,
         machine: report::Machine::detect(),
@@ -305,6 +336,8 @@ fn run(opts: &Options) -> Result<()> {
             switch: serde_json::to_value(&switch_bench)?,
             mount_markdown: mount::markdown(&mount_bench),
             mount: serde_json::to_value(&mount_bench)?,
+            serve_markdown: serve::markdown(&serve_bench),
+            serve: serde_json::to_value(&serve_bench)?,
         },
         wall_secs: started.elapsed().as_secs_f64(),
     };

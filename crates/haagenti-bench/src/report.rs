@@ -116,6 +116,8 @@ pub struct Micro {
     pub switch: Value,
     pub mount_markdown: String,
     pub mount: Value,
+    pub serve_markdown: String,
+    pub serve: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -316,6 +318,7 @@ pub fn markdown(r: &Results<'_>) -> String {
     }
     let _ = writeln!(s, "\n{}", r.micro.switch_markdown.trim_end());
     let _ = writeln!(s, "\n{}", r.micro.mount_markdown.trim_end());
+    let _ = writeln!(s, "\n{}", r.micro.serve_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -370,6 +373,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "s3": r.micro.s3,
             "switch": r.micro.switch,
             "mount": r.micro.mount,
+            "serve": r.micro.serve,
         },
     })
 }

@@ -588,7 +588,7 @@ fn a_small_range_fetches_only_its_fragments() {
     for t in model.tensors() {
         let mut at = t.offset;
         for f in &t.fragments {
-            extents.push((at, at + u64::from(f.len), f.clone()));
+            extents.push((at, at + u64::from(f.len), *f));
             at += u64::from(f.len);
         }
     }
@@ -614,7 +614,10 @@ fn a_small_range_fetches_only_its_fragments() {
         assert_eq!(gets.get(k), Some(&1), "{k:?} not fetched once: {gets:?}");
     }
     for (k, n) in &gets {
-        assert!(allowed.contains(k), "{k:?} fetched ({n}x) outside the range");
+        assert!(
+            allowed.contains(k),
+            "{k:?} fetched ({n}x) outside the range"
+        );
     }
     eprintln!(
         "a {}-byte range fetched {} of {} fragments",

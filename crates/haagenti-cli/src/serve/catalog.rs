@@ -97,7 +97,7 @@ impl Catalog {
         }
         let manifests = match self.library.generations(name).await {
             Ok(m) => m,
-            Err(e) if matches!(e, haagenti_core::FragmentError::ModelNotFound(_)) => {
+            Err(haagenti_core::FragmentError::ModelNotFound(_)) => {
                 return Err(HubError::RepoNotFound);
             }
             Err(e) => return Err(HubError::Internal(format!("{e:#}"))),
