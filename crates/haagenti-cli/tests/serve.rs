@@ -808,6 +808,41 @@ fn a_client_sending_headers_one_byte_per_second_is_cut_off() {
     assert_eq!(get(server.addr, "/health", &[]).status, 200);
 }
 
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&dir.path().join("lib"));
+    let src = dir.path().join("m.safetensors");
+    synth::generate_model(&src, 48 << 20, 9, haagenti_core::Dtype::BF16).unwrap();
+    lib.ok(&["ingest", "--model", "m", src.to_str().unwrap()]);
+    let size = std::fs::metadata(&src).unwrap().len();
+    let server = Server::start(&lib, &["--stall-timeout", "2"]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /m/resolve/main/m.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Read nothing while the socket buffers fill and the server's writes stall.
+    std::thread::sleep(Duration::from_secs(6));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let reply = parse_reply(&got).unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(
+        (reply.body.len() as u64) < size,
+        "the whole {size} bytes arrived after a 6 s stall"
+    );
+    eprintln!("cut off after {} of {size} bytes", reply.body.len());
+    let started = Instant::now();
+    while server.logged(&["GET /m/resolve/main/m.safetensors 200"]) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no access-log line"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(server.addr, "/health", &[]).status, 200);
+}
+
 // ---------------------------------------------------------------------------------------
 // Errors in the stored data, shutdown
 
