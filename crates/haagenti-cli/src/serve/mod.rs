@@ -3,7 +3,7 @@
 //! `HF_ENDPOINT` set.
 //!
 //! * `routes.rs`: the paths, parsed from the raw request target, and what each answers.
-//! * `catalog.rs`: models and revisions (one listing per [`catalog::LISTING_TTL`]).
+//! * `catalog.rs`: models and revisions (one listing per 2 s).
 //! * `body.rs`: streamed file bodies under the fetch cap, and the access log.
 //! * `range.rs`: the `Range` header. `error.rs`: Hub-style errors. `time.rs`: dates.
 //!
