@@ -40,6 +40,7 @@ use crate::location::Location;
   haagenti export --model sdxl-base --out ./restored/
   haagenti --library s3://bucket/models stats      any command, on S3 storage
   haagenti mount ./models                          every model as read-only files
+  haagenti repair --from ./originals/              heal damaged objects from the sources
 
 Exit codes: 0 success, 1 error (one line on stderr), 2 bad command line."
 )]
@@ -79,6 +80,9 @@ enum Command {
     /// Rebuild the similarity index from the stored fragments (after losing or damaging
     /// `index/`).
     Reindex(reindex::Args),
+    /// Find damaged stored objects, what depends on them, and heal them from the
+    /// original files (`--from`).
+    Repair(repair::Args),
     /// Load models in sequence through one fragment cache and report what each fetched.
     Load(load::Args),
     /// Every stored model as read-only files (FUSE): plain or Hugging Face cache layout.
@@ -104,6 +108,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Similar(args) => similar::run(location, args).await,
         Command::Compare(args) => compare::run(location, args).await,
         Command::Reindex(args) => reindex::run(location, args).await,
+        Command::Repair(args) => repair::run(location, args).await,
         Command::Load(args) => load::run(location, args).await,
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(args) => cmd::mount::run(location, args).await,
