@@ -212,7 +212,25 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
             _ => std::fs::remove_file(&path).unwrap(),
         }
     }
-    assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));
+    // verify --json: per model, and every damaged object once with its dependants.
+    let out = haagenti(&lib, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = verify["damaged_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, victims);
+    assert!(
+        verify["per_model"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["problems"].as_u64() > Some(0))
+    );
 
     // Without sources: every damaged object once, with its users, exit 1.
     let out = haagenti(&lib, &["repair", "--json"]);

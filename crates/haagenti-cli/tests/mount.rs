@@ -2,7 +2,6 @@
 #![cfg(all(feature = "mount", target_os = "linux"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // not every helper is used here
 mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};

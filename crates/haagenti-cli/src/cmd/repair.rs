@@ -56,17 +56,14 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         )?;
         for d in &report.damaged {
             outln!("DAMAGED {}: {}", d.key, d.error)?;
-            let mut shown = 0;
-            for u in &d.used_by {
-                if shown == 5 {
-                    outln!("  … and {} more", d.used_by.len() - shown)?;
-                    break;
-                }
+            for u in d.used_by.iter().take(5) {
                 match &u.tensor {
                     Some(t) => outln!("  used by {} file {} tensor {t}", u.model, u.file)?,
                     None => outln!("  used by {} file {}", u.model, u.file)?,
                 }
-                shown += 1;
+            }
+            if d.used_by.len() > 5 {
+                outln!("  … and {} more", d.used_by.len() - 5)?;
             }
             if !d.dependants.is_empty() {
                 outln!(

@@ -93,7 +93,7 @@ pub enum DamageStatus {
 }
 
 /// One damaged fragment object and what depends on it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DamagedFragment {
     /// The fragment (hex in JSON).
     #[serde(serialize_with = "hex")]
