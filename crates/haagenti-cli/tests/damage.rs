@@ -517,3 +517,79 @@ fn a_shared_base_heals_from_either_source_while_readers_read_on_s3() {
     let tmp = tempfile::tempdir().unwrap();
     shared_base_heals_from_either_source_while_readers_read(tmp.path(), &lib);
 }
+
+/// Damaged objects `repair` finds (without sources).
+fn damaged_count(lib: &Path) -> usize {
+    let out = haagenti(lib, &["repair", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["damaged"].as_array().unwrap().len()
+}
+
+#[test]
+fn a_repair_killed_at_any_moment_leaves_no_worse_and_a_second_repair_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let family = synth::small_family(&tmp.path().join("src"), 33).unwrap();
+    let lib = tmp.path().join("lib");
+    for m in &family.models {
+        ok(
+            &lib,
+            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
+        );
+    }
+    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let rows = fragment_rows(&lib, &names);
+    // Damage every 7th fragment object (flipped byte).
+    for (id, _) in rows.iter().step_by(7) {
+        let path = object_path(&lib, id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let mut damaged = damaged_count(&lib);
+    assert!(damaged >= 3, "{damaged}");
+    let src = tmp.path().join("src");
+    // How long an uninterrupted repair takes, to spread the kills over it.
+    let started = std::time::Instant::now();
+    let probe = tmp.path().join("probe");
+    copy_dir(&lib, &probe);
+    ok(&probe, &["repair", "--from", src.to_str().unwrap()]);
+    let full = started.elapsed();
+    let mut rng = synth::Rng::new(7);
+    for round in 0..8 {
+        let delay = full.mul_f64(rng.below(1000) as f64 / 1000.0);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haagenti"))
+            .arg("--library")
+            .arg(&lib)
+            .args(["repair", "--from", src.to_str().unwrap()])
+            .env_remove("HAAGENTI_LIBRARY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        let now = damaged_count(&lib);
+        assert!(
+            now <= damaged,
+            "round {round}: {now} damaged objects after a killed repair, {damaged} before"
+        );
+        damaged = now;
+    }
+    ok(&lib, &["repair", "--from", src.to_str().unwrap()]);
+    ok(&lib, &["verify"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
