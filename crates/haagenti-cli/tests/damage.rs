@@ -593,3 +593,52 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn ingest_heals_the_damaged_fragments_it_meets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let src = tmp.path().join("a.safetensors");
+    model(&src, 40);
+    ok(&lib, &["ingest", "--model", "a", src.to_str().unwrap()]);
+    let rows = fragment_rows(&lib, &["a".to_string()]);
+    assert!(rows.len() >= 2, "{rows:?}");
+    // One fragment damaged in its payload (only a full read sees it), one in its header
+    // (an ingest's header read sees it).
+    let payload = object_path(&lib, &rows[0].0);
+    let mut bytes = std::fs::read(&payload).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&payload, bytes).unwrap();
+    let header = object_path(&lib, &rows[1].0);
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[0] ^= 0xff; // the magic
+    std::fs::write(&header, bytes).unwrap();
+
+    // `repair` (without sources) records the damage it finds; verify stays read-only.
+    assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));
+    assert!(!lib.join("damage").exists(), "verify must write nothing");
+    assert_eq!(haagenti(&lib, &["repair"]).status.code(), Some(1));
+    let report = json(
+        &lib,
+        &[
+            "ingest",
+            "--replace",
+            "--model",
+            "a",
+            src.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(report["healed_fragments"], 2, "{report}");
+    ok(&lib, &["verify"]);
+    ok(&lib, &["repair"]); // nothing left, no marker left behind
+    assert!(
+        !lib.join("damage").exists()
+            || std::fs::read_dir(lib.join("damage"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "damage markers left behind"
+    );
+}

@@ -186,10 +186,11 @@ impl FragmentLibrary {
             report.per_model.push(status);
         }
         if report.per_model.iter().any(|m| m.problems > 0) {
-            // Name each damaged object once, with what depends on it.
+            // Name each damaged object once, with what depends on it. Verify stays
+            // read-only (a dry run records nothing), so it works with read-only access.
             let models = report.per_model.iter().map(|m| m.model.clone()).collect();
             report.damaged_objects = self
-                .repair(super::RepairOptions::default().models(models))
+                .repair(super::RepairOptions::default().models(models).dry_run(true))
                 .await?
                 .damaged;
         }

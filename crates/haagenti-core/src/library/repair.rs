@@ -16,7 +16,7 @@
 //!
 //! [`FragmentStore::replace`]: crate::FragmentStore::replace
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,8 +33,21 @@ use crate::codec::EncodeHint;
 use crate::error::{FragmentError, Result};
 use crate::manifest::ModelManifest;
 use crate::object;
-use crate::store::ObjectKey;
+use crate::store::{ObjectKey, PutOutcome};
 use crate::types::{DamagedManifest, FragmentId};
+
+/// Where damage found by `repair` is recorded, one empty-bodied marker per
+/// damaged fragment (`damage/<64 hex>`), so that an ingest that meets the fragment heals
+/// it instead of deduplicating against it. Advisory: losing a marker costs a heal, never
+/// data.
+const DAMAGE_PREFIX: &str = "damage/";
+/// A marker's body: magic and format version, then the error text (for people).
+const DAMAGE_MAGIC: &[u8; 4] = b"HGDM";
+const DAMAGE_FORMAT_VERSION: u8 = 1;
+
+fn damage_key(id: &FragmentId) -> Result<ObjectKey> {
+    ObjectKey::new(format!("{DAMAGE_PREFIX}{}", id.to_hex()))
+}
 
 /// Options of [`FragmentLibrary::repair`].
 #[derive(Clone, Debug, Default)]
@@ -260,6 +273,7 @@ impl FragmentLibrary {
             }
         }
 
+        let full_scan = opts.models.is_empty();
         for (id, error) in std::mem::take(&mut damaged) {
             let mut used_by: BTreeSet<FragmentUse> = uses.get(&id).cloned().unwrap_or_default();
             let deps: Vec<FragmentId> = dependants
@@ -296,7 +310,61 @@ impl FragmentLibrary {
                 source,
             });
         }
+        if !opts.dry_run {
+            self.record_damage(&report, full_scan).await?;
+        }
         Ok(report)
+    }
+
+    /// The fragments recorded as damaged (one listing; markers with a malformed name are
+    /// ignored).
+    pub(super) async fn damage_markers(&self) -> Result<HashSet<FragmentId>> {
+        Ok(self
+            .store()
+            .list(DAMAGE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.key.as_str().strip_prefix(DAMAGE_PREFIX)?.parse().ok())
+            .collect())
+    }
+
+    /// Marks what is still damaged, unmarks what was healed, and after a scan of every
+    /// model drops the markers of fragments no longer damaged.
+    async fn record_damage(&self, report: &RepairReport, full_scan: bool) -> Result<()> {
+        let marked = self.damage_markers().await?;
+        for d in &report.damaged {
+            let key = damage_key(&d.id)?;
+            if d.status == DamageStatus::Healed {
+                self.store().delete(&key).await?;
+            } else if !marked.contains(&d.id) {
+                let mut body = DAMAGE_MAGIC.to_vec();
+                body.push(DAMAGE_FORMAT_VERSION);
+                body.extend_from_slice(d.error.as_bytes());
+                match self.store().put(&key, Bytes::from(body)).await? {
+                    PutOutcome::Created | PutOutcome::AlreadyExists => {}
+                }
+            }
+        }
+        if full_scan {
+            let still: HashSet<FragmentId> = report
+                .damaged
+                .iter()
+                .filter(|d| d.status != DamageStatus::Healed)
+                .map(|d| d.id)
+                .collect();
+            for id in marked.difference(&still) {
+                self.store().delete(&damage_key(id)?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals `id` with `bytes` (read from a source, hashing to `id`) and drops its damage
+    /// marker. `false` when the stored copy reads fine after all (nothing written).
+    pub(super) async fn heal_with(&self, id: &FragmentId, bytes: Bytes) -> Result<bool> {
+        let healed = self.heal(id, bytes).await?;
+        self.store().delete(&damage_key(id)?).await?;
+        Ok(healed)
     }
 
     /// `None` when fragment `id`'s own object reads and verifies (with its dependency);
