@@ -34,10 +34,11 @@ pub mod internals {
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ByteCount, DamagedManifest, ExportReport, FileReader, FragmentLibrary, GcOptions, GcReport,
-    IndexReport, IngestOptions, IngestReport, LossyModel, MetricsSnapshot, ModelComparison,
-    ModelFile, ModelHandle, ModelSavings, ModelVerified, Progress, PutFragment, Relation,
-    SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
+    ByteCount, DamagedManifest, ExportReport, FamilyReport, FileReader, FragmentLibrary, GcOptions,
+    GcReport, IndexReport, IngestOptions, IngestReport, LossyLink, LossyModel, MetricsSnapshot,
+    ModelComparison, ModelFile, ModelHandle, ModelSavings, ModelVerified, Progress, PutFragment,
+    Relation, SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity,
+    VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,
