@@ -11,6 +11,7 @@ pub mod load;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 pub mod mount;
 pub mod reindex;
+pub mod report;
 pub mod rm;
 pub mod show;
 pub mod similar;
