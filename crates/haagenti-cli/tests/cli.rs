@@ -313,7 +313,11 @@ fn demo_round_trips_its_family_bit_exact() {
         std::path::absolute(&page).unwrap()
     );
     let html = std::fs::read_to_string(&page).unwrap();
-    assert_eq!(html.matches("class=\"node\"").count(), 9, "one node per model");
+    assert_eq!(
+        html.matches("class=\"node\"").count(),
+        9,
+        "one node per model"
+    );
 }
 
 #[test]

@@ -220,7 +220,12 @@ fn totals(out: &mut String, data: &ReportData) {
             "<div><dt>{name}</dt><dd data-stat=\"{key}\" data-value=\"{value}\">{shown}</dd></div>\n"
         );
     };
-    item("models", "models", s.models.to_string(), s.models.to_string());
+    item(
+        "models",
+        "models",
+        s.models.to_string(),
+        s.models.to_string(),
+    );
     item(
         "logical bytes",
         "logical_bytes",
@@ -619,7 +624,11 @@ fn matrix(out: &mut String, data: &ReportData, index: &HashMap<&str, usize>, ord
     let mut chosen: Vec<usize> = (0..models.len()).collect();
     chosen.sort_by(|a, b| involvement[*b].cmp(&involvement[*a]).then(a.cmp(b)));
     chosen.truncate(MATRIX_MODELS);
-    let shown: Vec<usize> = order.iter().copied().filter(|i| chosen.contains(i)).collect();
+    let shown: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|i| chosen.contains(i))
+        .collect();
     let k = shown.len();
     let cell = 18.0;
     let longest = shown
@@ -757,7 +766,11 @@ fn segments(m: &ModelSavings) -> [(&'static str, &'static str, i64); 6] {
     let s = &m.savings;
     [
         ("stored", "stored", unsigned(own_stored(m))),
-        ("exact", "saved by exact dedup", unsigned(s.exact_dedup_bytes)),
+        (
+            "exact",
+            "saved by exact dedup",
+            unsigned(s.exact_dedup_bytes),
+        ),
         ("delta", "saved by deltas", s.delta_bytes),
         ("cast", "saved by casts", unsigned(s.cast_bytes)),
         ("compression", "saved by compression", s.compression_bytes),
@@ -777,7 +790,12 @@ fn bars(out: &mut String, data: &ReportData, order: &[usize]) {
     legend(out, true);
     let widest = models
         .iter()
-        .map(|m| segments(m).iter().map(|s| s.2.max(0).unsigned_abs()).sum::<u64>())
+        .map(|m| {
+            segments(m)
+                .iter()
+                .map(|s| s.2.max(0).unsigned_abs())
+                .sum::<u64>()
+        })
         .max()
         .unwrap_or(0)
         .max(1);
@@ -843,7 +861,7 @@ fn details(out: &mut String, data: &ReportData) {
         let name = escape(&m.model);
         w!(
             out,
-            "<details class=\"model\" data-model=\"{name}\"><summary><b>{name}</b>: {} logical, stores {}</summary>\n<table class=\"savings\"><tbody>",
+            "<details class=\"model\" data-model=\"{name}\"><summary><strong>{name}</strong>: {} logical, stores {}</summary>\n<table class=\"savings\"><tbody>",
             human(m.logical_bytes),
             human(own_stored(m))
         );

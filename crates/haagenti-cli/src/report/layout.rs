@@ -78,7 +78,10 @@ pub fn order(sizes: &[f64], edges: &[(usize, usize, f64)]) -> Vec<usize> {
 /// (for arcs up to a half circle), at least `r₁ + r₂ + gap` apart in the plane.
 pub fn circle(radii: &[f64], order: &[usize], gap: f64, margin: f64) -> Circle {
     let largest = radii.iter().copied().fold(0.0, f64::max);
-    let arcs: Vec<f64> = order.iter().map(|&i| PI / 2.0 * (2.0 * radii[i] + gap)).collect();
+    let arcs: Vec<f64> = order
+        .iter()
+        .map(|&i| PI / 2.0 * (2.0 * radii[i] + gap))
+        .collect();
     let circumference: f64 = arcs.iter().sum();
     let radius = if order.len() < 2 {
         0.0
