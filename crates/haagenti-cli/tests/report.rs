@@ -641,6 +641,11 @@ async fn two_hundred_models_render_in_a_second_under_two_megabytes() {
         blank_wall.as_secs_f64() * 1e3
     );
     assert!(load_ms < 1000.0, "the page took {load_ms} ms to load");
+    // For people to look at (nothing is checked beyond its existence).
+    browser.screenshot(
+        &page,
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-200.png"),
+    );
     assert_eq!(
         tags(&dom).iter().filter(|x| x.has_class("node")).count(),
         200

@@ -82,12 +82,48 @@ struct Edge {
     to: usize,
     count: ByteCount,
     back: ByteCount,
+    /// The larger share of either model's bytes the edge stands for.
+    share: f64,
 }
 
 impl Edge {
     fn weight(&self) -> u64 {
         self.count.bytes.max(self.back.bytes)
     }
+}
+
+/// The edges to draw when there are more than [`MAX_EDGES`]: every derivation (delta,
+/// cast, lossy: at most a few per model) first, then each model's two exact edges
+/// covering most of either side (a component shared by many models makes a clique of
+/// exact edges that would hide everything else), then the rest; within each, by the
+/// share of the models' bytes, then bytes. Returns (drawn, left out).
+fn select_edges(edges: &[Edge], models: usize) -> (Vec<&Edge>, Vec<&Edge>) {
+    let by_share = |a: &&Edge, b: &&Edge| {
+        b.share
+            .total_cmp(&a.share)
+            .then(b.weight().cmp(&a.weight()))
+            .then((a.kind, a.from, a.to).cmp(&(b.kind, b.from, b.to)))
+    };
+    let mut exact: Vec<&Edge> = edges.iter().filter(|e| e.kind == Kind::Exact).collect();
+    exact.sort_by(by_share);
+    let mut kept = vec![0usize; models];
+    let mut rank: HashMap<(usize, usize), u8> = HashMap::new();
+    for e in &exact {
+        let top = kept[e.from] < 2 || kept[e.to] < 2;
+        if top {
+            kept[e.from] += 1;
+            kept[e.to] += 1;
+        }
+        rank.insert((e.from, e.to), if top { 1 } else { 2 });
+    }
+    let class = |e: &Edge| match e.kind {
+        Kind::Exact => rank.get(&(e.from, e.to)).copied().unwrap_or(2),
+        _ => 0,
+    };
+    let mut all: Vec<&Edge> = edges.iter().collect();
+    all.sort_by(|a, b| class(a).cmp(&class(b)).then_with(|| by_share(a, b)));
+    let rest = all.split_off(all.len().min(MAX_EDGES));
+    (all, rest)
 }
 
 /// Bytes a model stores itself (first references, as stored).
@@ -399,7 +435,7 @@ fn problems(out: &mut String, data: &ReportData) {
 /// exact edge per unordered pair, a lossy edge per lossy link.
 fn edges(data: &ReportData, index: &HashMap<&str, usize>) -> Vec<Edge> {
     let mut out = Vec::new();
-    let mut exact: BTreeMap<(usize, usize), (ByteCount, ByteCount)> = BTreeMap::new();
+    let mut exact: BTreeMap<(usize, usize), (ByteCount, ByteCount, f64)> = BTreeMap::new();
     for r in &data.family.relations {
         let (Some(&from), Some(&to)) = (index.get(r.model.as_str()), index.get(r.other.as_str()))
         else {
@@ -413,25 +449,29 @@ fn edges(data: &ReportData, index: &HashMap<&str, usize>) -> Vec<Edge> {
                     to,
                     count,
                     back: ByteCount::default(),
+                    share: percent(count.bytes, r.total.bytes),
                 });
             }
         }
         if r.identical.bytes > 0 {
             let entry = exact.entry((from.min(to), from.max(to))).or_default();
-            if from < to {
-                entry.0 = r.identical;
+            let side = if from < to {
+                &mut entry.0
             } else {
-                entry.1 = r.identical;
-            }
+                &mut entry.1
+            };
+            *side = r.identical;
+            entry.2 = entry.2.max(percent(r.identical.bytes, r.total.bytes));
         }
     }
-    for ((from, to), (count, back)) in exact {
+    for ((from, to), (count, back, share)) in exact {
         out.push(Edge {
             kind: Kind::Exact,
             from,
             to,
             count,
             back,
+            share,
         });
     }
     for l in &data.family.lossy {
@@ -443,10 +483,17 @@ fn edges(data: &ReportData, index: &HashMap<&str, usize>) -> Vec<Edge> {
                 to,
                 count: l.substituted,
                 back: ByteCount::default(),
+                share: models_total(data, from)
+                    .map_or(0.0, |total| percent(l.substituted.bytes, total)),
             });
         }
     }
     out
+}
+
+/// Every fragment reference's bytes of model `i`.
+fn models_total(data: &ReportData, i: usize) -> Option<u64> {
+    data.family.models.get(i).map(|m| m.fragments.bytes)
 }
 
 fn node_radius(logical: u64, largest: u64) -> f64 {
@@ -491,10 +538,8 @@ fn lineage(out: &mut String, data: &ReportData, edges: &[Edge], order: &[usize])
         );
     }
     out.push_str("</defs>\n<g class=\"edges\">\n");
-    // The heaviest edges, drawn lightest kind first so arrows stay on top.
-    let mut drawn: Vec<&Edge> = edges.iter().collect();
-    drawn.sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.kind.cmp(&b.kind)));
-    let hidden: Vec<&Edge> = drawn.split_off(drawn.len().min(MAX_EDGES));
+    // Exact edges drawn first, so the derivations' arrows stay on top.
+    let (mut drawn, hidden) = select_edges(edges, models.len());
     drawn.sort_by_key(|e| (e.kind, e.from, e.to));
     let heaviest = drawn.iter().map(|e| e.weight()).max().unwrap_or(1).max(1);
     for e in &drawn {
@@ -592,7 +637,7 @@ fn lineage(out: &mut String, data: &ReportData, edges: &[Edge], order: &[usize])
         let bytes: u64 = hidden.iter().map(|e| e.weight()).sum();
         w!(
             out,
-            "<p class=\"note\" id=\"edges-hidden\" data-count=\"{}\" data-bytes=\"{bytes}\">{} lighter relations ({} in all) are not drawn; the table below and <code>report --json</code> list them.</p>\n",
+            "<p class=\"note\" id=\"edges-hidden\" data-count=\"{}\" data-bytes=\"{bytes}\">{} more relations ({} in all; mostly exact sharing within groups of models that share one component) are not drawn; the table below and <code>report --json</code> list them.</p>\n",
             hidden.len(),
             hidden.len(),
             human(bytes)

@@ -27,8 +27,10 @@ pub struct Circle {
 }
 
 /// The order of the nodes around the circle: connected components (largest total size
-/// first), each walked breadth-first from its largest node, neighbours by descending edge
-/// weight. `sizes[i]` is node i's weight, `edges` (a, b, weight) undirected.
+/// first), each walked depth-first from its largest node, the heaviest edge first, so a
+/// model's closest relatives follow it (breadth-first would put a hub's neighbours first
+/// and their own relatives far away). `sizes[i]` is node i's weight, `edges` (a, b,
+/// weight) undirected.
 pub fn order(sizes: &[f64], edges: &[(usize, usize, f64)]) -> Vec<usize> {
     let n = sizes.len();
     let mut adjacent: Vec<BTreeMap<usize, f64>> = vec![BTreeMap::new(); n];
@@ -47,21 +49,22 @@ pub fn order(sizes: &[f64], edges: &[(usize, usize, f64)]) -> Vec<usize> {
         if seen[start] {
             continue;
         }
-        seen[start] = true;
-        let mut walk = vec![start];
-        let mut next = 0;
-        while next < walk.len() {
-            let mut neighbours: Vec<(usize, f64)> = adjacent[walk[next]]
+        let mut walk = Vec::new();
+        let mut stack = vec![start];
+        while let Some(node) = stack.pop() {
+            if seen[node] {
+                continue;
+            }
+            seen[node] = true;
+            walk.push(node);
+            let mut neighbours: Vec<(usize, f64)> = adjacent[node]
                 .iter()
                 .filter(|(b, _)| !seen[**b])
                 .map(|(b, w)| (*b, *w))
                 .collect();
-            neighbours.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-            for (b, _) in neighbours {
-                seen[b] = true;
-                walk.push(b);
-            }
-            next += 1;
+            // Lightest pushed first: the heaviest is visited next.
+            neighbours.sort_by(|x, y| x.1.total_cmp(&y.1).then(y.0.cmp(&x.0)));
+            stack.extend(neighbours.into_iter().map(|(b, _)| b));
         }
         let total = walk.iter().map(|&i| sizes[i]).sum();
         components.push((total, walk));
@@ -149,6 +152,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn relatives_follow_their_model() {
+        // A hub (0) with two spokes (1, 2), each with a relative (3 of 1, 4 of 2): depth
+        // first keeps each relative next to its spoke.
+        let edges = [(0, 1, 5.0), (0, 2, 4.0), (1, 3, 9.0), (2, 4, 9.0)];
+        let order = order(&[9.0, 5.0, 5.0, 1.0, 1.0], &edges);
+        assert_eq!(order, vec![0, 1, 3, 2, 4]);
     }
 
     #[test]
