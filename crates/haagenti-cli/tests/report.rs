@@ -241,6 +241,37 @@ fn family_library(dir: &Path) -> (PathBuf, Vec<String>) {
         &["ingest", "--model", "odd-names", odd.to_str().unwrap()],
     );
     names.push("odd-names".into());
+    // A slightly noisy copy ingested lossily: its fragments are replaced by odd-names'.
+    let noisy = dir.join("noisy.safetensors");
+    let perturbed = |t: SynthTensor, seed| SynthTensor {
+        recipe: Recipe::Perturb {
+            base: Box::new(t.recipe.clone()),
+            seed,
+            std: 1e-5,
+        },
+        ..t
+    };
+    synth::write_safetensors(
+        &noisy,
+        &[
+            perturbed(tensor(HTML_TENSOR, 1), 3),
+            perturbed(tensor(BOLD_TENSOR, 2), 4),
+        ],
+        None,
+    )
+    .unwrap();
+    ok(
+        &lib,
+        &[
+            "ingest",
+            "--model",
+            "noisy-names",
+            "--lossy-max-rel-error",
+            "0.01",
+            noisy.to_str().unwrap(),
+        ],
+    );
+    names.push("noisy-names".into());
     names.sort();
     (lib, names)
 }
@@ -345,7 +376,27 @@ fn family_page_in_a_browser_shows_what_the_library_reports() {
             }
         }
     }
-    assert_eq!(edges.len(), expected, "edges beyond what compare reports");
+    // Lossy substitution: an edge from the lossy model to the one whose fragments replaced
+    // its own, with the bytes `show` reports as lossy.
+    let lossy = &json(&lib, &["show", "--model", "noisy-names", "--json"])["savings"]["lossy"];
+    assert!(
+        lossy["bytes"].as_u64().unwrap() > 0,
+        "the noisy copy was ingested lossily"
+    );
+    let key = (
+        "lossy".to_string(),
+        "noisy-names".to_string(),
+        "odd-names".to_string(),
+    );
+    let e = edges.get(&key).expect("the lossy edge");
+    assert_eq!(e.u64("data-bytes"), lossy["bytes"]);
+    assert_eq!(e.u64("data-fragments"), lossy["fragments"]);
+    expected += 1;
+    assert_eq!(
+        edges.len(),
+        expected,
+        "edges beyond what the library reports"
+    );
     // The relations the family is made of.
     for (kind, from, to) in [
         ("delta", "finetune-bf16", "base-fp32"),
@@ -585,7 +636,7 @@ async fn two_hundred_models_render_in_a_second_under_two_megabytes() {
     let written = started.elapsed();
     let html = std::fs::read_to_string(&page).unwrap();
     eprintln!(
-        "200 models: report written in {:.0} ms (collect + render, debug build), page {} bytes",
+        "200 models: `report` ran in {:.0} ms (open, collect, render, write; test profile), page {} bytes",
         written.as_secs_f64() * 1e3,
         html.len()
     );
@@ -691,7 +742,7 @@ fn model_selection_and_json() {
     assert_eq!(relations.len(), 2);
     assert_eq!(relations[0], compared["a_against_b"]);
     assert_eq!(relations[1], compared["b_against_a"]);
-    assert_eq!(doc["stats"]["models"], 10);
+    assert_eq!(doc["stats"]["models"], 11);
 
     let out = haagenti(&lib, &["report", "--json", "--model", "no-such-model"]);
     assert_eq!(out.status.code(), Some(1));
