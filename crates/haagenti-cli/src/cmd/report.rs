@@ -37,10 +37,15 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         std::fs::write(path, &page).with_context(|| format!("writing {}", path.display()))?;
         if !args.json {
             outln!(
-                "wrote {} ({}, {} models): open it in a browser",
+                "wrote {} ({}, {} model{}): open it in a browser",
                 path.display(),
                 human(page.len() as u64),
-                data.family.models.len()
+                data.family.models.len(),
+                if data.family.models.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             )?;
         }
     }
