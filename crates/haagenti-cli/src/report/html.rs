@@ -861,27 +861,32 @@ fn bars(out: &mut String, data: &ReportData, order: &[usize]) {
         let m = &models[i];
         let name = escape(&m.model);
         let y = slot as f64 * row + 2.0;
+        // One title for the whole bar: a title per segment would repeat the name six times.
+        let parts: Vec<String> = segments(m)
+            .iter()
+            .map(|(_, what, bytes)| format!("{what} {}", human_signed(*bytes)))
+            .collect();
         w!(
             out,
-            "<g class=\"bar\" id=\"bar-{i}\" data-model=\"{name}\" data-logical-bytes=\"{}\"><text x=\"{:.1}\" y=\"{:.1}\" dy=\"0.35em\" text-anchor=\"end\">{}</text>",
+            "<g class=\"bar\" id=\"bar-{i}\" data-model=\"{name}\" data-logical-bytes=\"{}\"><title>{name}: {}</title><text x=\"{:.1}\" y=\"{:.1}\" dy=\"0.35em\" text-anchor=\"end\">{}</text>",
             m.logical_bytes,
+            parts.join(", "),
             pad - 6.0,
             y + row / 2.0,
             label(&m.model)
         );
         let mut x = pad;
         let mut stored = 0;
-        for (kind, what, bytes) in segments(m) {
+        for (kind, _, bytes) in segments(m) {
             if kind == "stored" {
                 stored = bytes;
             }
             let w = span * bytes.max(0) as f64 / widest as f64;
             w!(
                 out,
-                "<rect class=\"seg {kind}\" data-kind=\"{kind}\" data-bytes=\"{bytes}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\"><title>{name}: {what} {}</title></rect>",
+                "<rect class=\"seg {kind}\" data-kind=\"{kind}\" data-bytes=\"{bytes}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\"/>",
                 y + 2.0,
                 row - 5.0,
-                human_signed(bytes)
             );
             x += w;
         }
