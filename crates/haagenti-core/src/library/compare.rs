@@ -827,3 +827,123 @@ fn lossy_links(manifests: &[ModelManifest]) -> Vec<LossyLink> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{FileContent, FileManifest, FragmentRef};
+
+    /// The per-pair definition of a relation, as `compare_models` computed it before the
+    /// one-pass [`pair_counts`]: the reference the one pass must agree with.
+    fn naive(
+        model: &ModelManifest,
+        other: &ModelManifest,
+        encodings: &HashMap<FragmentId, Encoding>,
+    ) -> [ByteCount; 4] {
+        let other_ids: HashSet<FragmentId> = other.fragments().map(|r| r.id).collect();
+        let other_casts: HashSet<(FragmentId, Dtype)> = other
+            .fragments()
+            .filter_map(|r| match encodings.get(&r.id)? {
+                Encoding::Cast { source, to, .. } => Some((*source, *to)),
+                _ => None,
+            })
+            .collect();
+        let [mut identical, mut delta, mut cast, mut unique] = [ByteCount::default(); 4];
+        for r in model.fragments() {
+            let class = if other_ids.contains(&r.id) {
+                &mut identical
+            } else {
+                match encodings.get(&r.id) {
+                    Some(Encoding::Delta { base, .. }) if other_ids.contains(base) => &mut delta,
+                    Some(Encoding::CastDelta { source, to, .. })
+                        if other_ids.contains(source) || other_casts.contains(&(*source, *to)) =>
+                    {
+                        &mut delta
+                    }
+                    Some(Encoding::Cast { source, .. }) if other_ids.contains(source) => &mut cast,
+                    _ => &mut unique,
+                }
+            };
+            class.add(r.len);
+        }
+        [identical, delta, cast, unique]
+    }
+
+    #[test]
+    fn one_pass_relations_equal_the_per_pair_definition() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let id = |i: u64| FragmentId::of(&i.to_le_bytes());
+        let dtype = |k: u64| if k == 0 { Dtype::BF16 } else { Dtype::F16 };
+        for round in 0..20 {
+            // Fragments 0..10 standalone, then casts, deltas and cast deltas of them; 40..45
+            // have no known encoding (counted as standalone).
+            let mut encodings = HashMap::new();
+            for i in 10..40u64 {
+                let (source, to) = (id(next(10)), dtype(next(2)));
+                let e = match i {
+                    10..20 => Encoding::Cast {
+                        source,
+                        from: Dtype::F32,
+                        to,
+                    },
+                    20..30 => Encoding::Delta {
+                        codec: 0,
+                        base: id(next(20)),
+                    },
+                    _ => Encoding::CastDelta {
+                        codec: 0,
+                        source,
+                        from: Dtype::F32,
+                        to,
+                    },
+                };
+                encodings.insert(id(i), e);
+            }
+            let manifests: Vec<ModelManifest> = (0..6)
+                .map(|m| ModelManifest {
+                    name: format!("m{m}"),
+                    created_unix_ms: m,
+                    files: (0..2)
+                        .map(|f| FileManifest {
+                            path: format!("f{f}"),
+                            size: 0,
+                            blake3: [0; 32],
+                            content: FileContent::Blob {
+                                chunks: (0..1 + next(25))
+                                    .map(|_| {
+                                        let i = next(45);
+                                        FragmentRef {
+                                            id: id(i),
+                                            len: 1 + (i as u32 * 37) % 1000,
+                                            depends_on: None,
+                                        }
+                                    })
+                                    .collect(),
+                            },
+                        })
+                        .collect(),
+                    lossy: vec![],
+                    revision: None,
+                })
+                .collect();
+            let counts = pair_counts(&manifests, &encodings);
+            for a in 0..manifests.len() {
+                for b in (0..manifests.len()).filter(|&b| b != a) {
+                    let r = relation(&manifests, a, b, &counts);
+                    let want = naive(&manifests[a], &manifests[b], &encodings);
+                    assert_eq!(
+                        [r.identical, r.delta, r.cast, r.unique],
+                        want,
+                        "round {round}: m{a} against m{b}"
+                    );
+                }
+            }
+        }
+    }
+}
