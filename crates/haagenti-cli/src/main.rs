@@ -17,6 +17,7 @@ mod location;
 mod mount;
 mod progress;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 
@@ -88,6 +89,8 @@ enum Command {
     /// Every stored model as read-only files (FUSE): plain or Hugging Face cache layout.
     #[cfg(all(feature = "mount", target_os = "linux"))]
     Mount(cmd::mount::Args),
+    /// The family map: one self-contained HTML page of how the models relate and what each costs.
+    Report(cmd::report::Args),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo(demo::Args),
 }
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load::run(location, args).await,
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(args) => cmd::mount::run(location, args).await,
+        Command::Report(args) => cmd::report::run(location, args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -34,11 +34,11 @@ pub mod internals {
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ByteCount, DamageStatus, DamagedFragment, DamagedManifest, ExportReport, FileReader,
-    FragmentLibrary, FragmentUse, GcOptions, GcReport, IndexReport, IngestOptions, IngestReport,
-    LossyModel, MetricsSnapshot, ModelComparison, ModelFile, ModelHandle, ModelSavings,
-    ModelVerified, Progress, PutFragment, Relation, RepairOptions, RepairReport, SimilarTensors,
-    StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
+    ByteCount, DamageStatus, DamagedFragment, DamagedManifest, ExportReport, FamilyReport,
+    FileReader, FragmentLibrary, FragmentUse, GcOptions, GcReport, IndexReport, IngestOptions,
+    IngestReport, LossyLink, LossyModel, MetricsSnapshot, ModelComparison, ModelFile, ModelHandle,
+    ModelSavings, ModelVerified, Progress, PutFragment, Relation, RepairOptions, RepairReport,
+    SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,

@@ -12,6 +12,7 @@ pub mod load;
 pub mod mount;
 pub mod reindex;
 pub mod repair;
+pub mod report;
 pub mod rm;
 pub mod show;
 pub mod similar;

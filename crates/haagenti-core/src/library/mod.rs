@@ -24,8 +24,8 @@ use bytes::Bytes;
 pub use crate::types::DamagedManifest;
 pub use cache::MetricsSnapshot;
 pub use compare::{
-    ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SimilarTensors, StoredCount,
-    TensorMatch, TensorSimilarity,
+    ByteCount, FamilyReport, LossyLink, LossyModel, ModelComparison, ModelSavings, Relation,
+    SimilarTensors, StoredCount, TensorMatch, TensorSimilarity,
 };
 pub use export::{ExportReport, ModelVerified, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
