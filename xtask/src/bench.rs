@@ -18,7 +18,11 @@ pub fn prepare(root: &Path) -> Result<Vec<(&'static str, String)>> {
         &["build", "--quiet", "--release", "-p", "haagenti-cli"],
         &[],
     )?;
-    let cli = root.join("target").join("release").join("haagenti");
+    // Where cargo put it: CARGO_TARGET_DIR when set (relative to the workspace root).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"));
+    let cli = target.join("release").join("haagenti");
     Ok(vec![
         ("HAAGENTI_TEST_PYTHON", python.display().to_string()),
         ("HAAGENTI_BENCH_CLI", cli.display().to_string()),

@@ -89,6 +89,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         )?;
     }
     ensure_fusermount()?;
+    ensure_chromium()?;
     // Build first so the S3 server does not idle through compilation.
     cmd(
         &cargo,
@@ -110,6 +111,41 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     bench
 }
 
+/// Whether this process runs as root (Linux; elsewhere never).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// The report tests drive a real browser: when `chromium` is missing (and no
+/// `HAAGENTI_TEST_CHROMIUM` names another) and we are root, install Debian's `chromium`;
+/// otherwise the tests fail saying what to install (or skip with
+/// `HAAGENTI_SKIP_BROWSER=1`).
+fn ensure_chromium() -> Result<()> {
+    let named = std::env::var_os("HAAGENTI_TEST_CHROMIUM").is_some_and(|p| !p.is_empty());
+    let present = Command::new("chromium").arg("--version").output().is_ok();
+    if named || present || !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "chromium is missing and we are not root: the report tests will fail (apt-get install chromium)"
+        );
+        return Ok(());
+    }
+    println!("chromium is missing: installing Debian's chromium for the report tests");
+    cmd("apt-get", &["update"], &[])?;
+    cmd(
+        "apt-get",
+        &["install", "-y", "chromium"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
+}
+
 /// The mount tests need `fusermount3`: when it is missing and we are root (as CI is),
 /// install Debian's `fuse3`; otherwise the tests fail saying what to install.
 fn ensure_fusermount() -> Result<()> {
@@ -120,13 +156,7 @@ fn ensure_fusermount() -> Result<()> {
     if present || !cfg!(target_os = "linux") {
         return Ok(());
     }
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            == Some("0")
-    });
-    if !root {
+    if !is_root() {
         println!(
             "fusermount3 is missing and we are not root: the mount tests will fail (apt-get install fuse3)"
         );

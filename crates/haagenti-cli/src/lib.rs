@@ -3,3 +3,6 @@
 
 #[cfg(feature = "serve")]
 pub mod serve;
+
+#[cfg(any(feature = "mount", feature = "serve"))]
+pub mod process;

@@ -17,6 +17,7 @@ mod location;
 mod mount;
 mod progress;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,7 @@ use crate::location::Location;
   haagenti export --model sdxl-base --out ./restored/
   haagenti --library s3://bucket/models stats      any command, on S3 storage
   haagenti mount ./models                          every model as read-only files
+  haagenti repair --from ./originals/              heal damaged objects from the sources
 
 Exit codes: 0 success, 1 error (one line on stderr), 2 bad command line."
 )]
@@ -79,11 +81,16 @@ enum Command {
     /// Rebuild the similarity index from the stored fragments (after losing or damaging
     /// `index/`).
     Reindex(reindex::Args),
+    /// Find damaged stored objects, what depends on them, and heal them from the
+    /// original files (`--from`).
+    Repair(repair::Args),
     /// Load models in sequence through one fragment cache and report what each fetched.
     Load(load::Args),
     /// Every stored model as read-only files (FUSE): plain or Hugging Face cache layout.
     #[cfg(all(feature = "mount", target_os = "linux"))]
     Mount(cmd::mount::Args),
+    /// The family map: one self-contained HTML page of how the models relate and what each costs.
+    Report(cmd::report::Args),
     /// Generate a small model family, ingest, export and verify it, and report.
     Demo(demo::Args),
     /// Serve every model over HTTP as a Hugging Face Hub (HF_ENDPOINT=http://ADDR).
@@ -107,9 +114,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Similar(args) => similar::run(location, args).await,
         Command::Compare(args) => compare::run(location, args).await,
         Command::Reindex(args) => reindex::run(location, args).await,
+        Command::Repair(args) => repair::run(location, args).await,
         Command::Load(args) => load::run(location, args).await,
         #[cfg(all(feature = "mount", target_os = "linux"))]
         Command::Mount(args) => cmd::mount::run(location, args).await,
+        Command::Report(args) => cmd::report::run(location, args).await,
         Command::Demo(args) => demo::run(args).await,
         #[cfg(feature = "serve")]
         Command::Serve(args) => cmd::serve::run(location, args).await,

@@ -284,8 +284,11 @@ fn a_damaged_fragment_fails_verify_and_export_naming_it() {
 
 #[test]
 fn demo_round_trips_its_family_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("family.html");
     let out = Command::new(env!("CARGO_BIN_EXE_haagenti"))
-        .args(["demo", "--json"])
+        .args(["demo", "--json", "--report"])
+        .arg(&page)
         .output()
         .unwrap();
     assert!(
@@ -303,6 +306,17 @@ fn demo_round_trips_its_family_bit_exact() {
     assert!(
         stored * 3 < logical * 2,
         "the demo family must store at least 1.5x smaller: {stored} of {logical}"
+    );
+    // The family map is written where asked, and its path reported.
+    assert_eq!(
+        std::path::Path::new(doc["report"].as_str().unwrap()),
+        std::path::absolute(&page).unwrap()
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("class=\"node\"").count(),
+        9,
+        "one node per model"
     );
 }
 

@@ -8,7 +8,7 @@ use haagenti_core::Dtype;
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 mod common;
-use common::{haagenti, json, ok};
+use common::{Lib, haagenti, json, ok};
 
 fn model(path: &Path, seed: u64) {
     let tensors: Vec<SynthTensor> = (0..2)
@@ -117,4 +117,528 @@ fn flipped_manifest_byte_is_contained() {
     for args in [&["list"][..], &["stats"], &["verify"], &["gc"]] {
         ok(&lib, args);
     }
+}
+
+/// Every fragment row of every model's `show --json`: `(full id, encoding)`.
+fn fragment_rows(lib: &Path, models: &[String]) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for m in models {
+        let show = json(lib, &["show", "--model", m, "--json"]);
+        for f in show["files"].as_array().unwrap() {
+            for r in f["fragments"].as_array().unwrap() {
+                rows.push((
+                    r["id"].as_str().unwrap().to_string(),
+                    r["encoding"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    rows.sort();
+    rows.dedup();
+    rows
+}
+
+fn object_path(lib: &Path, id: &str) -> PathBuf {
+    lib.join("fragments")
+        .join(&id[..2])
+        .join(&id[2..4])
+        .join(id)
+}
+
+/// The full id of the fragment a `delta(..) vs SHORT` / `cast .. of SHORT` row names.
+fn dependency(rows: &[(String, String)], encoding: &str) -> String {
+    let short = encoding.rsplit(' ').next().unwrap();
+    rows.iter()
+        .map(|(id, _)| id)
+        .find(|id| id.starts_with(short))
+        .unwrap_or_else(|| panic!("no fragment {short}"))
+        .clone()
+}
+
+#[test]
+fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let family = synth::small_family(&tmp.path().join("src"), 31).unwrap();
+    let lib = tmp.path().join("lib");
+    for m in &family.models {
+        ok(
+            &lib,
+            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
+        );
+    }
+    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let rows = fragment_rows(&lib, &names);
+
+    // One object of each kind the family has: a delta and its base, a cast and its
+    // source, a standalone blob chunk (a JSON file) and a plain tensor fragment.
+    let delta = rows
+        .iter()
+        .find(|(_, e)| e.starts_with("delta("))
+        .expect("a delta");
+    let cast = rows
+        .iter()
+        .find(|(_, e)| e.starts_with("cast "))
+        .expect("a cast");
+    let mut victims = vec![
+        delta.0.clone(),
+        dependency(&rows, &delta.1),
+        cast.0.clone(),
+        dependency(&rows, &cast.1),
+    ];
+    let standalone = rows
+        .iter()
+        .find(|(id, e)| !e.contains(' ') && !victims.contains(id))
+        .expect("a standalone fragment");
+    victims.push(standalone.0.clone());
+    victims.sort();
+    victims.dedup();
+    assert!(victims.len() >= 4, "{victims:?}");
+    // Four kinds of damage, in turn: a flipped byte, a truncation, zero length, deletion.
+    let before: Vec<Vec<u8>> = victims
+        .iter()
+        .map(|id| std::fs::read(object_path(&lib, id)).unwrap())
+        .collect();
+    for (i, id) in victims.iter().enumerate() {
+        let path = object_path(&lib, id);
+        let mut bytes = before[i].clone();
+        match i % 4 {
+            0 => {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x10;
+                std::fs::write(&path, bytes).unwrap();
+            }
+            1 => std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap(),
+            2 => std::fs::write(&path, b"").unwrap(),
+            _ => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+    // verify --json: per model, and every damaged object once with its dependants.
+    let out = haagenti(&lib, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = verify["damaged_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, victims);
+    assert!(
+        verify["per_model"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["problems"].as_u64() > Some(0))
+    );
+
+    // Without sources: every damaged object once, with its users, exit 1.
+    let out = haagenti(&lib, &["repair", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["damaged"].as_array().unwrap();
+    let mut found: Vec<String> = damaged
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    found.sort();
+    assert_eq!(found, victims);
+    for d in damaged {
+        assert_eq!(d["status"], "unhealed");
+        assert!(!d["used_by"].as_array().unwrap().is_empty(), "{d}");
+        assert!(!d["healable_from"].as_array().unwrap().is_empty(), "{d}");
+    }
+    // The delta's base names the delta among its dependants.
+    let base = damaged
+        .iter()
+        .find(|d| d["id"] == dependency(&rows, &delta.1).as_str())
+        .unwrap();
+    assert!(
+        base["dependants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == delta.0.as_str()),
+        "{base}"
+    );
+
+    // A dry run finds the sources and writes nothing.
+    let src = tmp.path().join("src");
+    let out = haagenti(
+        &lib,
+        &[
+            "repair",
+            "--from",
+            src.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["damaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "healable"),
+        "{report}"
+    );
+    assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));
+
+    // Repair from the sources: verify passes and every export is bit-exact.
+    let out = ok(&lib, &["repair", "--from", src.to_str().unwrap()]);
+    assert!(out.contains("HEALED"), "{out}");
+    ok(&lib, &["verify"]);
+    ok(&lib, &["repair"]); // nothing left to find
+    for m in &family.models {
+        let out_dir = tmp.path().join("out").join(&m.name);
+        ok(
+            &lib,
+            &[
+                "export",
+                "--model",
+                &m.name,
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+        );
+        for f in &m.files {
+            let rel = if m.is_dir() {
+                f.strip_prefix(&m.path).unwrap().to_path_buf()
+            } else {
+                PathBuf::from(f.file_name().unwrap())
+            };
+            assert!(
+                std::fs::read(f).unwrap() == std::fs::read(out_dir.join(&rel)).unwrap(),
+                "{} differs after repair",
+                rel.display()
+            );
+        }
+    }
+}
+
+/// `show --json` rows of each model: model → `(full id, encoding)`.
+fn rows_by_model(lib: &Lib, models: &[String]) -> Vec<(String, Vec<(String, String)>)> {
+    models
+        .iter()
+        .map(|m| {
+            let show: serde_json::Value =
+                serde_json::from_str(&lib.ok(&["show", "--model", m, "--json"])).unwrap();
+            let mut rows = Vec::new();
+            for f in show["files"].as_array().unwrap() {
+                for r in f["fragments"].as_array().unwrap() {
+                    rows.push((
+                        r["id"].as_str().unwrap().to_string(),
+                        r["encoding"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+            (m.clone(), rows)
+        })
+        .collect()
+}
+
+/// A delta base used directly by two models, damaged (with a cast source and a delta),
+/// is reported, healed from ONE of the two models' sources while readers read the
+/// damaged files in a loop: the readers never get wrong bytes, and afterwards every
+/// model verifies.
+fn shared_base_heals_from_either_source_while_readers_read(dir: &Path, lib: &Lib) {
+    let family = synth::small_family(&dir.join("src"), 32).unwrap();
+    for m in &family.models {
+        lib.ok(&["ingest", "--model", &m.name, m.path.to_str().unwrap()]);
+    }
+    // A delta's base, and a second model that uses it directly: the base's model again
+    // under another name (the same file in two repos).
+    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let first = rows_by_model(lib, &names);
+    let first_all: Vec<(String, String)> = first.iter().flat_map(|(_, r)| r.clone()).collect();
+    let (_, some_delta) = first_all
+        .iter()
+        .find(|(_, e)| e.starts_with("delta("))
+        .expect("a delta");
+    let some_base = dependency(&first_all, some_delta);
+    let (holder, _) = first
+        .iter()
+        .find(|(_, rows)| rows.iter().any(|(id, _)| *id == some_base))
+        .expect("a model using the base directly");
+    let holder = family.model(holder).unwrap();
+    let copy = format!("{}-copy", holder.name);
+    lib.ok(&["ingest", "--model", &copy, holder.path.to_str().unwrap()]);
+    let mut names = names;
+    names.push(copy);
+    let per_model = rows_by_model(lib, &names);
+    let all: Vec<(String, String)> = {
+        let mut v: Vec<_> = per_model.iter().flat_map(|(_, r)| r.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let users = |id: &str| -> Vec<String> {
+        per_model
+            .iter()
+            .filter(|(_, rows)| rows.iter().any(|(i, _)| i == id))
+            .map(|(m, _)| m.clone())
+            .collect()
+    };
+    let (delta, base) = all
+        .iter()
+        .filter(|(_, e)| e.starts_with("delta("))
+        .map(|(id, e)| (id.clone(), dependency(&all, e)))
+        .find(|(_, base)| users(base).len() >= 2)
+        .expect("a delta whose base two models use directly");
+    let base_users = users(&base);
+    let (_, cast_encoding) = all.iter().find(|(_, e)| e.starts_with("cast ")).unwrap();
+    let cast_source = dependency(&all, cast_encoding);
+
+    let options = haagenti_fragments::OpenOptions::default()
+        .s3_endpoint(lib.endpoint.clone())
+        .cache_bytes(0);
+    let location = lib.path.to_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(haagenti_fragments::open_store(&location, &options))
+        .unwrap();
+    let key = |id: &str| {
+        haagenti_core::ObjectKey::new(format!("fragments/{}/{}/{id}", &id[..2], &id[2..4])).unwrap()
+    };
+    rt.block_on(async {
+        let raw = store.get(&key(&base)).await.unwrap();
+        let mut bad = raw.to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x01;
+        store.replace(&key(&base), bad.into()).await.unwrap();
+        let raw = store.get(&key(&delta)).await.unwrap();
+        store
+            .replace(&key(&delta), raw.slice(..raw.len() / 2))
+            .await
+            .unwrap();
+        if cast_source != base {
+            store.delete(&key(&cast_source)).await.unwrap();
+        }
+    });
+    let out = lib.command().args(["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // Readers: every file of every model, whole, in a loop, through a library without
+    // a cache (every read goes to the store).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let files: Vec<(String, String, Vec<u8>)> = family
+        .models
+        .iter()
+        .flat_map(|m| {
+            m.files.iter().map(move |f| {
+                let rel = if m.is_dir() {
+                    f.strip_prefix(&m.path)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string()
+                } else {
+                    f.file_name().unwrap().to_str().unwrap().to_string()
+                };
+                (m.name.clone(), rel, std::fs::read(f).unwrap())
+            })
+        })
+        .collect();
+    let readers = {
+        let stop = stop.clone();
+        let location = location.clone();
+        let options = options.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let lib = haagenti_fragments::open(&location, options).await.unwrap();
+                let (mut good, mut failed, mut rounds) = (0u64, 0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || rounds == 0 {
+                    rounds += 1;
+                    for (model, rel, want) in &files {
+                        let Ok(handle) = lib.open_model(model).await else {
+                            failed += 1;
+                            continue;
+                        };
+                        let reader = handle.file(rel).unwrap();
+                        match reader.read_at(0, reader.len()).await {
+                            Ok(bytes) => {
+                                assert!(bytes == want[..], "{model}/{rel}: wrong bytes");
+                                good += 1;
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                (good, failed, rounds)
+            })
+        })
+    };
+
+    // Repair from ONE of the two models that use the base.
+    let healer = family.model(&base_users[0]).unwrap();
+    let out = lib
+        .command()
+        .args(["repair", "--from", healer.path.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (good, failed, rounds) = readers.join().unwrap();
+    assert!(
+        good > 0 && rounds > 0,
+        "readers read nothing ({failed} failed)"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let healed = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == base.as_str())
+        .unwrap_or_else(|| panic!("base not reported: {report}"));
+    assert_eq!(healed["status"], "healed", "{report}");
+    // The rest from every source; then the library is whole.
+    lib.ok(&["repair", "--from", dir.join("src").to_str().unwrap()]);
+    lib.ok(&["verify"]);
+    for name in &base_users {
+        lib.ok(&["verify", "--model", name]);
+    }
+}
+
+#[test]
+fn a_shared_base_heals_from_either_source_while_readers_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&tmp.path().join("lib"));
+    shared_base_heals_from_either_source_while_readers_read(tmp.path(), &lib);
+}
+
+#[test]
+fn a_shared_base_heals_from_either_source_while_readers_read_on_s3() {
+    let test = "a_shared_base_heals_from_either_source_while_readers_read_on_s3";
+    let Some(lib) = Lib::s3(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    shared_base_heals_from_either_source_while_readers_read(tmp.path(), &lib);
+}
+
+/// Damaged objects `repair` finds (without sources).
+fn damaged_count(lib: &Path) -> usize {
+    let out = haagenti(lib, &["repair", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["damaged"].as_array().unwrap().len()
+}
+
+#[test]
+fn a_repair_killed_at_any_moment_leaves_no_worse_and_a_second_repair_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let family = synth::small_family(&tmp.path().join("src"), 33).unwrap();
+    let lib = tmp.path().join("lib");
+    for m in &family.models {
+        ok(
+            &lib,
+            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
+        );
+    }
+    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let rows = fragment_rows(&lib, &names);
+    // Damage every 7th fragment object (flipped byte).
+    for (id, _) in rows.iter().step_by(7) {
+        let path = object_path(&lib, id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let mut damaged = damaged_count(&lib);
+    assert!(damaged >= 3, "{damaged}");
+    let src = tmp.path().join("src");
+    // How long an uninterrupted repair takes, to spread the kills over it.
+    let started = std::time::Instant::now();
+    let probe = tmp.path().join("probe");
+    copy_dir(&lib, &probe);
+    ok(&probe, &["repair", "--from", src.to_str().unwrap()]);
+    let full = started.elapsed();
+    let mut rng = synth::Rng::new(7);
+    for round in 0..8 {
+        let delay = full.mul_f64(rng.below(1000) as f64 / 1000.0);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haagenti"))
+            .arg("--library")
+            .arg(&lib)
+            .args(["repair", "--from", src.to_str().unwrap()])
+            .env_remove("HAAGENTI_LIBRARY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        let now = damaged_count(&lib);
+        assert!(
+            now <= damaged,
+            "round {round}: {now} damaged objects after a killed repair, {damaged} before"
+        );
+        damaged = now;
+    }
+    ok(&lib, &["repair", "--from", src.to_str().unwrap()]);
+    ok(&lib, &["verify"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn ingest_heals_the_damaged_fragments_it_meets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let src = tmp.path().join("a.safetensors");
+    model(&src, 40);
+    ok(&lib, &["ingest", "--model", "a", src.to_str().unwrap()]);
+    let rows = fragment_rows(&lib, &["a".to_string()]);
+    assert!(rows.len() >= 2, "{rows:?}");
+    // One fragment damaged in its payload (only a full read sees it), one in its header
+    // (an ingest's header read sees it).
+    let payload = object_path(&lib, &rows[0].0);
+    let mut bytes = std::fs::read(&payload).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&payload, bytes).unwrap();
+    let header = object_path(&lib, &rows[1].0);
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[0] ^= 0xff; // the magic
+    std::fs::write(&header, bytes).unwrap();
+
+    // `repair` (without sources) records the damage it finds; verify stays read-only.
+    assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));
+    assert!(!lib.join("damage").exists(), "verify must write nothing");
+    assert_eq!(haagenti(&lib, &["repair"]).status.code(), Some(1));
+    let report = json(
+        &lib,
+        &[
+            "ingest",
+            "--replace",
+            "--model",
+            "a",
+            src.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(report["healed_fragments"], 2, "{report}");
+    ok(&lib, &["verify"]);
+    ok(&lib, &["repair"]); // nothing left, no marker left behind
+    assert!(
+        !lib.join("damage").exists()
+            || std::fs::read_dir(lib.join("damage"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "damage markers left behind"
+    );
 }

@@ -2,15 +2,14 @@
 #![cfg(all(feature = "mount", target_os = "linux"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // not every helper is used here
 mod common;
 
-use std::ffi::OsString;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Lib;
 use haagenti_testkit::synth::{self, Family};
 
 const SKIP_FUSE: &str = "HAAGENTI_SKIP_FUSE";
@@ -36,73 +35,6 @@ fn fuse_available(test: &str) -> Option<()> {
         );
     }
     Some(())
-}
-
-/// A library the tests mount: a directory, or a fresh prefix of the local S3 server's
-/// bucket. Carries the arguments that select it.
-struct Lib {
-    args: Vec<OsString>,
-    path: PathBuf,
-}
-
-impl Lib {
-    fn fs(path: &Path) -> Lib {
-        Lib {
-            args: vec!["--library".into(), path.into()],
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// `None` only when `HAAGENTI_SKIP_S3=1` asked for the skip.
-    fn s3(test: &str) -> Option<Lib> {
-        let (endpoint, bucket) = haagenti_testkit::env::s3_test_server(test)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let url = format!(
-            "s3://{bucket}/tests/mount-{test}-{}-{nanos}",
-            std::process::id()
-        );
-        Some(Lib {
-            args: vec![
-                "--library".into(),
-                url.clone().into(),
-                "--s3-endpoint".into(),
-                endpoint.into(),
-            ],
-            path: PathBuf::from(url),
-        })
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_haagenti"));
-        cmd.args(&self.args)
-            .env_remove("HAAGENTI_LIBRARY")
-            .env_remove("HAAGENTI_S3_ENDPOINT");
-        // moto does not check signatures; real credentials in the environment win.
-        for (var, default) in [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ] {
-            if std::env::var_os(var).is_none() {
-                cmd.env(var, default);
-            }
-        }
-        cmd
-    }
-
-    /// Runs `haagenti ARGS...` on this library, which must succeed.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
 }
 
 /// A running `haagenti mount --foreground`; dropping it unmounts, whatever happened.

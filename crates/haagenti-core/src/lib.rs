@@ -34,9 +34,10 @@ pub mod internals {
 pub use codec::{Codec, CodecRegistry, CodecTag, EncodeHint, RawCodec};
 pub use error::{FragmentError, Result};
 pub use library::{
-    ByteCount, DamagedManifest, ExportReport, FileReader, FragmentLibrary, GcOptions, GcReport,
-    IndexReport, IngestOptions, IngestReport, LossyModel, MetricsSnapshot, ModelComparison,
-    ModelFile, ModelHandle, ModelSavings, ModelVerified, Progress, PutFragment, Relation,
+    ByteCount, DamageStatus, DamagedFragment, DamagedManifest, ExportReport, FamilyReport,
+    FileReader, FragmentLibrary, FragmentUse, GcOptions, GcReport, IndexReport, IngestOptions,
+    IngestReport, LossyLink, LossyModel, MetricsSnapshot, ModelComparison, ModelFile, ModelHandle,
+    ModelSavings, ModelVerified, Progress, PutFragment, Relation, RepairOptions, RepairReport,
     SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{

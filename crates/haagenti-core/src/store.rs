@@ -144,6 +144,21 @@ pub trait FragmentStore: Send + Sync + fmt::Debug {
         format!("{self:?}")
     }
 
+    /// Overwrites the object under `key` (creating it if missing). The one write that
+    /// replaces an object: only `repair` uses it, to put back verified bytes under a
+    /// content-addressed key whose stored copy is damaged. The default deletes, then puts:
+    /// a reader in between sees a missing object (an error), never a mix. Backends that
+    /// can replace atomically (a rename, an S3 PUT) override it so readers see the old
+    /// object or the new one.
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        self.delete(key).await?;
+        match self.put(key, bytes).await? {
+            PutOutcome::Created => Ok(()),
+            // Someone put it back meanwhile: content-addressed, so the same bytes.
+            PutOutcome::AlreadyExists => Ok(()),
+        }
+    }
+
     /// Whether an object has `key` (a `head`).
     async fn exists(&self, key: &ObjectKey) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
@@ -232,6 +247,11 @@ impl FragmentStore for MemoryStore {
         }
         map.insert(key.clone(), (bytes, SystemTime::now()));
         Ok(PutOutcome::Created)
+    }
+
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        self.lock().insert(key.clone(), (bytes, SystemTime::now()));
+        Ok(())
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {

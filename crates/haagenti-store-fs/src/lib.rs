@@ -173,6 +173,31 @@ fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Resul
     Ok(outcome)
 }
 
+/// Writes `bytes` to a temporary file and renames it over `key`: readers see the old
+/// object or the new one, whole.
+fn replace_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+    let dest = root.join(key.as_str());
+    let parent = dest.parent().unwrap_or(root);
+    fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+    let tmp = root.join(TMP_PREFIX).join(temp_name());
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &dest)
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(FragmentError::io("replace", &dest, e));
+    }
+    if sync {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
     // Walk only the deepest directory the prefix names.
     let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
@@ -232,6 +257,12 @@ impl FragmentStore for FsStore {
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
         let key = key.clone();
         self.blocking(move |root, sync| put_blocking(&root, sync, &key, &bytes))
+            .await
+    }
+
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        let key = key.clone();
+        self.blocking(move |root, sync| replace_blocking(&root, sync, &key, &bytes))
             .await
     }
 

@@ -629,6 +629,23 @@ impl FragmentStore for S3Store {
         }
     }
 
+    /// An unconditional single PUT: S3 makes the new object visible whole, replacing
+    /// the old one for every later read (fragment objects are far below S3's 5 GB limit).
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        let k = key.as_str();
+        let result = {
+            let _permit = self.permit("replace", k).await?;
+            let options = PutOptions::from(PutMode::Overwrite);
+            self.s3
+                .put_opts(&self.path(k), PutPayload::from(bytes), options)
+                .await
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure("replace", k, e).await),
+        }
+    }
+
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let k = key.as_str();
         let result = {

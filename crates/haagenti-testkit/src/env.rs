@@ -52,6 +52,34 @@ pub fn test_python(test: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+/// The variable that asks the tests driving a real browser to skip.
+pub const SKIP_BROWSER: &str = "HAAGENTI_SKIP_BROWSER";
+
+/// The headless browser the page tests drive: `HAAGENTI_TEST_CHROMIUM` if set, else
+/// `chromium` found on `PATH` (`cargo xtask test` installs Debian's when run as root).
+/// `None` (after printing the skip) when there is none and `HAAGENTI_SKIP_BROWSER=1`; a
+/// panic saying what to install otherwise.
+pub fn chromium(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("HAAGENTI_TEST_CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("chromium"))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p),
+        None => unavailable(
+            test,
+            SKIP_BROWSER,
+            "chromium is not installed: run the tests with `cargo xtask test` as root, which \
+             installs Debian's chromium (or `apt-get install chromium`, or set \
+             HAAGENTI_TEST_CHROMIUM to a Chromium or Chrome binary)",
+        ),
+    }
+}
+
 /// `None` after printing the skip when `skip_var` is `1`; else a panic with `why`.
 pub fn unavailable<T>(test: &str, skip_var: &str, why: &str) -> Option<T> {
     if std::env::var(skip_var).as_deref() == Ok("1") {

@@ -338,6 +338,11 @@ impl FragmentStore for HookStore {
         self.inner.delete(key).await
     }
 
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        self.state().counts.puts += 1;
+        self.inner.replace(key, bytes).await
+    }
+
     fn location(&self) -> String {
         format!("hook({})", self.inner.location())
     }

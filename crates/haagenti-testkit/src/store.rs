@@ -34,6 +34,7 @@ fn key(s: &str) -> ObjectKey {
 pub async fn check_store(store: Arc<dyn FragmentStore>, tamper: &dyn Tamper) {
     round_trip(&*store).await;
     create_only(&*store).await;
+    replace(store.clone()).await;
     missing_objects(&*store).await;
     ranges(&*store).await;
     listing(&*store).await;
@@ -89,6 +90,44 @@ async fn create_only(store: &dyn FragmentStore) {
         store.put(&k, Bytes::from_static(b"third")).await.unwrap(),
         PutOutcome::Created
     );
+    store.delete(&k).await.unwrap();
+}
+
+/// `replace` overwrites (and creates); readers racing it see the old object or the new
+/// one, whole (never a mix or a truncation), or at most a missing object from the
+/// delete-then-put default.
+async fn replace(store: Arc<dyn FragmentStore>) {
+    let k = key("index/conformance/replace");
+    store
+        .replace(&k, Bytes::from_static(b"created by replace"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&k).await.unwrap(),
+        Bytes::from_static(b"created by replace")
+    );
+    let old = Bytes::from(vec![b'o'; 64 << 10]);
+    let new = Bytes::from(vec![b'n'; 96 << 10]);
+    store.replace(&k, old.clone()).await.unwrap();
+    let reader = {
+        let (store, k, old, new) = (store.clone(), k.clone(), old.clone(), new.clone());
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                match store.get(&k).await {
+                    Ok(b) => assert!(b == old || b == new, "a reader saw a mix"),
+                    Err(e) => assert!(e.is_not_found(), "{e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for i in 0..20 {
+        let bytes = if i % 2 == 0 { new.clone() } else { old.clone() };
+        store.replace(&k, bytes).await.unwrap();
+    }
+    reader.await.unwrap();
+    store.replace(&k, new.clone()).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), new);
     store.delete(&k).await.unwrap();
 }
 

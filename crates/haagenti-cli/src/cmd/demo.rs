@@ -1,5 +1,6 @@
 //! `haagenti demo`: the whole job on an embedded default, with nothing to download.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -9,8 +10,18 @@ use haagenti_testkit::synth;
 use serde_json::json;
 
 use crate::render::{human, print_json, print_stats, speed};
+use crate::report::{ReportData, render};
 
-pub use crate::render::JsonOnly as Args;
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the family map of the demo library (the rest of its output is
+    /// temporary).
+    #[arg(long, default_value = "haagenti-demo-report.html")]
+    report: PathBuf,
+}
 
 /// Seed and size of the demo family: small enough to run in seconds on two cores.
 const DEMO_SEED: u64 = 2026;
@@ -97,12 +108,17 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let stats = lib.stats().await?;
     let total = family.total_bytes();
+    // The library is temporary: the page is what stays of it.
+    let page = render(&ReportData::collect(&lib, None).await?);
+    std::fs::write(&args.report, page)
+        .with_context(|| format!("writing {}", args.report.display()))?;
+    let report = std::path::absolute(&args.report).unwrap_or_else(|_| args.report.clone());
     if json_out {
         let doc = json!({
             "models": rows, "logical_bytes": stats.logical_bytes, "stored_bytes": stats.stored_bytes,
             "ratio": stats.ratio(),
             "ingest_mb_s": total as f64 / 1e6 / ingest_s, "export_mb_s": total as f64 / 1e6 / export_s,
-            "bit_exact": true, "savings": stats.savings,
+            "bit_exact": true, "savings": stats.savings, "report": report,
         });
         return print_json(&doc);
     }
@@ -118,5 +134,7 @@ pub async fn run(args: Args) -> Result<()> {
         "verified {} files against their BLAKE3 hashes\n",
         verify.files
     )?;
-    print_stats(&stats, &[], false)
+    print_stats(&stats, &[], false)?;
+    outln!("\nfamily map: {}", report.display())?;
+    Ok(())
 }

@@ -109,6 +109,12 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 report.max_rel_error,
             )?;
         }
+        if report.healed_fragments > 0 {
+            outln!(
+                "  HEALED {} damaged stored fragments with the bytes read",
+                report.healed_fragments
+            )?;
+        }
         if report.index_segments_merged > 0 {
             outln!(
                 "  merged {} similarity index segments into one",

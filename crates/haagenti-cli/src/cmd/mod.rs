@@ -11,6 +11,8 @@ pub mod load;
 #[cfg(all(feature = "mount", target_os = "linux"))]
 pub mod mount;
 pub mod reindex;
+pub mod repair;
+pub mod report;
 pub mod rm;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -49,6 +49,7 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     if !args.foreground {
         return detach(&args.mountpoint, args.log.as_deref());
     }
+    haagenti_cli::process::limit_malloc_arenas();
     let lib = location
         .open(OpenOptions::default().cache_bytes(args.cache_mb.saturating_mul(1 << 20)))
         .await?;

@@ -49,7 +49,7 @@ pub struct Args {
 }
 
 pub async fn run(location: &Location, args: Args) -> Result<()> {
-    limit_malloc_arenas();
+    haagenti_cli::process::limit_malloc_arenas();
     let token = match &args.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
@@ -100,22 +100,6 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     serve(lib, listener, config, shutdown).await?;
     eprintln!("stopped");
     Ok(())
-}
-
-/// glibc gives threads up to 8 × cores malloc arenas; the ~1 MiB decode buffers of every
-/// fragment, freed on whichever thread ends the response, fragment them and they never
-/// shrink: 8 clients of a 1 GB model peaked at 393 MiB with `--cache-mb 256` (318 MiB with
-/// no cache at all). Two arenas (as many as the machine the targets are set on has cores)
-/// keep it at about the cache plus 64 MiB without the page faults a fixed mmap threshold
-/// costs (which halved one client's speed).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` sets a process-wide allocator parameter (glibc serialises it with
-    // its own locks); it takes no pointers and may be called at any time.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 fn read_token(path: &std::path::Path) -> Result<String> {

@@ -45,6 +45,13 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         for p in &report.problems {
             outln!("DAMAGED: {p}")?;
         }
+        if !report.damaged_objects.is_empty() {
+            outln!(
+                "{} damaged object(s): `haagenti repair` lists what depends on each; \
+                 `haagenti repair --from PATH` heals them from the original files",
+                report.damaged_objects.len()
+            )?;
+        }
     }
     if !report.is_ok() {
         bail!("verification failed: {}", report.problems.join("; "));

@@ -14,7 +14,9 @@ use super::{FragmentLibrary, join_error};
 use crate::error::{FragmentError, Result};
 use crate::manifest::ModelManifest;
 use crate::object::ObjectHeader;
-use crate::types::{Dtype, Encoding, FragmentId, Savings, SimilarityThreshold};
+use crate::types::{
+    DamagedManifest, Dtype, Encoding, FragmentId, Savings, SimilarityThreshold, validate_model_name,
+};
 
 /// Fragment pairs estimated less similar than this do not relate two tensors in
 /// [`FragmentLibrary::similar_tensors`].
@@ -85,6 +87,18 @@ impl ByteCount {
     fn add(&mut self, len: u32) {
         self.fragments += 1;
         self.bytes += u64::from(len);
+    }
+
+    fn add_all(&mut self, other: ByteCount) {
+        self.fragments += other.fragments;
+        self.bytes += other.bytes;
+    }
+
+    fn minus(self, other: ByteCount) -> ByteCount {
+        ByteCount {
+            fragments: self.fragments.saturating_sub(other.fragments),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
     }
 }
 
@@ -183,6 +197,40 @@ pub struct LossyModel {
     pub substitutions: u64,
     /// Largest relative L2 error of those substitutions.
     pub max_rel_error: f64,
+}
+
+/// Fragments of `model` that lossy ingest replaced by a similar fragment `other`
+/// references (those references also count as `identical` in their [`Relation`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LossyLink {
+    /// The lossily ingested model.
+    pub model: String,
+    /// A model referencing the substitutes.
+    pub other: String,
+    /// The substituted references and their decoded bytes.
+    pub substituted: ByteCount,
+}
+
+/// How every model of a library (or of a selection) relates to every other, from one
+/// pass over the manifests: what [`FragmentLibrary::family_report`] returns. Its
+/// relations are those [`FragmentLibrary::compare_models`] reports for the same pairs
+/// and its savings those of [`FragmentLibrary::model_savings`] (the same code computes
+/// them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FamilyReport {
+    /// Where each model's savings come from, by name.
+    pub models: Vec<ModelSavings>,
+    /// For every ordered pair of distinct models sharing or deriving any bytes, the
+    /// first's bytes classified against the second, by name of `model` then `other`. A
+    /// pair not listed shares nothing: all of `model`'s bytes are unique against `other`.
+    pub relations: Vec<Relation>,
+    /// Lossy substitutions between pairs of models (empty unless some model was ingested
+    /// lossily), by name of `model` then `other`.
+    pub lossy: Vec<LossyLink>,
+    /// Models whose current manifest cannot be read: left out of everything above.
+    pub damaged: Vec<DamagedManifest>,
+    /// Fragments whose header could not be read (counted as unique, or missing).
+    pub warnings: Vec<String>,
 }
 
 /// One tensor of the library, for the reverse map of [`FragmentLibrary::similar_tensors`].
@@ -364,9 +412,105 @@ impl FragmentLibrary {
             .map(|r| r.id)
             .collect();
         let (headers, warnings) = self.headers(dependent).await?;
+        let encodings: HashMap<FragmentId, Encoding> =
+            headers.iter().map(|(id, h)| (*id, h.encoding)).collect();
+        let pair = [ma, mb];
+        let counts = pair_counts(&pair, &encodings);
         Ok(ModelComparison {
-            a_against_b: relation(&ma, &mb, &headers),
-            b_against_a: relation(&mb, &ma, &headers),
+            a_against_b: relation(&pair, 0, 1, &counts),
+            b_against_a: relation(&pair, 1, 0, &counts),
+            warnings,
+        })
+    }
+
+    /// How the current models relate, every pair at once, and where each one's savings
+    /// come from (see [`FamilyReport`]): the manifests are read once and each referenced
+    /// fragment's header once, instead of a `compare_models` per pair and a
+    /// `model_savings` per model. `only` restricts the report to those models (their
+    /// savings still count sharing with every model ingested earlier); an unknown name is
+    /// [`FragmentError::ModelNotFound`].
+    pub async fn family_report(&self, only: Option<&[String]>) -> Result<FamilyReport> {
+        let (all, damaged) = self.manifests_report().await?;
+        let selected: Vec<ModelManifest> = match only {
+            None => all.clone(),
+            Some(names) => {
+                let mut picked = Vec::with_capacity(names.len());
+                for name in names {
+                    if picked.iter().any(|m: &ModelManifest| &m.name == name) {
+                        continue;
+                    }
+                    match all.iter().find(|m| &m.name == name) {
+                        Some(m) => picked.push(m.clone()),
+                        None => {
+                            validate_model_name(name)?;
+                            return Err(FragmentError::ModelNotFound(name.clone()));
+                        }
+                    }
+                }
+                picked.sort_by(|a, b| a.name.cmp(&b.name));
+                picked
+            }
+        };
+        let ids: HashSet<FragmentId> = selected
+            .iter()
+            .flat_map(|m| m.fragments().map(|r| r.id))
+            .collect();
+        let infos =
+            futures::stream::iter(ids.into_iter().map(|id| async move {
+                Ok::<_, FragmentError>((id, self.fragment_info(&id).await?))
+            }))
+            .buffer_unordered(CONCURRENT_READS)
+            .collect::<Vec<_>>()
+            .await;
+        let mut stored: HashMap<FragmentId, (Encoding, u64)> = HashMap::new();
+        let mut warnings = Vec::new();
+        for info in infos {
+            match info? {
+                (id, Some(info)) => {
+                    stored.insert(id, (info.encoding, info.stored_len));
+                }
+                (id, None) => warnings.push(format!(
+                    "fragment {} is referenced but not stored (counted as unique, or missing)",
+                    id.short()
+                )),
+            }
+        }
+        warnings.sort();
+        let encodings: HashMap<FragmentId, Encoding> =
+            stored.iter().map(|(id, (e, _))| (*id, *e)).collect();
+
+        // Savings: each model against the fragments of every model ingested before it.
+        let mut order: Vec<&ModelManifest> = all.iter().collect();
+        order.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
+        let mut earlier: HashSet<FragmentId> = HashSet::new();
+        let mut savings: BTreeMap<String, ModelSavings> = BTreeMap::new();
+        for m in order {
+            if selected.iter().any(|s| s.name == m.name) {
+                let (mut report, own) = classify_savings(m, &earlier);
+                for (id, len) in own {
+                    report.add_own(len, stored.get(&id).copied());
+                }
+                report.finish();
+                savings.insert(m.name.clone(), report);
+            }
+            earlier.extend(m.fragments().map(|r| r.id));
+        }
+
+        let counts = pair_counts(&selected, &encodings);
+        let mut pairs: Vec<(usize, usize)> = counts.keys().copied().collect();
+        pairs.sort_by(|x, y| {
+            (&selected[x.0].name, &selected[x.1].name)
+                .cmp(&(&selected[y.0].name, &selected[y.1].name))
+        });
+        let relations = pairs
+            .into_iter()
+            .map(|(i, o)| relation(&selected, i, o, &counts))
+            .collect();
+        Ok(FamilyReport {
+            models: savings.into_values().collect(),
+            relations,
+            lossy: lossy_links(&selected),
+            damaged,
             warnings,
         })
     }
@@ -384,74 +528,19 @@ impl FragmentLibrary {
             .filter(|m| (m.created_unix_ms, m.name.as_str()) < this)
             .flat_map(|m| m.fragments().map(|r| r.id))
             .collect();
-        let lossy: HashSet<(&str, &str, u32)> = manifest
-            .lossy
-            .iter()
-            .map(|l| (l.file.as_str(), l.tensor.as_str(), l.fragment))
-            .collect();
-        let mut report = ModelSavings {
-            model: name.to_string(),
-            logical_bytes: manifest.logical_bytes(),
-            max_rel_error: manifest.max_rel_error(),
-            ..Default::default()
-        };
-        let mut seen: HashSet<FragmentId> = HashSet::new();
-        let mut own: Vec<(FragmentId, u32)> = Vec::new();
-        for f in &manifest.files {
-            let tensor_refs = f.tensors().iter().flat_map(|t| {
-                t.fragments
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, r)| (Some((t.name.as_str(), i)), r))
-            });
-            let blob_refs = match &f.content {
-                crate::manifest::FileContent::Blob { chunks } => chunks.as_slice(),
-                crate::manifest::FileContent::Safetensors { .. } => &[],
-            }
-            .iter()
-            .map(|r| (None, r));
-            for (position, r) in tensor_refs.chain(blob_refs) {
-                report.fragments.add(r.len);
-                let substituted = position.is_some_and(|(tensor, i)| {
-                    u32::try_from(i).is_ok_and(|i| lossy.contains(&(f.path.as_str(), tensor, i)))
-                });
-                if substituted {
-                    report.lossy.add(r.len);
-                } else if !seen.insert(r.id) {
-                    report.repeated.add(r.len);
-                } else if earlier.contains(&r.id) {
-                    report.shared.add(r.len);
-                } else {
-                    own.push((r.id, r.len));
-                }
-            }
-        }
+        let (mut report, own) = classify_savings(&manifest, &earlier);
         let infos = futures::stream::iter(own.into_iter().map(|(id, len)| async move {
-            Ok::<_, FragmentError>((len, self.fragment_info(&id).await?))
+            let info = self.fragment_info(&id).await?;
+            Ok::<_, FragmentError>((len, info.map(|i| (i.encoding, i.stored_len))))
         }))
         .buffer_unordered(CONCURRENT_READS)
         .collect::<Vec<_>>()
         .await;
         for info in infos {
             let (len, info) = info?;
-            let Some(info) = info else {
-                report.missing.add(len);
-                continue;
-            };
-            let class = match info.encoding {
-                Encoding::Standalone { .. } => &mut report.standalone,
-                Encoding::Delta { .. } | Encoding::CastDelta { .. } => &mut report.delta,
-                Encoding::Cast { .. } => &mut report.cast,
-            };
-            class.add(u64::from(len), info.stored_len);
+            report.add_own(len, info);
         }
-        report.savings = Savings {
-            exact_dedup_bytes: report.shared.bytes + report.repeated.bytes,
-            delta_bytes: report.delta.saved(),
-            cast_bytes: report.cast.saved().max(0) as u64,
-            compression_bytes: report.standalone.saved(),
-            lossy_bytes: report.lossy.bytes,
-        };
+        report.finish();
         Ok(report)
     }
 
@@ -520,45 +609,341 @@ impl FragmentLibrary {
     }
 }
 
-/// Classifies the fragment references of `model` against `other`. `headers` holds the
-/// header of every fragment of both that depends on another.
-fn relation(
-    model: &ModelManifest,
-    other: &ModelManifest,
-    headers: &HashMap<FragmentId, ObjectHeader>,
-) -> Relation {
-    let other_ids: HashSet<FragmentId> = other.fragments().map(|r| r.id).collect();
-    // Casts `other` references, by (f32 source, target dtype): a delta against the cast of
-    // such a source is a delta against that fragment of `other`.
-    let other_casts: HashSet<(FragmentId, Dtype)> = other
-        .fragments()
-        .filter_map(|r| match headers.get(&r.id)?.encoding {
-            Encoding::Cast { source, to, .. } => Some((source, to)),
-            _ => None,
-        })
+impl ModelSavings {
+    /// Counts a fragment first referenced by this model: `info` is how it is stored
+    /// (encoding, object size), `None` when it is not.
+    fn add_own(&mut self, len: u32, info: Option<(Encoding, u64)>) {
+        let Some((encoding, stored_len)) = info else {
+            self.missing.add(len);
+            return;
+        };
+        let class = match encoding {
+            Encoding::Standalone { .. } => &mut self.standalone,
+            Encoding::Delta { .. } | Encoding::CastDelta { .. } => &mut self.delta,
+            Encoding::Cast { .. } => &mut self.cast,
+        };
+        class.add(u64::from(len), stored_len);
+    }
+
+    /// Sums the savings once every reference is counted.
+    fn finish(&mut self) {
+        self.savings = Savings {
+            exact_dedup_bytes: self.shared.bytes + self.repeated.bytes,
+            delta_bytes: self.delta.saved(),
+            cast_bytes: self.cast.saved().max(0) as u64,
+            compression_bytes: self.standalone.saved(),
+            lossy_bytes: self.lossy.bytes,
+        };
+    }
+}
+
+/// The references of `manifest` classified as lossy, repeated or shared with `earlier`
+/// (the fragments of the models ingested before it); the rest, first references to the
+/// model's own fragments, are returned to be classified by how they are stored.
+fn classify_savings(
+    manifest: &ModelManifest,
+    earlier: &HashSet<FragmentId>,
+) -> (ModelSavings, Vec<(FragmentId, u32)>) {
+    let lossy: HashSet<(&str, &str, u32)> = manifest
+        .lossy
+        .iter()
+        .map(|l| (l.file.as_str(), l.tensor.as_str(), l.fragment))
         .collect();
-    let mut rel = Relation {
-        model: model.name.clone(),
-        other: other.name.clone(),
+    let mut report = ModelSavings {
+        model: manifest.name.clone(),
+        logical_bytes: manifest.logical_bytes(),
+        max_rel_error: manifest.max_rel_error(),
         ..Default::default()
     };
-    for r in model.fragments() {
-        rel.total.add(r.len);
-        let class = if other_ids.contains(&r.id) {
-            &mut rel.identical
-        } else {
-            match headers.get(&r.id).map(|h| h.encoding) {
-                Some(Encoding::Delta { base, .. }) if other_ids.contains(&base) => &mut rel.delta,
-                Some(Encoding::CastDelta { source, to, .. })
-                    if other_ids.contains(&source) || other_casts.contains(&(source, to)) =>
-                {
-                    &mut rel.delta
-                }
-                Some(Encoding::Cast { source, .. }) if other_ids.contains(&source) => &mut rel.cast,
-                _ => &mut rel.unique,
+    let mut seen: HashSet<FragmentId> = HashSet::new();
+    let mut own: Vec<(FragmentId, u32)> = Vec::new();
+    for f in &manifest.files {
+        let tensor_refs = f.tensors().iter().flat_map(|t| {
+            t.fragments
+                .iter()
+                .enumerate()
+                .map(move |(i, r)| (Some((t.name.as_str(), i)), r))
+        });
+        let blob_refs = match &f.content {
+            crate::manifest::FileContent::Blob { chunks } => chunks.as_slice(),
+            crate::manifest::FileContent::Safetensors { .. } => &[],
+        }
+        .iter()
+        .map(|r| (None, r));
+        for (position, r) in tensor_refs.chain(blob_refs) {
+            report.fragments.add(r.len);
+            let substituted = position.is_some_and(|(tensor, i)| {
+                u32::try_from(i).is_ok_and(|i| lossy.contains(&(f.path.as_str(), tensor, i)))
+            });
+            if substituted {
+                report.lossy.add(r.len);
+            } else if !seen.insert(r.id) {
+                report.repeated.add(r.len);
+            } else if earlier.contains(&r.id) {
+                report.shared.add(r.len);
+            } else {
+                own.push((r.id, r.len));
             }
-        };
-        class.add(r.len);
+        }
     }
-    rel
+    (report, own)
+}
+
+/// Identical, delta-coded and cast-derived references of one model against another.
+#[derive(Clone, Copy, Debug, Default)]
+struct PairCounts {
+    identical: ByteCount,
+    delta: ByteCount,
+    cast: ByteCount,
+}
+
+/// For every ordered pair (model, other) of `manifests` that relates by anything, how
+/// `model`'s references classify against `other` (the rest is unique): a reference is
+/// identical when `other` references the same fragment; else delta-coded when it is an
+/// XOR delta against a fragment of `other` or against the cast of an f32 fragment that
+/// `other` references (or whose cast `other` references); else cast-derived when it is
+/// the exact cast of a fragment of `other`. `encodings` holds how every fragment that
+/// depends on another is stored (a fragment missing from it counts as standalone).
+/// One pass: each model's distinct fragments meet only the models holding them or
+/// their dependency, never every other model.
+fn pair_counts(
+    manifests: &[ModelManifest],
+    encodings: &HashMap<FragmentId, Encoding>,
+) -> HashMap<(usize, usize), PairCounts> {
+    // Models referencing each fragment, and each cast (source, dtype), ascending.
+    let mut users: HashMap<FragmentId, Vec<usize>> = HashMap::new();
+    let mut cast_users: HashMap<(FragmentId, Dtype), Vec<usize>> = HashMap::new();
+    let push = |list: &mut Vec<usize>, i: usize| {
+        if list.last() != Some(&i) {
+            list.push(i);
+        }
+    };
+    for (i, m) in manifests.iter().enumerate() {
+        for r in m.fragments() {
+            push(users.entry(r.id).or_default(), i);
+            if let Some(Encoding::Cast { source, to, .. }) = encodings.get(&r.id) {
+                push(cast_users.entry((*source, *to)).or_default(), i);
+            }
+        }
+    }
+    let none: &[usize] = &[];
+    let mut pairs: HashMap<(usize, usize), PairCounts> = HashMap::new();
+    let mut related: Vec<usize> = Vec::new();
+    for (i, m) in manifests.iter().enumerate() {
+        let mut refs: HashMap<FragmentId, ByteCount> = HashMap::new();
+        for r in m.fragments() {
+            refs.entry(r.id).or_default().add(r.len);
+        }
+        for (id, count) in refs {
+            let same = users.get(&id).map_or(none, Vec::as_slice);
+            for &o in same.iter().filter(|&&o| o != i) {
+                pairs.entry((i, o)).or_default().identical.add_all(count);
+            }
+            related.clear();
+            let delta = match encodings.get(&id) {
+                Some(Encoding::Delta { base, .. }) => {
+                    related.extend(users.get(base).into_iter().flatten());
+                    true
+                }
+                Some(Encoding::CastDelta { source, to, .. }) => {
+                    related.extend(users.get(source).into_iter().flatten());
+                    related.extend(cast_users.get(&(*source, *to)).into_iter().flatten());
+                    true
+                }
+                Some(Encoding::Cast { source, .. }) => {
+                    related.extend(users.get(source).into_iter().flatten());
+                    false
+                }
+                Some(Encoding::Standalone { .. }) | None => continue,
+            };
+            related.sort_unstable();
+            related.dedup();
+            for &o in related.iter().filter(|&&o| o != i) {
+                if same.binary_search(&o).is_ok() {
+                    continue; // identical already
+                }
+                let entry = pairs.entry((i, o)).or_default();
+                if delta {
+                    entry.delta.add_all(count);
+                } else {
+                    entry.cast.add_all(count);
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// The [`Relation`] of `manifests[model]` against `manifests[other]` from [`pair_counts`].
+fn relation(
+    manifests: &[ModelManifest],
+    model: usize,
+    other: usize,
+    counts: &HashMap<(usize, usize), PairCounts>,
+) -> Relation {
+    let m = &manifests[model];
+    let mut total = ByteCount::default();
+    for r in m.fragments() {
+        total.add(r.len);
+    }
+    let c = counts.get(&(model, other)).copied().unwrap_or_default();
+    Relation {
+        model: m.name.clone(),
+        other: manifests[other].name.clone(),
+        total,
+        identical: c.identical,
+        delta: c.delta,
+        cast: c.cast,
+        unique: total.minus(c.identical).minus(c.delta).minus(c.cast),
+    }
+}
+
+/// For every lossily ingested model of `manifests`, the other models referencing the
+/// fragments that replaced its own.
+fn lossy_links(manifests: &[ModelManifest]) -> Vec<LossyLink> {
+    let mut links: BTreeMap<(String, String), ByteCount> = BTreeMap::new();
+    for m in manifests.iter().filter(|m| m.is_lossy()) {
+        let subs: Vec<&crate::manifest::FragmentRef> = m
+            .lossy
+            .iter()
+            .filter_map(|l| m.substituted_ref(l))
+            .collect();
+        for other in manifests.iter().filter(|o| o.name != m.name) {
+            let ids: HashSet<FragmentId> = other.fragments().map(|r| r.id).collect();
+            for r in subs.iter().filter(|r| ids.contains(&r.id)) {
+                links
+                    .entry((m.name.clone(), other.name.clone()))
+                    .or_default()
+                    .add(r.len);
+            }
+        }
+    }
+    links
+        .into_iter()
+        .map(|((model, other), substituted)| LossyLink {
+            model,
+            other,
+            substituted,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{FileContent, FileManifest, FragmentRef};
+
+    /// The per-pair definition of a relation, as `compare_models` computed it before the
+    /// one-pass [`pair_counts`]: the reference the one pass must agree with.
+    fn naive(
+        model: &ModelManifest,
+        other: &ModelManifest,
+        encodings: &HashMap<FragmentId, Encoding>,
+    ) -> [ByteCount; 4] {
+        let other_ids: HashSet<FragmentId> = other.fragments().map(|r| r.id).collect();
+        let other_casts: HashSet<(FragmentId, Dtype)> = other
+            .fragments()
+            .filter_map(|r| match encodings.get(&r.id)? {
+                Encoding::Cast { source, to, .. } => Some((*source, *to)),
+                _ => None,
+            })
+            .collect();
+        let [mut identical, mut delta, mut cast, mut unique] = [ByteCount::default(); 4];
+        for r in model.fragments() {
+            let class = if other_ids.contains(&r.id) {
+                &mut identical
+            } else {
+                match encodings.get(&r.id) {
+                    Some(Encoding::Delta { base, .. }) if other_ids.contains(base) => &mut delta,
+                    Some(Encoding::CastDelta { source, to, .. })
+                        if other_ids.contains(source) || other_casts.contains(&(*source, *to)) =>
+                    {
+                        &mut delta
+                    }
+                    Some(Encoding::Cast { source, .. }) if other_ids.contains(source) => &mut cast,
+                    _ => &mut unique,
+                }
+            };
+            class.add(r.len);
+        }
+        [identical, delta, cast, unique]
+    }
+
+    #[test]
+    fn one_pass_relations_equal_the_per_pair_definition() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let id = |i: u64| FragmentId::of(&i.to_le_bytes());
+        let dtype = |k: u64| if k == 0 { Dtype::BF16 } else { Dtype::F16 };
+        for round in 0..20 {
+            // Fragments 0..10 standalone, then casts, deltas and cast deltas of them; 40..45
+            // have no known encoding (counted as standalone).
+            let mut encodings = HashMap::new();
+            for i in 10..40u64 {
+                let (source, to) = (id(next(10)), dtype(next(2)));
+                let e = match i {
+                    10..20 => Encoding::Cast {
+                        source,
+                        from: Dtype::F32,
+                        to,
+                    },
+                    20..30 => Encoding::Delta {
+                        codec: 0,
+                        base: id(next(20)),
+                    },
+                    _ => Encoding::CastDelta {
+                        codec: 0,
+                        source,
+                        from: Dtype::F32,
+                        to,
+                    },
+                };
+                encodings.insert(id(i), e);
+            }
+            let manifests: Vec<ModelManifest> = (0..6)
+                .map(|m| ModelManifest {
+                    name: format!("m{m}"),
+                    created_unix_ms: m,
+                    files: (0..2)
+                        .map(|f| FileManifest {
+                            path: format!("f{f}"),
+                            size: 0,
+                            blake3: [0; 32],
+                            content: FileContent::Blob {
+                                chunks: (0..1 + next(25))
+                                    .map(|_| {
+                                        let i = next(45);
+                                        FragmentRef {
+                                            id: id(i),
+                                            len: 1 + (i as u32 * 37) % 1000,
+                                            depends_on: None,
+                                        }
+                                    })
+                                    .collect(),
+                            },
+                        })
+                        .collect(),
+                    lossy: vec![],
+                    revision: None,
+                })
+                .collect();
+            let counts = pair_counts(&manifests, &encodings);
+            for a in 0..manifests.len() {
+                for b in (0..manifests.len()).filter(|&b| b != a) {
+                    let r = relation(&manifests, a, b, &counts);
+                    let want = naive(&manifests[a], &manifests[b], &encodings);
+                    assert_eq!(
+                        [r.identical, r.delta, r.cast, r.unique],
+                        want,
+                        "round {round}: m{a} against m{b}"
+                    );
+                }
+            }
+        }
+    }
 }

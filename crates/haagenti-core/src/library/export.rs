@@ -58,6 +58,9 @@ pub struct VerifyReport {
     /// Models whose current manifest cannot be read: each is also one line of `problems`;
     /// every other model is still verified in full.
     pub damaged: Vec<DamagedManifest>,
+    /// When a file failed: every damaged fragment object of the checked models, once,
+    /// with its users and dependants (the scan `repair` makes without sources).
+    pub damaged_objects: Vec<super::DamagedFragment>,
 }
 
 /// One model's outcome in a [`VerifyReport`].
@@ -181,6 +184,15 @@ impl FragmentLibrary {
             report.files += status.files;
             report.bytes += status.bytes;
             report.per_model.push(status);
+        }
+        if report.per_model.iter().any(|m| m.problems > 0) {
+            // Name each damaged object once, with what depends on it. Verify stays
+            // read-only (a dry run records nothing), so it works with read-only access.
+            let models = report.per_model.iter().map(|m| m.model.clone()).collect();
+            report.damaged_objects = self
+                .repair(super::RepairOptions::default().models(models).dry_run(true))
+                .await?
+                .damaged;
         }
         if let Some(p) = progress {
             p.finish();

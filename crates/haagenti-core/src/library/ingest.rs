@@ -2,7 +2,7 @@
 //! pipeline (one sequential reader, `parallelism` hash/encode/store workers), then write
 //! the manifest last.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -153,6 +153,9 @@ pub struct IngestReport {
     /// Similarity index segments merged into one after this ingest (an ingest merges them
     /// once there are more than 32).
     pub index_segments_merged: u64,
+    /// Stored fragments found damaged (recorded by `verify` or `repair`, or with a header
+    /// that does not decode) and written again from this ingest's bytes.
+    pub healed_fragments: u64,
 }
 
 /// One input file, validated.
@@ -289,6 +292,8 @@ impl FragmentLibrary {
             lossy_max_rel_error: opts.lossy_max_rel_error,
         };
         let session: Arc<Mutex<HashMap<FragmentId, Resolved>>> = Arc::default();
+        // Stored fragments known damaged: met here, they are healed, not deduplicated.
+        let damaged = Arc::new(self.damage_markers().await?);
         let mut slots: Vec<Vec<Option<Slot>>> = vec![Vec::new(); sources.len()];
         let mut hashes: Vec<Option<[u8; 32]>> = vec![None; sources.len()];
         let mut new_index_entries = Vec::new();
@@ -308,8 +313,8 @@ impl FragmentLibrary {
         });
         let mut results = jobs
             .map(|job| {
-                let session = session.clone();
-                async move { self.ingest_fragment(job, &session, policy).await }
+                let (session, damaged) = (session.clone(), damaged.clone());
+                async move { self.ingest_fragment(job, &session, &damaged, policy).await }
             })
             .buffer_unordered(parallelism);
         while let Some(done) = results.next().await {
@@ -343,6 +348,10 @@ impl FragmentLibrary {
                     }
                 }
                 Outcome::Dedup => report.dedup_bytes += len,
+                Outcome::Healed => {
+                    report.healed_fragments += 1;
+                    report.dedup_bytes += len;
+                }
                 Outcome::Substituted { rel_error } => {
                     report.lossy_fragments += 1;
                     report.lossy_fragment_bytes += len;
@@ -424,6 +433,7 @@ impl FragmentLibrary {
         &self,
         job: Job,
         session: &Mutex<HashMap<FragmentId, Resolved>>,
+        damaged: &HashSet<FragmentId>,
         policy: Policy,
     ) -> Result<Done> {
         let len = u32::try_from(job.data.len())
@@ -454,7 +464,32 @@ impl FragmentLibrary {
             };
             return Ok(done(resolved, outcome, 0.0));
         }
-        if let Some(header) = self.fragment_header(&id).await? {
+        let header = match self.fragment_header(&id).await {
+            Ok(header) => header,
+            // A stored copy whose header does not decode: damaged, healed below.
+            Err(e) if e.is_corruption() => {
+                self.heal_with(&id, job.data.clone()).await?;
+                let resolved = Resolved {
+                    id,
+                    depends_on: None,
+                    rel_error: None,
+                };
+                remember(session, id, resolved);
+                return Ok(done(resolved, Outcome::Healed, 0.0));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(header) = header {
+            // Known damaged (a verify or repair recorded it): the bytes in hand heal it.
+            if damaged.contains(&id) && self.heal_with(&id, job.data.clone()).await? {
+                let resolved = Resolved {
+                    id,
+                    depends_on: None,
+                    rel_error: None,
+                };
+                remember(session, id, resolved);
+                return Ok(done(resolved, Outcome::Healed, 0.0));
+            }
             let resolved = Resolved {
                 id,
                 depends_on: header.dependency(),
@@ -554,6 +589,8 @@ fn remember(session: &Mutex<HashMap<FragmentId, Resolved>>, id: FragmentId, r: R
 enum Outcome {
     /// Already stored (before this ingest, earlier in it, or by a concurrent writer).
     Dedup,
+    /// Stored but damaged, and written again (standalone) from the bytes read.
+    Healed,
     Written {
         encoding: Encoding,
         stored_len: u64,

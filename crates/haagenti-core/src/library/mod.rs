@@ -12,6 +12,7 @@ mod maintenance;
 mod model;
 mod objects;
 mod reader;
+mod repair;
 mod similarity;
 
 use std::collections::BTreeMap;
@@ -23,8 +24,8 @@ use bytes::Bytes;
 pub use crate::types::DamagedManifest;
 pub use cache::MetricsSnapshot;
 pub use compare::{
-    ByteCount, LossyModel, ModelComparison, ModelSavings, Relation, SimilarTensors, StoredCount,
-    TensorMatch, TensorSimilarity,
+    ByteCount, FamilyReport, LossyLink, LossyModel, ModelComparison, ModelSavings, Relation,
+    SimilarTensors, StoredCount, TensorMatch, TensorSimilarity,
 };
 pub use export::{ExportReport, ModelVerified, VerifyReport};
 pub use ingest::{IngestOptions, IngestReport, Progress};
@@ -32,6 +33,7 @@ pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
 pub use objects::PutFragment;
 pub use reader::{FileReader, ModelFile};
+pub use repair::{DamageStatus, DamagedFragment, FragmentUse, RepairOptions, RepairReport};
 pub use similarity::IndexReport;
 
 use crate::codec::CodecRegistry;
@@ -260,7 +262,7 @@ impl FragmentLibrary {
     }
 }
 
-fn join_error(e: tokio::task::JoinError) -> FragmentError {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> FragmentError {
     FragmentError::task_failed("worker", e)
 }
 

@@ -332,7 +332,7 @@ pub(super) fn delta_object(
 
 /// Decodes an object whose header is parsed, given its dependency's decoded bytes, and
 /// checks the result against `id`.
-fn decode_verified(
+pub(super) fn decode_verified(
     codecs: &CodecRegistry,
     id: &FragmentId,
     raw: &[u8],

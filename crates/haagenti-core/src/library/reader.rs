@@ -117,6 +117,14 @@ impl FileLayout {
         layout
     }
 
+    /// Every fragment of the file with its byte range, in file order.
+    pub(super) fn fragment_ranges(&self) -> impl Iterator<Item = (FragmentId, Range<u64>)> + '_ {
+        self.pieces.iter().enumerate().filter_map(|(i, p)| match p {
+            Piece::Fragment { id, .. } => Some((*id, self.starts[i]..self.starts[i + 1])),
+            Piece::Inline(_) => None,
+        })
+    }
+
     /// The pieces overlapping `offset..end` (`end > offset`, `end <= size`).
     fn span(&self, offset: u64, end: u64) -> Range<usize> {
         // starts[0] = 0 <= offset, so the partition point is at least 1.
