@@ -17,7 +17,6 @@ mod location;
 mod mount;
 mod progress;
 mod render;
-mod report;
 
 use std::process::ExitCode;
 

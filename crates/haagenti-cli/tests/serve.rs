@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,73 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use common::Lib;
 use haagenti_testkit::synth;
+
+mod common;
 
 // ---------------------------------------------------------------------------------------
 // Libraries and servers
-
-/// A library the tests serve: a directory, or a fresh prefix of the local S3 server's
-/// bucket. Carries the arguments that select it.
-struct Lib {
-    args: Vec<OsString>,
-}
-
-impl Lib {
-    fn fs(path: &Path) -> Lib {
-        Lib {
-            args: vec!["--library".into(), path.into()],
-        }
-    }
-
-    /// `None` only when `HAAGENTI_SKIP_S3=1` asked for the skip.
-    fn s3(test: &str) -> Option<Lib> {
-        let (endpoint, bucket) = haagenti_testkit::env::s3_test_server(test)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let url = format!(
-            "s3://{bucket}/tests/serve-{test}-{}-{nanos}",
-            std::process::id()
-        );
-        Some(Lib {
-            args: vec![
-                "--library".into(),
-                url.clone().into(),
-                "--s3-endpoint".into(),
-                endpoint.into(),
-            ],
-        })
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_haagenti"));
-        cmd.args(&self.args)
-            .env_remove("HAAGENTI_LIBRARY")
-            .env_remove("HAAGENTI_S3_ENDPOINT");
-        // moto does not check signatures; real credentials in the environment win.
-        for (var, default) in [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ] {
-            if std::env::var_os(var).is_none() {
-                cmd.env(var, default);
-            }
-        }
-        cmd
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
 
 /// A running `haagenti serve` on a free loopback port; dropping it kills it, whatever
 /// happened. Its stderr (the access log) is collected.
@@ -1035,4 +974,54 @@ fn thirty_two_concurrent_clients_get_correct_bytes_in_bounded_memory() {
         limit >> 20
     );
     assert!(rss < limit, "peak RSS {} MiB", rss >> 20);
+}
+
+#[test]
+fn the_family_map_is_served_at_the_root_and_follows_ingests() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&dir.path().join("lib"));
+    let family = synth::small_family(&dir.path().join("src"), 51).unwrap();
+    let (first, rest) = family.models.split_at(2);
+    for m in first {
+        lib.ok(&["ingest", "--model", &m.name, m.path.to_str().unwrap()]);
+    }
+    let server = Server::start(&lib, &[]);
+
+    let page = get(server.addr, "/", &[]);
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8(page.body).unwrap();
+    for m in first {
+        assert!(
+            html.contains(&format!("data-model=\"{}\"", m.name)),
+            "{} missing from the page",
+            m.name
+        );
+    }
+    // The JSON is the page's data: the same figures `haagenti report --json` prints.
+    let served: serde_json::Value =
+        serde_json::from_slice(&get(server.addr, "/api/report", &[]).body).unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&lib.ok(&["report", "--json"])).unwrap();
+    assert_eq!(served["stats"], printed["stats"]);
+    assert_eq!(served["family"], printed["family"]);
+
+    // A model ingested while serving appears (the listing is re-read every few seconds).
+    let late = &rest[0];
+    lib.ok(&["ingest", "--model", &late.name, late.path.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    loop {
+        let html = String::from_utf8(get(server.addr, "/", &[]).body).unwrap();
+        if html.contains(&format!("data-model=\"{}\"", late.name)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} did not appear on the page",
+            late.name
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

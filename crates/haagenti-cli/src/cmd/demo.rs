@@ -10,7 +10,7 @@ use haagenti_testkit::synth;
 use serde_json::json;
 
 use crate::render::{human, print_json, print_stats, speed};
-use crate::report::{ReportData, render};
+use haagenti_cli::report::{ReportData, render};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -7,7 +7,7 @@ use haagenti_fragments::OpenOptions;
 
 use crate::location::Location;
 use crate::render::{human, print_json, warn_all};
-use crate::report::{ReportData, render};
+use haagenti_cli::report::{ReportData, render};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

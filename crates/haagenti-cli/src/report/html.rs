@@ -9,7 +9,21 @@ use haagenti_core::{ByteCount, ModelSavings, Relation};
 
 use super::layout;
 use super::{ModelDetail, ReportData};
-use crate::render::{human, human_signed};
+
+/// A size in binary units.
+fn human(bytes: u64) -> String {
+    haagenti_core::HumanBytes(bytes).to_string()
+}
+
+/// [`human`] with a sign, for savings that can be negative.
+fn human_signed(bytes: i64) -> String {
+    let magnitude = human(bytes.unsigned_abs());
+    if bytes < 0 {
+        format!("-{magnitude}")
+    } else {
+        magnitude
+    }
+}
 
 /// Edges drawn in the lineage graph at most (the heaviest); the rest are counted.
 const MAX_EDGES: usize = 400;

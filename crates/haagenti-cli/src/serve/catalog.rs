@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use haagenti_core::{FragmentLibrary, ModelHandle};
 use tokio::sync::Mutex;
 
@@ -57,6 +58,18 @@ struct State {
     listed_at: Option<Instant>,
     listing: BTreeMap<String, Vec<String>>,
     models: HashMap<String, Arc<Model>>,
+    /// The family map and the listing it was made from.
+    report: Option<(Listing, Arc<RenderedReport>)>,
+}
+
+/// Model name → its generation ids: what one listing of the library says.
+type Listing = BTreeMap<String, Vec<String>>;
+
+/// `haagenti report`'s page and its data, rendered once per state of the library.
+#[derive(Debug)]
+pub struct RenderedReport {
+    pub html: Bytes,
+    pub json: Bytes,
 }
 
 /// The server's view of the library.
@@ -117,6 +130,35 @@ impl Catalog {
         let model = Arc::new(Model { ids, generations });
         state.models.insert(name.to_string(), model.clone());
         Ok(model)
+    }
+
+    /// The family map of every model, made again when a model was ingested, replaced or
+    /// removed since (the listing changed).
+    pub async fn report(&self) -> Result<Arc<RenderedReport>, HubError> {
+        let mut state = self.state.lock().await;
+        self.refresh(&mut state).await?;
+        if let Some((listing, report)) = &state.report {
+            if *listing == state.listing {
+                return Ok(report.clone());
+            }
+        }
+        let internal = |e: anyhow::Error| HubError::Internal(format!("{e:#}"));
+        // On a blocking thread: the collection's future is not provably `Send` (rustc's
+        // higher-ranked lifetime inference), and `block_on` does not need it to be.
+        let (lib, runtime) = (self.library.clone(), tokio::runtime::Handle::current());
+        let data = tokio::task::spawn_blocking(move || {
+            runtime.block_on(crate::report::ReportData::collect(&lib, None))
+        })
+        .await
+        .map_err(|e| internal(e.into()))?
+        .map_err(internal)?;
+        let json = serde_json::to_vec(&data).map_err(|e| internal(e.into()))?;
+        let report = Arc::new(RenderedReport {
+            html: Bytes::from(crate::report::render(&data)),
+            json: Bytes::from(json),
+        });
+        state.report = Some((state.listing.clone(), report.clone()));
+        Ok(report)
     }
 
     async fn refresh(&self, state: &mut State) -> Result<(), HubError> {

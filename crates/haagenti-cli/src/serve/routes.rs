@@ -26,6 +26,10 @@ pub const MAX_URI: usize = 4096;
 pub enum Route {
     Health,
     ListModels,
+    /// `/`: the family map (`haagenti report`'s page).
+    Report,
+    /// `/api/report`: the page's data as JSON.
+    ReportJson,
     /// `/api/models/{repo}` (revision `main`) and `/api/models/{repo}/revision/{rev}`.
     Info {
         repo: String,
@@ -53,7 +57,7 @@ pub fn parse(path: &str) -> Result<Route, HubError> {
         .strip_prefix('/')
         .ok_or(HubError::BadRequest("the path must start with /"))?;
     if rest.is_empty() {
-        return Err(HubError::NotFound);
+        return Ok(Route::Report);
     }
     let raw: Vec<&str> = rest.split('/').collect();
     if raw.iter().any(|s| s.is_empty()) {
@@ -62,6 +66,7 @@ pub fn parse(path: &str) -> Result<Route, HubError> {
     match raw.as_slice() {
         ["health"] => return Ok(Route::Health),
         ["api", "models"] => return Ok(Route::ListModels),
+        ["api", "report"] => return Ok(Route::ReportJson),
         ["api", "datasets" | "spaces", ..] => return Ok(Route::OtherRepoType),
         _ => {}
     }
@@ -221,6 +226,24 @@ pub async fn answer(
             &json!({"status": "ok"}),
         )),
         Route::OtherRepoType => Err(HubError::RepoNotFound),
+        Route::Report | Route::ReportJson => {
+            let report = state.catalog.report().await?;
+            let (body, content_type) = if route == Route::Report {
+                (report.html.clone(), "text/html; charset=utf-8")
+            } else {
+                (report.json.clone(), "application/json")
+            };
+            let len = body.len();
+            let mut response = Response::new(if head {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::full(body)
+            });
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            Ok(response)
+        }
         Route::ListModels => {
             let names = state.catalog.names().await?;
             let list: Vec<_> = names
