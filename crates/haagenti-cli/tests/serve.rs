@@ -887,14 +887,14 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 /// 32 clients download different files and ranges for `HAAGENTI_SERVE_LOAD_SECS`
-/// (default 10; the full run is 20) and get only correct bytes; the server's peak
-/// RSS stays under its cache budget plus 128 MiB.
+/// (default 20, the run) and get only correct bytes; the server's peak RSS stays
+/// under its cache budget plus 128 MiB.
 #[test]
 fn thirty_two_concurrent_clients_get_correct_bytes_in_bounded_memory() {
     let secs: u64 = std::env::var("HAAGENTI_SERVE_LOAD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let lib = Lib::fs(&dir.path().join("lib"));
     let mut files = Vec::new();

@@ -648,9 +648,11 @@ mod tests {
             let r = parse(p);
             assert!(matches!(r, Err(HubError::BadRequest(_))), "{p}: {r:?}");
         }
-        for p in ["/", "/org", "/org/name", "/api", "/org/name/blob/main/x"] {
+        for p in ["/org", "/org/name", "/api", "/org/name/blob/main/x"] {
             assert!(matches!(parse(p), Err(HubError::NotFound)), "{p}");
         }
+        assert_eq!(parse("/").unwrap(), Route::Report);
+        assert_eq!(parse("/api/report").unwrap(), Route::ReportJson);
     }
 
     #[test]
