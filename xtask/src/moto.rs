@@ -144,7 +144,8 @@ fn install(venv: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+/// Runs `cmd`, echoing it, and fails if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
     println!("  $ {cmd:?}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {

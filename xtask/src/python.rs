@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::moto::run;
 
 const REQUIREMENTS: &str = "scripts/test-requirements.txt";
 
@@ -43,13 +45,4 @@ pub fn test_python(root: &Path) -> Result<PathBuf> {
     .context("installing the Python test clients")?;
     std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(python)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    println!("  $ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
 }

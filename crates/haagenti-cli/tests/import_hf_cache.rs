@@ -472,21 +472,17 @@ fn a_snapshot_that_fails_is_reported_the_rest_imported_and_the_exit_is_1() {
 #[test]
 fn hf_mount_shows_every_imported_snapshot_under_its_commit() {
     let test = "hf_mount_shows_every_imported_snapshot_under_its_commit";
-    if !Path::new("/dev/fuse").exists() {
-        return haagenti_testkit::env::unavailable(
-            test,
-            "HAAGENTI_SKIP_FUSE",
-            "/dev/fuse is absent: FUSE mounts cannot run on this machine",
-        )
-        .unwrap_or(());
-    }
+    let Some(()) = common::mount::fuse_available(test) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let cache = build_cache(tmp.path());
     let lib = tmp.path().join("lib");
     import(&lib, &cache.dir);
     let snapshots = cache.alpha.join("snapshots");
+    let lib = common::Lib::fs(&lib);
 
-    let mnt = mount::Mounted::start(&lib, &tmp.path().join("mnt"), &["--layout", "hf"]);
+    let mnt = common::mount::Mounted::start(&lib, &tmp.path().join("mnt"), &["--layout", "hf"]);
     let repo = mnt.path("models--org--alpha");
     assert_eq!(
         std::fs::read_to_string(repo.join("refs/main")).unwrap(),
@@ -509,92 +505,9 @@ fn hf_mount_shows_every_imported_snapshot_under_its_commit() {
     }
     drop(mnt);
 
-    let mnt = mount::Mounted::start(&lib, &tmp.path().join("mnt-plain"), &[]);
+    let mnt = common::mount::Mounted::start(&lib, &tmp.path().join("mnt-plain"), &[]);
     assert_eq!(
         snapshot_files(&mnt.path("org/alpha")),
         snapshot_files(&snapshots.join(&cache.alpha_main))
     );
-}
-
-/// A running `haagenti mount --foreground` (as in `tests/mount.rs`).
-#[cfg(all(feature = "mount", target_os = "linux"))]
-mod mount {
-    use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    /// Dropping it unmounts, whatever happened.
-    pub struct Mounted {
-        child: Child,
-        mountpoint: PathBuf,
-    }
-
-    impl Mounted {
-        pub fn start(lib: &Path, mountpoint: &Path, extra: &[&str]) -> Mounted {
-            std::fs::create_dir_all(mountpoint).unwrap();
-            let before = std::fs::metadata(mountpoint).unwrap().dev();
-            let child = Command::new(env!("CARGO_BIN_EXE_haagenti"))
-                .arg("--library")
-                .arg(lib)
-                .arg("mount")
-                .arg(mountpoint)
-                .arg("--foreground")
-                .args(extra)
-                .env_remove("HAAGENTI_LIBRARY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let mut m = Mounted {
-                child,
-                mountpoint: mountpoint.to_path_buf(),
-            };
-            let started = Instant::now();
-            loop {
-                if let Some(status) = m.child.try_wait().unwrap() {
-                    panic!("haagenti mount exited before mounting: {status}");
-                }
-                if std::fs::metadata(mountpoint).is_ok_and(|md| md.dev() != before) {
-                    return m;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "{} not mounted within 60s",
-                    mountpoint.display()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-
-        pub fn path(&self, rel: &str) -> PathBuf {
-            self.mountpoint.join(rel)
-        }
-    }
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            // The killed process leaves the mount point disconnected: clear it, bounded.
-            if let Ok(mut u) = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .spawn()
-            {
-                let started = Instant::now();
-                while started.elapsed() < Duration::from_secs(10) {
-                    if u.try_wait().ok().flatten().is_some() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = u.kill();
-                let _ = u.wait();
-            }
-        }
-    }
 }

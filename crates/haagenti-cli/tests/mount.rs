@@ -5,109 +5,13 @@
 mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Lib;
+use common::mount::{Mounted, fuse_available};
+use common::{Lib, files_of, objects, run_python};
 use haagenti_testkit::synth::{self, Family};
-
-const SKIP_FUSE: &str = "HAAGENTI_SKIP_FUSE";
-
-/// `Some(())` when FUSE mounts can run here; a panic saying what is missing otherwise
-/// (`None` after printing the skip when `HAAGENTI_SKIP_FUSE=1`).
-fn fuse_available(test: &str) -> Option<()> {
-    let fusermount = Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !fusermount {
-        panic!(
-            "{test}: `fusermount3` is not on PATH: `apt-get install fuse3` \
-             (`cargo xtask test` installs it when run as root)"
-        );
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return haagenti_testkit::env::unavailable(
-            test,
-            SKIP_FUSE,
-            "/dev/fuse is absent: FUSE mounts cannot run on this machine",
-        );
-    }
-    Some(())
-}
-
-/// A running `haagenti mount --foreground`; dropping it unmounts, whatever happened.
-struct Mounted {
-    child: Child,
-    mountpoint: PathBuf,
-}
-
-impl Mounted {
-    fn start(lib: &Lib, mountpoint: &Path, extra: &[&str]) -> Mounted {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let before = std::fs::metadata(mountpoint).unwrap().dev();
-        let child = lib
-            .command()
-            .arg("mount")
-            .arg(mountpoint)
-            .arg("--foreground")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut m = Mounted {
-            child,
-            mountpoint: mountpoint.to_path_buf(),
-        };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = m.child.try_wait().unwrap() {
-                panic!("haagenti mount exited before mounting: {status}");
-            }
-            if std::fs::metadata(mountpoint).is_ok_and(|md| md.dev() != before) {
-                return m;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{} not mounted within 60s",
-                mountpoint.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mountpoint.join(rel)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The killed process leaves the mount point disconnected: clear it, bounded.
-        if let Ok(mut u) = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.mountpoint)
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if u.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = u.kill();
-            let _ = u.wait();
-        }
-    }
-}
 
 /// A small generated family (under `dir/src`) ingested model by model with the CLI into
 /// `lib`.
@@ -117,21 +21,6 @@ fn ingested(dir: &Path, seed: u64, lib: &Lib) -> Family {
         lib.ok(&["ingest", "--model", &m.name, m.path.to_str().unwrap()]);
     }
     family
-}
-
-/// Every `(relative path in the model, source file)` of a generated model.
-fn files_of(m: &synth::FamilyModel) -> Vec<(String, PathBuf)> {
-    m.files
-        .iter()
-        .map(|f| {
-            let rel = if m.is_dir() {
-                f.strip_prefix(&m.path).unwrap()
-            } else {
-                Path::new(f.file_name().unwrap())
-            };
-            (rel.to_str().unwrap().to_string(), f.clone())
-        })
-        .collect()
 }
 
 fn random_preads(mounted: &Path, source: &Path, seed: u64, count: usize) {
@@ -246,27 +135,6 @@ fn every_file_reads_back_identical(dir: &Path, lib: &Lib) {
         .collect();
     assert!(pairs.len() >= family.models.len(), "{pairs:?}");
     run_python(&python, "safetensors_equal.py", &pairs, &[]);
-}
-
-/// Runs one of the `tests/py` scripts with the test interpreter; it must succeed.
-fn run_python(python: &Path, script: &str, args: &[String], envs: &[(&str, &Path)]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/py")
-        .join(script);
-    let out = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed: {}{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
 #[test]
@@ -493,24 +361,6 @@ fn a_model_replaced_while_mounted_shows_its_new_files() {
     let mut buf = vec![0u8; want1.len()];
     open_before.read_exact_at(&mut buf, 0).unwrap();
     assert!(buf == want1);
-}
-
-/// Every stored object file under `fragments/`.
-fn objects(lib: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![lib.join("fragments")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::Lib;
+use common::{Lib, files_of, objects, run_python};
 use haagenti_testkit::synth;
 
 mod common;
@@ -178,20 +178,6 @@ impl Served {
     }
 }
 
-fn files_of(m: &synth::FamilyModel) -> Vec<(String, PathBuf)> {
-    m.files
-        .iter()
-        .map(|f| {
-            let rel = if m.is_dir() {
-                f.strip_prefix(&m.path).unwrap()
-            } else {
-                Path::new(f.file_name().unwrap())
-            };
-            (rel.to_str().unwrap().to_string(), f.clone())
-        })
-        .collect()
-}
-
 /// A namespaced directory model (config, tokenizer, sharded safetensors) and a
 /// single-file model without a namespace, ingested into `lib`.
 fn ingest_family(dir: &Path, seed: u64, lib: &Lib) -> Vec<Served> {
@@ -218,31 +204,6 @@ fn ingest_family(dir: &Path, seed: u64, lib: &Lib) -> Vec<Served> {
             files: files_of(lora),
         },
     ]
-}
-
-fn run_python(python: &Path, script: &str, args: &[String], envs: &[(&str, &Path)]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/py")
-        .join(script);
-    let out = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("HF_HUB_CACHE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed: {}{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -784,24 +745,6 @@ fn a_client_that_stops_reading_is_cut_off() {
 
 // ---------------------------------------------------------------------------------------
 // Errors in the stored data, shutdown
-
-/// Every stored object file under `fragments/`.
-fn objects(lib: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![lib.join("fragments")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn a_damaged_fragment_aborts_the_response_and_is_logged() {

@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use haagenti_testkit::synth;
+
 /// Runs `haagenti --library LIB ARGS...` (ignoring any `HAAGENTI_LIBRARY` of the caller).
 pub fn haagenti(lib: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_haagenti"))
@@ -101,3 +103,67 @@ impl Lib {
         String::from_utf8(out.stdout).unwrap()
     }
 }
+
+/// Every `(relative path in the model, source file)` of a generated model.
+pub fn files_of(m: &synth::FamilyModel) -> Vec<(String, PathBuf)> {
+    m.files
+        .iter()
+        .map(|f| {
+            let rel = if m.is_dir() {
+                f.strip_prefix(&m.path).unwrap()
+            } else {
+                Path::new(f.file_name().unwrap())
+            };
+            (rel.to_str().unwrap().to_string(), f.clone())
+        })
+        .collect()
+}
+
+/// Every stored object file under `fragments/`.
+pub fn objects(lib: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![lib.join("fragments")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs one of the `tests/py` scripts with the test interpreter; it must succeed. The
+/// Hugging Face client sees only `envs` of its own variables (no token, cache or offline
+/// setting of the caller's), with telemetry and progress bars off.
+pub fn run_python(python: &Path, script: &str, args: &[String], envs: &[(&str, &Path)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+#[cfg(all(feature = "mount", target_os = "linux"))]
+pub mod mount;
