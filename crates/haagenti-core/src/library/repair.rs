@@ -499,13 +499,20 @@ fn files_with_damage(
     out
 }
 
-/// Every regular file under the given paths (directories walked, symlinks followed).
+/// Every regular file under the given paths (directories walked, symlinks followed; a
+/// directory reached twice, as through a symlink loop, is walked once).
 fn source_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
     let mut stack: Vec<PathBuf> = paths.to_vec();
     while let Some(p) = stack.pop() {
         let meta = std::fs::metadata(&p).map_err(|e| FragmentError::io("read source", &p, e))?;
         if meta.is_dir() {
+            let real =
+                std::fs::canonicalize(&p).map_err(|e| FragmentError::io("resolve", &p, e))?;
+            if !seen_dirs.insert(real) {
+                continue;
+            }
             let entries =
                 std::fs::read_dir(&p).map_err(|e| FragmentError::io("list source", &p, e))?;
             for entry in entries {
