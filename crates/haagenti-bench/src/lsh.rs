@@ -14,6 +14,8 @@ use haagenti_lsh::{
 use haagenti_testkit::synth::{Rng, bf16_bytes, f16_bytes, f32_bytes, normal_f32};
 use serde::Serialize;
 
+use crate::util;
+
 /// Every number the LSH benchmark measures.
 #[derive(Debug, Serialize)]
 pub struct LshBench {
@@ -77,11 +79,6 @@ pub struct BandingQuality {
 pub struct EstimateError {
     pub cosine: f64,
     pub mean_abs_error: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -192,8 +189,8 @@ fn signature_speeds(total: usize, runs: usize) -> anyhow::Result<Vec<SignatureSp
         out.push(SignatureSpeed {
             scheme: scheme.name().to_string(),
             input: name.to_string(),
-            mb_per_s: median(sig_runs),
-            blake3_mb_per_s: median(hash_runs),
+            mb_per_s: util::median(sig_runs),
+            blake3_mb_per_s: util::median(hash_runs),
         });
     }
     Ok(out)

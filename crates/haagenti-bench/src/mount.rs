@@ -102,10 +102,7 @@ impl MountBench {
 
 /// What the section needs from the machine, or why it cannot run.
 fn prerequisites() -> std::result::Result<(PathBuf, PathBuf), String> {
-    let cli = std::env::var_os("HAAGENTI_BENCH_CLI")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .ok_or("HAAGENTI_BENCH_CLI does not name a built `haagenti` (run `cargo xtask bench`)")?;
+    let cli = util::bench_cli()?;
     let python = std::env::var_os("HAAGENTI_TEST_PYTHON")
         .map(PathBuf::from)
         .filter(|p| p.exists())
@@ -215,14 +212,14 @@ fn measure(
         model_bytes,
         cache_mb: CACHE_MB,
         runs: RUNS,
-        source_mb_s: median(source),
-        export_mb_s: median(export),
-        mount_cold_mb_s: median(cold),
-        mount_warm_mb_s: median(warm),
+        source_mb_s: util::median(source),
+        export_mb_s: util::median(export),
+        mount_cold_mb_s: util::median(cold),
+        mount_warm_mb_s: util::median(warm),
         mount_peak_rss_bytes: peak_rss,
         tensors_model_bytes,
-        mount_to_last_tensor_secs: median(via_mount),
-        export_then_open_secs: median(via_export),
+        mount_to_last_tensor_secs: util::median(via_mount),
+        export_then_open_secs: util::median(via_export),
         identical,
     })
 }
@@ -314,11 +311,6 @@ fn read_all_tensors(python: &Path, file: &Path) -> Result<u64> {
     text.trim()
         .parse()
         .with_context(|| format!("python printed {text:?}"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A running `haagenti mount --foreground`; unmounted (SIGTERM, then forced) on drop.
@@ -421,10 +413,10 @@ pub fn markdown(b: &MountBench) -> String {
         b.source_mb_s,
         b.export_mb_s,
         b.mount_cold_mb_s,
-        mark(b.mount_cold_mb_s >= TARGET_SEQ_MB_S),
+        util::mark(b.mount_cold_mb_s >= TARGET_SEQ_MB_S),
         b.mount_warm_mb_s,
         b.mount_peak_rss_bytes.map_or("n/a".into(), util::human),
-        mark(b.mount_peak_rss_bytes.is_some_and(|r| r < budget)),
+        util::mark(b.mount_peak_rss_bytes.is_some_and(|r| r < budget)),
     ));
     out.push_str(&format!(
         "Time to the last tensor of a {} model with `safetensors.safe_open` (every tensor \
@@ -433,11 +425,7 @@ pub fn markdown(b: &MountBench) -> String {
         util::human(b.tensors_model_bytes),
         b.mount_to_last_tensor_secs,
         b.export_then_open_secs,
-        mark(b.mount_to_last_tensor_secs < b.export_then_open_secs),
+        util::mark(b.mount_to_last_tensor_secs < b.export_then_open_secs),
     ));
     out
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok { "(met)" } else { "(MISSED)" }
 }

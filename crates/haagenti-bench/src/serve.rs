@@ -85,10 +85,7 @@ impl ServeBench {
 }
 
 fn prerequisites() -> std::result::Result<(PathBuf, PathBuf), String> {
-    let cli = std::env::var_os("HAAGENTI_BENCH_CLI")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .ok_or("HAAGENTI_BENCH_CLI does not name a built `haagenti` (run `cargo xtask bench`)")?;
+    let cli = util::bench_cli()?;
     let python = PathBuf::from("python3");
     if Command::new(&python).arg("--version").output().is_err() {
         return Err("python3 is not on PATH (for `python3 -m http.server`)".into());
@@ -167,10 +164,10 @@ fn measure(
         cache_mb: CACHE_MB,
         runs: RUNS,
         clients: CLIENTS,
-        haagenti_one_client_mb_s: median(h1),
-        http_server_one_client_mb_s: median(p1),
-        haagenti_clients_mb_s: median(h8),
-        http_server_clients_mb_s: median(p8),
+        haagenti_one_client_mb_s: util::median(h1),
+        http_server_one_client_mb_s: util::median(p1),
+        haagenti_clients_mb_s: util::median(h8),
+        http_server_clients_mb_s: util::median(p8),
         haagenti_ttfb_ms: h_ttfb,
         http_server_ttfb_ms: p_ttfb,
         haagenti_peak_rss_bytes: haagenti.peak_rss(),
@@ -231,7 +228,7 @@ fn ttfb(addr: SocketAddr, path: &str, bytes: u64, seed: u64) -> Result<f64> {
         r.read_exact(&mut one)?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(median(times))
+    Ok(util::median(times))
 }
 
 /// GETs `path` and reads the body to its `Content-Length`: `(bytes, BLAKE3 if hashing)`.
@@ -282,11 +279,6 @@ fn read_head(r: &mut impl BufRead) -> Result<u64> {
         }
     }
     len.context("no Content-Length")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A server process, killed on drop.
@@ -390,12 +382,12 @@ pub fn markdown(b: &ServeBench) -> String {
         b.clients,
         util::human((b.cache_mb << 20) + RSS_HEADROOM),
         b.haagenti_one_client_mb_s,
-        mark(b.haagenti_one_client_mb_s >= TARGET_ONE_CLIENT_MB_S),
+        util::mark(b.haagenti_one_client_mb_s >= TARGET_ONE_CLIENT_MB_S),
         b.haagenti_clients_mb_s,
-        mark(b.haagenti_clients_mb_s >= b.http_server_clients_mb_s),
+        util::mark(b.haagenti_clients_mb_s >= b.http_server_clients_mb_s),
         b.haagenti_ttfb_ms,
         b.haagenti_peak_rss_bytes.map_or("n/a".into(), util::human),
-        mark(
+        util::mark(
             b.haagenti_peak_rss_bytes
                 .is_some_and(|r| r < (b.cache_mb << 20) + RSS_HEADROOM)
         ),
@@ -405,8 +397,4 @@ pub fn markdown(b: &ServeBench) -> String {
         b.clients,
     ));
     out
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok { "(met)" } else { "(MISSED)" }
 }

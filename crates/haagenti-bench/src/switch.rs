@@ -18,6 +18,8 @@ use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, IngestOptions, Librar
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 use serde::{Deserialize, Serialize};
 
+use crate::util;
+
 /// Targets from the issue.
 pub const TARGET_BYTES_RATIO: f64 = 0.55;
 pub const TARGET_TIME_RATIO: f64 = 0.60;
@@ -380,11 +382,11 @@ pub fn markdown(bench: &SwitchBench) -> String {
             r.cold_cpu_seconds,
             r.warm_seconds,
             r.time_ratio,
-            mark(r.time_ratio <= TARGET_TIME_RATIO),
+            util::mark(r.time_ratio <= TARGET_TIME_RATIO),
             mb(r.cold_bytes_fetched),
             mb(r.warm_bytes_fetched),
             r.bytes_ratio,
-            mark(r.bytes_ratio <= TARGET_BYTES_RATIO),
+            util::mark(r.bytes_ratio <= TARGET_BYTES_RATIO),
             r.cold_throughput / 1e9,
             // The CPU-time figure and the target concern the local filesystem only: an S3
             // load waits on the server.
@@ -392,7 +394,7 @@ pub fn markdown(bench: &SwitchBench) -> String {
                 format!(
                     "({:.2}) {}",
                     r.cold_throughput_2_cores / 1e9,
-                    mark(r.cold_throughput >= TARGET_THROUGHPUT)
+                    util::mark(r.cold_throughput >= TARGET_THROUGHPUT)
                 )
             } else {
                 String::new()
@@ -405,8 +407,4 @@ pub fn markdown(bench: &SwitchBench) -> String {
         bench.rows.first().map_or(0, |r| r.runs)
     ));
     out
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok { "(met)" } else { "(MISSED)" }
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// The workspace root (this crate lives in `crates/haagenti-bench`).
 /// Runs this benchmark binary again with `args` (a phase in a process of its own, so its
 /// time and peak RSS belong to it alone) and parses the JSON of its last stdout line.
 pub fn run_self<T: serde::de::DeserializeOwned>(
@@ -29,6 +28,29 @@ pub fn run_self<T: serde::de::DeserializeOwned>(
     serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
 }
 
+/// The median of `v` (the upper one of an even count); 0 for no values.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// How a table marks a target: `(met)` or `(MISSED)`.
+pub fn mark(ok: bool) -> &'static str {
+    if ok { "(met)" } else { "(MISSED)" }
+}
+
+/// The built `haagenti` the mount and serve sections run (`HAAGENTI_BENCH_CLI`, which
+/// `cargo xtask bench` sets), or why there is none.
+pub fn bench_cli() -> std::result::Result<PathBuf, String> {
+    std::env::var_os("HAAGENTI_BENCH_CLI")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .ok_or_else(|| {
+            "HAAGENTI_BENCH_CLI does not name a built `haagenti` (run `cargo xtask bench`)".into()
+        })
+}
+
+/// The workspace root (this crate lives in `crates/haagenti-bench`).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest

@@ -119,20 +119,18 @@ fn flipped_manifest_byte_is_contained() {
     }
 }
 
-/// Every fragment row of every model's `show --json`: `(full id, encoding)`.
+/// Every fragment row of every model's `show --json` of a library on disk: `(full id,
+/// encoding)`, each once.
 fn fragment_rows(lib: &Path, models: &[String]) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    for m in models {
-        let show = json(lib, &["show", "--model", m, "--json"]);
-        for f in show["files"].as_array().unwrap() {
-            for r in f["fragments"].as_array().unwrap() {
-                rows.push((
-                    r["id"].as_str().unwrap().to_string(),
-                    r["encoding"].as_str().unwrap().to_string(),
-                ));
-            }
-        }
-    }
+    distinct_rows(&rows_by_model(&Lib::fs(lib), models))
+}
+
+/// The rows of [`rows_by_model`], each once.
+fn distinct_rows(per_model: &[(String, Vec<(String, String)>)]) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = per_model
+        .iter()
+        .flat_map(|(_, r)| r.iter().cloned())
+        .collect();
     rows.sort();
     rows.dedup();
     rows
@@ -354,7 +352,7 @@ fn shared_base_heals_from_either_source_while_readers_read(dir: &Path, lib: &Lib
     // under another name (the same file in two repos).
     let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
     let first = rows_by_model(lib, &names);
-    let first_all: Vec<(String, String)> = first.iter().flat_map(|(_, r)| r.clone()).collect();
+    let first_all = distinct_rows(&first);
     let (_, some_delta) = first_all
         .iter()
         .find(|(_, e)| e.starts_with("delta("))
@@ -370,12 +368,7 @@ fn shared_base_heals_from_either_source_while_readers_read(dir: &Path, lib: &Lib
     let mut names = names;
     names.push(copy);
     let per_model = rows_by_model(lib, &names);
-    let all: Vec<(String, String)> = {
-        let mut v: Vec<_> = per_model.iter().flat_map(|(_, r)| r.clone()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let all = distinct_rows(&per_model);
     let users = |id: &str| -> Vec<String> {
         per_model
             .iter()

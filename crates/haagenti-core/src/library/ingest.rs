@@ -464,32 +464,26 @@ impl FragmentLibrary {
             };
             return Ok(done(resolved, outcome, 0.0));
         }
-        let header = match self.fragment_header(&id).await {
-            Ok(header) => header,
-            // A stored copy whose header does not decode: damaged, healed below.
-            Err(e) if e.is_corruption() => {
-                self.heal_with(&id, job.data.clone()).await?;
-                let resolved = Resolved {
-                    id,
-                    depends_on: None,
-                    rel_error: None,
-                };
-                remember(session, id, resolved);
-                return Ok(done(resolved, Outcome::Healed, 0.0));
+        // A stored copy whose header does not decode, or that `repair` recorded as
+        // damaged, is written again from the bytes in hand instead of deduplicated.
+        let (header, suspect) = match self.fragment_header(&id).await {
+            Ok(header) => {
+                let known = header.is_some() && damaged.contains(&id);
+                (header, known)
             }
+            Err(e) if e.is_corruption() => (None, true),
             Err(e) => return Err(e),
         };
+        if suspect && self.heal_with(&id, job.data.clone()).await? {
+            let resolved = Resolved {
+                id,
+                depends_on: None,
+                rel_error: None,
+            };
+            remember(session, id, resolved);
+            return Ok(done(resolved, Outcome::Healed, 0.0));
+        }
         if let Some(header) = header {
-            // Known damaged (a verify or repair recorded it): the bytes in hand heal it.
-            if damaged.contains(&id) && self.heal_with(&id, job.data.clone()).await? {
-                let resolved = Resolved {
-                    id,
-                    depends_on: None,
-                    rel_error: None,
-                };
-                remember(session, id, resolved);
-                return Ok(done(resolved, Outcome::Healed, 0.0));
-            }
             let resolved = Resolved {
                 id,
                 depends_on: header.dependency(),

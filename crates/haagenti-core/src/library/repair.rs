@@ -176,12 +176,11 @@ fn hex_list<S: serde::Serializer>(
     s.collect_seq(ids.iter().map(FragmentId::to_hex))
 }
 
-/// Where a fragment lies in a stored file: the file's manifest entry and the range.
+/// A stored file that holds a fragment, and the model it belongs to.
 #[derive(Clone, Debug)]
 struct Placement {
     model: String,
     layout: Arc<FileLayout>,
-    range: std::ops::Range<u64>,
 }
 
 impl FragmentLibrary {
@@ -449,11 +448,10 @@ fn collect_uses(
 ) {
     for file in &m.files {
         let layout = Arc::new(FileLayout::new(file, m.file_is_lossy(&file.path)));
-        for (id, range) in layout.fragment_ranges() {
+        for (id, _) in layout.fragment_ranges() {
             placements.entry(id).or_default().push(Placement {
                 model: m.name.clone(),
                 layout: layout.clone(),
-                range,
             });
         }
         let tensors = file.tensors();
@@ -490,7 +488,6 @@ fn files_with_damage(
     let mut out: Vec<Arc<FileLayout>> = Vec::new();
     for id in damaged.keys() {
         for p in placements.get(id).into_iter().flatten() {
-            debug_assert!(p.range.end <= p.layout.file.size);
             if !out.iter().any(|l| Arc::ptr_eq(l, &p.layout)) {
                 out.push(p.layout.clone());
             }
