@@ -143,16 +143,36 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    if let Some(line) = location::retry_summary() {
+        eprintln!("{line}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`| head`): nothing left to say, like any Unix filter.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The chain of causes joined on one line, down to a store's error: its reason already
+/// says what went wrong in a few words, and what lies below (an HTTP client's error and
+/// the whole request) buries them.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string().replace('\n', " "));
+        if matches!(
+            cause.downcast_ref::<haagenti_core::FragmentError>(),
+            Some(haagenti_core::FragmentError::Backend { .. })
+        ) {
+            break;
+        }
+    }
+    parts.join(": ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -47,5 +47,5 @@ pub use manifest::{
 pub use signature::{
     CandidateIndex, EntryMeta, IndexFactory, SchemeTag, Signature, SignatureScheme, Similarity,
 };
-pub use store::{FragmentStore, MemoryStore, ObjectKey, ObjectMeta, PutOutcome};
+pub use store::{FragmentStore, MemoryStore, ObjectKey, ObjectMeta, PutOutcome, RetryStats};
 pub use types::*;

@@ -118,6 +118,18 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// Requests a store repeated after transient failures, for reports: a network store
+/// under faults shows here what it rode out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetryStats {
+    /// Requests sent again, of every operation.
+    pub retried: u64,
+    /// Retries by cause (`"connection reset"`, `"HTTP 503"`, `"cut response"`, …).
+    pub causes: std::collections::BTreeMap<String, u64>,
+    /// Operations that failed after their retry budget ran out.
+    pub exhausted: u64,
+}
+
 /// A create-only object store.
 ///
 /// Required semantics (checked by the conformance suite in `haagenti-testkit`):
@@ -159,6 +171,12 @@ pub trait FragmentStore: Send + Sync + fmt::Debug {
         }
     }
 
+    /// The requests this store repeated after transient failures so far; stores that
+    /// never retry (the filesystem, memory) report none.
+    fn retry_stats(&self) -> RetryStats {
+        RetryStats::default()
+    }
+
     /// Whether an object has `key` (a `head`).
     async fn exists(&self, key: &ObjectKey) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
@@ -195,6 +213,15 @@ impl<S: FragmentStore + ?Sized> FragmentStore for std::sync::Arc<S> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        (**self).replace(key, bytes).await
+    }
+    async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        (**self).exists(key).await
+    }
+    fn retry_stats(&self) -> RetryStats {
+        (**self).retry_stats()
     }
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
         (**self).get_range(key, range).await

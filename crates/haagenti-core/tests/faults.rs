@@ -219,6 +219,42 @@ async fn truncated_reads_are_reported_as_damage_never_trusted() {
     assert_exports(&lib, "b", &b).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_damaged_on_the_way_are_fetched_again_and_damage_at_rest_is_reported() {
+    let src = tempfile::tempdir().unwrap();
+    let (a, _) = models(src.path());
+    let (store, lib, _) = with_model_a(&a).await;
+
+    // One bad read of each kind of object: the second read is whole, nothing is reported.
+    store.flip_next_gets("manifests/", 1);
+    lib.manifest("a").await.unwrap();
+    let standalone: Vec<FragmentId> = (lib.manifest("a").await.unwrap().fragments())
+        .into_iter()
+        .filter(|r| r.depends_on.is_none())
+        .map(|r| r.id)
+        .collect();
+    let id = standalone[0];
+    store.flip_next_gets("fragments/", 1);
+    store.take_gets("fragments/");
+    assert_eq!(lib.get_fragment(&id).await.unwrap().id, id);
+    let gets = store.take_gets("fragments/");
+    assert_eq!(
+        gets.values().sum::<u64>(),
+        2,
+        "one read, one read again: {gets:?}"
+    );
+    store.flip_next_gets("fragments/", 1);
+    assert!(lib.verify(None, None).await.unwrap().is_ok());
+    assert_exports(&lib, "a", &a).await;
+
+    // Damage that stays is reported after the second read, not trusted.
+    store.flip_next_gets("fragments/", 2);
+    let err = lib.get_fragment(&standalone[1]).await.unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    store.flip_next_gets("manifests/", 2);
+    assert!(lib.manifest("a").await.unwrap_err().is_corruption());
+}
+
 /// The text of a lock object owned by process `pid` started at `start` on this machine
 /// (the format of docs/format.md, *Concurrency*).
 fn lock_of(pid: u32, start: u64) -> Bytes {

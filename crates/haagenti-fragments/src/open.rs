@@ -27,6 +27,9 @@ pub struct OpenOptions {
     /// `s3://` location. `None`: the `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` variables,
     /// else AWS. Ignored for directories.
     pub s3_endpoint: Option<String>,
+    /// How long one S3 operation may keep retrying transient failures before its error
+    /// is final (`None`: the store's default, 180 s). Ignored for directories.
+    pub s3_retry_timeout: Option<std::time::Duration>,
     /// Codec effort of new fragments (default: balanced).
     pub codec_policy: CodecPolicy,
     /// Tensor fragment size in bytes of 16-bit dtypes (`None`: the library default,
@@ -55,6 +58,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             s3_endpoint: None,
+            s3_retry_timeout: None,
             codec_policy: CodecPolicy::default(),
             fragment_size: None,
             cache_bytes: 0,
@@ -69,6 +73,12 @@ impl OpenOptions {
     /// Sets [`OpenOptions::s3_endpoint`].
     pub fn s3_endpoint(mut self, endpoint: Option<String>) -> Self {
         self.s3_endpoint = endpoint;
+        self
+    }
+
+    /// Sets [`OpenOptions::s3_retry_timeout`].
+    pub fn s3_retry_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.s3_retry_timeout = timeout;
         self
     }
 
@@ -212,10 +222,13 @@ async fn open_s3(
     location: &str,
     options: &OpenOptions,
 ) -> Result<Arc<dyn FragmentStore>, FragmentError> {
-    let s3_options = haagenti_store_s3::S3Options {
+    let mut s3_options = haagenti_store_s3::S3Options {
         endpoint: options.s3_endpoint.clone(),
         ..Default::default()
     };
+    if let Some(timeout) = options.s3_retry_timeout {
+        s3_options.retry_timeout = timeout;
+    }
     let store = haagenti_store_s3::S3Store::from_url(location, s3_options)?;
     store.check().await?;
     Ok(Arc::new(store))

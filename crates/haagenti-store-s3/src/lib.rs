@@ -18,8 +18,22 @@
 //! * **Consistency** is the service's: AWS S3 reads and lists what was written before
 //!   (since December 2020); some S3-compatible services are weaker.
 //! * At most [`S3Options::max_concurrency`] requests of one store are in flight.
-//!   Transient failures (5xx, 429, timeouts, connection errors) are retried with
-//!   exponential backoff by `object_store`'s retry layer.
+//!
+//! # Retries
+//!
+//! Every request is safe to repeat, and the store repeats it when the failure may pass:
+//! no response or a response cut short (connection refused, reset, timed out, a body
+//! shorter than its length), HTTP 5xx, 429 and 408, S3's `SlowDown`, and a 409 from a
+//! concurrent conditional write. Waits are exponential with full jitter, within
+//! [`S3Options::max_retries`] and [`S3Options::retry_timeout`] per operation; an error that
+//! outlives them names the object, the operation, the attempts made and the last cause.
+//! [`FragmentStore::retry_stats`] counts what was ridden out.
+//!
+//! A create-only put whose response was lost may have landed: when a later attempt meets
+//! the object, the store reads it back, and the same bytes mean the put was ours
+//! ([`PutOutcome::Created`]); `docs/format.md` says how the library reasons about it. A
+//! multipart upload sends failed parts again under their own numbers, and is aborted when
+//! it fails for good.
 //!
 //! # Errors
 //!
@@ -44,6 +58,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod profile;
+mod retry;
 
 use std::fmt;
 use std::ops::Range;
@@ -54,25 +69,31 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt, stream};
-use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
+use haagenti_core::{
+    FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result, RetryStats,
+};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-    UploadPart,
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions,
+    PutPayload, RetryConfig, UploadPart,
 };
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::retry::{Attempts, Budget, Counters, PartRetry, retry_cause};
 
 const BACKEND: &str = "s3";
 /// S3 rejects multipart parts below 5 MiB (except the last) and uploads above 10 000 parts.
 const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PARTS: usize = 10_000;
-/// Attempts of a create-only put that meets a concurrent conditional write (HTTP 409).
-const CONFLICT_ATTEMPTS: u32 = 5;
-/// Retries, and time for them, of the HEAD request asking whether the bucket exists.
-const PROBE_RETRIES: usize = 1;
-const PROBE_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries, and time for them, of the HEAD request asking whether the bucket exists: it
+/// only explains an error already in hand, so a struggling service should not double the
+/// time to report it.
+const PROBE_BUDGET: Budget = Budget {
+    max_retries: 1,
+    timeout: Duration::from_secs(10),
+};
 
 /// Static AWS credentials. `Debug` shows the access key id only.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,9 +138,9 @@ pub struct S3Options {
     /// Size of a multipart part in bytes, raised to S3's 5 MiB minimum and to fit S3's
     /// 10 000 parts (default 8 MiB).
     pub part_size: usize,
-    /// Retries of a request failing transiently (default 10).
+    /// Retries of an operation failing transiently (default 10).
     pub max_retries: usize,
-    /// No retry starts later than this after a request's first attempt (default 180 s).
+    /// No retry starts later than this after an operation's first attempt (default 180 s).
     pub retry_timeout: Duration,
     /// Timeout of one HTTP request, body included (default 120 s).
     pub request_timeout: Duration,
@@ -144,8 +165,6 @@ impl Default for S3Options {
 /// A [`FragmentStore`] in an S3 bucket, under a key prefix.
 pub struct S3Store {
     s3: AmazonS3,
-    /// The same client with fewer retries, for [`S3Store::bucket_missing`].
-    probe: AmazonS3,
     bucket: String,
     /// Key prefix without leading or trailing `/`; empty for the bucket root.
     prefix: String,
@@ -153,6 +172,10 @@ pub struct S3Store {
     max_concurrency: usize,
     multipart_threshold: usize,
     part_size: usize,
+    budget: Budget,
+    counters: Arc<Counters>,
+    /// The service, for messages about reaching it: the endpoint, or "AWS S3".
+    service: String,
 }
 
 impl fmt::Debug for S3Store {
@@ -206,6 +229,7 @@ impl S3Store {
                 .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
                 .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint))
         });
+        let service = endpoint.clone().unwrap_or_else(|| "AWS S3".to_string());
         if let Some(endpoint) = endpoint {
             if endpoint.starts_with("http://") {
                 builder = builder.with_allow_http(true);
@@ -216,26 +240,15 @@ impl S3Store {
                 .with_config(AmazonS3ConfigKey::S3Endpoint, &endpoint)
                 .with_virtual_hosted_style_request(false);
         }
+        // object_store's own retry loop is off: the store's (retry.rs) decides and counts.
         let retry = RetryConfig {
-            max_retries: options.max_retries,
-            retry_timeout: options.retry_timeout,
+            max_retries: 0,
             ..RetryConfig::default()
         };
         let builder = builder.with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}ms", options.request_timeout.as_millis()),
         );
-        // The bucket probe only explains an error already in hand: one retry, briefly,
-        // so that a struggling service does not double the time to report it.
-        let probe = builder
-            .clone()
-            .with_retry(RetryConfig {
-                max_retries: options.max_retries.min(PROBE_RETRIES),
-                retry_timeout: options.retry_timeout.min(PROBE_RETRY_TIMEOUT),
-                ..RetryConfig::default()
-            })
-            .build()
-            .map_err(|e| invalid("configuration", &e))?;
         let s3 = builder
             .with_retry(retry)
             .build()
@@ -244,13 +257,18 @@ impl S3Store {
         let max_concurrency = options.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         Ok(S3Store {
             s3,
-            probe,
             bucket,
             prefix,
             permits: Semaphore::new(max_concurrency),
             max_concurrency,
             multipart_threshold: options.multipart_threshold,
             part_size: options.part_size.max(MIN_PART_SIZE),
+            budget: Budget {
+                max_retries: options.max_retries,
+                timeout: options.retry_timeout,
+            },
+            counters: Arc::default(),
+            service,
         })
     }
 
@@ -270,13 +288,12 @@ impl S3Store {
     /// says so).
     pub async fn check(&self) -> Result<()> {
         let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
-        let result = {
-            let _permit = self.permit("check", "").await?;
-            self.s3.list_with_delimiter(dir.as_ref()).await
-        };
-        match result {
+        match self
+            .with_retries(|| self.s3.list_with_delimiter(dir.as_ref()))
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.failure("check", "", e).await),
+            Err(f) => Err(self.failure("check", "", f).await),
         }
     }
 
@@ -304,122 +321,157 @@ impl S3Store {
         url
     }
 
-    async fn permit(&self, op: &'static str, key: &str) -> Result<SemaphorePermit<'_>> {
-        // The semaphore is never closed; map the impossible error rather than panic.
-        self.permits
-            .acquire()
-            .await
-            .map_err(|e| self.error(op, key, e.to_string()))
+    /// A request permit. The semaphore is never closed; if it were, the request would go
+    /// out unthrottled rather than fail.
+    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        self.permits.acquire().await.ok()
     }
 
+    /// Sends `request` (holding a permit) until it succeeds, fails for a reason another
+    /// attempt cannot change, or the retry budget runs out (see the crate docs).
+    async fn with_retries<T, F, Fut>(&self, request: F) -> std::result::Result<T, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        self.with_budget(self.budget, request).await
+    }
+
+    /// [`S3Store::with_retries`] within `budget`.
+    async fn with_budget<T, F, Fut>(
+        &self,
+        budget: Budget,
+        mut request: F,
+    ) -> std::result::Result<T, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut attempts = Attempts::new(budget);
+        let mut ambiguous = false;
+        loop {
+            attempts.start();
+            let result = {
+                let _permit = self.permit().await;
+                request().await
+            };
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let class = classify(&error);
+            ambiguous |= matches!(class, Class::Transport(_));
+            let Some(cause) = retry_cause(class, slow_down(&error)) else {
+                return Err(Failed {
+                    error,
+                    attempts,
+                    ambiguous,
+                });
+            };
+            if !attempts.backoff().await {
+                self.counters.exhausted();
+                return Err(Failed {
+                    error,
+                    attempts,
+                    ambiguous,
+                });
+            }
+            self.counters.retried(cause);
+        }
+    }
+
+    /// A backend error for `key` whose reason is made by `reason` (no request behind it).
     fn error(&self, op: &'static str, key: &str, reason: String) -> FragmentError {
         FragmentError::backend(BACKEND, op, self.url(key), reason)
     }
 
-    /// Any `object_store` error as a [`FragmentError::Backend`] keeping it as the source;
-    /// used where a missing object is not the question. An error that may mean a missing
-    /// bucket (an HTTP 404, or an error response object_store does not classify, as for
-    /// every failed listing) is checked with a HEAD request on the bucket.
-    async fn failure(&self, op: &'static str, key: &str, e: object_store::Error) -> FragmentError {
-        let class = classify(&e);
-        let reason =
-            if matches!(class, Class::Missing | Class::Response) && self.bucket_missing().await {
-                format!("bucket {} does not exist", self.bucket)
-            } else {
-                reason(class, &e)
-            };
+    /// A failed operation as a [`FragmentError::Backend`] keeping the `object_store` error
+    /// as the source; used where a missing object is not the question. An error that may
+    /// mean a missing bucket (an HTTP 404, or an error response object_store does not
+    /// classify, as for every failed listing) is checked with a HEAD request on the bucket;
+    /// an answer with a status (a 503) is not about the bucket.
+    async fn failure(&self, op: &'static str, key: &str, failed: Failed) -> FragmentError {
+        let Failed {
+            error, attempts, ..
+        } = failed;
+        let class = classify(&error);
+        let mut reason = if matches!(class, Class::Missing | Class::Response(None))
+            && self.bucket_missing().await
+        {
+            format!("bucket {} does not exist", self.bucket)
+        } else {
+            reason(class, &error)
+        };
+        if let Class::Transport(HttpErrorKind::Connect) = class {
+            reason = format!("{reason} ({})", self.service);
+        }
+        if attempts.made() > 1 {
+            reason = format!("{reason} (after {})", attempts.summary());
+        }
         FragmentError::Backend {
             backend: BACKEND,
             op,
             key: self.url(key),
             reason,
-            source: Some(Arc::new(e)),
+            source: Some(Arc::new(error)),
         }
     }
 
     /// [`FragmentError::NotFound`] for a missing object, a backend error for everything
     /// else. S3 answers 404 both for a missing object and a missing bucket (only the XML
     /// body tells them apart), so a 404 costs one HEAD request on the bucket.
-    async fn object_error(
-        &self,
-        op: &'static str,
-        key: &str,
-        e: object_store::Error,
-    ) -> FragmentError {
-        if classify(&e) == Class::Missing && !self.bucket_missing().await {
+    async fn object_error(&self, op: &'static str, key: &str, failed: Failed) -> FragmentError {
+        if classify(&failed.error) == Class::Missing && !self.bucket_missing().await {
             return FragmentError::NotFound {
                 key: self.url(key),
                 op,
             };
         }
-        self.failure(op, key, e).await
+        self.failure(op, key, failed).await
     }
 
     /// Whether a HEAD request on the bucket (S3's HeadBucket) answers 404. Any other
     /// outcome (success, no permission to list the bucket, a network error) is not proof
     /// of a missing bucket and answers `false`. Called without a request permit held.
     async fn bucket_missing(&self) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        matches!(
-            self.probe.head(&Path::default()).await,
-            Err(object_store::Error::NotFound { .. })
-        )
+        let root = Path::default();
+        let probe = self.with_budget(PROBE_BUDGET, || self.s3.head(&root)).await;
+        matches!(probe, Err(f) if matches!(f.error, object_store::Error::NotFound { .. }))
     }
 
     async fn head_path(&self, key: &ObjectKey, path: &Path) -> Result<Option<ObjectMeta>> {
-        let result = {
-            let _permit = self.permit("head", key.as_str()).await?;
-            self.s3.head(path).await
-        };
-        match result {
+        match self.with_retries(|| self.s3.head(path)).await {
             Ok(meta) => Ok(Some(ObjectMeta {
                 key: key.clone(),
                 size: meta.size,
                 modified: SystemTime::from(meta.last_modified),
             })),
-            Err(e) if classify(&e) == Class::Missing => Ok(None),
-            Err(e) => Err(self.failure("head", key.as_str(), e).await),
+            Err(f) if classify(&f.error) == Class::Missing => Ok(None),
+            Err(f) => Err(self.failure("head", key.as_str(), f).await),
         }
     }
 
+    /// A create-only PUT. When an attempt got no (whole) response and a later one finds
+    /// the object, the first may have written it: the object is read back, and the same
+    /// bytes make the put ours. (For content-addressed keys either answer is right; for
+    /// a lock or a manifest generation, whose keys are unique to one writer, it tells
+    /// "my write landed" from "someone else's object".)
     async fn put_single(&self, key: &ObjectKey, path: &Path, bytes: Bytes) -> Result<PutOutcome> {
-        let payload = PutPayload::from(bytes);
-        let mut backoff = Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = {
-                let _permit = self.permit("put", key.as_str()).await?;
-                let options = PutOptions::from(PutMode::Create);
-                self.s3.put_opts(path, payload.clone(), options).await
-            };
-            let Err(e) = result else {
-                return Ok(PutOutcome::Created);
-            };
-            match classify(&e) {
-                Class::Exists => return Ok(PutOutcome::AlreadyExists),
-                // S3's ConditionalRequestConflict: another conditional write of this key is
-                // in flight and may still fail. Try again until one of them settles it.
-                Class::Conflict if attempt < CONFLICT_ATTEMPTS => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                _ => return Err(self.failure("put", key.as_str(), e).await),
-            }
-        }
-    }
-
-    /// Sends one part of a multipart upload, holding a request permit.
-    async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
-        let result = {
-            let _permit = self.permit("put", key).await?;
-            part.await
+        let payload = PutPayload::from(bytes.clone());
+        let put = || {
+            let options = PutOptions::from(PutMode::Create);
+            self.s3.put_opts(path, payload.clone(), options)
         };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.failure("put", key, e).await),
+        match self.with_retries(put).await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(f) if classify(&f.error) == Class::Exists => {
+                if f.ambiguous && self.get(key).await? == bytes {
+                    Ok(PutOutcome::Created)
+                } else {
+                    Ok(PutOutcome::AlreadyExists)
+                }
+            }
+            Err(f) => Err(self.failure("put", key.as_str(), f).await),
         }
     }
 
@@ -435,17 +487,24 @@ impl S3Store {
             return Ok(PutOutcome::AlreadyExists);
         }
         let k = key.as_str();
-        let started = {
-            let _permit = self.permit("put", k).await?;
-            self.s3.put_multipart(path).await
+        // A start whose response is lost leaves an upload nobody knows the id of: S3's
+        // AbortIncompleteMultipartUpload lifecycle rule is what removes those.
+        let options = || {
+            PutMultipartOptions::default().with_retry_policy(Arc::new(PartRetry {
+                budget: self.budget,
+                counters: self.counters.clone(),
+            }))
         };
-        let mut upload = match started {
+        let mut upload = match self
+            .with_retries(|| self.s3.put_multipart_opts(path, options()))
+            .await
+        {
             Ok(upload) => upload,
-            Err(e) => return Err(self.failure("put", k, e).await),
+            Err(f) => return Err(self.failure("put", k, f).await),
         };
         let part_size = self.part_size.max(bytes.len().div_ceil(MAX_PARTS));
         // Parts are lazy futures numbered in creation order; each takes a permit while it
-        // runs. (A plain loop, not a closure: closures here trip rustc's Send inference.)
+        // runs, and object_store sends a failed one again as PartRetry says.
         let mut parts: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
         let mut start = 0;
         while start < bytes.len() {
@@ -460,28 +519,93 @@ impl S3Store {
             .await;
         let completed = match uploaded {
             Ok(_) => {
-                let result = {
-                    let _permit = self.permit("put", k).await?;
-                    upload.complete().await
-                };
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(self.failure("put", k, e).await),
-                }
+                self.complete_upload(key, path, &mut *upload, bytes.len())
+                    .await
             }
             Err(e) => Err(e),
         };
-        match completed {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(e) => {
-                // Best effort: an unaborted upload only costs storage until the bucket's
-                // lifecycle rule (if any) removes it; the original error matters more.
-                let _permit = self.permit("put", k).await?;
-                let _ = upload.abort().await;
-                Err(e)
+        if completed.is_err() {
+            // Best effort, retried: the original error matters more than the abort's.
+            let mut attempts = Attempts::new(self.budget);
+            loop {
+                attempts.start();
+                let aborted = {
+                    let _permit = self.permit().await;
+                    upload.abort().await
+                };
+                if aborted.is_ok() || !attempts.backoff().await {
+                    break;
+                }
+            }
+        }
+        completed.map(|()| PutOutcome::Created)
+    }
+
+    /// Sends one part of a multipart upload, holding a request permit.
+    async fn upload_part(&self, key: &str, part: UploadPart) -> Result<()> {
+        let result = {
+            let _permit = self.permit().await;
+            part.await
+        };
+        result.map_err(|e| self.error("put", key, reason(classify(&e), &e)))
+    }
+
+    /// Completes a multipart upload, again while the answer is a transient failure. A
+    /// completion whose response was lost may have landed, and a second one then fails
+    /// (the upload is gone): the object there with the right size settles it.
+    async fn complete_upload(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        upload: &mut dyn object_store::MultipartUpload,
+        len: usize,
+    ) -> Result<()> {
+        let mut attempts = Attempts::new(self.budget);
+        let mut ambiguous = false;
+        loop {
+            attempts.start();
+            let result = {
+                let _permit = self.permit().await;
+                upload.complete().await
+            };
+            let error = match result {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            let class = classify(&error);
+            ambiguous |= matches!(class, Class::Transport(_));
+            if ambiguous
+                && let Ok(Some(meta)) = self.head_path(key, path).await
+                && meta.size == len as u64
+            {
+                return Ok(());
+            }
+            let retry = retry_cause(class, slow_down(&error));
+            match retry {
+                Some(cause) if attempts.backoff().await => self.counters.retried(cause),
+                _ => {
+                    if retry.is_some() {
+                        self.counters.exhausted();
+                    }
+                    let failed = Failed {
+                        error,
+                        attempts,
+                        ambiguous,
+                    };
+                    return Err(self.failure("put", key.as_str(), failed).await);
+                }
             }
         }
     }
+}
+
+/// An operation that failed for good.
+struct Failed {
+    /// The last attempt's error.
+    error: object_store::Error,
+    attempts: Attempts,
+    /// Whether some attempt got no (whole) response, so that it may have taken effect.
+    ambiguous: bool,
 }
 
 /// What an `object_store` error means to the store, from its structure only.
@@ -495,7 +619,7 @@ impl S3Store {
 /// expose: the store tells a missing bucket apart with a request of its own
 /// ([`S3Store::bucket_missing`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     /// HTTP 404: the object, or the bucket.
     Missing,
     /// A create-only put found the object (HTTP 412 or 304).
@@ -512,8 +636,9 @@ enum Class {
     Unauthenticated,
     /// No response: the request could not be sent or its response not be read.
     Transport(HttpErrorKind),
-    /// Another error status, or a response object_store could not make sense of.
-    Response,
+    /// Another error status (when object_store's message shows it), or a response
+    /// object_store could not make sense of.
+    Response(Option<u16>),
     /// Not about a request: an unsupported operation, a bad path, a failed task.
     Local,
 }
@@ -530,10 +655,46 @@ fn classify(e: &object_store::Error) -> Class {
         E::Unauthenticated { .. } => Class::Unauthenticated,
         E::Generic { .. } => match transport_error(e) {
             Some(http) => Class::Transport(http.kind()),
-            None => Class::Response,
+            // A failed listing comes as a Generic error even for a 404 (a missing bucket).
+            None => match response_status(e) {
+                Some(404) => Class::Missing,
+                status => Class::Response(status),
+            },
         },
         _ => Class::Local,
     }
+}
+
+/// The HTTP status of an error response, from object_store's message for it ("Server
+/// returned non-2xx status code: 503 Service Unavailable: …"; "Server returned error
+/// response: …" is an error in the body of a 200), which is the only place it keeps it.
+fn response_status(e: &object_store::Error) -> Option<u16> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if let Some(rest) = text.split("status code: ").nth(1) {
+            let digits = rest.get(..3)?;
+            return digits.parse().ok();
+        }
+        if text.starts_with("Server returned error response") {
+            return Some(200);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// Whether the service's answer is S3's `SlowDown` (the code is in the response body,
+/// which object_store keeps in its message).
+fn slow_down(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("<Code>SlowDown</Code>") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The [`HttpError`] in `e`'s source chain, if the request got no response.
@@ -559,7 +720,18 @@ fn reason(class: Class, e: &object_store::Error) -> String {
         Class::NotModified => "not modified (HTTP 304)",
         Class::Denied => "access denied (HTTP 403)",
         Class::Unauthenticated => "credentials rejected (HTTP 401)",
-        Class::Response => "the service answered with an error (its response is in the source)",
+        Class::Response(Some(status)) if slow_down(e) => {
+            return format!("the service is throttling requests (HTTP {status} SlowDown)");
+        }
+        Class::Response(Some(200)) => {
+            "the service reported an error in a successful answer (its response is in the source)"
+        }
+        Class::Response(Some(status)) => {
+            return format!("the service answered HTTP {status} (its response is in the source)");
+        }
+        Class::Response(None) => {
+            "the service answered with an error (its response is in the source)"
+        }
         Class::Transport(kind) => {
             let what = match kind {
                 HttpErrorKind::Connect => "could not connect",
@@ -633,31 +805,30 @@ impl FragmentStore for S3Store {
     /// the old one for every later read (fragment objects are far below S3's 5 GB limit).
     async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
         let k = key.as_str();
-        let result = {
-            let _permit = self.permit("replace", k).await?;
+        let path = self.path(k);
+        let payload = PutPayload::from(bytes);
+        let put = || {
             let options = PutOptions::from(PutMode::Overwrite);
-            self.s3
-                .put_opts(&self.path(k), PutPayload::from(bytes), options)
-                .await
+            self.s3.put_opts(&path, payload.clone(), options)
         };
-        match result {
+        match self.with_retries(put).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.failure("replace", k, e).await),
+            Err(f) => Err(self.failure("replace", k, f).await),
         }
     }
 
+    /// A body cut short fails its attempt (its length is checked against the response's)
+    /// and the whole object is fetched again.
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let k = key.as_str();
-        let result = {
-            let _permit = self.permit("get", k).await?;
-            match self.s3.get(&self.path(k)).await {
-                Ok(response) => response.bytes().await,
-                Err(e) => Err(e),
-            }
+        let path = self.path(k);
+        let get = || {
+            let (s3, path) = (&self.s3, &path);
+            async move { s3.get(path).await?.bytes().await }
         };
-        match result {
+        match self.with_retries(get).await {
             Ok(bytes) => Ok(bytes),
-            Err(e) => Err(self.object_error("get", k, e).await),
+            Err(f) => Err(self.object_error("get", k, f).await),
         }
     }
 
@@ -667,18 +838,17 @@ impl FragmentStore for S3Store {
         // S3 refuses empty ranges and ranges starting at or past the end (416); the trait
         // wants them clipped to empty, and a missing object must still be NotFound.
         if range.start < range.end {
-            let result = {
-                let _permit = self.permit("get", k).await?;
-                self.s3.get_range(&path, range.clone()).await
-            };
-            match result {
+            match self
+                .with_retries(|| self.s3.get_range(&path, range.clone()))
+                .await
+            {
                 Ok(bytes) => return Ok(bytes),
-                Err(e) if classify(&e) == Class::Missing => {
-                    return Err(self.object_error("get", k, e).await);
+                Err(f) if classify(&f.error) == Class::Missing => {
+                    return Err(self.object_error("get", k, f).await);
                 }
-                Err(e) => match self.head_path(key, &path).await? {
+                Err(f) => match self.head_path(key, &path).await? {
                     Some(meta) if meta.size <= range.start => {}
-                    _ => return Err(self.failure("get", k, e).await),
+                    _ => return Err(self.failure("get", k, f).await),
                 },
             }
         } else if self.head_path(key, &path).await?.is_none() {
@@ -694,6 +864,7 @@ impl FragmentStore for S3Store {
         self.head_path(key, &self.path(key.as_str())).await
     }
 
+    /// A listing cut short (a failed page) is started again from the beginning.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         // object_store lists whole path segments; list the deepest complete directory of
         // the prefix and filter the rest by string.
@@ -704,51 +875,44 @@ impl FragmentStore for S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        let mut out = Vec::new();
-        let failed = {
-            let _permit = self.permit("list", prefix).await?;
-            let mut objects = self.s3.list(dir.as_ref());
-            let mut failed = None;
-            while let Some(meta) = objects.next().await {
-                let meta = match meta {
-                    Ok(meta) => meta,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
+        let list = || {
+            let (s3, dir, full, strip) = (&self.s3, &dir, &full, &strip);
+            async move {
+                let mut out = Vec::new();
+                let mut objects = s3.list(dir.as_ref());
+                while let Some(meta) = objects.next().await {
+                    let meta = meta?;
+                    let location = meta.location.as_ref();
+                    if !location.starts_with(full.as_str()) {
+                        continue;
                     }
-                };
-                let location = meta.location.as_ref();
-                if !location.starts_with(&full) {
-                    continue;
+                    // Objects that are not valid keys were not written by a store; leave them.
+                    let Some(Ok(key)) = location.strip_prefix(strip.as_str()).map(ObjectKey::new)
+                    else {
+                        continue;
+                    };
+                    out.push(ObjectMeta {
+                        key,
+                        size: meta.size,
+                        modified: SystemTime::from(meta.last_modified),
+                    });
                 }
-                // Objects that are not valid keys were not written by a store; leave them.
-                let Some(Ok(key)) = location.strip_prefix(&strip).map(ObjectKey::new) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key,
-                    size: meta.size,
-                    modified: SystemTime::from(meta.last_modified),
-                });
+                Ok(out)
             }
-            failed
         };
-        if let Some(e) = failed {
-            return Err(self.failure("list", prefix, e).await);
+        match self.with_retries(list).await {
+            Ok(out) => Ok(out),
+            Err(f) => Err(self.failure("list", prefix, f).await),
         }
-        Ok(out)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let k = key.as_str();
-        let result = {
-            let _permit = self.permit("delete", k).await?;
-            self.s3.delete(&self.path(k)).await
-        };
-        match result {
+        let path = self.path(k);
+        match self.with_retries(|| self.s3.delete(&path)).await {
             Ok(()) => Ok(()),
             // S3 answers 204 for a missing key; some services answer 404.
-            Err(e) => match self.object_error("delete", k, e).await {
+            Err(f) => match self.object_error("delete", k, f).await {
                 FragmentError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
@@ -761,6 +925,10 @@ impl FragmentStore for S3Store {
         } else {
             format!("s3://{}/{}", self.bucket, self.prefix)
         }
+    }
+
+    fn retry_stats(&self) -> RetryStats {
+        self.counters.snapshot()
     }
 }
 
@@ -888,7 +1056,7 @@ mod tests {
                     store: "S3",
                     source: body(),
                 },
-                Class::Response,
+                Class::Response(None),
             ),
             (
                 E::Generic {

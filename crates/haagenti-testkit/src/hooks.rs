@@ -66,6 +66,8 @@ struct State {
     fail_puts_after: Option<u64>,
     /// Reads of keys under this prefix lose this many trailing bytes.
     truncate: Option<(String, usize)>,
+    /// The next this-many `get`s of keys under this prefix see one bit flipped.
+    flip: Option<(String, u64)>,
     /// `get` waits this long before reading.
     get_delay: Option<Duration>,
     /// `get`s by key since the last [`HookStore::take_gets`].
@@ -132,6 +134,12 @@ impl HookStore {
         self.state().truncate = Some((prefix.to_string(), cut));
     }
 
+    /// The next `n` `get`s of keys starting with `prefix` see the object with one bit
+    /// flipped in its middle: damage on the way from a network store, gone on the next read.
+    pub fn flip_next_gets(&self, prefix: &str, n: u64) {
+        self.state().flip = Some((prefix.to_string(), n));
+    }
+
     /// Every `get` waits `delay` before reading (`None`: no wait), so that concurrent
     /// readers overlap.
     pub fn delay_gets(&self, delay: Option<Duration>) {
@@ -164,6 +172,7 @@ impl HookStore {
         s.fail_put = None;
         s.fail_puts_after = None;
         s.truncate = None;
+        s.flip = None;
         s.get_delay = None;
         s.pause = None;
     }
@@ -305,7 +314,24 @@ impl FragmentStore for HookStore {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        self.read(key).await
+        let bytes = self.read(key).await?;
+        let flip = {
+            let mut s = self.state();
+            match &mut s.flip {
+                Some((prefix, n)) if *n > 0 && key.as_str().starts_with(prefix.as_str()) => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !flip || bytes.is_empty() {
+            return Ok(bytes);
+        }
+        let mut damaged = bytes.to_vec();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 0x10;
+        Ok(Bytes::from(damaged))
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {

@@ -7,6 +7,8 @@
 //!   Llama-shaped models, fine-tunes, casts, LoRA merges): the test and benchmark corpus.
 //! - [`env`](mod@env): what a test needs from its machine (the local S3 server), failing with
 //!   what to do unless a skip variable asks for the skip.
+//! - [`faults`]: [`FaultProxy`](faults::FaultProxy), an HTTP proxy in front of the local
+//!   S3 server that resets, throttles, loses and cuts a seeded share of requests.
 //! - [`hooks`]: [`HookStore`](hooks::HookStore), a store wrapper that counts calls and
 //!   injects faults (failed or full writes, truncated or slow reads) and pauses.
 //! - [`library`]: a library with test-sized fragments ([`library::test_library`]) and
@@ -24,6 +26,7 @@
 #[allow(clippy::unwrap_used)] // test code: a panic is the failure report
 pub mod codec;
 pub mod env;
+pub mod faults;
 pub mod hooks;
 pub mod library;
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report

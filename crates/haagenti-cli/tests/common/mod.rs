@@ -74,6 +74,19 @@ impl Lib {
         })
     }
 
+    /// The same S3 library reached through another endpoint (a fault proxy in front of
+    /// the server).
+    pub fn through(&self, endpoint: &str) -> Lib {
+        let mut lib = Lib {
+            args: self.args.clone(),
+            path: self.path.clone(),
+            endpoint: Some(endpoint.to_string()),
+        };
+        let at = lib.args.iter().position(|a| a == "--s3-endpoint").unwrap();
+        lib.args[at + 1] = endpoint.into();
+        lib
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_haagenti"));
         cmd.args(&self.args)

@@ -150,10 +150,17 @@ impl FragmentLibrary {
         Ok(out)
     }
 
-    /// Reads and decodes the manifest at `key`, which must name model `name`.
+    /// Reads and decodes the manifest at `key`, which must name model `name`. Bytes that
+    /// fail their checksum are fetched once more (damaged on the way, or at rest).
     async fn read_manifest(&self, name: &str, key: &ObjectKey) -> Result<ModelManifest> {
         let bytes = self.inner.store.get(key).await?;
-        let manifest = ModelManifest::decode(&bytes, key.as_str())?;
+        let manifest = match ModelManifest::decode(&bytes, key.as_str()) {
+            Err(e) if e.is_corruption() => {
+                let bytes = self.inner.store.get(key).await?;
+                ModelManifest::decode(&bytes, key.as_str())?
+            }
+            decoded => decoded?,
+        };
         if manifest.name != name {
             return Err(FragmentError::corrupt(
                 key.as_str(),

@@ -151,7 +151,17 @@ impl FragmentLibrary {
         self.read_object(id, from).await
     }
 
+    /// [`read_object_once`](Self::read_object_once), fetched a second time when the
+    /// bytes fail verification: a body damaged on its way from a network store reads back
+    /// whole the second time, while damage at rest fails again and is reported.
     async fn read_object(&self, id: &FragmentId, from: DependencyFrom) -> Result<Bytes> {
+        match self.read_object_once(id, from).await {
+            Err(e) if e.is_corruption() => self.read_object_once(id, from).await,
+            read => read,
+        }
+    }
+
+    async fn read_object_once(&self, id: &FragmentId, from: DependencyFrom) -> Result<Bytes> {
         let key = ObjectKey::fragment(id);
         let raw = self.store().get(&key).await?;
         self.inner.cache.count_store_read(raw.len());
