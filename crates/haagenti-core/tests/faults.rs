@@ -228,8 +228,8 @@ async fn bytes_damaged_on_the_way_are_fetched_again_and_damage_at_rest_is_report
     // One bad read of each kind of object: the second read is whole, nothing is reported.
     store.flip_next_gets("manifests/", 1);
     lib.manifest("a").await.unwrap();
-    let standalone: Vec<FragmentId> = (lib.manifest("a").await.unwrap().fragments())
-        .into_iter()
+    let manifest = lib.manifest("a").await.unwrap();
+    let standalone: Vec<FragmentId> = (manifest.fragments())
         .filter(|r| r.depends_on.is_none())
         .map(|r| r.id)
         .collect();
