@@ -42,7 +42,7 @@ pub use library::{
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,
-    TensorRef, validate_revision,
+    StoredKind, StoredObject, TensorRef, validate_revision,
 };
 pub use signature::{
     CandidateIndex, EntryMeta, IndexFactory, SchemeTag, Signature, SignatureScheme, Similarity,

@@ -3,7 +3,8 @@
 //! Manifests are immutable objects. Encoding (see `docs/format.md`):
 //! `"HGMF"`, manifest format version (1 byte), BLAKE3 of the body (32 bytes), body
 //! (bincode 2, standard config, decoded with a size limit). Version 2 added
-//! [`ModelManifest::revision`]; version 1 bodies still decode (with no revision).
+//! [`ModelManifest::revision`], version 3 [`ModelManifest::objects`]; version 1 and 2
+//! bodies still decode (without them).
 
 use std::collections::BTreeMap;
 
@@ -11,14 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
-use crate::types::{Dtype, FragmentId, FragmentType, validate_model_name};
+use crate::types::{Dtype, Encoding, FragmentId, FragmentType, validate_model_name};
 
 /// The first four bytes of every manifest object.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"HGMF";
 /// The manifest format version [`ModelManifest::encode`] writes. Manifests have their own
 /// version (fragment objects keep `LIBRARY_FORMAT_VERSION`): 1 is the body without
-/// `revision`, 2 added it. Decoding accepts both.
-pub const MANIFEST_FORMAT_VERSION: u8 = 2;
+/// `revision`, 2 added it, 3 added `objects`. Decoding accepts all three.
+pub const MANIFEST_FORMAT_VERSION: u8 = 3;
 /// Upper bound on a decoded manifest; a hostile length prefix cannot allocate more.
 pub(crate) const MAX_MANIFEST_LEN: usize = 1 << 30;
 
@@ -32,6 +33,42 @@ pub struct FragmentRef {
     /// The fragment this one's stored object depends on (delta base or cast source), so
     /// garbage collection can mark from manifests alone.
     pub depends_on: Option<FragmentId>,
+}
+
+/// How a fragment object is stored, as far as statistics care. Persisted by its variant
+/// index (bincode): 0, 1, 2 are fixed forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StoredKind {
+    /// Compressed (or raw) on its own.
+    Standalone,
+    /// An XOR delta against a base (of the same dtype, or of a cast of an f32 source).
+    Delta,
+    /// A cast of an f32 source: a header, no payload.
+    Cast,
+}
+
+impl StoredKind {
+    /// The kind of an object stored with `encoding`.
+    pub fn of(encoding: &Encoding) -> Self {
+        match encoding {
+            Encoding::Standalone { .. } => StoredKind::Standalone,
+            Encoding::Delta { .. } | Encoding::CastDelta { .. } => StoredKind::Delta,
+            Encoding::Cast { .. } => StoredKind::Cast,
+        }
+    }
+}
+
+/// The stored object of one fragment a model needs (manifest format 3): what `stats` and
+/// `show` report without reading the object, so their cost does not grow with the
+/// library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// The fragment.
+    pub id: FragmentId,
+    /// Size of its object in the store, header included.
+    pub stored_len: u64,
+    /// How it is stored.
+    pub kind: StoredKind,
 }
 
 /// One tensor of a safetensors file.
@@ -139,6 +176,34 @@ pub struct ModelManifest {
     /// The source's revision when the ingest recorded one (for a model imported from the
     /// Hugging Face hub cache: the commit hash of the snapshot). See [`validate_revision`].
     pub revision: Option<String>,
+    /// The stored object of every fragment the model references and of every fragment
+    /// those depend on, sorted by id, each once, as ingest wrote or found them. Empty in
+    /// manifests written before format version 3 (readers then ask the store).
+    pub objects: Vec<StoredObject>,
+}
+
+/// The body of a version 2 manifest: [`ModelManifest`] before `objects`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelManifestV2 {
+    name: String,
+    created_unix_ms: u64,
+    files: Vec<FileManifest>,
+    lossy: Vec<LossySubstitution>,
+    revision: Option<String>,
+}
+
+impl From<ModelManifestV2> for ModelManifest {
+    fn from(v2: ModelManifestV2) -> Self {
+        Self {
+            name: v2.name,
+            created_unix_ms: v2.created_unix_ms,
+            files: v2.files,
+            lossy: v2.lossy,
+            revision: v2.revision,
+            objects: Vec::new(),
+        }
+    }
 }
 
 /// The body of a version 1 manifest: [`ModelManifest`] before `revision`. bincode encodes
@@ -160,6 +225,7 @@ impl From<ModelManifestV1> for ModelManifest {
             files: v1.files,
             lossy: v1.lossy,
             revision: None,
+            objects: Vec::new(),
         }
     }
 }
@@ -289,6 +355,10 @@ impl ModelManifest {
             let (v1, used): (ModelManifestV1, usize) =
                 bincode::serde::decode_from_slice(body, config).map_err(undecodable)?;
             (v1.into(), used)
+        } else if version == 2 {
+            let (v2, used): (ModelManifestV2, usize) =
+                bincode::serde::decode_from_slice(body, config).map_err(undecodable)?;
+            (v2.into(), used)
         } else {
             bincode::serde::decode_from_slice(body, config).map_err(undecodable)?
         };
@@ -352,6 +422,18 @@ impl ModelManifest {
                     }
                 }
             }
+        }
+        // The stored-object table: sorted, each id once, sizes an object can have.
+        let max_object = MAX_DECODED_LEN as u64 + 4096;
+        for pair in self.objects.windows(2) {
+            if pair[0].id >= pair[1].id {
+                return Err(bad("stored objects are not sorted by id, each once".into()));
+            }
+        }
+        if self.objects.iter().any(|o| o.stored_len > max_object) {
+            return Err(bad(
+                "a stored object is larger than any fragment object".into()
+            ));
         }
         // Every substitution names a fragment reference that points at its substitute, and
         // a measured error: export and stats rely on both.
@@ -467,6 +549,7 @@ mod tests {
             ],
             lossy: vec![],
             revision: None,
+            objects: vec![],
         }
     }
 
@@ -496,8 +579,8 @@ mod tests {
     }
 
     #[test]
-    fn version_1_manifests_still_decode() {
-        let m = sample();
+    fn version_1_and_2_manifests_still_decode() {
+        let mut m = sample();
         let v1 = ModelManifestV1 {
             name: m.name.clone(),
             created_unix_ms: m.created_unix_ms,
@@ -510,16 +593,57 @@ mod tests {
         assert_eq!(decoded.revision, None);
         // The same body labelled version 2 lacks the revision field: corrupt, not misread.
         assert!(ModelManifest::decode(&envelope(2, &body), "k").is_err());
-        // A version 2 body is not a version 1 body either (the trailing field is left over).
-        let v2 = m.encode().unwrap();
-        assert_eq!(v2[4], MANIFEST_FORMAT_VERSION);
-        assert!(ModelManifest::decode(&envelope(1, &v2[37..]), "k").is_err());
-        for unknown in [0, 3, 255] {
+
+        m.revision = Some("main".into());
+        let v2 = ModelManifestV2 {
+            name: m.name.clone(),
+            created_unix_ms: m.created_unix_ms,
+            files: m.files.clone(),
+            lossy: m.lossy.clone(),
+            revision: m.revision.clone(),
+        };
+        let body = bincode::serde::encode_to_vec(&v2, bincode::config::standard()).unwrap();
+        let decoded = ModelManifest::decode(&envelope(2, &body), "k").unwrap();
+        assert_eq!(decoded, m);
+        assert!(decoded.objects.is_empty());
+        assert!(ModelManifest::decode(&envelope(3, &body), "k").is_err());
+
+        // A version 3 body is neither (its trailing table is left over).
+        m.objects = vec![StoredObject {
+            id: FragmentId::of(b"abc"),
+            stored_len: 40,
+            kind: StoredKind::Delta,
+        }];
+        let v3 = m.encode().unwrap();
+        assert_eq!(v3[4], MANIFEST_FORMAT_VERSION);
+        assert_eq!(ModelManifest::decode(&v3, "k").unwrap(), m);
+        for older in [1, 2] {
+            assert!(ModelManifest::decode(&envelope(older, &v3[37..]), "k").is_err());
+        }
+        for unknown in [0, 4, 255] {
             assert!(matches!(
-                ModelManifest::decode(&envelope(unknown, &v2[37..]), "k"),
-                Err(FragmentError::UnsupportedVersion { found, supported: 2, .. })
+                ModelManifest::decode(&envelope(unknown, &v3[37..]), "k"),
+                Err(FragmentError::UnsupportedVersion { found, supported: 3, .. })
                     if found == u32::from(unknown)
             ));
+        }
+    }
+
+    #[test]
+    fn the_stored_object_table_is_sorted_unique_and_bounded() {
+        let mut m = sample();
+        let o = |b: &[u8], stored_len| StoredObject {
+            id: FragmentId::of(b),
+            stored_len,
+            kind: StoredKind::Standalone,
+        };
+        let (a, b) = (o(b"abc", 10), o(b"def", 10));
+        let (lo, hi) = if a.id < b.id { (a, b) } else { (b, a) };
+        m.objects = vec![lo, hi];
+        assert!(m.validate().is_ok());
+        for bad in [vec![hi, lo], vec![lo, lo], vec![o(b"abc", u64::MAX)]] {
+            m.objects = bad;
+            assert!(m.validate().is_err(), "{:?}", m.objects);
         }
     }
 

@@ -491,13 +491,14 @@ impl LibraryConfig {
 pub struct LibraryStats {
     /// Models in the library.
     pub models: u64,
-    /// Distinct fragment objects in the store.
+    /// Distinct fragment objects the current models need: their fragments and the ones
+    /// those depend on (unreferenced objects awaiting `gc` are not counted).
     pub fragments: u64,
     /// Sum of the sizes of every ingested file.
     pub logical_bytes: u64,
-    /// Sum of the sizes of every object the library keeps (fragments, manifests, indexes).
+    /// Sum of the sizes of every object the models need (fragments, manifests, indexes).
     pub stored_bytes: u64,
-    /// Sum of the sizes of the fragment objects.
+    /// Sum of the sizes of the fragment objects counted in `fragments`.
     pub fragment_bytes: u64,
     /// Sum of the sizes of the manifest objects, every generation.
     pub manifest_bytes: u64,
@@ -505,8 +506,8 @@ pub struct LibraryStats {
     pub index_bytes: u64,
     /// Where the difference between logical and stored bytes comes from.
     pub savings: Savings,
-    /// Models whose current manifest cannot be read: left out of every figure above
-    /// except the stored sizes, which come from a listing.
+    /// Models whose current manifest cannot be read: left out of every figure above but
+    /// `manifest_bytes`, which comes from a listing.
     #[serde(default)]
     pub damaged: Vec<DamagedManifest>,
 }

@@ -930,6 +930,7 @@ mod tests {
                         .collect(),
                     lossy: vec![],
                     revision: None,
+                    objects: vec![],
                 })
                 .collect();
             let counts = pair_counts(&manifests, &encodings);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -20,11 +20,12 @@ use super::similarity::{Placement, Policy};
 use super::{FragmentLibrary, join_error, now_unix_ms};
 use crate::error::{FragmentError, Result};
 use crate::manifest::{
-    FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, TensorRef,
-    validate_relative_path, validate_revision,
+    FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, StoredKind,
+    StoredObject, TensorRef, validate_relative_path, validate_revision,
 };
 use crate::safetensors::{self, SafetensorsHeader};
 use crate::signature::EntryMeta;
+use crate::store::ObjectKey;
 use crate::types::{Dtype, Encoding, FragmentId, fragment_elements, validate_model_name};
 
 /// Receives progress of long operations (ingest, export, verify). Implementations must
@@ -317,9 +318,20 @@ impl FragmentLibrary {
                 async move { self.ingest_fragment(job, &session, &damaged, policy).await }
             })
             .buffer_unordered(parallelism);
+        // What this ingest learnt of every stored object the model needs.
+        let mut objects: HashMap<FragmentId, Learnt> = HashMap::new();
         while let Some(done) = results.next().await {
             let done = done?;
             let len = u64::from(done.fref.len);
+            let learnt = objects.entry(done.fref.id).or_default();
+            learnt.kind = learnt.kind.or(done.kind);
+            if let Outcome::Written { stored_len, .. } = done.outcome {
+                learnt.stored_len = Some(stored_len);
+            }
+            if let Some(dep) = done.fref.depends_on {
+                // A dependency is standalone: deltas and casts have depth 1.
+                objects.entry(dep).or_default().kind = Some(StoredKind::Standalone);
+            }
             report.signature_seconds += done.signature_seconds;
             let mut lossy = None;
             match done.outcome {
@@ -386,6 +398,7 @@ impl FragmentLibrary {
             })?;
             files.push(build_file_manifest(src, refs, blake3, &mut substitutions)?);
         }
+        let objects = self.stored_objects(objects).await?;
         // The index is advisory, but written before the manifest so that a model that
         // exists always has its fragments indexed.
         self.write_index_segment(&new_index_entries).await?;
@@ -395,6 +408,7 @@ impl FragmentLibrary {
             files,
             lossy: substitutions,
             revision: opts.revision.clone(),
+            objects,
         };
         report.files = manifest.files.len() as u64;
         report.tensors = manifest
@@ -448,6 +462,7 @@ impl FragmentLibrary {
                 depends_on: resolved.depends_on,
             },
             original: id,
+            kind: resolved.kind,
             outcome,
             signature_seconds,
         };
@@ -478,6 +493,7 @@ impl FragmentLibrary {
             let resolved = Resolved {
                 id,
                 depends_on: None,
+                kind: Some(StoredKind::Standalone),
                 rel_error: None,
             };
             remember(session, id, resolved);
@@ -487,6 +503,7 @@ impl FragmentLibrary {
             let resolved = Resolved {
                 id,
                 depends_on: header.dependency(),
+                kind: Some(StoredKind::of(&header.encoding)),
                 rel_error: None,
             };
             remember(session, id, resolved);
@@ -526,6 +543,7 @@ impl FragmentLibrary {
                 let resolved = Resolved {
                     id,
                     depends_on: encoding.dependency(),
+                    kind: Some(StoredKind::of(&encoding)),
                     rel_error: None,
                 };
                 (
@@ -541,6 +559,7 @@ impl FragmentLibrary {
                 Resolved {
                     id,
                     depends_on,
+                    kind: None,
                     rel_error: None,
                 },
                 Outcome::Dedup,
@@ -553,6 +572,7 @@ impl FragmentLibrary {
                 Resolved {
                     id: substitute,
                     depends_on,
+                    kind: None,
                     rel_error: Some(rel_error),
                 },
                 Outcome::Substituted { rel_error },
@@ -563,12 +583,61 @@ impl FragmentLibrary {
     }
 }
 
+/// What an ingest learnt of one stored object on the way (see [`StoredObject`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Learnt {
+    stored_len: Option<u64>,
+    kind: Option<StoredKind>,
+}
+
+impl FragmentLibrary {
+    /// The manifest's table of stored objects: what the ingest learnt, completed with a
+    /// HEAD (size) or a header read and a HEAD (kind too) for objects it found stored.
+    /// Costs requests only for fragments of this model, never for the rest of the library.
+    async fn stored_objects(
+        &self,
+        learnt: HashMap<FragmentId, Learnt>,
+    ) -> Result<Vec<StoredObject>> {
+        let lookups = learnt.into_iter().map(|(id, l)| async move {
+            let key = ObjectKey::fragment(&id);
+            let (stored_len, kind) = match (l.stored_len, l.kind) {
+                (Some(len), Some(kind)) => (Some(len), Some(kind)),
+                (_, Some(kind)) => (self.store().head(&key).await?.map(|m| m.size), Some(kind)),
+                (_, None) => match self.fragment_info(&id).await? {
+                    Some(meta) => (Some(meta.stored_len), Some(StoredKind::of(&meta.encoding))),
+                    None => (None, None),
+                },
+            };
+            Ok::<_, FragmentError>(match (stored_len, kind) {
+                (Some(stored_len), Some(kind)) => Some(StoredObject {
+                    id,
+                    stored_len,
+                    kind,
+                }),
+                // Gone meanwhile: left out; readers then ask the store, as for old manifests.
+                _ => None,
+            })
+        });
+        let mut objects: Vec<StoredObject> = futures::stream::iter(lookups)
+            .buffer_unordered(32)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        objects.sort_by_key(|o| o.id);
+        Ok(objects)
+    }
+}
+
 /// How the fragments with one id were resolved earlier in the same ingest.
 #[derive(Clone, Copy, Debug)]
 struct Resolved {
     /// The fragment the manifest references: the original, or a lossy substitute.
     id: FragmentId,
     depends_on: Option<FragmentId>,
+    /// How its object is stored, when this ingest learnt it on the way.
+    kind: Option<StoredKind>,
     /// Set for a lossy substitute.
     rel_error: Option<f64>,
 }
@@ -603,6 +672,8 @@ struct Done {
     fref: FragmentRef,
     /// The id of the bytes read from the file.
     original: FragmentId,
+    /// How the referenced fragment's object is stored, when known on the way.
+    kind: Option<StoredKind>,
     outcome: Outcome,
     signature_seconds: f64,
 }

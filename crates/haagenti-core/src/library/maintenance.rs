@@ -10,11 +10,12 @@ use serde::Serialize;
 use super::FragmentLibrary;
 use super::locks::LockKind;
 use crate::error::{FragmentError, Result};
-use crate::manifest::ModelManifest;
+use crate::manifest::{ModelManifest, StoredKind};
 use crate::store::{
-    FRAGMENTS_PREFIX, FragmentStore, INDEX_PREFIX, MANIFESTS_PREFIX, ObjectKey, TMP_PREFIX,
+    FRAGMENTS_PREFIX, FragmentStore, INDEX_PREFIX, MANIFESTS_PREFIX, ObjectKey, ObjectMeta,
+    TMP_PREFIX,
 };
-use crate::types::{Encoding, FragmentId, LibraryStats, validate_model_name};
+use crate::types::{FragmentId, LibraryStats, validate_model_name};
 
 /// Objects under `tmp/` are a backend's in-flight writes, and a listing cannot tell whose:
 /// gc leaves them at least this long whatever the grace period, so a short grace never
@@ -162,9 +163,13 @@ impl FragmentLibrary {
         Ok(report)
     }
 
-    /// Library-wide figures from the manifests, a listing of the store and the headers of
-    /// the referenced fragments. Models whose current manifest cannot be read are left out
-    /// of the figures and listed in `damaged`.
+    /// Library-wide figures from the manifests alone: their tables of stored objects
+    /// (format 3) give every needed fragment's size and kind, so the requests made do not
+    /// grow with the number of fragments: a listing of `manifests/` and of `index/`, and
+    /// the current manifests. Unreferenced objects awaiting `gc` are not counted. Models
+    /// whose current manifest cannot be read are left out and listed in `damaged`.
+    /// Libraries holding manifests from before format 3 fall back to a listing of the
+    /// fragments and a header read per referenced fragment.
     pub async fn stats(&self) -> Result<LibraryStats> {
         // A model whose manifest cannot be read is reported, not allowed to hide the rest.
         let (latest, damaged) = self.manifests_report().await?;
@@ -193,9 +198,23 @@ impl FragmentLibrary {
         stats.savings.exact_dedup_bytes =
             (ref_bytes - unique_bytes).saturating_sub(stats.savings.lossy_bytes);
 
-        let fragments = self.store().list(FRAGMENTS_PREFIX).await?;
-        stats.fragments = fragments.len() as u64;
-        stats.fragment_bytes = fragments.iter().map(|m| m.size).sum();
+        let tabled = latest
+            .iter()
+            .all(|m| !m.objects.is_empty() || m.fragments().next().is_none());
+        let objects = if tabled {
+            let mut objects: HashMap<FragmentId, (u64, StoredKind)> = HashMap::new();
+            for o in latest.iter().flat_map(|m| &m.objects) {
+                objects.insert(o.id, (o.stored_len, o.kind));
+            }
+            stats.fragments = objects.len() as u64;
+            stats.fragment_bytes = objects.values().map(|(len, _)| len).sum();
+            objects
+        } else {
+            let listed = self.store().list(FRAGMENTS_PREFIX).await?;
+            stats.fragments = listed.len() as u64;
+            stats.fragment_bytes = listed.iter().map(|m| m.size).sum();
+            self.stored_from_store(&referenced, &listed).await?
+        };
         stats.manifest_bytes = self
             .store()
             .list(MANIFESTS_PREFIX)
@@ -213,35 +232,49 @@ impl FragmentLibrary {
         stats.stored_bytes = stats.fragment_bytes + stats.manifest_bytes + stats.index_bytes;
 
         // Attribute each referenced fragment's saving to how it is stored.
-        let sizes: HashMap<FragmentId, u64> = fragments
+        for (id, len) in &referenced {
+            let Some(&(stored, kind)) = objects.get(id) else {
+                continue;
+            };
+            let saved = *len as i64 - stored as i64;
+            match kind {
+                StoredKind::Standalone => stats.savings.compression_bytes += saved,
+                StoredKind::Delta => stats.savings.delta_bytes += saved,
+                StoredKind::Cast => stats.savings.cast_bytes += saved.max(0) as u64,
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Size and kind of the `referenced` fragments' objects from the store: sizes from
+    /// the `listed` fragments, kinds from a header read each (manifests before format 3).
+    async fn stored_from_store(
+        &self,
+        referenced: &HashMap<FragmentId, u64>,
+        listed: &[ObjectMeta],
+    ) -> Result<HashMap<FragmentId, (u64, StoredKind)>> {
+        let sizes: HashMap<FragmentId, u64> = listed
             .iter()
             .filter_map(|m| Some((m.key.fragment_id()?, m.size)))
             .collect();
         let sizes = &sizes;
-        let headers = futures::stream::iter(referenced.iter().map(|(id, len)| async move {
-            Ok::<_, FragmentError>((
-                *len,
-                sizes.get(id).copied(),
-                self.fragment_header(id).await?,
-            ))
+        let headers = futures::stream::iter(referenced.keys().map(|id| async move {
+            let header = match sizes.get(id) {
+                Some(_) => self.fragment_header(id).await?,
+                None => None,
+            };
+            Ok::<_, FragmentError>((*id, header))
         }))
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
+        let mut out = HashMap::new();
         for h in headers {
-            let (len, stored, header) = h?;
-            let (Some(stored), Some(header)) = (stored, header) else {
-                continue;
-            };
-            let saved = len as i64 - stored as i64;
-            match header.encoding {
-                Encoding::Standalone { .. } => stats.savings.compression_bytes += saved,
-                Encoding::Delta { .. } | Encoding::CastDelta { .. } => {
-                    stats.savings.delta_bytes += saved
-                }
-                Encoding::Cast { .. } => stats.savings.cast_bytes += saved.max(0) as u64,
+            let (id, header) = h?;
+            if let (Some(&stored), Some(header)) = (sizes.get(&id), header) {
+                out.insert(id, (stored, StoredKind::of(&header.encoding)));
             }
         }
-        Ok(stats)
+        Ok(out)
     }
 }
