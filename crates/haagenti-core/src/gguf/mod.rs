@@ -12,7 +12,10 @@
 //!
 //! The result ([`GgufHeader`]) says where everything is, so that the file can be cut into
 //! its verbatim metadata, one byte range per tensor and the padding between them
-//! ([`GgufHeader::pieces`]) and rebuilt bit for bit.
+//! ([`GgufHeader::pieces`]) and rebuilt bit for bit. [`quant`] holds the reference
+//! quantizers of the legacy block types.
+
+pub mod quant;
 
 use std::collections::HashSet;
 use std::io::Read;
