@@ -23,6 +23,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::error::{FragmentError, Result};
+use crate::types::Dtype;
 
 /// The first four bytes of every GGUF file.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -563,6 +564,22 @@ impl GgmlType {
     /// ggml's id of the type.
     pub fn id(self) -> u32 {
         self as u32
+    }
+
+    /// The element type of a plain (one element per block) type, as safetensors names
+    /// it: F32, F16, BF16, F64 and the signed integers. `None` for block types.
+    pub fn dtype(self) -> Option<Dtype> {
+        Some(match self {
+            Self::F32 => Dtype::F32,
+            Self::F16 => Dtype::F16,
+            Self::BF16 => Dtype::BF16,
+            Self::F64 => Dtype::F64,
+            Self::I8 => Dtype::I8,
+            Self::I16 => Dtype::I16,
+            Self::I32 => Dtype::I32,
+            Self::I64 => Dtype::I64,
+            _ => return None,
+        })
     }
 
     /// Bytes of `elements` elements of this type: `None` unless they are a whole number

@@ -643,6 +643,12 @@ fn ggml_type_table_is_consistent() {
         }
     }
     assert_eq!(GgmlType::ALL.len(), 34);
+    for &t in GgmlType::ALL {
+        match t.dtype() {
+            Some(d) => assert_eq!((t.block_size(), t.type_size()), (1, d.size() as u64)),
+            None => assert!(t.block_size() > 1, "{t}"),
+        }
+    }
     assert_eq!(GgmlType::Q6_K.to_string(), "Q6_K");
     assert_eq!(GgmlType::F32.bytes_for(u64::MAX / 2), None);
 }
