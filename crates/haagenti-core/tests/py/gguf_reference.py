@@ -164,6 +164,20 @@ for name, alignment in [("quants.gguf", None), ("quants_align64.gguf", 64), ("qu
     w.tensor("output.weight", rng.standard_normal((4, 64)).astype(np.float16))
     files.append(w.close())
 
+# Tokenizer-sized metadata (what dominates real headers): 32k tokens, scores, types and
+# merges, and one tensor.
+w = Writer(OUT / "tokenizer.gguf")
+n_vocab = 32_000  # Llama 2's
+w.kv("tokenizer.ggml.model", "gpt2", V.STRING)
+w.kv("tokenizer.ggml.tokens", [f"tok_{i:x}_\u0120{'ab' * (i % 7)}" for i in range(n_vocab)], V.ARRAY, V.STRING)
+w.kv("tokenizer.ggml.scores", [float(-i) / 7 for i in range(n_vocab)], V.ARRAY, V.FLOAT32)
+w.kv("tokenizer.ggml.token_type", [1 + i % 6 for i in range(n_vocab)], V.ARRAY, V.INT32)
+w.kv("tokenizer.ggml.merges", [f"m{i} x{i}" for i in range(n_vocab)], V.ARRAY, V.STRING)
+w.kv("tokenizer.chat_template", "{% for m in messages %}{{ m.content }}{% endfor %}" * 200, V.STRING)
+w.tensor("token_embd.weight", gguf.quants.quantize(
+    (rng.standard_normal((8, 256)) * 0.02).astype(np.float32), Q.Q4_0), raw_dtype=Q.Q4_0)
+files.append(w.close())
+
 # Metadata only.
 w = Writer(OUT / "metadata_only.gguf")
 w.kv("general.name", "no tensors", V.STRING)
