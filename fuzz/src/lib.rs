@@ -12,6 +12,7 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use haagenti_core::codec::MAX_DECODED_LEN;
+use haagenti_core::gguf;
 use haagenti_core::internals::{self as object, ObjectHeader};
 use haagenti_core::safetensors::read_header_from;
 use haagenti_core::store::FragmentStore;
@@ -93,6 +94,66 @@ pub fn safetensors_header(mut data: &[u8]) {
         cursor = t.end;
     }
     assert_eq!(cursor, file.len() as u64);
+}
+
+/// GGUF header reader. Mode byte even: the bytes are a whole file. Odd: a u16 data
+/// length, a tensor count and a key-value count (a byte each), then the key-values and
+/// tensor infos; the fixed header (version 2 or 3 by the mode) and a data region of that
+/// length are made up around them, so the fuzzer works on the metadata.
+pub fn gguf_header(mut data: &[u8]) {
+    let mode = byte(&mut data);
+    let file: Vec<u8> = if mode & 1 == 0 {
+        data.to_vec()
+    } else {
+        let data_len = usize::from(u16_le(&mut data));
+        let n_tensors = u64::from(byte(&mut data) % 8);
+        let n_kv = u64::from(byte(&mut data) % 8);
+        let mut f = b"GGUF".to_vec();
+        f.extend_from_slice(&(2 + u32::from(mode >> 1 & 1)).to_le_bytes());
+        f.extend_from_slice(&n_tensors.to_le_bytes());
+        f.extend_from_slice(&n_kv.to_le_bytes());
+        f.extend_from_slice(data);
+        f.resize(f.len() + data_len, 0);
+        f
+    };
+    let Ok(h) = gguf::read_header_from(&mut &file[..], file.len() as u64, Path::new("fuzz")) else {
+        return;
+    };
+    // Accepted headers describe the file exactly: the metadata verbatim, every tensor
+    // aligned and as long as its type and dimensions say, the pieces tiling the file.
+    assert_eq!(h.raw[..], file[..h.raw.len()]);
+    assert!(h.alignment.is_power_of_two());
+    assert_eq!(h.data_start % u64::from(h.alignment), 0);
+    assert!(h.data_start >= h.metadata_len() && h.data_start <= file.len() as u64);
+    let mut names = std::collections::HashSet::new();
+    for t in &h.tensors {
+        assert!(names.insert(&t.name), "tensor {:?} twice", t.name);
+        assert!(t.name.len() <= 64 && t.dims.len() <= 4);
+        assert_eq!(t.offset % u64::from(h.alignment), 0);
+        assert_eq!(t.start, h.data_start + t.offset);
+        let row = t.dims.first().copied().unwrap_or(1);
+        let len = t.ggml_type.bytes_for(row).and_then(|r| {
+            t.dims
+                .iter()
+                .skip(1)
+                .try_fold(r, |acc, &d| acc.checked_mul(d))
+        });
+        assert_eq!(len, Some(t.len), "tensor {:?}", t.name);
+    }
+    let mut cursor = 0;
+    let mut seen = 0;
+    for p in &h.pieces {
+        let r = match p {
+            gguf::GgufPiece::Metadata(r) | gguf::GgufPiece::Padding(r) => r.clone(),
+            gguf::GgufPiece::Tensor(i) => {
+                seen += 1;
+                h.tensors[*i].range()
+            }
+        };
+        assert_eq!(r.start, cursor, "pieces must tile the file");
+        cursor = r.end;
+    }
+    assert_eq!((cursor, seen), (file.len() as u64, h.tensors.len()));
 }
 
 /// Manifest decoder. Mode byte even: the bytes are a whole stored manifest. Odd: they

@@ -1,5 +1,5 @@
-//! The Python environment of the acceptance tests: the real `safetensors` and
-//! `huggingface_hub` packages (and what they need), pinned in
+//! The Python environment of the acceptance tests: the real `safetensors`,
+//! `huggingface_hub` and `gguf` packages (and what they need), pinned in
 //! `scripts/test-requirements.txt` and installed into `target/py-venv`.
 
 use std::path::{Path, PathBuf};

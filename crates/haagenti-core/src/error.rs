@@ -41,6 +41,15 @@ pub enum FragmentError {
         reason: String,
     },
 
+    /// A GGUF file is malformed.
+    #[error("{}: invalid GGUF file: {error}", path.display())]
+    InvalidGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: crate::gguf::GgufError,
+    },
+
     /// A model name is not acceptable.
     #[error("invalid model name {name:?}: {reason}")]
     InvalidModelName {

@@ -9,6 +9,7 @@
 pub mod cast;
 pub mod codec;
 pub mod error;
+pub mod gguf;
 mod id;
 mod library;
 pub mod manifest;

@@ -34,7 +34,7 @@ pub fn s3_test_server(test: &str) -> Option<(String, String)> {
 pub const SKIP_PYTHON: &str = "HAAGENTI_SKIP_PYTHON";
 
 /// The Python interpreter holding the real client packages (`safetensors`, `numpy`,
-/// `ml_dtypes`, `huggingface_hub`, pinned in `scripts/test-requirements.txt`), from
+/// `ml_dtypes`, `huggingface_hub`, `gguf`, pinned in `scripts/test-requirements.txt`), from
 /// `HAAGENTI_TEST_PYTHON`, which `cargo xtask test` sets after installing them into
 /// `target/py-venv`. `None` (after printing the skip) when unset and
 /// `HAAGENTI_SKIP_PYTHON=1`; a panic saying how to get it otherwise.
