@@ -432,8 +432,14 @@ pub struct LibraryConfig {
     pub blob_chunk_avg: usize,
     /// How hard the codec works when writing fragments.
     pub codec_policy: CodecPolicy,
-    /// How many fragments are hashed/encoded/stored at once; bounds memory.
+    /// CPU work (hashing, encoding, signatures) running at once: one per core.
     pub parallelism: usize,
+    /// Fragments an ingest has in flight at once: being hashed, encoded, checked against
+    /// the store or written. Beyond `parallelism` they wait on store requests, which a
+    /// network store wants many of (32 to 64); it also bounds ingest memory (about two
+    /// fragments each).
+    #[serde(default = "default_io_concurrency")]
+    pub io_concurrency: usize,
     /// Estimated cosine from which a stored fragment is tried as a delta base, cast
     /// source or lossy substitute (with similarity on).
     pub similarity_threshold: SimilarityThreshold,
@@ -448,6 +454,7 @@ impl Default for LibraryConfig {
             blob_chunk_avg: 256 << 10,
             codec_policy: CodecPolicy::default(),
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            io_concurrency: default_io_concurrency(),
             similarity_threshold: DEFAULT_SIMILARITY_THRESHOLD,
             similarity_candidates: 2,
         }
@@ -482,8 +489,18 @@ impl LibraryConfig {
                 "parallelism must be at least 1".into(),
             ));
         }
+        if !(1..=4096).contains(&self.io_concurrency) {
+            return Err(FragmentError::InvalidInput(format!(
+                "I/O concurrency {} is outside 1..=4096",
+                self.io_concurrency
+            )));
+        }
         Ok(())
     }
+}
+
+fn default_io_concurrency() -> usize {
+    32
 }
 
 /// Library-wide figures, computed from the manifests and a listing of the store.

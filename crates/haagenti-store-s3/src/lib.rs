@@ -130,7 +130,7 @@ pub struct S3Options {
     pub region: Option<String>,
     /// `None`: the standard AWS environment, profile files and instance credentials.
     pub credentials: Option<S3Credentials>,
-    /// Requests of this store in flight at once (at least 1; default 16).
+    /// Requests of this store in flight at once (at least 1; default 64: S3 serves each request slowly and many at once).
     pub max_concurrency: usize,
     /// Objects larger than this many bytes go up as multipart uploads, which are not
     /// create-only against concurrent writers (default 8 MiB).
@@ -152,7 +152,7 @@ impl Default for S3Options {
             endpoint: None,
             region: None,
             credentials: None,
-            max_concurrency: 16,
+            max_concurrency: 64,
             multipart_threshold: 8 << 20,
             part_size: 8 << 20,
             max_retries: 10,

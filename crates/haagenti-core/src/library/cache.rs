@@ -165,6 +165,7 @@ impl FragmentLibrary {
             config: self.inner.config.clone(),
             cache: Arc::new(FragmentCache::new(bytes)),
             similarity: self.inner.similarity.clone(),
+            cpu: self.inner.cpu.clone(),
         };
         Self {
             inner: Arc::new(inner),

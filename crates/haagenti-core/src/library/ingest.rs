@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::locks::LockKind;
-use super::objects::hash_blocking;
 use super::similarity::{Placement, Policy};
 use super::{FragmentLibrary, join_error, now_unix_ms};
 use crate::error::{FragmentError, Result};
@@ -184,7 +183,7 @@ impl FragmentLibrary {
     /// Ingests a `.safetensors` file or a model directory as model `name`.
     ///
     /// Every input file is validated before anything is written, so bad input changes
-    /// nothing. Memory stays bounded by `parallelism` fragments whatever the model size.
+    /// nothing. Memory stays bounded by `io_concurrency` fragments whatever the model size.
     pub async fn ingest(
         &self,
         name: &str,
@@ -276,8 +275,9 @@ impl FragmentLibrary {
             p.begin(total);
         }
         let sources = Arc::new(sources);
-        let parallelism = self.config().parallelism;
-        let (tx, mut rx) = mpsc::channel::<ReaderMsg>(parallelism * 2);
+        // Fragments in flight: CPU work inside them is gated by `parallelism` (on_cpu).
+        let in_flight = self.config().io_concurrency;
+        let (tx, mut rx) = mpsc::channel::<ReaderMsg>(in_flight);
         let reader = {
             let sources = sources.clone();
             let fragment_size = self.config().fragment_size;
@@ -317,7 +317,7 @@ impl FragmentLibrary {
                 let (session, damaged) = (session.clone(), damaged.clone());
                 async move { self.ingest_fragment(job, &session, &damaged, policy).await }
             })
-            .buffer_unordered(parallelism);
+            .buffer_unordered(in_flight);
         // What this ingest learnt of every stored object the model needs.
         let mut objects: HashMap<FragmentId, Learnt> = HashMap::new();
         while let Some(done) = results.next().await {
@@ -452,7 +452,7 @@ impl FragmentLibrary {
     ) -> Result<Done> {
         let len = u32::try_from(job.data.len())
             .map_err(|_| FragmentError::InvalidInput("fragment larger than 4 GiB".into()))?;
-        let id = hash_blocking(job.data.clone()).await?;
+        let id = self.hash(job.data.clone()).await?;
         let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| Done {
             file: job.file,
             seq: job.seq,
@@ -514,13 +514,12 @@ impl FragmentLibrary {
         let (signature, signature_seconds) = match (&state, job.dtype) {
             (Some(state), Some(dtype)) => {
                 let (state, data) = (state.clone(), job.data.clone());
-                tokio::task::spawn_blocking(move || {
+                self.on_cpu(move || {
                     let started = Instant::now();
                     let sig = state.similarity.scheme.signature(&data, Some(dtype));
                     (sig, started.elapsed().as_secs_f64())
                 })
-                .await
-                .map_err(join_error)?
+                .await?
             }
             _ => (None, 0.0),
         };
@@ -619,7 +618,7 @@ impl FragmentLibrary {
             })
         });
         let mut objects: Vec<StoredObject> = futures::stream::iter(lookups)
-            .buffer_unordered(32)
+            .buffer_unordered(self.config().io_concurrency)
             .try_collect::<Vec<_>>()
             .await?
             .into_iter()

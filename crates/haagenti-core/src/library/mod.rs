@@ -57,6 +57,9 @@ struct Inner {
     config: LibraryConfig,
     cache: Arc<cache::FragmentCache>,
     similarity: Option<Arc<similarity::SimilarityState>>,
+    /// `config.parallelism` permits: ingest's CPU work runs holding one, so that
+    /// `io_concurrency` fragments in flight do not mean as many busy threads.
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 impl FragmentLibrary {
@@ -71,11 +74,23 @@ impl FragmentLibrary {
             inner: Arc::new(Inner {
                 store,
                 codecs,
-                config,
                 cache: Arc::new(cache::FragmentCache::new(0)),
                 similarity: None,
+                cpu: Arc::new(tokio::sync::Semaphore::new(config.parallelism)),
+                config,
             }),
         })
+    }
+
+    /// Runs CPU work `f` on a blocking thread once one of the `parallelism` CPU permits
+    /// is free.
+    pub(crate) async fn on_cpu<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        // The semaphore is never closed; if it were, the work would run ungated.
+        let _permit = self.inner.cpu.acquire().await.ok();
+        tokio::task::spawn_blocking(f).await.map_err(join_error)
     }
 
     /// The store the library reads and writes.

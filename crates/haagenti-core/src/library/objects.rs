@@ -64,9 +64,14 @@ enum DependencyFrom {
 }
 
 impl FragmentLibrary {
+    /// The id of `data`, hashed holding a CPU permit.
+    pub(super) async fn hash(&self, data: Bytes) -> Result<FragmentId> {
+        self.on_cpu(move || FragmentId::of(&data)).await
+    }
+
     /// Stores `data` as a standalone fragment unless an object with its id exists.
     pub async fn put_fragment(&self, data: Bytes, dtype: Option<Dtype>) -> Result<PutFragment> {
-        let id = hash_blocking(data.clone()).await?;
+        let id = self.hash(data.clone()).await?;
         if let Some(header) = self.fragment_header(&id).await? {
             return Ok(PutFragment {
                 id,
@@ -236,10 +241,9 @@ impl FragmentLibrary {
             policy: self.config().codec_policy,
         };
         let codecs = self.codecs().clone();
-        let (encoding, object) =
-            tokio::task::spawn_blocking(move || standalone_object(&codecs, &data, hint))
-                .await
-                .map_err(join_error)??;
+        let (encoding, object) = self
+            .on_cpu(move || standalone_object(&codecs, &data, hint))
+            .await??;
         self.put_object(id, object, encoding).await
     }
 
@@ -412,11 +416,4 @@ fn xor_into(mut xor: Vec<u8>, base: &[u8]) -> Option<Vec<u8>> {
     }
     xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
     Some(xor)
-}
-
-/// The id of `data`, hashed on a blocking thread.
-pub(super) async fn hash_blocking(data: Bytes) -> Result<FragmentId> {
-    tokio::task::spawn_blocking(move || FragmentId::of(&data))
-        .await
-        .map_err(join_error)
 }

@@ -150,6 +150,7 @@ impl FragmentLibrary {
             config: self.inner.config.clone(),
             cache: self.inner.cache.clone(),
             similarity: Some(Arc::new(SimilarityState::new(similarity))),
+            cpu: self.inner.cpu.clone(),
         };
         Self {
             inner: Arc::new(inner),
@@ -462,9 +463,9 @@ impl FragmentLibrary {
                     continue;
                 };
                 let (a, b) = (data.clone(), other);
-                let error = tokio::task::spawn_blocking(move || relative_l2_error(&a, &b, dtype))
-                    .await
-                    .map_err(join_error)?;
+                let error = self
+                    .on_cpu(move || relative_l2_error(&a, &b, dtype))
+                    .await?;
                 if error.is_some_and(|e| e <= max_error) {
                     let depends_on = self
                         .fragment_header(&candidate)
@@ -516,11 +517,9 @@ impl FragmentLibrary {
 
         let codecs = self.codecs().clone();
         let policy = self.config().codec_policy;
-        let (encoding, object) = tokio::task::spawn_blocking(move || {
-            best_encoding(&codecs, &data, dtype, policy, &bases)
-        })
-        .await
-        .map_err(join_error)??;
+        let (encoding, object) = self
+            .on_cpu(move || best_encoding(&codecs, &data, dtype, policy, &bases))
+            .await??;
         self.put_object(id, object, encoding)
             .await
             .map(Placement::from)
