@@ -133,7 +133,10 @@ pub struct S3Options {
     /// Requests of this store in flight at once (at least 1; default 64: S3 serves each request slowly and many at once).
     pub max_concurrency: usize,
     /// Objects larger than this many bytes go up as multipart uploads, which are not
-    /// create-only against concurrent writers (default 8 MiB).
+    /// create-only against concurrent writers (default 256 MiB). Every object the library
+    /// writes is far smaller (fragments are at most 16 MiB; a manifest of 10^5 fragments is
+    /// about 11 MiB): single PUTs are create-only, and a killed process cannot leave an
+    /// upload open.
     pub multipart_threshold: usize,
     /// Size of a multipart part in bytes, raised to S3's 5 MiB minimum and to fit S3's
     /// 10 000 parts (default 8 MiB).
@@ -153,7 +156,7 @@ impl Default for S3Options {
             region: None,
             credentials: None,
             max_concurrency: 64,
-            multipart_threshold: 8 << 20,
+            multipart_threshold: 256 << 20,
             part_size: 8 << 20,
             max_retries: 10,
             retry_timeout: Duration::from_secs(180),
