@@ -32,8 +32,9 @@ create_exception!(
     haagenti,
     InvalidInput,
     HaagentiError,
-    "An argument the library cannot use: a bad location, model name, option, slice, or a \
-     malformed file given to ingest."
+    "An argument the library cannot use: a bad location, model name, option, index or \
+     slice, an existing model to ingest without replace, a missing path, or a malformed \
+     file given to ingest."
 );
 create_exception!(
     haagenti,
@@ -65,6 +66,11 @@ pub fn to_py(e: FragmentError) -> PyErr {
         | FragmentError::AmbiguousTensor { .. }
         | FragmentError::RangeOutOfBounds { .. }
         | FragmentError::FileChanged { .. } => InvalidInput::new_err(message),
+        // A path the caller gave that does not exist (a source to ingest); the fs store
+        // reports its own missing objects as `NotFound`.
+        FragmentError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            InvalidInput::new_err(message)
+        }
         _ => StoreError::new_err(message),
     }
 }

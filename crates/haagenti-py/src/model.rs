@@ -77,6 +77,16 @@ impl Model {
             .collect()
     }
 
+    /// The ids (hex) of tensor `index`'s fragments, in order.
+    fn fragment_ids(&self, index: usize) -> PyResult<Vec<String>> {
+        Ok(self
+            .info(index)?
+            .fragments
+            .iter()
+            .map(|f| f.id.to_hex())
+            .collect())
+    }
+
     /// The JSON header of safetensors file `file` (without its length prefix), read from
     /// the manifest (no fragment is fetched).
     fn header<'py>(&self, py: Python<'py>, file: &str) -> PyResult<Bound<'py, PyBytes>> {
