@@ -37,7 +37,7 @@ fn run() -> Result<()> {
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(
-                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (installs the Python test\n                    clients into target/py-venv, starts a local S3 server)"
+                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (installs the Python test\n                    clients into target/py-venv, builds the Python package haagenti into it\n                    and runs its pytest suite, starts a local S3 server; HAAGENTI_SKIP_PYTHON=1\n                    skips the Python package)"
             );
             Ok(())
         }
@@ -104,6 +104,14 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &cargo,
         &["test", "--workspace", "--all-features", "--no-fail-fast"],
         &env,
+    );
+    // The Python package's suite, in the venv `prepare` built it into.
+    let python_package = env.iter().any(|(k, _)| *k == bench::PY_PACKAGE);
+    let tests = tests.and_then(
+        |()| match env.iter().find(|(k, _)| *k == "HAAGENTI_TEST_PYTHON") {
+            Some((_, python)) if python_package => python::run_pytest(Path::new(python)),
+            _ => Ok(()),
+        },
     );
     // Smoke test: the quick bench must complete and every export must be byte-identical.
     let bench = tests.and_then(|()| bench::run(&["--quick".to_string()], &env));

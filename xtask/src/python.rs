@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::moto::run;
 
@@ -45,4 +45,82 @@ pub fn test_python(root: &Path) -> Result<PathBuf> {
     .context("installing the Python test clients")?;
     std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(python)
+}
+
+/// The variable that skips the Python package's build, suite and bench section.
+const SKIP_PYTHON: &str = "HAAGENTI_SKIP_PYTHON";
+
+/// Whether the Python package is skipped (`HAAGENTI_SKIP_PYTHON=1`); says so when it is.
+pub fn package_skipped() -> bool {
+    let skipped = std::env::var(SKIP_PYTHON).is_ok_and(|v| v == "1");
+    if skipped {
+        println!(
+            "SKIPPED: the Python package haagenti (build, pytest suite, bench section): {SKIP_PYTHON}=1"
+        );
+    }
+    skipped
+}
+
+/// A tool of the test venv, or an error saying how to get it.
+fn venv_tool(python: &Path, tool: &str) -> Result<PathBuf> {
+    let path = python.with_file_name(tool);
+    if !path.exists() {
+        bail!(
+            "{tool} is missing from {}: install it with `{} -m pip install -r {REQUIREMENTS}` \
+             (or set {SKIP_PYTHON}=1 to skip the Python package)",
+            python.display(),
+            python.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Builds `crates/haagenti-py` into the test venv with `maturin develop --release`, in
+/// the workspace's target directory, so it reuses the release dependencies the bench's
+/// `haagenti` build compiled and costs only the binding crates.
+pub fn build_package(python: &Path) -> Result<()> {
+    let maturin = venv_tool(python, "maturin")?;
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("the test interpreter is not in a venv")?;
+    let started = std::time::Instant::now();
+    run(Command::new(maturin)
+        .args([
+            "develop",
+            "--release",
+            "--quiet",
+            "-m",
+            "crates/haagenti-py/Cargo.toml",
+        ])
+        .env("VIRTUAL_ENV", venv))
+    .context("building the Python package haagenti into the test venv")?;
+    println!("  ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs the Python package's pytest suite; pytest's last line counts the tests passed.
+pub fn run_pytest(python: &Path) -> Result<()> {
+    venv_tool(python, "pytest")?;
+    let started = std::time::Instant::now();
+    println!("$ python -m pytest crates/haagenti-py/tests");
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "crates/haagenti-py/tests",
+        ])
+        .status()
+        .context("running pytest")?;
+    if !status.success() {
+        bail!("the Python package's pytest suite failed ({status})");
+    }
+    println!(
+        "  Python package suite passed ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
