@@ -4,7 +4,7 @@
 //! Reads use [`FileReader::stream`], which fetches exactly the fragments of the range
 //! (no read-ahead), so a slice costs only the fragments it touches.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use haagenti_fragments::{FragmentError, ModelHandle, TensorInfo};
 use pyo3::prelude::*;
@@ -13,6 +13,10 @@ use pyo3::types::PyBytes;
 use crate::buffer::FragmentBuffer;
 use crate::errors::invalid;
 use crate::library::{Rt, block};
+
+/// Tensors read at once by [`Model::read_tensors`] (each with its own fragments in
+/// flight).
+const TENSORS_IN_FLIGHT: usize = 2;
 
 /// One tensor as Python sees it: `(name, dtype, shape, file, fragment lengths, key)`.
 /// `key` names the tensor's content (BLAKE3 over its fragment ids): two tensors of equal
@@ -106,8 +110,32 @@ impl Model {
     fn read_tensor(&self, py: Python<'_>, index: usize) -> PyResult<FragmentBuffer> {
         let info = self.info(index)?.clone();
         let handle = self.handle.clone();
-        let tensor = block(py, &self.rt, || async move { handle.read(&info).await })?;
-        Ok(FragmentBuffer::new(tensor.to_bytes()))
+        let bytes = block(
+            py,
+            &self.rt,
+            || async move { read_joined(&handle, &info).await },
+        )?;
+        Ok(FragmentBuffer::new(bytes))
+    }
+
+    /// The bytes of tensors `indices` (as [`read_tensor`](Self::read_tensor) returns
+    /// them), several tensors in flight at once so that small tensors do not wait for
+    /// each other.
+    fn read_tensors(&self, py: Python<'_>, indices: Vec<usize>) -> PyResult<Vec<FragmentBuffer>> {
+        let infos = indices
+            .iter()
+            .map(|&i| self.info(i).cloned())
+            .collect::<PyResult<Vec<TensorInfo>>>()?;
+        let handle = self.handle.clone();
+        let tensors: Vec<Bytes> = block(py, &self.rt, || async move {
+            let handle = &handle;
+            futures::stream::iter(infos.iter())
+                .map(|info| read_joined(handle, info))
+                .buffered(TENSORS_IN_FLIGHT)
+                .try_collect()
+                .await
+        })?;
+        Ok(tensors.into_iter().map(FragmentBuffer::new).collect())
     }
 
     /// The bytes of fragments `fragments` (indices, ascending) of tensor `index`, each
@@ -165,6 +193,39 @@ impl Model {
         }
         Ok(parts.into_iter().map(FragmentBuffer::new).collect())
     }
+}
+
+/// Tensor `info`'s bytes in one buffer: its one fragment's bytes as they are (no copy),
+/// or its fragments copied into one buffer as they arrive, each dropped once copied, so
+/// that a large tensor never holds its fragments and its joined copy at once.
+async fn read_joined(handle: &ModelHandle, info: &TensorInfo) -> Result<Bytes, FragmentError> {
+    let reader = handle.file(&info.file)?;
+    let mut parts = reader.stream(info.offset, info.len);
+    if info.fragments.len() <= 1 {
+        let parts: Vec<Bytes> = parts.try_collect().await?;
+        return Ok(match <[Bytes; 1]>::try_from(parts) {
+            Ok([one]) => one,
+            Err(parts) => parts.concat().into(),
+        });
+    }
+    let capacity = usize::try_from(info.len)
+        .map_err(|_| FragmentError::InvalidInput(format!("tensor {} is too large", info.name)))?;
+    let mut joined = BytesMut::with_capacity(capacity);
+    while let Some(part) = parts.next().await {
+        joined.extend_from_slice(&part?);
+    }
+    if joined.len() as u64 != info.len {
+        return Err(FragmentError::corrupt(
+            format!(
+                "model {:?} file {} tensor {}",
+                handle.name(),
+                info.file,
+                info.name
+            ),
+            "fragments do not add up to the tensor's length",
+        ));
+    }
+    Ok(joined.freeze())
 }
 
 fn to_corrupt(handle: &ModelHandle, why: &str) -> PyErr {

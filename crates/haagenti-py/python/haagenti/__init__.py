@@ -332,8 +332,13 @@ class SafeOpen:
         files = [self._file] if self._file is not None else self._tensor_files
         if len(files) != 1:
             return None
-        header = json.loads(self._model.header(files[0]))
-        meta = header.get("__metadata__")
+        if files[0] not in self._tensor_files and not files[0].endswith(".safetensors"):
+            return None
+        try:
+            header = json.loads(self._model.header(files[0]))
+        except ValueError:
+            raise InvalidInput(f"{files[0]} is not a safetensors file") from None
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
         return dict(meta) if isinstance(meta, dict) else None
 
     def _lookup(self, name: str) -> _Tensor:
@@ -364,7 +369,18 @@ class SafeOpen:
         return TensorSlice(self, self._lookup(name))
 
     def _load_all(self) -> Dict[str, Any]:
-        return {name: self.get_tensor(name) for name in self.offset_keys()}
+        """Every visible tensor; those not in memory yet are read together."""
+        tensors = [self._lookup(name) for name in self.offset_keys()]
+        lib = self._library
+        with lib._lock:
+            missing = [t for t in tensors if t.key not in lib._buffers]
+        if missing:
+            buffers = self._model.read_tensors([t.index for t in missing])
+            with lib._lock:
+                for t, buf in zip(missing, buffers):
+                    lib._buffers.setdefault(t.key, buf)
+        # `buffers` keeps the new ones alive (the map is weak) until the arrays exist.
+        return {t.name: self._out(self._array(t)) for t in tensors}
 
     # Hooks for tests: where fragment ``i`` of tensor ``name`` lies in memory.
     def _fragment_address(self, name: str, i: int) -> Tuple[int, int]:
