@@ -109,7 +109,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let python_package = env.iter().any(|(k, _)| *k == bench::PY_PACKAGE);
     let tests = tests.and_then(
         |()| match env.iter().find(|(k, _)| *k == "HAAGENTI_TEST_PYTHON") {
-            Some((_, python)) if python_package => python::run_pytest(Path::new(python)),
+            Some((_, python)) if python_package => python::run_pytest(Path::new(python), &env),
             _ => Ok(()),
         },
     );

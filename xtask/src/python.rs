@@ -99,8 +99,9 @@ pub fn build_package(python: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the Python package's pytest suite; pytest's last line counts the tests passed.
-pub fn run_pytest(python: &Path) -> Result<()> {
+/// Runs the Python package's pytest suite with `env` (the S3 test server's variables);
+/// pytest's last line counts the tests passed.
+pub fn run_pytest(python: &Path, env: &[(&str, &str)]) -> Result<()> {
     venv_tool(python, "pytest")?;
     let started = std::time::Instant::now();
     println!("$ python -m pytest crates/haagenti-py/tests");
@@ -113,6 +114,7 @@ pub fn run_pytest(python: &Path) -> Result<()> {
             "no:cacheprovider",
             "crates/haagenti-py/tests",
         ])
+        .envs(env.iter().copied())
         .status()
         .context("running pytest")?;
     if !status.success() {
