@@ -146,3 +146,12 @@ def test_damaged_fragment_is_corrupt_and_named(family, tmp_path):
         f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     report = lib.verify("base")
     assert report["problems"], report
+
+
+def test_bf16_without_ml_dtypes_says_what_to_install(lib, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ml_dtypes", None)  # import fails
+    with lib.safe_open("base") as f:
+        with pytest.raises(ImportError, match="pip install ml_dtypes"):
+            f.get_tensor("lm_head.weight")
+        # Other dtypes still read.
+        assert f.get_tensor("model.layers.0.f32.weight").dtype == np.float32
