@@ -42,6 +42,9 @@ pub struct PythonBench {
     pub safetensors_first_secs: f64,
     pub haagenti_all_secs: f64,
     pub safetensors_all_secs: f64,
+    /// `haagenti.load_file` against `safetensors.numpy.load_file`.
+    pub haagenti_load_file_secs: f64,
+    pub safetensors_load_file_secs: f64,
     /// Resident memory added by loading both models (VmRSS after minus before).
     pub haagenti_both_rss_bytes: u64,
     /// The same through `haagenti.load_file` (two tensors in flight at once).
@@ -81,6 +84,7 @@ struct Setup {
 struct Timing {
     first_secs: f64,
     all_secs: f64,
+    load_file_secs: f64,
     bytes: u64,
 }
 
@@ -152,6 +156,7 @@ fn measure(dir: &Path, python: &Path, model_bytes: u64, seed: u64) -> Result<Pyt
     let mut identical = setup.identical;
 
     let (mut hf, mut sf, mut ha, mut sa) = (vec![], vec![], vec![], vec![]);
+    let (mut h_load, mut s_load) = (vec![], vec![]);
     // One untimed run of each first: both read from the page cache after it.
     for run in 0..=RUNS {
         eprintln!("  python run {run}/{RUNS} ...");
@@ -163,6 +168,8 @@ fn measure(dir: &Path, python: &Path, model_bytes: u64, seed: u64) -> Result<Pyt
             ha.push(h.all_secs);
             sf.push(s.first_secs);
             sa.push(s.all_secs);
+            h_load.push(h.load_file_secs);
+            s_load.push(s.load_file_secs);
         }
     }
     let h: Rss = py(
@@ -191,6 +198,8 @@ fn measure(dir: &Path, python: &Path, model_bytes: u64, seed: u64) -> Result<Pyt
         safetensors_first_secs: util::median(sf),
         haagenti_all_secs: util::median(ha),
         safetensors_all_secs: util::median(sa),
+        haagenti_load_file_secs: util::median(h_load),
+        safetensors_load_file_secs: util::median(s_load),
         haagenti_both_rss_bytes: u64::try_from(h.rss_bytes).unwrap_or(0),
         haagenti_load_file_rss_bytes: u64::try_from(hl.rss_bytes).unwrap_or(0),
         safetensors_both_rss_bytes: u64::try_from(s.rss_bytes).unwrap_or(0),
@@ -241,7 +250,8 @@ pub fn markdown(b: &PythonBench) -> String {
          | | `haagenti` `safe_open` | `safetensors.safe_open` on the export |\n\
          |---|---|---|\n\
          | open, first tensor | {:.3} s | {:.3} s |\n\
-         | open, every tensor (target <= {TARGET_LOAD_RATIO}x) | {:.3} s ({:.2}x) {} | {:.3} s |\n\n",
+         | open, every tensor (target <= {TARGET_LOAD_RATIO}x) | {:.3} s ({:.2}x) {} | {:.3} s |\n\
+         | `load_file` | {:.3} s ({:.2}x) | {:.3} s |\n\n",
         util::human(b.model_bytes),
         b.tensors,
         b.runs,
@@ -251,6 +261,9 @@ pub fn markdown(b: &PythonBench) -> String {
         load_ratio,
         util::mark(load_ratio <= TARGET_LOAD_RATIO),
         b.safetensors_all_secs,
+        b.haagenti_load_file_secs,
+        b.haagenti_load_file_secs / b.safetensors_load_file_secs.max(f64::EPSILON),
+        b.safetensors_load_file_secs,
     ));
     out.push_str(&format!(
         "Base and fine-tune (every 4th tensor changed) loaded together: distinct tensor \
