@@ -66,9 +66,9 @@ fn venv_tool(python: &Path, tool: &str) -> Result<PathBuf> {
     let path = python.with_file_name(tool);
     if !path.exists() {
         bail!(
-            "{tool} is missing from {}: install it with `{} -m pip install -r {REQUIREMENTS}` \
-             (or set {SKIP_PYTHON}=1 to skip the Python package)",
-            python.display(),
+            "{tool} is missing from the test venv ({} is absent): install it with `{} -m pip \
+             install -r {REQUIREMENTS}` (or set {SKIP_PYTHON}=1 to skip the Python package)",
+            path.display(),
             python.display()
         );
     }
