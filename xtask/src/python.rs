@@ -78,7 +78,7 @@ fn venv_tool(python: &Path, tool: &str) -> Result<PathBuf> {
 /// Builds `crates/haagenti-py` into the test venv with `maturin develop --release` (an
 /// editable install: the extension lands in `crates/haagenti-py/python/haagenti/`), in
 /// the workspace's target directory. The first build compiles the package's dependency
-/// tree with its own features (the CLI's release build turns on others), about 6 minutes
+/// tree with its own features (the CLI's release build turns on others), 3 to 6 minutes
 /// on 2 cores; later ones only what changed.
 pub fn build_package(python: &Path) -> Result<()> {
     let maturin = venv_tool(python, "maturin")?;
