@@ -73,32 +73,37 @@ def test_the_gil_is_released_during_fetches(family):
 
 
 def test_eight_threads_are_faster_than_one(family):
-    """The same fragment reads, from 8 threads and from one (no cache, so each read
-    fetches and decodes). The speed-up is measured, with room for a busy machine: the
-    best of three tries must save at least 10%."""
+    """The same fragment reads (no cache: each read fetches and decodes) from 8 threads and
+    from one. Short serial and threaded rounds alternate, in turn order, so that other
+    work on a shared machine weighs on both alike; the threaded total must be at least
+    5% below the serial one."""
     location, _, _ = family
-    ratios = []
-    for _ in range(3):
-        lib = haagenti.open(location, cache_mb=0)
-        with lib.safe_open("base") as f:
-            work = reads(f) * 10
+    lib = haagenti.open(location, cache_mb=0)
+    serial = threaded = 0.0
+    with lib.safe_open("base") as f:
+        work = reads(f) * 2
 
-            def one(item):
-                name, index = item
-                return f.get_slice(name)[index]
+        def one(item):
+            name, index = item
+            return f.get_slice(name)[index]
 
-            for item in work[: len(work) // 3]:
-                one(item)  # warm: the fragment objects in the page cache for both runs
-            started = time.perf_counter()
+        def run_serial():
             for item in work:
                 one(item)
-            serial = time.perf_counter() - started
-            started = time.perf_counter()
+
+        def run_threaded():
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(one, work))
-            threaded = time.perf_counter() - started
-        ratios.append(threaded / serial)
-        if ratios[-1] < 0.9:
-            break
-    print(f"8 threads / 1 thread time: {min(ratios):.2f}")
-    assert min(ratios) < 0.9, ratios
+
+        run_serial()  # warm: the fragment objects in the page cache for both
+        for round in range(10):
+            for kind in (("s", "t") if round % 2 == 0 else ("t", "s")):
+                started = time.perf_counter()
+                run_serial() if kind == "s" else run_threaded()
+                elapsed = time.perf_counter() - started
+                if kind == "s":
+                    serial += elapsed
+                else:
+                    threaded += elapsed
+    print(f"8 threads / 1 thread time: {threaded / serial:.2f}")
+    assert threaded < 0.95 * serial, (threaded, serial)
