@@ -8,8 +8,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// What the tests and the bench's mount section need besides the S3 server: the Python
-/// clients (`HAAGENTI_TEST_PYTHON`) and the release `haagenti` binary the bench mounts
-/// with (`HAAGENTI_BENCH_CLI`).
+/// clients (`HAAGENTI_TEST_PYTHON`), the release `haagenti` binary the bench mounts
+/// with (`HAAGENTI_BENCH_CLI`), and the Python package `haagenti` built into the same
+/// venv (`HAAGENTI_PY_PACKAGE=1`; not set when `HAAGENTI_SKIP_PYTHON=1` skips it).
 pub fn prepare(root: &Path) -> Result<Vec<(&'static str, String)>> {
     let python = crate::python::test_python(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -23,11 +24,19 @@ pub fn prepare(root: &Path) -> Result<Vec<(&'static str, String)>> {
         .map(|d| root.join(d))
         .unwrap_or_else(|| root.join("target"));
     let cli = target.join("release").join("haagenti");
-    Ok(vec![
+    let mut env = vec![
         ("HAAGENTI_TEST_PYTHON", python.display().to_string()),
         ("HAAGENTI_BENCH_CLI", cli.display().to_string()),
-    ])
+    ];
+    if !crate::python::package_skipped() {
+        crate::python::build_package(&python)?;
+        env.push((PY_PACKAGE, "1".to_string()));
+    }
+    Ok(env)
 }
+
+/// Set in the environment `prepare` returns when the Python package was built.
+pub const PY_PACKAGE: &str = "HAAGENTI_PY_PACKAGE";
 
 /// `cargo xtask bench [--quick] [--scale BYTES] [--seed N] [--out DIR]`.
 /// `env` points the bench at a running S3 server (its S3 rows are skipped without one).

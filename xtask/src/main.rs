@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask test`, `cargo xtask bench`, `cargo xtask gen-corpus`.
+//! Project automation: `cargo xtask test`, `cargo xtask bench`, `cargo xtask gen-corpus`,
+//! `cargo xtask py`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,11 +34,15 @@ fn run() -> Result<()> {
             bench::run(&args[1..], &env)
         }
         Some("gen-corpus") => bench::gen_corpus(&args[1..]),
+        Some("py") => python_package(&root),
         Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("help") | None => {
             println!("usage: cargo xtask <command>\n");
             println!(
-                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (installs the Python test\n                    clients into target/py-venv, starts a local S3 server)"
+                "  test [--no-lint]  fmt check, clippy -D warnings, docs, every test (installs the Python test\n                    clients into target/py-venv, builds the Python package haagenti into it\n                    and runs its pytest suite, starts a local S3 server; HAAGENTI_SKIP_PYTHON=1\n                    skips the Python package)"
+            );
+            println!(
+                "  py                only the Python package: build it into target/py-venv, run its pytest\n                    suite (starts a local S3 server)"
             );
             Ok(())
         }
@@ -105,10 +110,31 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         &["test", "--workspace", "--all-features", "--no-fail-fast"],
         &env,
     );
+    // The Python package's suite, in the venv `prepare` built it into.
+    let python_package = env.iter().any(|(k, _)| *k == bench::PY_PACKAGE);
+    let tests = tests.and_then(
+        |()| match env.iter().find(|(k, _)| *k == "HAAGENTI_TEST_PYTHON") {
+            Some((_, python)) if python_package => python::run_pytest(Path::new(python), &env),
+            _ => Ok(()),
+        },
+    );
     // Smoke test: the quick bench must complete and every export must be byte-identical.
     let bench = tests.and_then(|()| bench::run(&["--quick".to_string()], &env));
     drop(server); // stops the server (by PID) whether or not the tests passed
     bench
+}
+
+/// `cargo xtask py`: the Python package alone, as `test` builds and runs it.
+fn python_package(root: &Path) -> Result<()> {
+    let python = python::test_python(root)?;
+    if python::package_skipped() {
+        return Ok(());
+    }
+    python::build_package(&python)?;
+    let server = moto::MotoServer::start(root).context("starting the local S3 test server")?;
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    python::run_pytest(&python, &env)
 }
 
 /// Whether this process runs as root (Linux; elsewhere never).

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::moto::run;
 
@@ -45,4 +45,86 @@ pub fn test_python(root: &Path) -> Result<PathBuf> {
     .context("installing the Python test clients")?;
     std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(python)
+}
+
+/// The variable that skips the Python package's build, suite and bench section.
+const SKIP_PYTHON: &str = "HAAGENTI_SKIP_PYTHON";
+
+/// Whether the Python package is skipped (`HAAGENTI_SKIP_PYTHON=1`); says so when it is.
+pub fn package_skipped() -> bool {
+    let skipped = std::env::var(SKIP_PYTHON).is_ok_and(|v| v == "1");
+    if skipped {
+        println!(
+            "SKIPPED: the Python package haagenti (build, pytest suite, bench section): {SKIP_PYTHON}=1"
+        );
+    }
+    skipped
+}
+
+/// A tool of the test venv, or an error saying how to get it.
+fn venv_tool(python: &Path, tool: &str) -> Result<PathBuf> {
+    let path = python.with_file_name(tool);
+    if !path.exists() {
+        bail!(
+            "{tool} is missing from the test venv ({} is absent): install it with `{} -m pip \
+             install -r {REQUIREMENTS}` (or set {SKIP_PYTHON}=1 to skip the Python package)",
+            path.display(),
+            python.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Builds `crates/haagenti-py` into the test venv with `maturin develop --release` (an
+/// editable install: the extension lands in `crates/haagenti-py/python/haagenti/`), in
+/// the workspace's target directory. The first build compiles the package's dependency
+/// tree with its own features (the CLI's release build turns on others), 3 to 6 minutes
+/// on 2 cores; later ones only what changed.
+pub fn build_package(python: &Path) -> Result<()> {
+    let maturin = venv_tool(python, "maturin")?;
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("the test interpreter is not in a venv")?;
+    let started = std::time::Instant::now();
+    run(Command::new(maturin)
+        .args([
+            "develop",
+            "--release",
+            "--quiet",
+            "-m",
+            "crates/haagenti-py/Cargo.toml",
+        ])
+        .env("VIRTUAL_ENV", venv))
+    .context("building the Python package haagenti into the test venv")?;
+    println!("  ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs the Python package's pytest suite with `env` (the S3 test server's variables);
+/// pytest's last line counts the tests passed.
+pub fn run_pytest(python: &Path, env: &[(&str, &str)]) -> Result<()> {
+    venv_tool(python, "pytest")?;
+    let started = std::time::Instant::now();
+    println!("$ python -m pytest crates/haagenti-py/tests");
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "crates/haagenti-py/tests",
+        ])
+        .envs(env.iter().copied())
+        .status()
+        .context("running pytest")?;
+    if !status.success() {
+        bail!("the Python package's pytest suite failed ({status})");
+    }
+    println!(
+        "  Python package suite passed ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

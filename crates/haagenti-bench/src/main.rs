@@ -11,6 +11,7 @@
 //!   `OUT/similarity.json`.
 //! - `mount [--quick]`: only reading through `haagenti mount`.
 //! - `serve [--quick]`: only downloading from `haagenti serve` next to `http.server`.
+//! - `python [--quick]`: only the Python package next to `safetensors`.
 //! - `gen-corpus DIR [--quick] [--scale BYTES] [--seed N]`: write the corpus for inspection.
 //! - `child ...`: internal; the ingest and export phases run in a child process so their
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
@@ -21,6 +22,7 @@ mod corpus;
 mod haagenti;
 mod lsh;
 mod mount;
+mod python;
 mod report;
 mod s3;
 mod serve;
@@ -47,6 +49,9 @@ const DEFAULT_MOUNT_MODEL: u64 = 2 << 30;
 const DEFAULT_MOUNT_TENSORS: u64 = 400_000_000;
 const QUICK_MOUNT_MODEL: u64 = 64 << 20;
 const QUICK_MOUNT_TENSORS: u64 = 32 << 20;
+/// Base model of the Python section (its fine-tune is made from it).
+const DEFAULT_PYTHON_MODEL: u64 = 400_000_000;
+const QUICK_PYTHON_MODEL: u64 = 32 << 20;
 /// Model of the serve section, downloaded whole by one and by eight clients.
 const DEFAULT_SERVE_MODEL: u64 = 1 << 30;
 const QUICK_SERVE_MODEL: u64 = 64 << 20;
@@ -88,6 +93,13 @@ enum Command {
     /// Only downloading from `haagenti serve` next to `python3 -m http.server` (needs
     /// HAAGENTI_BENCH_CLI, which `cargo xtask bench` sets).
     Serve {
+        /// The quick configuration.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Only the Python package next to `safetensors` (needs HAAGENTI_TEST_PYTHON and the
+    /// package built into it, which `cargo xtask bench` does).
+    Python {
         /// The quick configuration.
         #[arg(long)]
         quick: bool,
@@ -176,6 +188,14 @@ fn mount_sizes(quick: bool) -> (u64, u64) {
     }
 }
 
+fn python_size(quick: bool) -> u64 {
+    if quick {
+        QUICK_PYTHON_MODEL
+    } else {
+        DEFAULT_PYTHON_MODEL
+    }
+}
+
 fn serve_size(quick: bool) -> u64 {
     if quick {
         QUICK_SERVE_MODEL
@@ -229,6 +249,13 @@ fn dispatch(command: Command) -> Result<()> {
             let bench = serve::run(&work, serve_size(quick), DEFAULT_SEED)?;
             util::remove_dir_if_exists(&work)?;
             println!("{}", serve::markdown(&bench));
+            bench.check()
+        }
+        Command::Python { quick } => {
+            let work = util::workspace_root().join("target/bench/work-python");
+            let bench = python::run(&work, python_size(quick), DEFAULT_SEED)?;
+            util::remove_dir_if_exists(&work)?;
+            println!("{}", python::markdown(&bench));
             bench.check()
         }
         Command::Child(args) => haagenti::child(args),
@@ -297,6 +324,8 @@ fn run(opts: &Options) -> Result<()> {
     let mount_bench = mount::run(&work, mount_bytes, tensors_bytes, opts.seed)?;
     eprintln!("downloading from haagenti serve ...");
     let serve_bench = serve::run(&work, serve_size(opts.quick), opts.seed)?;
+    eprintln!("the Python package next to safetensors ...");
+    let python_bench = python::run(&work, python_size(opts.quick), opts.seed)?;
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -312,7 +341,8 @@ fn run(opts: &Options) -> Result<()> {
     });
     let identical = identical
         .and_then(|()| mount_bench.check())
-        .and_then(|()| serve_bench.check());
+        .and_then(|()| serve_bench.check())
+        .and_then(|()| python_bench.check());
     let results = report::Results {
         quick: opts.quick,
         machine: report::Machine::detect(),
@@ -338,6 +368,8 @@ fn run(opts: &Options) -> Result<()> {
             mount: serde_json::to_value(&mount_bench)?,
             serve_markdown: serve::markdown(&serve_bench),
             serve: serde_json::to_value(&serve_bench)?,
+            python_markdown: python::markdown(&python_bench),
+            python: serde_json::to_value(&python_bench)?,
         },
         wall_secs: started.elapsed().as_secs_f64(),
     };

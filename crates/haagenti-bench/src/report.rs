@@ -118,6 +118,8 @@ pub struct Micro {
     pub mount: Value,
     pub serve_markdown: String,
     pub serve: Value,
+    pub python_markdown: String,
+    pub python: Value,
 }
 
 fn profile_line(phase: &str, p: &Profile) -> String {
@@ -319,6 +321,7 @@ pub fn markdown(r: &Results<'_>) -> String {
     let _ = writeln!(s, "\n{}", r.micro.switch_markdown.trim_end());
     let _ = writeln!(s, "\n{}", r.micro.mount_markdown.trim_end());
     let _ = writeln!(s, "\n{}", r.micro.serve_markdown.trim_end());
+    let _ = writeln!(s, "\n{}", r.micro.python_markdown.trim_end());
     let _ = writeln!(s, "\n### Corpus\n");
     s.push_str(&corpus_table(r.family));
     let _ = writeln!(
@@ -374,6 +377,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "switch": r.micro.switch,
             "mount": r.micro.mount,
             "serve": r.micro.serve,
+            "python": r.micro.python,
         },
     })
 }
