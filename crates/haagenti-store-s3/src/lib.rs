@@ -364,22 +364,20 @@ impl S3Store {
             };
             let class = classify(&error);
             ambiguous |= matches!(class, Class::Transport(_));
-            let Some(cause) = retry_cause(class, slow_down(&error)) else {
-                return Err(Failed {
-                    error,
-                    attempts,
-                    ambiguous,
-                });
-            };
-            if !attempts.backoff().await {
-                self.counters.exhausted();
-                return Err(Failed {
-                    error,
-                    attempts,
-                    ambiguous,
-                });
+            let retry = retry_cause(class, slow_down(&error));
+            match retry {
+                Some(cause) if attempts.backoff().await => self.counters.retried(cause),
+                _ => {
+                    if retry.is_some() {
+                        self.counters.exhausted();
+                    }
+                    return Err(Failed {
+                        error,
+                        attempts,
+                        ambiguous,
+                    });
+                }
             }
-            self.counters.retried(cause);
         }
     }
 

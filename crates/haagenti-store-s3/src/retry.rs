@@ -194,6 +194,7 @@ impl RetryPolicy for PartRetry {
             RetryFailure::Status(status) => Class::Response(Some(status.as_u16())),
             _ => return false,
         };
+        // A policy sees the status only, not the body that would say SlowDown.
         let Some(cause) = retry_cause(class, false) else {
             return false;
         };

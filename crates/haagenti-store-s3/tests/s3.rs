@@ -263,6 +263,58 @@ async fn concurrent_create_only_puts_have_one_winner() {
     assert_eq!(store.get(&k).await.unwrap(), winners[0]);
 }
 
+/// Multipart uploads and single puts through a proxy that resets, throttles, loses and
+/// cuts 30% of requests: every part is sent again under its own number, a completion
+/// whose answer was lost is settled by a HEAD, and the objects come back whole.
+#[test]
+fn multipart_and_single_puts_ride_out_faults() {
+    let Some(server) = server("multipart_faults") else {
+        return;
+    };
+    let proxy = haagenti_testkit::faults::FaultProxy::start(
+        &server.endpoint,
+        41,
+        0.3,
+        std::time::Duration::from_millis(2),
+    )
+    .unwrap();
+    let opts = S3Options {
+        endpoint: Some(proxy.endpoint()),
+        multipart_threshold: 8 << 20,
+        max_retries: 40,
+        ..options(&server)
+    };
+    let prefix = unique_prefix("multipart-faults");
+    let store = S3Store::from_url(&format!("s3://{}/{prefix}", server.bucket), opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let big = random_bytes(9, (20 << 20) + 1);
+        for i in 0..3 {
+            let k = key(&format!("fragments/mp/{i}"));
+            assert_eq!(
+                store.put(&k, big.clone()).await.unwrap(),
+                PutOutcome::Created
+            );
+            assert!(store.get(&k).await.unwrap() == big, "multipart object {i}");
+        }
+        for i in 0..40 {
+            let k = key(&format!("fragments/sm/{i}"));
+            let small = random_bytes(100 + i, 64 << 10);
+            assert_eq!(
+                store.put(&k, small.clone()).await.unwrap(),
+                PutOutcome::Created,
+                "a put whose answer was lost is still ours"
+            );
+            assert!(store.get(&k).await.unwrap() == small);
+        }
+    });
+    let stats = store.retry_stats();
+    let counts = proxy.counts();
+    println!("{counts:?}; {stats:?}");
+    assert!(counts.faults() > 20, "{counts:?}");
+    assert!(stats.retried > 20 && stats.exhausted == 0, "{stats:?}");
+}
+
 #[tokio::test]
 async fn multipart_round_trip() {
     let Some(server) = server("multipart_round_trip") else {
@@ -270,6 +322,7 @@ async fn multipart_round_trip() {
     };
     let opts = S3Options {
         max_concurrency: 3,
+        multipart_threshold: 8 << 20,
         ..options(&server)
     };
     let prefix = unique_prefix("multipart");
