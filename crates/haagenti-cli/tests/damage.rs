@@ -119,6 +119,68 @@ fn flipped_manifest_byte_is_contained() {
     }
 }
 
+#[test]
+fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let src = tmp.path().join(format!("{name}.safetensors"));
+        model(&src, 100 * i as u64);
+        ok(&lib, &["ingest", "--model", name, src.to_str().unwrap()]);
+    }
+    // Model b: one fragment's header cut off, the other's payload flipped.
+    let rows = fragment_rows(&lib, &["b".to_string()]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (cut, flipped) = (object_path(&lib, &rows[0].0), object_path(&lib, &rows[1].0));
+    std::fs::write(&cut, &std::fs::read(&cut).unwrap()[..10]).unwrap();
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&flipped, bytes).unwrap();
+
+    // show: every row, the unreadable one marked DAMAGED, exit 1 at the end.
+    let out = haagenti(&lib, &["show", "--model", "b", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let encodings: Vec<&str> = shown["files"][0]["fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["encoding"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        encodings.iter().filter(|e| **e == "DAMAGED").count(),
+        1,
+        "{encodings:?}"
+    );
+    // Savings come from the manifest's table of stored objects: still whole.
+    assert_eq!(shown["savings"]["standalone"]["fragments"], 2, "{shown}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 fragment(s) DAMAGED"));
+    ok(&lib, &["show", "--model", "a"]);
+
+    // load: model a whole, model b's two tensors each named, exit 1 at the end.
+    let out = haagenti(&lib, &["load", "--model", "a", "--model", "b", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let loaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(loaded["models"][0]["tensors"], 2);
+    assert_eq!(loaded["models"][1]["tensors"], 0);
+    let named = loaded["models"][1]["damaged"].as_array().unwrap();
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert!(
+        named
+            .iter()
+            .all(|d| d.as_str().unwrap().contains("blocks."))
+    );
+
+    // compare, stats and list read no fragment: unaffected.
+    ok(&lib, &["compare", "--model", "a", "--model", "b"]);
+    assert_eq!(json(&lib, &["stats", "--json"])["models"], 2);
+    ok(&lib, &["list"]);
+    // verify names both, exit 1.
+    let err = stderr(&lib, &["verify"]);
+    assert!(err.contains("verification failed"), "{err}");
+}
+
 /// Every fragment row of every model's `show --json` of a library on disk: `(full id,
 /// encoding)`, each once.
 fn fragment_rows(lib: &Path, models: &[String]) -> Vec<(String, String)> {

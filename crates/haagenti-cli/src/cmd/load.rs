@@ -42,6 +42,8 @@ pub struct ModelLoad {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub decode_seconds: f64,
+    /// Tensors left out because a fragment of theirs is damaged, with the error.
+    pub damaged: Vec<String>,
 }
 
 pub async fn run(location: &Location, args: Args) -> Result<()> {
@@ -51,6 +53,9 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     let mut loads = Vec::with_capacity(args.models.len());
     for model in &args.models {
         let load = load_model(&lib, model).await?;
+        for d in &load.damaged {
+            eprintln!("DAMAGED: {d}");
+        }
         if !args.json {
             outln!(
                 "loaded {} ({} tensors, {}) in {:.3}s ({}): fetched {} in {} reads, {} from cache",
@@ -78,6 +83,12 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             human(totals.cache_budget)
         )?;
     }
+    let damaged: usize = loads.iter().map(|l| l.damaged.len()).sum();
+    if damaged > 0 {
+        anyhow::bail!(
+            "{damaged} tensor(s) not loaded: a fragment is damaged; `haagenti repair --from PATH` heals them from the original files"
+        );
+    }
     Ok(())
 }
 
@@ -89,10 +100,22 @@ pub async fn load_model(lib: &FragmentLibrary, model: &str) -> Result<ModelLoad>
         .open_model(model)
         .await
         .with_context(|| format!("opening model {model:?}"))?;
-    let tensors = handle
-        .load_all()
-        .await
-        .with_context(|| format!("loading model {model:?}"))?;
+    let (tensors, damaged) = match handle.load_all().await {
+        Ok(tensors) => (tensors, Vec::new()),
+        // Contained: every intact tensor still loads, and each damaged one is named.
+        Err(e) if e.is_corruption() => {
+            let (mut tensors, mut damaged) = (Vec::new(), Vec::new());
+            for info in handle.tensors() {
+                match handle.read(info).await {
+                    Ok(t) => tensors.push(t),
+                    Err(e) if e.is_corruption() => damaged.push(e.to_string()),
+                    Err(e) => return Err(e).with_context(|| format!("loading model {model:?}")),
+                }
+            }
+            (tensors, damaged)
+        }
+        Err(e) => return Err(e).with_context(|| format!("loading model {model:?}")),
+    };
     let seconds = started.elapsed().as_secs_f64();
     let used = lib.metrics().since(&before);
     Ok(ModelLoad {
@@ -106,6 +129,7 @@ pub async fn load_model(lib: &FragmentLibrary, model: &str) -> Result<ModelLoad>
         cache_hits: used.cache_hits,
         cache_misses: used.cache_misses,
         decode_seconds: used.decode_seconds,
+        damaged,
     })
 }
 

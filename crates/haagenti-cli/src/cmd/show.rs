@@ -27,6 +27,8 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
     let savings = lib.model_savings(model).await?;
     let users = lib.fragment_users().await?;
     let mut files = Vec::new();
+    // Fragments whose stored header is damaged: shown as such, the rest as usual.
+    let mut damaged = 0u64;
     for file in &manifest.files {
         let mut frag_rows = Vec::new();
         let describe = |tensor: Option<&str>, i: usize, r: &haagenti_core::FragmentRef| {
@@ -55,10 +57,14 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 .collect()
                 .await;
         for ((tensor, i, r), info) in refs.into_iter().zip(infos) {
-            let info = info?;
-            let (stored, encoding) = match &info {
-                Some(meta) => (meta.stored_len, describe_encoding(lib, &meta.encoding)),
-                None => (0, "MISSING".to_string()),
+            let (stored, encoding) = match info {
+                Ok(Some(meta)) => (meta.stored_len, describe_encoding(lib, &meta.encoding)),
+                Ok(None) => (0, "MISSING".to_string()),
+                Err(e) if e.is_corruption() => {
+                    damaged += 1;
+                    (0, "DAMAGED".to_string())
+                }
+                Err(e) => return Err(e.into()),
             };
             let shared: Vec<&String> = users
                 .get(&r.id)
@@ -97,7 +103,8 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             "max_rel_error": lossy, "savings": savings, "files": files,
             "layers": manifest.layers(),
         });
-        return print_json(&doc);
+        print_json(&doc)?;
+        return damage_found(model, damaged);
     }
     outln!(
         "model {} ({}), revision {}",
@@ -155,6 +162,16 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 },
             )?;
         }
+    }
+    damage_found(model, damaged)
+}
+
+/// Exit 1 at the end when a fragment of the model was found damaged.
+fn damage_found(model: &str, damaged: u64) -> Result<()> {
+    if damaged > 0 {
+        anyhow::bail!(
+            "model {model:?}: {damaged} fragment(s) DAMAGED; `haagenti repair --from PATH` heals them from the original files"
+        );
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{FragmentLibrary, join_error};
 use crate::error::{FragmentError, Result};
-use crate::manifest::ModelManifest;
+use crate::manifest::{ModelManifest, StoredKind};
 use crate::object::ObjectHeader;
 use crate::types::{
     DamagedManifest, Dtype, Encoding, FragmentId, Savings, SimilarityThreshold, validate_model_name,
@@ -182,10 +182,20 @@ pub struct ModelSavings {
     pub cast: StoredCount,
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
+    /// Referenced fragments whose stored object's header is damaged (`repair` heals them).
+    pub damaged: ByteCount,
     /// The saving per kind: exact = shared + repeated; delta, cast and compression from
     /// `standalone`, `delta` and `cast`; lossy from `lossy`. Summed over all models, each stored fragment is
     /// counted once (by the first model that references it).
     pub savings: Savings,
+}
+
+/// What [`ModelSavings`] learns of one of the model's own fragments.
+enum Stored {
+    /// Its kind and object size.
+    Known((StoredKind, u64)),
+    Missing,
+    Damaged,
 }
 
 /// A model ingested with lossy sharing.
@@ -455,24 +465,31 @@ impl FragmentLibrary {
             .iter()
             .flat_map(|m| m.fragments().map(|r| r.id))
             .collect();
-        let infos =
-            futures::stream::iter(ids.into_iter().map(|id| async move {
-                Ok::<_, FragmentError>((id, self.fragment_info(&id).await?))
-            }))
-            .buffer_unordered(CONCURRENT_READS)
-            .collect::<Vec<_>>()
-            .await;
+        let infos = futures::stream::iter(
+            ids.into_iter()
+                .map(|id| async move { (id, self.fragment_info(&id).await) }),
+        )
+        .buffer_unordered(CONCURRENT_READS)
+        .collect::<Vec<_>>()
+        .await;
         let mut stored: HashMap<FragmentId, (Encoding, u64)> = HashMap::new();
+        let mut damaged_ids = HashSet::new();
         let mut warnings = Vec::new();
-        for info in infos {
-            match info? {
-                (id, Some(info)) => {
+        for (id, info) in infos {
+            match info {
+                Ok(Some(info)) => {
                     stored.insert(id, (info.encoding, info.stored_len));
                 }
-                (id, None) => warnings.push(format!(
+                Ok(None) => warnings.push(format!(
                     "fragment {} is referenced but not stored (counted as unique, or missing)",
                     id.short()
                 )),
+                // Contained: the report covers everything intact and names the damage.
+                Err(e) if e.is_corruption() => {
+                    damaged_ids.insert(id);
+                    warnings.push(format!("fragment {} is damaged: {e}", id.short()));
+                }
+                Err(e) => return Err(e),
             }
         }
         warnings.sort();
@@ -488,7 +505,12 @@ impl FragmentLibrary {
             if selected.iter().any(|s| s.name == m.name) {
                 let (mut report, own) = classify_savings(m, &earlier);
                 for (id, len) in own {
-                    report.add_own(len, stored.get(&id).copied());
+                    let known = match stored.get(&id) {
+                        Some((e, stored_len)) => Stored::Known((StoredKind::of(e), *stored_len)),
+                        None if damaged_ids.contains(&id) => Stored::Damaged,
+                        None => Stored::Missing,
+                    };
+                    report.add_own(len, known);
                 }
                 report.finish();
                 savings.insert(m.name.clone(), report);
@@ -529,16 +551,36 @@ impl FragmentLibrary {
             .flat_map(|m| m.fragments().map(|r| r.id))
             .collect();
         let (mut report, own) = classify_savings(&manifest, &earlier);
-        let infos = futures::stream::iter(own.into_iter().map(|(id, len)| async move {
-            let info = self.fragment_info(&id).await?;
-            Ok::<_, FragmentError>((len, info.map(|i| (i.encoding, i.stored_len))))
+        // How each own fragment is stored: from the manifest's table (format 3), else a
+        // header read and a HEAD each. A damaged header is counted, not fatal.
+        let tabled: HashMap<FragmentId, (StoredKind, u64)> = manifest
+            .objects
+            .iter()
+            .map(|o| (o.id, (o.kind, o.stored_len)))
+            .collect();
+        let infos = futures::stream::iter(own.into_iter().map(|(id, len)| {
+            let tabled = tabled.get(&id).copied();
+            async move {
+                if let Some(stored) = tabled {
+                    return Ok::<_, FragmentError>((len, Stored::Known(stored)));
+                }
+                Ok(match self.fragment_info(&id).await {
+                    Ok(Some(i)) => (
+                        len,
+                        Stored::Known((StoredKind::of(&i.encoding), i.stored_len)),
+                    ),
+                    Ok(None) => (len, Stored::Missing),
+                    Err(e) if e.is_corruption() => (len, Stored::Damaged),
+                    Err(e) => return Err(e),
+                })
+            }
         }))
         .buffer_unordered(CONCURRENT_READS)
         .collect::<Vec<_>>()
         .await;
         for info in infos {
-            let (len, info) = info?;
-            report.add_own(len, info);
+            let (len, stored) = info?;
+            report.add_own(len, stored);
         }
         report.finish();
         Ok(report)
@@ -612,15 +654,16 @@ impl FragmentLibrary {
 impl ModelSavings {
     /// Counts a fragment first referenced by this model: `info` is how it is stored
     /// (encoding, object size), `None` when it is not.
-    fn add_own(&mut self, len: u32, info: Option<(Encoding, u64)>) {
-        let Some((encoding, stored_len)) = info else {
-            self.missing.add(len);
-            return;
+    fn add_own(&mut self, len: u32, stored: Stored) {
+        let (kind, stored_len) = match stored {
+            Stored::Known(known) => known,
+            Stored::Missing => return self.missing.add(len),
+            Stored::Damaged => return self.damaged.add(len),
         };
-        let class = match encoding {
-            Encoding::Standalone { .. } => &mut self.standalone,
-            Encoding::Delta { .. } | Encoding::CastDelta { .. } => &mut self.delta,
-            Encoding::Cast { .. } => &mut self.cast,
+        let class = match kind {
+            StoredKind::Standalone => &mut self.standalone,
+            StoredKind::Delta => &mut self.delta,
+            StoredKind::Cast => &mut self.cast,
         };
         class.add(u64::from(len), stored_len);
     }
