@@ -181,6 +181,78 @@ fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
     assert!(err.contains("verification failed"), "{err}");
 }
 
+#[test]
+fn repair_rebuilds_damaged_index_segments_and_clears_damaged_locks_and_old_temporaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let src = tmp.path().join("a.safetensors");
+    model(&src, 7);
+    ok(&lib, &["ingest", "--model", "a", src.to_str().unwrap()]);
+    // Segments live under index/<scheme>/.
+    let segment = std::fs::read_dir(lib.join("index"))
+        .unwrap()
+        .flat_map(|scheme| std::fs::read_dir(scheme.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .expect("an index segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+    // A lock object that is not one, older than any live lock; a fresh one, left alone.
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    let write_aged = |path: &Path, contents: &[u8], aged: bool| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        if aged {
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(long_ago).unwrap();
+        }
+    };
+    let bad_lock = lib.join("locks/ingest-00000000000000000001-deadbeef0000");
+    write_aged(&bad_lock, b"\x00\x01 not a lock", true);
+    let fresh_bad_lock = lib.join("locks/ingest-00000000000000000002-deadbeef0001");
+    write_aged(&fresh_bad_lock, b"garbage", false);
+    let old_tmp = lib.join("tmp/leftover-1");
+    write_aged(&old_tmp, b"half a fragment", true);
+    let new_tmp = lib.join("tmp/leftover-2");
+    write_aged(&new_tmp, b"a write in flight", false);
+
+    // A dry run finds them and changes nothing; repair exits 1 while a segment is damaged.
+    let out = haagenti(&lib, &["repair", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["damaged_segments"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(
+        report["damaged_locks"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(
+        report["stale_temporaries"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert!(bad_lock.exists() && old_tmp.exists());
+
+    let report = json(&lib, &["repair", "--json"]);
+    assert_eq!(report["index_rebuilt"], true, "{report}");
+    assert!(!bad_lock.exists() && !old_tmp.exists());
+    assert!(
+        fresh_bad_lock.exists() && new_tmp.exists(),
+        "young objects are left"
+    );
+    // The rebuilt index loads: a second repair finds nothing of these kinds.
+    std::fs::remove_file(&fresh_bad_lock).unwrap();
+    let again = json(&lib, &["repair", "--json"]);
+    assert_eq!(again["damaged_segments"], serde_json::json!([]), "{again}");
+    ok(&lib, &["verify"]);
+}
+
 /// Every fragment row of every model's `show --json` of a library on disk: `(full id,
 /// encoding)`, each once.
 fn fragment_rows(lib: &Path, models: &[String]) -> Vec<(String, String)> {

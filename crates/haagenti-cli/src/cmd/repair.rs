@@ -23,6 +23,10 @@ pub struct Args {
     /// Find and match, write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Temporary objects younger than this many seconds are left to the writes that may
+    /// still use them.
+    #[arg(long, default_value_t = 3600)]
+    grace: u64,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -35,7 +39,8 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             RepairOptions::default()
                 .sources(args.sources.clone())
                 .models(args.models.clone())
-                .dry_run(args.dry_run),
+                .dry_run(args.dry_run)
+                .grace(std::time::Duration::from_secs(args.grace)),
         )
         .await?;
     if args.json {
@@ -96,7 +101,27 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 m.model
             )?;
         }
-        if report.damaged.is_empty() && report.damaged_manifests.is_empty() {
+        let done = if args.dry_run { "found" } else { "removed" };
+        for key in &report.damaged_segments {
+            outln!("DAMAGED index segment {key}")?;
+        }
+        if report.index_rebuilt {
+            outln!("similarity index rebuilt from the fragments")?;
+        }
+        for key in &report.damaged_locks {
+            outln!("damaged lock object {key}: {done}")?;
+        }
+        if !report.stale_temporaries.is_empty() {
+            outln!(
+                "{} temporary object(s) older than {} s: {done}",
+                report.stale_temporaries.len(),
+                args.grace
+            )?;
+        }
+        if report.damaged.is_empty()
+            && report.damaged_manifests.is_empty()
+            && report.damaged_segments.is_empty()
+        {
             outln!("no damage found")?;
         } else {
             outln!(
@@ -108,8 +133,13 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         }
     }
     if report.still_damaged() {
+        let segments = if report.index_rebuilt {
+            0
+        } else {
+            report.damaged_segments.len()
+        };
         bail!(
-            "{} damaged object(s) and {} unreadable manifest(s) remain",
+            "{} damaged object(s), {} unreadable manifest(s) and {segments} damaged index segment(s) remain",
             report.unhealed,
             report.damaged_manifests.len()
         );

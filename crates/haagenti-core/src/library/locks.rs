@@ -217,6 +217,12 @@ impl LockOwner {
 }
 
 /// The contents of a new lock object.
+/// Whether `contents` is a lock object (its first line); anything else under `locks/` is
+/// damage.
+pub(super) fn is_lock_object(contents: &[u8]) -> bool {
+    contents.starts_with(b"haagenti lock\n")
+}
+
 fn lock_contents() -> Bytes {
     let mut text = String::from("haagenti lock\n");
     if let Some(me) = LockOwner::current() {

@@ -27,13 +27,15 @@ use serde::Serialize;
 
 use super::FragmentLibrary;
 use super::join_error;
+use super::locks::{LOCK_STALE, is_lock_object};
 use super::objects::{decode_verified, standalone_object};
 use super::reader::FileLayout;
+use super::similarity::SimilarityState;
 use crate::codec::EncodeHint;
 use crate::error::{FragmentError, Result};
 use crate::manifest::ModelManifest;
 use crate::object;
-use crate::store::{ObjectKey, PutOutcome};
+use crate::store::{LOCKS_PREFIX, ObjectKey, ObjectMeta, PutOutcome, TMP_PREFIX};
 use crate::types::{DamagedManifest, FragmentId};
 
 /// Where damage found by `repair` is recorded, one empty-bodied marker per
@@ -60,6 +62,9 @@ pub struct RepairOptions {
     pub models: Vec<String>,
     /// Find and match, but write nothing.
     pub dry_run: bool,
+    /// Temporary objects younger than this are left (a write may still be using them);
+    /// `None`: one hour, as `gc`.
+    pub grace: Option<std::time::Duration>,
 }
 
 impl RepairOptions {
@@ -78,6 +83,12 @@ impl RepairOptions {
     /// Write nothing.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
+        self
+    }
+
+    /// Leave temporary objects younger than `grace`.
+    pub fn grace(mut self, grace: std::time::Duration) -> Self {
+        self.grace = Some(grace);
         self
     }
 }
@@ -151,6 +162,16 @@ pub struct RepairReport {
     pub unhealed: u64,
     /// Nothing was written.
     pub dry_run: bool,
+    /// Similarity index segments that do not load (full scans only); the index is
+    /// rebuilt from the fragments when there are any (`index_rebuilt`).
+    pub damaged_segments: Vec<String>,
+    /// Whether the similarity index was rebuilt.
+    pub index_rebuilt: bool,
+    /// Lock objects that are not locks (unreadable) and older than a live lock can be:
+    /// removed (found, in a dry run).
+    pub damaged_locks: Vec<String>,
+    /// Temporary objects older than the grace period: removed (found, in a dry run).
+    pub stale_temporaries: Vec<String>,
 }
 
 impl RepairReport {
@@ -158,6 +179,7 @@ impl RepairReport {
     pub fn still_damaged(&self) -> bool {
         self.unhealed > 0
             || !self.damaged_manifests.is_empty()
+            || (!self.damaged_segments.is_empty() && !self.index_rebuilt)
             || self
                 .damaged
                 .iter()
@@ -312,7 +334,70 @@ impl FragmentLibrary {
         if !opts.dry_run {
             self.record_damage(&report, full_scan).await?;
         }
+        if full_scan {
+            self.repair_housekeeping(&opts, &mut report).await?;
+        }
         Ok(report)
+    }
+
+    /// The objects no model depends on: index segments that do not load (the index is
+    /// rebuilt from the fragments, as `reindex` does), lock objects that are not locks and
+    /// are older than a live lock can be, and temporary objects older than the grace
+    /// period.
+    async fn repair_housekeeping(
+        &self,
+        opts: &RepairOptions,
+        report: &mut RepairReport,
+    ) -> Result<()> {
+        if let Some(state) = self.similarity_state().cloned() {
+            for meta in self.store().list(&state.prefix()).await? {
+                let bytes = match self.store().get(&meta.key).await {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.is_not_found() => continue, // merged meanwhile
+                    Err(e) => return Err(e),
+                };
+                // A throwaway index: checking a segment must not change the live one.
+                let probe = SimilarityState::new(state.similarity.clone());
+                let loads = self
+                    .on_cpu(move || probe.index().load_segment(&bytes).is_ok())
+                    .await?;
+                if !loads {
+                    report.damaged_segments.push(meta.key.as_str().to_string());
+                }
+            }
+            if !report.damaged_segments.is_empty() && !opts.dry_run {
+                self.rebuild_index().await?;
+                report.index_rebuilt = true;
+            }
+        }
+        let now = std::time::SystemTime::now();
+        let age = |m: &ObjectMeta| now.duration_since(m.modified).unwrap_or_default();
+        for meta in self.store().list(LOCKS_PREFIX).await? {
+            if age(&meta) < LOCK_STALE {
+                continue; // a live lock is rewritten whole within LOCK_REFRESH
+            }
+            let damaged = match self.store().get(&meta.key).await {
+                Ok(bytes) => !is_lock_object(&bytes),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if damaged {
+                if !opts.dry_run {
+                    self.store().delete(&meta.key).await?;
+                }
+                report.damaged_locks.push(meta.key.as_str().to_string());
+            }
+        }
+        let grace = opts.grace.unwrap_or(std::time::Duration::from_secs(3600));
+        for meta in self.store().list(TMP_PREFIX).await? {
+            if age(&meta) >= grace {
+                if !opts.dry_run {
+                    self.store().delete(&meta.key).await?;
+                }
+                report.stale_temporaries.push(meta.key.as_str().to_string());
+            }
+        }
+        Ok(())
     }
 
     /// The fragments recorded as damaged (one listing; markers with a malformed name are

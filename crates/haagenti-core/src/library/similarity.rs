@@ -83,7 +83,7 @@ impl SimilarityState {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn prefix(&self) -> String {
+    pub(super) fn prefix(&self) -> String {
         format!("{INDEX_PREFIX}{}/", self.similarity.scheme.tag())
     }
 }
