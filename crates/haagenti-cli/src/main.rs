@@ -164,7 +164,15 @@ fn main() -> ExitCode {
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
-        parts.push(cause.to_string().replace('\n', " "));
+        let text = cause.to_string().replace('\n', " ");
+        // An error that shows its cause in its own message: say it once.
+        if parts
+            .last()
+            .is_some_and(|last: &String| last.ends_with(&text))
+        {
+            continue;
+        }
+        parts.push(text);
         if matches!(
             cause.downcast_ref::<haagenti_core::FragmentError>(),
             Some(haagenti_core::FragmentError::Backend { .. })

@@ -119,6 +119,67 @@ fn ingest_export_show_stats_verify_rm_gc() {
 }
 
 #[test]
+fn several_models_in_one_ingest_by_pairs_or_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
+    model(&a, 1);
+    model(&b, 2);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    // Pairs, in order; JSON lists each model's report.
+    let report = json(
+        &lib,
+        &["ingest", "--model", "x", a, "--model", "y", b, "--json"],
+    );
+    let names: Vec<&str> = report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["x", "y"]);
+    // One model keeps the single report.
+    assert_eq!(
+        json(&lib, &["ingest", "--model", "z", a, "--json"])["model"],
+        "z"
+    );
+
+    // A failing model is reported, the others go on, and the command exits 1.
+    let out = haagenti(&lib, &["ingest", "--model", "x", a, "--model", "w", b]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("1 of 2 models not ingested: x"),
+        "{err}"
+    );
+    // Names and paths that do not pair up: usage error before anything is opened.
+    let out = haagenti(&lib, &["ingest", "--model", "v", a, "--model", "u"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 --model name(s) and 1 path(s)"));
+
+    // --each: every model directory and .safetensors file, named after it.
+    let each = tmp.path().join("each");
+    std::fs::create_dir_all(each.join("dir-model")).unwrap();
+    model(&each.join("dir-model/model.safetensors"), 3);
+    model(&each.join("single.safetensors"), 4);
+    std::fs::write(each.join("README.md"), "not a model").unwrap();
+    let report = json(
+        &lib,
+        &["ingest", "--each", each.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(report["models"].as_array().unwrap().len(), 2, "{report}");
+    let listed = ok(&lib, &["list"]);
+    for name in ["x", "y", "z", "w", "dir-model", "single"] {
+        assert!(listed.contains(name), "{name}: {listed}");
+    }
+    ok(&lib, &["verify"]);
+}
+
+#[test]
 fn bad_input_exits_1_with_a_message_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = tmp.path().join("lib");
