@@ -47,6 +47,18 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 .enumerate()
                 .map(|(i, r)| describe(None, i, r))
                 .collect(),
+            FileContent::Gguf { tensors, .. } => file
+                .untyped_fragments()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| describe(None, i, r))
+                .chain(tensors.iter().flat_map(|t| {
+                    t.fragments
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| describe(Some(&t.name), i, r))
+                }))
+                .collect(),
         };
         // Two reads per fragment (header and size): in flight together, in file order.
         let infos: Vec<_> =
@@ -74,9 +86,13 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         let tensors: Vec<_> = file
             .tensors()
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
+                // A GGUF tensor: its ggml type (a quant type such as Q4_0, or F16…).
+                let ggml_type = file.ggml_type(i).map(|g| g.name());
                 json!({
                     "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape,
+                    "ggml_type": ggml_type,
                     "offset": t.offset, "len": t.len, "fragments": t.fragments.len(),
                     "type": t.fragment_type().as_str(),
                 })
@@ -84,7 +100,11 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             .collect();
         files.push(json!({
             "path": file.path, "size": file.size, "blake3": blake3::Hash::from(file.blake3).to_hex().to_string(),
-            "kind": if matches!(file.content, FileContent::Safetensors { .. }) { "safetensors" } else { "blob" },
+            "kind": match file.content {
+                FileContent::Safetensors { .. } => "safetensors",
+                FileContent::Gguf { .. } => "gguf",
+                FileContent::Blob { .. } => "blob",
+            },
             "tensors": tensors, "fragments": frag_rows,
         }));
     }
@@ -124,7 +144,10 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             outln!(
                 "    tensor {} {} {} ({} fragments, {})",
                 t["name"].as_str().unwrap_or_default(),
-                t["dtype"].as_str().unwrap_or_default(),
+                t["ggml_type"]
+                    .as_str()
+                    .or(t["dtype"].as_str())
+                    .unwrap_or_default(),
                 t["shape"],
                 t["fragments"],
                 t["type"].as_str().unwrap_or_default()

@@ -664,12 +664,7 @@ fn classify_savings(
                 .enumerate()
                 .map(move |(i, r)| (Some((t.name.as_str(), i)), r))
         });
-        let blob_refs = match &f.content {
-            crate::manifest::FileContent::Blob { chunks } => chunks.as_slice(),
-            crate::manifest::FileContent::Safetensors { .. } => &[],
-        }
-        .iter()
-        .map(|r| (None, r));
+        let blob_refs = f.untyped_fragments().into_iter().map(|r| (None, r));
         for (position, r) in tensor_refs.chain(blob_refs) {
             report.fragments.add(r.len);
             let substituted = position.is_some_and(|(tensor, i)| {

@@ -14,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::gguf::{GgufSource, Role};
 use super::locks::LockKind;
 use super::objects::hash_blocking;
 use super::similarity::{Placement, Policy};
@@ -165,6 +166,8 @@ struct SourceFile {
     rel: String,
     size: u64,
     header: Option<SafetensorsHeader>,
+    /// Set for a `.gguf` file.
+    gguf: Option<GgufSource>,
 }
 
 /// A piece of a file on its way to the store.
@@ -173,6 +176,8 @@ struct Job {
     seq: usize,
     data: Bytes,
     dtype: Option<Dtype>,
+    /// Where a piece of a GGUF file goes in its manifest.
+    role: Option<Role>,
 }
 
 enum ReaderMsg {
@@ -378,6 +383,7 @@ impl FragmentLibrary {
             file_slots[done.seq] = Some(Slot {
                 fref: done.fref,
                 lossy,
+                role: done.role,
             });
             if let Some(p) = &opts.progress {
                 p.advance(len);
@@ -453,9 +459,11 @@ impl FragmentLibrary {
         let len = u32::try_from(job.data.len())
             .map_err(|_| FragmentError::InvalidInput("fragment larger than 4 GiB".into()))?;
         let id = hash_blocking(job.data.clone()).await?;
+        let role = job.role;
         let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| Done {
             file: job.file,
             seq: job.seq,
+            role,
             fref: FragmentRef {
                 id: resolved.id,
                 len,
@@ -669,6 +677,7 @@ enum Outcome {
 struct Done {
     file: usize,
     seq: usize,
+    role: Option<Role>,
     fref: FragmentRef,
     /// The id of the bytes read from the file.
     original: FragmentId,
@@ -683,6 +692,7 @@ struct Done {
 struct Slot {
     fref: FragmentRef,
     lossy: Option<(FragmentId, f64)>,
+    role: Option<Role>,
 }
 
 /// Lists and validates the input: one safetensors or other file, or every regular file
@@ -729,11 +739,17 @@ fn validate_sources(files: Vec<(PathBuf, String)>) -> Result<Vec<SourceFile>> {
             } else {
                 None
             };
+            let gguf = if rel.ends_with(".gguf") {
+                Some(GgufSource::open(&abs)?)
+            } else {
+                None
+            };
             Ok(SourceFile {
                 abs,
                 rel,
                 size,
                 header,
+                gguf,
             })
         })
         .collect()
@@ -804,22 +820,35 @@ fn read_sources(
         let mut file = File::open(&src.abs).map_err(|e| FragmentError::io("open", &src.abs, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut seq = 0usize;
+        let mut send_job = |data: Vec<u8>, dtype: Option<Dtype>, role: Option<Role>| {
+            let job = Job {
+                file: file_idx,
+                seq,
+                data: Bytes::from(data),
+                dtype,
+                role,
+            };
+            seq += 1;
+            // A closed channel means the consumer failed; its error is the one to report.
+            tx.blocking_send(ReaderMsg::Job(job))
+                .map_err(|_| FragmentError::InvalidInput("ingest aborted".into()))
+        };
         let mut send =
             |data: Vec<u8>, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
                 hasher.update(&data);
-                let job = Job {
-                    file: file_idx,
-                    seq,
-                    data: Bytes::from(data),
-                    dtype,
-                };
-                seq += 1;
-                // A closed channel means the consumer failed; its error is the one to report.
-                tx.blocking_send(ReaderMsg::Job(job))
-                    .map_err(|_| FragmentError::InvalidInput("ingest aborted".into()))
+                send_job(data, dtype, None)
             };
-        match &src.header {
-            Some(header) => {
+        match (&src.header, &src.gguf) {
+            (_, Some(gguf)) => {
+                gguf.read(
+                    &mut file,
+                    &src.abs,
+                    fragment_size,
+                    &mut hasher,
+                    &mut |cut| send_job(cut.data, cut.dtype, Some(cut.role)),
+                )?;
+            }
+            (Some(header), None) => {
                 let mut raw = vec![0u8; header.raw.len()];
                 read_exact(&mut file, &mut raw, &src.abs)?;
                 if raw != header.raw {
@@ -838,7 +867,7 @@ fn read_sources(
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let avg = u32::try_from(chunk_avg).unwrap_or(u32::MAX);
                 let chunker = fastcdc::v2020::StreamCDC::new(&mut file, avg / 4, avg, avg * 4);
                 for chunk in chunker {
@@ -854,9 +883,10 @@ fn read_sources(
         let extra = file
             .read(&mut probe)
             .map_err(|e| FragmentError::io("read", &src.abs, e))?;
-        let read_total = match &src.header {
-            Some(h) => h.file_len,
-            None => src.size,
+        let read_total = match (&src.header, &src.gguf) {
+            (_, Some(g)) => g.header.file_len,
+            (Some(h), None) => h.file_len,
+            (None, None) => src.size,
         };
         if extra != 0 || hasher.count() != read_total {
             return Err(changed(&src.abs));
@@ -904,6 +934,18 @@ fn build_file_manifest(
         }
     };
     let content = match &src.header {
+        None if src.gguf.is_some() => {
+            let gguf = src.gguf.as_ref().ok_or_else(|| {
+                FragmentError::InvalidInput(format!("{}: not a GGUF file", src.rel))
+            })?;
+            let refs = slots
+                .iter()
+                .map(|s| (s.role.unwrap_or(Role::Metadata), s.fref))
+                .collect();
+            gguf.content(&src.rel, refs, &mut |tensor, index, pos| {
+                record(tensor, index, &slots[pos]);
+            })?
+        }
         None => {
             slots.iter().enumerate().for_each(|(i, s)| record("", i, s));
             FileContent::Blob {
