@@ -87,16 +87,24 @@ fn quant_set_f16_first_round_trips_and_stores_small() {
         let file = gguf(&dir, q);
         let added = ingest(&lib, q, &file);
         raw += size(&file);
-        eprintln!(
-            "{q}: {} bytes, added {added} ({:.2}%)",
-            size(&file),
-            100.0 * added as f64 / size(&file) as f64
-        );
+        let pct = 100.0 * added as f64 / size(&file) as f64;
+        eprintln!("{q}: {} bytes, added {added} ({pct:.2}%)", size(&file));
+        if q != "F16" {
+            assert!(pct <= 2.0, "{q} adds {pct:.2}% of its size (at most 2%)");
+        }
     }
     let total = stored(&lib);
-    eprintln!(
-        "quant set F16 first: {raw} raw, {total} stored, {:.2}x",
-        raw as f64 / total as f64
+    let ratio = raw as f64 / total as f64;
+    eprintln!("quant set F16 first: {raw} raw, {total} stored, {ratio:.2}x");
+    assert!(
+        ratio >= 3.0,
+        "the quant set stores at {ratio:.2}x (at least 3.0x)"
+    );
+    // The savings of quant-derived fragments are counted apart.
+    let stats = json(&lib, &["stats", "--json"]);
+    assert!(
+        stats["savings"]["quant_bytes"].as_u64().unwrap() > raw / 2,
+        "{stats}"
     );
     for q in SET {
         assert_round_trip(&lib, q, &gguf(&dir, q), &tmp.path().join("out"));
@@ -115,6 +123,73 @@ fn quant_set_f16_first_round_trips_and_stores_small() {
         types.contains(&"Q4_0") && types.contains(&"F32"),
         "{types:?}"
     );
+    let quant_refs = file["fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["encoding"]
+                .as_str()
+                .unwrap()
+                .starts_with("quant F16->Q4_0")
+        })
+        .count();
+    assert!(quant_refs > 0, "{file}");
+    assert!(show["savings"]["quant"]["fragments"].as_u64().unwrap() > 0);
+}
+
+/// A quantized file that differs from the reference quantization in a few blocks (as
+/// another quantizer's rounding would) is stored as a small correction against it.
+#[test]
+fn a_quant_from_another_quantizer_is_stored_as_a_correction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("set");
+    if quant_set(
+        "a_quant_from_another_quantizer_is_stored_as_a_correction",
+        &dir,
+    )
+    .is_none()
+    {
+        return;
+    }
+    let lib = tmp.path().join("lib");
+    ingest(&lib, "F16", &gguf(&dir, "F16"));
+    // Q8_0 with one quant byte changed in every 1000th block of every quantized tensor.
+    let source = gguf(&dir, "Q8_0");
+    let header = haagenti_core::gguf::read_header(&source).unwrap();
+    let mut bytes = std::fs::read(&source).unwrap();
+    let mut changed = 0;
+    for t in &header.tensors {
+        if t.ggml_type != haagenti_core::gguf::GgmlType::Q8_0 {
+            continue;
+        }
+        for block in (0..t.len / 34).step_by(1000) {
+            let at = (t.start + block * 34 + 2 + 5) as usize;
+            bytes[at] = bytes[at].wrapping_add(1);
+            changed += 1;
+        }
+    }
+    assert!(changed > 10);
+    let other = tmp.path().join("other-Q8_0.gguf");
+    std::fs::write(&other, &bytes).unwrap();
+    let added = ingest(&lib, "other", &other);
+    let pct = 100.0 * added as f64 / size(&other) as f64;
+    eprintln!("{changed} blocks differ: added {added} ({pct:.2}%)");
+    assert!(pct <= 5.0, "the corrected quant adds {pct:.2}%");
+    let show = json(&lib, &["show", "--model", "other", "--json"]);
+    let corrections = show["files"][0]["fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["encoding"]
+                .as_str()
+                .unwrap()
+                .contains("vs quant F16->Q8_0")
+        })
+        .count();
+    assert!(corrections > 0, "{show}");
+    assert_round_trip(&lib, "other", &other, &tmp.path().join("out"));
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub struct FragmentRef {
 }
 
 /// How a fragment object is stored, as far as statistics care. Persisted by its variant
-/// index (bincode): 0, 1, 2 are fixed forever.
+/// index (bincode): 0, 1, 2, 3 are fixed forever.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StoredKind {
     /// Compressed (or raw) on its own.
@@ -45,6 +45,9 @@ pub enum StoredKind {
     Delta,
     /// A cast of an f32 source: a header, no payload.
     Cast,
+    /// A quantized GGUF fragment derived from a float source: the reference quantization
+    /// (a header, no payload) or a correction against it.
+    Quant,
 }
 
 impl StoredKind {
@@ -54,6 +57,7 @@ impl StoredKind {
             Encoding::Standalone { .. } => StoredKind::Standalone,
             Encoding::Delta { .. } | Encoding::CastDelta { .. } => StoredKind::Delta,
             Encoding::Cast { .. } => StoredKind::Cast,
+            Encoding::Quant { .. } | Encoding::QuantDelta { .. } => StoredKind::Quant,
         }
     }
 }

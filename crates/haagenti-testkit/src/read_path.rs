@@ -205,6 +205,8 @@ async fn assert_every_encoding_is_stored(lib: &FragmentLibrary, stored: &[Stored
                 Encoding::Delta { .. } => "delta",
                 Encoding::Cast { .. } => "cast",
                 Encoding::CastDelta { .. } => "delta against a cast",
+                Encoding::Quant { .. } => "quant",
+                Encoding::QuantDelta { .. } => "correction against a quant",
             });
         }
     }

@@ -201,6 +201,19 @@ fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
             lib.codecs().name_of(*codec),
             source.short()
         ),
+        Encoding::Quant { source, from, to } => {
+            format!("quant {from}->{to:?} of {}", source.short())
+        }
+        Encoding::QuantDelta {
+            codec,
+            source,
+            from,
+            to,
+        } => format!(
+            "delta({}) vs quant {from}->{to:?} of {}",
+            lib.codecs().name_of(*codec),
+            source.short()
+        ),
     }
 }
 
@@ -230,6 +243,15 @@ fn print_savings(s: &ModelSavings) -> std::io::Result<()> {
         s.cast.fragments,
         human(s.cast.bytes)
     )?;
+    if s.quant.fragments > 0 {
+        outln!(
+            "    quant        {} ({} quantized fragments, {} rebuilt from float sources, stored as {})",
+            human(s.savings.quant_bytes),
+            s.quant.fragments,
+            human(s.quant.bytes),
+            human(s.quant.stored_bytes)
+        )?;
+    }
     outln!(
         "    compression  {} ({} standalone fragments, {} stored as {})",
         human_signed(s.savings.compression_bytes),

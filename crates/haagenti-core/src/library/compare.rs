@@ -180,6 +180,9 @@ pub struct ModelSavings {
     pub delta: StoredCount,
     /// Stored as exact casts of an f32 fragment (no payload).
     pub cast: StoredCount,
+    /// Quantized GGUF fragments stored as the reference quantization of a float fragment
+    /// (no payload) or a correction against it.
+    pub quant: StoredCount,
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
     /// The saving per kind: exact = shared + repeated; delta, cast and compression from
@@ -621,6 +624,7 @@ impl ModelSavings {
             Encoding::Standalone { .. } => &mut self.standalone,
             Encoding::Delta { .. } | Encoding::CastDelta { .. } => &mut self.delta,
             Encoding::Cast { .. } => &mut self.cast,
+            Encoding::Quant { .. } | Encoding::QuantDelta { .. } => &mut self.quant,
         };
         class.add(u64::from(len), stored_len);
     }
@@ -633,6 +637,7 @@ impl ModelSavings {
             cast_bytes: self.cast.saved().max(0) as u64,
             compression_bytes: self.standalone.saved(),
             lossy_bytes: self.lossy.bytes,
+            quant_bytes: self.quant.saved().max(0) as u64,
         };
     }
 }
@@ -745,9 +750,13 @@ fn pair_counts(
                     related.extend(cast_users.get(&(*source, *to)).into_iter().flatten());
                     true
                 }
-                Some(Encoding::Cast { source, .. }) => {
+                Some(Encoding::Cast { source, .. } | Encoding::Quant { source, .. }) => {
                     related.extend(users.get(source).into_iter().flatten());
                     false
+                }
+                Some(Encoding::QuantDelta { source, .. }) => {
+                    related.extend(users.get(source).into_iter().flatten());
+                    true
                 }
                 Some(Encoding::Standalone { .. }) | None => continue,
             };

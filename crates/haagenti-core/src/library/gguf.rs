@@ -10,14 +10,42 @@
 //! quantized fragment covers the elements of one float fragment). Padding up to
 //! [`MAX_INLINE_GAP`] bytes goes into the manifest; a larger gap is chunked.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use bytes::Bytes;
+
+use super::objects::{delta_object, quantize_source, standalone_object};
+use super::similarity::{DELTA_MAX_FRACTION, Placement};
+use super::{FragmentLibrary, join_error};
+use crate::codec::EncodeHint;
 use crate::error::{FragmentError, Result};
 use crate::gguf::{GgmlType, GgufHeader, GgufPiece, GgufTensor};
-use crate::manifest::{FileContent, FragmentRef, GgufGap, MAX_INLINE_GAP, TensorRef};
-use crate::types::{Dtype, fragment_elements};
+use crate::manifest::{
+    FileContent, FragmentRef, GgufGap, MAX_INLINE_GAP, ModelManifest, TensorRef,
+};
+use crate::types::{Dtype, Encoding, FragmentId, LegacyQuant, fragment_elements};
+
+/// Most stored float fragments a quantized fragment is compared against.
+const MAX_QUANT_CANDIDATES: usize = 2;
+
+/// A stored float tensor a quantized tensor may have been made from: its dtype and
+/// fragments.
+#[derive(Clone, Debug)]
+pub(super) struct FloatTensor {
+    dtype: Dtype,
+    fragments: Vec<FragmentRef>,
+}
+
+/// Where a quantized fragment may come from: its type and the stored float fragments
+/// covering the same elements.
+#[derive(Clone, Debug)]
+pub(super) struct QuantOrigin {
+    pub(super) to: LegacyQuant,
+    pub(super) candidates: Vec<(FragmentId, Dtype)>,
+}
 
 /// Average content-defined chunk of GGUF metadata (minimum a quarter, maximum 4x): small,
 /// so that the key-value that differs between the files of a quant set costs one small
@@ -30,6 +58,9 @@ pub(super) struct GgufSource {
     pub(super) header: GgufHeader,
     /// The bytes of each gap of at most [`MAX_INLINE_GAP`] bytes, by piece index.
     inline_gaps: Vec<(usize, Vec<u8>)>,
+    /// For a tensor of a legacy quant type: stored float tensors of the same name and
+    /// shape (see [`find_float_sources`]).
+    float_sources: HashMap<usize, Vec<FloatTensor>>,
 }
 
 /// What one piece of a GGUF file became, as the reader sends it.
@@ -48,6 +79,9 @@ pub(super) struct Cut {
     pub(super) data: Vec<u8>,
     /// The dtype of a plain-type tensor's fragment.
     pub(super) dtype: Option<Dtype>,
+    /// For a fragment of a legacy quant type with stored float fragments of the same
+    /// elements: what it may be the quantization of.
+    pub(super) quant: Option<QuantOrigin>,
     pub(super) role: Role,
 }
 
@@ -72,7 +106,74 @@ impl GgufSource {
         Ok(Self {
             header,
             inline_gaps,
+            float_sources: HashMap::new(),
         })
+    }
+
+    /// Whether the file has tensors of a legacy quant type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1).
+    pub(super) fn has_legacy_quants(&self) -> bool {
+        self.header
+            .tensors
+            .iter()
+            .any(|t| LegacyQuant::from_ggml(t.ggml_type).is_some())
+    }
+
+    /// Records, for each legacy-quant tensor, the float tensors of `manifests` with its
+    /// name and shape (F32, F16 or BF16, in GGUF or safetensors files).
+    pub(super) fn find_float_sources(&mut self, manifests: &[ModelManifest]) {
+        let mut floats: HashMap<(&str, Vec<u64>), Vec<FloatTensor>> = HashMap::new();
+        for t in manifests
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .flat_map(|f| f.tensors())
+        {
+            if matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                let list = floats
+                    .entry((t.name.as_str(), t.shape.clone()))
+                    .or_default();
+                if !list
+                    .iter()
+                    .any(|f| f.dtype == t.dtype && f.fragments == t.fragments)
+                {
+                    list.push(FloatTensor {
+                        dtype: t.dtype,
+                        fragments: t.fragments.clone(),
+                    });
+                }
+            }
+        }
+        for (i, t) in self.header.tensors.iter().enumerate() {
+            if LegacyQuant::from_ggml(t.ggml_type).is_none() {
+                continue;
+            }
+            if let Some(list) = floats.get(&(t.name.as_str(), t.shape())) {
+                self.float_sources.insert(i, list.clone());
+            }
+        }
+    }
+
+    /// The stored float fragments covering elements `first..first + n` of tensor `t`.
+    fn candidates(&self, t: usize, first: u64, n: u64) -> Vec<(FragmentId, Dtype)> {
+        let mut out = Vec::new();
+        for f in self.float_sources.get(&t).into_iter().flatten() {
+            let size = f.dtype.size() as u64;
+            let mut at = 0u64;
+            for r in &f.fragments {
+                let count = u64::from(r.len) / size;
+                if at == first && count == n && r.depends_on.is_none() {
+                    out.push((r.id, f.dtype));
+                    break;
+                }
+                if at > first {
+                    break;
+                }
+                at += count;
+            }
+            if out.len() >= MAX_QUANT_CANDIDATES {
+                break;
+            }
+        }
+        out
     }
 
     /// Streams the file (positioned at its start) once, in order, as fragments handed to
@@ -101,6 +202,7 @@ impl GgufSource {
                         send(Cut {
                             data: raw[c.offset..c.offset + c.length].to_vec(),
                             dtype: None,
+                            quant: None,
                             role: Role::Metadata,
                         })?;
                     }
@@ -108,17 +210,29 @@ impl GgufSource {
                 GgufPiece::Tensor(t) => {
                     let tensor = &h.tensors[*t];
                     let (_, step) = fragment_step(tensor.ggml_type, fragment_size);
+                    let legacy = LegacyQuant::from_ggml(tensor.ggml_type);
                     let mut left = tensor.len;
+                    let mut first = 0;
                     while left > 0 {
                         let n = left.min(step);
                         let mut buf = vec![0u8; n as usize];
                         read_exact(file, &mut buf, path)?;
                         hasher.update(&buf);
+                        let elements =
+                            n / tensor.ggml_type.type_size() * tensor.ggml_type.block_size();
+                        let quant = legacy
+                            .map(|to| QuantOrigin {
+                                to,
+                                candidates: self.candidates(*t, first, elements),
+                            })
+                            .filter(|q| !q.candidates.is_empty());
                         send(Cut {
                             data: buf,
                             dtype: tensor.ggml_type.dtype(),
+                            quant,
                             role: Role::Tensor(*t),
                         })?;
+                        first += elements;
                         left -= n;
                     }
                 }
@@ -142,6 +256,7 @@ impl GgufSource {
                         send(Cut {
                             data: chunk.data,
                             dtype: None,
+                            quant: None,
                             role: Role::Gap(i),
                         })?;
                     }
@@ -224,6 +339,80 @@ impl GgufSource {
             ggml_types,
             gaps,
         })
+    }
+}
+
+impl FragmentLibrary {
+    /// Stores a new quantized fragment as the reference quantization of one of its
+    /// candidate float sources (no payload), or as a correction against it when that is
+    /// at most [`DELTA_MAX_FRACTION`] of the standalone object. `None` when no candidate
+    /// is a standalone fragment whose quantization is that close (the caller then stores
+    /// the fragment as usual).
+    pub(super) async fn place_quant(
+        &self,
+        id: FragmentId,
+        data: &Bytes,
+        origin: &QuantOrigin,
+    ) -> Result<Option<Placement>> {
+        let to = origin.to;
+        for &(source, from) in &origin.candidates {
+            let Some(src) = self.standalone_fragment(&source).await? else {
+                continue;
+            };
+            let (codecs, data2) = (self.codecs().clone(), data.clone());
+            let policy = self.config().codec_policy;
+            let built =
+                tokio::task::spawn_blocking(move || -> Result<Option<(Encoding, Vec<u8>)>> {
+                    let Some(requant) = quantize_source(&src, from, to) else {
+                        return Ok(None);
+                    };
+                    if requant.len() != data2.len() {
+                        return Ok(None);
+                    }
+                    if requant[..] == data2[..] {
+                        return Ok(Some((Encoding::Quant { source, from, to }, Vec::new())));
+                    }
+                    let hint = EncodeHint {
+                        dtype: None,
+                        policy,
+                    };
+                    let xor: Vec<u8> = requant
+                        .iter()
+                        .zip(data2.iter())
+                        .map(|(a, b)| a ^ b)
+                        .collect();
+                    let encoding = Encoding::QuantDelta {
+                        codec: codecs.encoder().tag(),
+                        source,
+                        from,
+                        to,
+                    };
+                    let object = delta_object(&codecs, &encoding, &xor, hint)?;
+                    let (_, standalone) = standalone_object(&codecs, &data2, hint)?;
+                    Ok(
+                        (object.len() as f64 <= DELTA_MAX_FRACTION * standalone.len() as f64)
+                            .then_some((encoding, object)),
+                    )
+                })
+                .await
+                .map_err(join_error)??;
+            match built {
+                Some((encoding @ Encoding::Quant { .. }, _)) => {
+                    return self
+                        .write_cast(id, encoding, data.len(), None)
+                        .await
+                        .map(|s| Some(Placement::from(s)));
+                }
+                Some((encoding, object)) => {
+                    return self
+                        .put_object(id, object, encoding)
+                        .await
+                        .map(|s| Some(Placement::from(s)));
+                }
+                None => {}
+            }
+        }
+        Ok(None)
     }
 }
 

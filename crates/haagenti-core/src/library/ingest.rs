@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::gguf::{GgufSource, Role};
+use super::gguf::{GgufSource, QuantOrigin, Role};
 use super::locks::LockKind;
 use super::objects::hash_blocking;
 use super::similarity::{Placement, Policy};
@@ -138,6 +138,13 @@ pub struct IngestReport {
     pub cast_fragments: u64,
     /// Decoded bytes of those cast fragments.
     pub cast_fragment_bytes: u64,
+    /// New quantized GGUF fragments stored as the reference quantization of a stored
+    /// float fragment (no payload) or a correction against it.
+    pub quant_fragments: u64,
+    /// Decoded bytes of those quant-derived fragments.
+    pub quant_fragment_bytes: u64,
+    /// Stored bytes of those quant-derived fragments.
+    pub quant_stored_bytes: u64,
     /// Fragments replaced by a similar stored one (lossy mode only).
     pub lossy_fragments: u64,
     /// Decoded bytes of those substituted fragments.
@@ -178,6 +185,8 @@ struct Job {
     dtype: Option<Dtype>,
     /// Where a piece of a GGUF file goes in its manifest.
     role: Option<Role>,
+    /// What a quantized GGUF fragment may be the quantization of.
+    quant: Option<QuantOrigin>,
 }
 
 enum ReaderMsg {
@@ -280,7 +289,7 @@ impl FragmentLibrary {
         if let Some(p) = &opts.progress {
             p.begin(total);
         }
-        let sources = Arc::new(sources);
+        let sources = Arc::new(self.with_float_sources(sources).await?);
         let parallelism = self.config().parallelism;
         let (tx, mut rx) = mpsc::channel::<ReaderMsg>(parallelism * 2);
         let reader = {
@@ -358,6 +367,11 @@ impl FragmentLibrary {
                         Encoding::Cast { .. } => {
                             report.cast_fragments += 1;
                             report.cast_fragment_bytes += len;
+                        }
+                        Encoding::Quant { .. } | Encoding::QuantDelta { .. } => {
+                            report.quant_fragments += 1;
+                            report.quant_fragment_bytes += len;
+                            report.quant_stored_bytes += stored_len;
                         }
                     }
                     if indexed {
@@ -518,8 +532,14 @@ impl FragmentLibrary {
             return Ok(done(resolved, Outcome::Dedup, 0.0));
         }
 
+        // A quantized GGUF fragment: the reference quantization of a stored float one?
+        let quant = match &job.quant {
+            Some(origin) => self.place_quant(id, &job.data, origin).await?,
+            None => None,
+        };
         let state = self.similarity_state().cloned();
         let (signature, signature_seconds) = match (&state, job.dtype) {
+            _ if quant.is_some() => (None, 0.0),
             (Some(state), Some(dtype)) => {
                 let (state, data) = (state.clone(), job.data.clone());
                 tokio::task::spawn_blocking(move || {
@@ -532,9 +552,13 @@ impl FragmentLibrary {
             }
             _ => (None, 0.0),
         };
-        let placement = self
-            .place_similar(id, job.data, job.dtype, signature.clone(), policy)
-            .await?;
+        let placement = match quant {
+            Some(placement) => placement,
+            None => {
+                self.place_similar(id, job.data, job.dtype, signature.clone(), policy)
+                    .await?
+            }
+        };
         let (resolved, outcome) = match placement {
             Placement::Written {
                 encoding,
@@ -588,6 +612,25 @@ impl FragmentLibrary {
         };
         remember(session, id, resolved);
         Ok(done(resolved, outcome, signature_seconds))
+    }
+}
+
+impl FragmentLibrary {
+    /// Gives the GGUF sources with legacy-quant tensors the stored float tensors they may
+    /// have been quantized from (reading the current manifests, only when there is one).
+    async fn with_float_sources(&self, mut sources: Vec<SourceFile>) -> Result<Vec<SourceFile>> {
+        let quantized = |s: &SourceFile| s.gguf.as_ref().is_some_and(|g| g.has_legacy_quants());
+        if !sources.iter().any(quantized) {
+            return Ok(sources);
+        }
+        // Damaged manifests only cost this saving.
+        let (manifests, _) = self.manifests_report().await?;
+        for g in sources.iter_mut().filter_map(|s| s.gguf.as_mut()) {
+            if g.has_legacy_quants() {
+                g.find_float_sources(&manifests);
+            }
+        }
+        Ok(sources)
     }
 }
 
@@ -820,13 +863,17 @@ fn read_sources(
         let mut file = File::open(&src.abs).map_err(|e| FragmentError::io("open", &src.abs, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut seq = 0usize;
-        let mut send_job = |data: Vec<u8>, dtype: Option<Dtype>, role: Option<Role>| {
+        let mut send_job = |data: Vec<u8>,
+                            dtype: Option<Dtype>,
+                            role: Option<Role>,
+                            quant: Option<QuantOrigin>| {
             let job = Job {
                 file: file_idx,
                 seq,
                 data: Bytes::from(data),
                 dtype,
                 role,
+                quant,
             };
             seq += 1;
             // A closed channel means the consumer failed; its error is the one to report.
@@ -836,7 +883,7 @@ fn read_sources(
         let mut send =
             |data: Vec<u8>, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
                 hasher.update(&data);
-                send_job(data, dtype, None)
+                send_job(data, dtype, None, None)
             };
         match (&src.header, &src.gguf) {
             (_, Some(gguf)) => {
@@ -845,7 +892,7 @@ fn read_sources(
                     &src.abs,
                     fragment_size,
                     &mut hasher,
-                    &mut |cut| send_job(cut.data, cut.dtype, Some(cut.role)),
+                    &mut |cut| send_job(cut.data, cut.dtype, Some(cut.role), cut.quant),
                 )?;
             }
             (Some(header), None) => {
