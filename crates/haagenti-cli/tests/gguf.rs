@@ -136,6 +136,40 @@ fn quant_set_f16_first_round_trips_and_stores_small() {
         .count();
     assert!(quant_refs > 0, "{file}");
     assert!(show["savings"]["quant"]["fragments"].as_u64().unwrap() > 0);
+    // `compare` counts them as quant-derived from the F16 model.
+    let cmp = json(
+        &lib,
+        &["compare", "--model", "Q4_0", "--model", "F16", "--json"],
+    );
+    let quant = cmp["a_against_b"]["quant"]["bytes"].as_u64().unwrap();
+    assert!(quant > size(&gguf(&dir, "Q4_0")) / 2, "{cmp}");
+    assert_quant_meets_float(&lib, "Q4_0", "F16");
+}
+
+/// `similar` finds the F16 tensor for a quantized one: quantized fragments are signed
+/// over their dequantized values.
+fn assert_quant_meets_float(lib: &Path, quant_model: &str, float_model: &str) {
+    let similar = json(
+        lib,
+        &[
+            "similar",
+            "--model",
+            quant_model,
+            "--tensor",
+            "blk.0.ffn_up.weight",
+            "--json",
+        ],
+    );
+    let t = &similar["tensors"][0];
+    assert_eq!(t["dtype"], quant_model, "{similar}");
+    let m = t["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == float_model)
+        .unwrap_or_else(|| panic!("no match in {float_model}: {similar}"));
+    assert_eq!(m["tensor"], "blk.0.ffn_up.weight");
+    assert!(m["cosine"].as_f64().unwrap() > 0.95, "{similar}");
 }
 
 /// A quantized file that differs from the reference quantization in a few blocks (as
@@ -218,6 +252,8 @@ fn quant_set_quants_first_is_never_worse_than_each_file_alone() {
         "quant set quants first: {raw} raw, {total} stored, {:.2}x",
         raw as f64 / total as f64
     );
+    // Stored standalone, the quants still meet the F16 file in the similarity index.
+    assert_quant_meets_float(&lib, "Q8_0", "F16");
     for q in SET {
         assert_round_trip(&lib, q, &gguf(&dir, q), &tmp.path().join("out"));
     }

@@ -39,8 +39,8 @@ pub(super) struct FloatTensor {
     fragments: Vec<FragmentRef>,
 }
 
-/// Where a quantized fragment may come from: its type and the stored float fragments
-/// covering the same elements.
+/// A fragment of a legacy quant type: its type and the stored float fragments covering
+/// the same elements (possibly none).
 #[derive(Clone, Debug)]
 pub(super) struct QuantOrigin {
     pub(super) to: LegacyQuant,
@@ -79,8 +79,8 @@ pub(super) struct Cut {
     pub(super) data: Vec<u8>,
     /// The dtype of a plain-type tensor's fragment.
     pub(super) dtype: Option<Dtype>,
-    /// For a fragment of a legacy quant type with stored float fragments of the same
-    /// elements: what it may be the quantization of.
+    /// For a fragment of a legacy quant type: its type and what it may be the
+    /// quantization of.
     pub(super) quant: Option<QuantOrigin>,
     pub(super) role: Role,
 }
@@ -220,12 +220,10 @@ impl GgufSource {
                         hasher.update(&buf);
                         let elements =
                             n / tensor.ggml_type.type_size() * tensor.ggml_type.block_size();
-                        let quant = legacy
-                            .map(|to| QuantOrigin {
-                                to,
-                                candidates: self.candidates(*t, first, elements),
-                            })
-                            .filter(|q| !q.candidates.is_empty());
+                        let quant = legacy.map(|to| QuantOrigin {
+                            to,
+                            candidates: self.candidates(*t, first, elements),
+                        });
                         send(Cut {
                             data: buf,
                             dtype: tensor.ggml_type.dtype(),

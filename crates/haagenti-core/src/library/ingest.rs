@@ -539,7 +539,23 @@ impl FragmentLibrary {
         };
         let state = self.similarity_state().cloned();
         let (signature, signature_seconds) = match (&state, job.dtype) {
-            _ if quant.is_some() => (None, 0.0),
+            // A quantized fragment is signed over its dequantized values, so that it meets
+            // its float source (and the other quants of it) in the index.
+            (Some(state), _) if job.quant.is_some() => {
+                let (state, data) = (state.clone(), job.data.clone());
+                let to = job.quant.as_ref().map(|q| q.to);
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let values = to.and_then(|to| to.dequantize(&data));
+                    let sig = values.and_then(|v| {
+                        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        state.similarity.scheme.signature(&bytes, Some(Dtype::F32))
+                    });
+                    (sig, started.elapsed().as_secs_f64())
+                })
+                .await
+                .map_err(join_error)?
+            }
             (Some(state), Some(dtype)) => {
                 let (state, data) = (state.clone(), job.data.clone());
                 tokio::task::spawn_blocking(move || {
