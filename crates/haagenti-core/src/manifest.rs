@@ -941,6 +941,118 @@ mod tests {
         }
     }
 
+    /// A GGUF file: 8 metadata bytes in two chunks, a tensor of 6 bytes at 8, 2 bytes of
+    /// padding, a tensor of 3 bytes at 16, a chunked gap of 3 bytes at 19.
+    fn gguf_file() -> FileManifest {
+        let r = |b: &[u8]| FragmentRef {
+            id: FragmentId::of(b),
+            len: b.len() as u32,
+            depends_on: None,
+        };
+        let tensor = |name: &str, offset, frags: Vec<FragmentRef>| TensorRef {
+            name: name.into(),
+            dtype: Dtype::U8,
+            shape: vec![frags.iter().map(|f| u64::from(f.len)).sum()],
+            offset,
+            len: frags.iter().map(|f| u64::from(f.len)).sum(),
+            fragments: frags,
+        };
+        FileManifest {
+            path: "m.gguf".into(),
+            size: 22,
+            blake3: [0; 32],
+            content: FileContent::Gguf {
+                metadata: vec![r(b"GGUF"), r(b"meta")],
+                tensors: vec![
+                    tensor("a", 8, vec![r(b"abc"), r(b"def")]),
+                    tensor("b", 16, vec![r(b"ghi")]),
+                ],
+                ggml_types: vec![8, 0],
+                gaps: vec![
+                    GgufGap::Inline {
+                        offset: 14,
+                        bytes: vec![0, 0],
+                    },
+                    GgufGap::Chunks {
+                        offset: 19,
+                        chunks: vec![r(b"xyz")],
+                    },
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn gguf_files_round_trip_and_must_tile() {
+        let mut m = sample();
+        m.files.push(gguf_file());
+        m.validate().unwrap();
+        let bytes = m.encode().unwrap();
+        assert_eq!(ModelManifest::decode(&bytes, "k").unwrap(), m);
+        let f = &m.files[2];
+        assert_eq!(f.fragments().count(), 6);
+        assert_eq!(f.untyped_fragments().len(), 3);
+        assert_eq!(f.ggml_type(0), Some(crate::gguf::GgmlType::Q8_0));
+        let parts = f.gguf_parts().unwrap().unwrap();
+        assert!(matches!(
+            parts[..],
+            [
+                GgufPart::Tensor(0, _),
+                GgufPart::Gap(_),
+                GgufPart::Tensor(1, _),
+                GgufPart::Gap(_)
+            ]
+        ));
+        let broken: Vec<fn(&mut FileManifest)> = vec![
+            |f| f.size += 1,
+            |f| {
+                if let FileContent::Gguf { tensors, .. } = &mut f.content {
+                    tensors[1].offset += 1;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { gaps, .. } = &mut f.content {
+                    gaps.remove(0);
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { gaps, .. } = &mut f.content {
+                    gaps[0] = GgufGap::Inline {
+                        offset: 14,
+                        bytes: vec![],
+                    };
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { ggml_types, .. } = &mut f.content {
+                    ggml_types[0] = 99;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { ggml_types, .. } = &mut f.content {
+                    ggml_types.pop();
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { tensors, .. } = &mut f.content {
+                    tensors[0].len += 1;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { metadata, .. } = &mut f.content {
+                    metadata.pop();
+                }
+            },
+        ];
+        for (i, breaking) in broken.into_iter().enumerate() {
+            let mut m = sample();
+            let mut f = gguf_file();
+            breaking(&mut f);
+            m.files.push(f);
+            assert!(m.validate().is_err(), "case {i}");
+        }
+    }
+
     #[test]
     fn layers_group_tensors() {
         let layers = sample().layers();

@@ -306,5 +306,26 @@ mod tests {
         let mut kind = buf;
         kind[5] = 7;
         assert!(decode_header(&kind, "k").is_err());
+        // A quant object with a source dtype that is not a float, or an unknown or
+        // non-legacy quant type, is corrupt.
+        let quant = Encoding::Quant {
+            source: FragmentId::of(b"s"),
+            from: Dtype::F16,
+            to: LegacyQuant::Q4_0,
+        };
+        let mut q = Vec::new();
+        write_header(&mut q, &quant, 18, None);
+        assert_eq!(decode_header(&q, "k").unwrap().encoding, quant);
+        for (at, value) in [
+            (64, Dtype::I32.tag()),
+            (64, 0),
+            (65, 1),
+            (65, 12),
+            (65, 255),
+        ] {
+            let mut bad = q.clone();
+            bad[at] = value;
+            assert!(decode_header(&bad, "k").is_err(), "byte {at} = {value}");
+        }
     }
 }
