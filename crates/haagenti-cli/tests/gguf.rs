@@ -508,6 +508,30 @@ fn hostile_gguf_files_are_refused_with_the_problem_and_change_nothing() {
         assert_eq!(objects(&lib), before, "{name}: the library changed");
         assert_eq!(ok(&lib, &["list"]), models, "{name}");
     }
-    // The good file still round-trips.
+    // The good file still round-trips, and so does one with an empty tensor inside
+    // the padding between two others, and one with a large gap before its data.
     assert_round_trip(&lib, "good", &good, &tmp.path().join("out"));
+    let empty_inside = file(
+        3,
+        &[name_kv()],
+        &[
+            info("a", &[4], 0, 0),
+            info("empty", &[0], 0, 32),
+            info("c", &[8], 0, 64),
+        ],
+        32,
+        96,
+    );
+    let mut big_gap = file(3, &[name_kv()], &[info("a", &[4], 0, 0)], 32, 0);
+    big_gap.extend((0..100_000u32).map(|i| (i % 251) as u8));
+    let data = big_gap.len() - 100_000;
+    let mut far = file(3, &[name_kv()], &[info("a", &[4], 0, 99_968)], 32, 0);
+    assert_eq!(far.len(), data);
+    far.extend_from_slice(&big_gap[data..]);
+    for (name, bytes) in [("empty-inside", empty_inside), ("big-gap", far)] {
+        let path = src.join(format!("{name}.gguf"));
+        std::fs::write(&path, &bytes).unwrap();
+        ok(&lib, &["ingest", "--model", name, path.to_str().unwrap()]);
+        assert_round_trip(&lib, name, &path, &tmp.path().join("out"));
+    }
 }

@@ -262,7 +262,8 @@ impl FileManifest {
     }
 
     /// The parts of a GGUF file after its metadata, in file order: tensors and gaps
-    /// merged by offset (a tensor first when both start at the same byte). An error
+    /// merged by offset (a tensor first when both start at the same byte; an empty
+    /// tensor wherever it comes in `tensors`). An error
     /// says why they do not tile the file from `metadata_len` to `size`; `None` for
     /// other files.
     pub fn gguf_parts(&self) -> Option<std::result::Result<Vec<GgufPart<'_>>, String>> {
@@ -281,6 +282,16 @@ impl FileManifest {
         let mut out = Vec::with_capacity(tensors.len() + gaps.len());
         let (mut t, mut g) = (0, 0);
         while t < tensors.len() || g < gaps.len() {
+            // An empty tensor holds no bytes: it may sit anywhere up to the end (inside
+            // padding, say), in its place in the offset order.
+            if let Some(tensor) = tensors
+                .get(t)
+                .filter(|x| x.len == 0 && x.fragments.is_empty() && x.offset <= self.size)
+            {
+                out.push(GgufPart::Tensor(t, tensor));
+                t += 1;
+                continue;
+            }
             if let Some(tensor) = tensors.get(t).filter(|x| x.offset == cursor) {
                 let sum = tensor
                     .fragments
