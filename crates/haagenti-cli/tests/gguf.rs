@@ -285,7 +285,8 @@ fn safetensors_and_gguf_f16_of_the_same_tensors_share_fragments() {
     }
 }
 
-/// A model directory holding a quant set (and other files) round-trips too.
+/// A model directory holding a quant set (and other files) round-trips too, and its
+/// quants are stored against the F16 file of the same ingest.
 #[test]
 fn a_model_directory_with_gguf_files_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
@@ -296,6 +297,13 @@ fn a_model_directory_with_gguf_files_round_trips() {
     std::fs::write(dir.join("README.md"), "a quant set\n").unwrap();
     let lib = tmp.path().join("lib");
     ok(&lib, &["ingest", "--model", "set", dir.to_str().unwrap()]);
+    let raw: u64 = SET.iter().map(|q| size(&gguf(&dir, q))).sum();
+    let ratio = raw as f64 / stored(&lib) as f64;
+    eprintln!("quant set in one directory: {ratio:.2}x");
+    assert!(
+        ratio >= 3.0,
+        "the quant set directory stores at {ratio:.2}x"
+    );
     let out = tmp.path().join("out");
     ok(
         &lib,

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -45,6 +47,70 @@ pub(super) struct FloatTensor {
 pub(super) struct QuantOrigin {
     pub(super) to: LegacyQuant,
     pub(super) candidates: Vec<(FragmentId, Dtype)>,
+    /// Float fragments of earlier files of this ingest covering the same elements, by
+    /// their place on the board.
+    pending: Vec<(BoardKey, Dtype)>,
+    board: Option<Arc<Board>>,
+}
+
+/// A float fragment of a GGUF file of this ingest: (file, tensor, first element).
+pub(super) type BoardKey = (usize, usize, u64);
+
+/// How long a quantized fragment waits for the float fragment of an earlier file of the
+/// same ingest to be resolved (it was read first, so it is already on its way).
+const BOARD_WAIT: Duration = Duration::from_secs(120);
+
+/// The float fragments of the GGUF files of one ingest, published as they are resolved,
+/// so that the quantized fragments of later files of the same ingest (a quant set in one
+/// model directory) find their source.
+#[derive(Debug, Default)]
+pub(super) struct Board {
+    resolved: Mutex<HashMap<BoardKey, FragmentId>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Board {
+    /// Records that the float fragment at `key` is stored as `id`.
+    pub(super) fn publish(&self, key: BoardKey, id: FragmentId) {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, id);
+        self.notify.notify_waiters();
+    }
+
+    /// The id of the float fragment at `key` once it is resolved; `None` after
+    /// [`BOARD_WAIT`].
+    async fn wait(&self, key: BoardKey) -> Option<FragmentId> {
+        let deadline = tokio::time::Instant::now() + BOARD_WAIT;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(id) = self
+                .resolved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
+                return Some(*id);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// A float tensor of an earlier GGUF file of the same ingest.
+#[derive(Clone, Copy, Debug)]
+struct PendingFloat {
+    file: usize,
+    tensor: usize,
+    dtype: Dtype,
+    elements: u64,
+    /// Elements per fragment.
+    step: u64,
 }
 
 /// Average content-defined chunk of GGUF metadata (minimum a quarter, maximum 4x): small,
@@ -61,6 +127,13 @@ pub(super) struct GgufSource {
     /// For a tensor of a legacy quant type: stored float tensors of the same name and
     /// shape (see [`find_float_sources`]).
     float_sources: HashMap<usize, Vec<FloatTensor>>,
+    /// For a tensor of a legacy quant type: float tensors of the same name and shape in
+    /// earlier GGUF files of this ingest.
+    pending_sources: HashMap<usize, Vec<PendingFloat>>,
+    /// Set when this ingest has quantized files: where float fragments are published.
+    board: Option<Arc<Board>>,
+    /// This file's index in the ingest, when its float fragments are published.
+    publish_as: Option<usize>,
 }
 
 /// What one piece of a GGUF file became, as the reader sends it.
@@ -82,6 +155,9 @@ pub(super) struct Cut {
     /// For a fragment of a legacy quant type: its type and what it may be the
     /// quantization of.
     pub(super) quant: Option<QuantOrigin>,
+    /// For a float fragment a later file of the ingest may be quantized from: where to
+    /// publish its id once resolved.
+    pub(super) publish: Option<(Arc<Board>, BoardKey)>,
     pub(super) role: Role,
 }
 
@@ -107,6 +183,9 @@ impl GgufSource {
             header,
             inline_gaps,
             float_sources: HashMap::new(),
+            pending_sources: HashMap::new(),
+            board: None,
+            publish_as: None,
         })
     }
 
@@ -150,6 +229,80 @@ impl GgufSource {
                 self.float_sources.insert(i, list.clone());
             }
         }
+    }
+
+    /// Links the legacy-quant tensors of `files[quantized]` to the float tensors of the
+    /// same name and shape in `files[..quantized]` (GGUF files of the same ingest), whose
+    /// fragments are then published on `board` as they are resolved.
+    pub(super) fn link_same_ingest(
+        files: &mut [Option<&mut GgufSource>],
+        quantized: usize,
+        board: &Arc<Board>,
+        fragment_size: usize,
+    ) {
+        let mut links: Vec<(usize, PendingFloat)> = Vec::new();
+        let mut publishers = Vec::new();
+        if let Some(Some(q)) = files.get(quantized) {
+            for (i, earlier) in files[..quantized].iter().enumerate() {
+                let Some(earlier) = earlier else { continue };
+                for (ti, ft) in earlier.header.tensors.iter().enumerate() {
+                    let Some(dtype) = ft
+                        .ggml_type
+                        .dtype()
+                        .filter(|d| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16))
+                    else {
+                        continue;
+                    };
+                    for (tj, qt) in q.header.tensors.iter().enumerate() {
+                        if LegacyQuant::from_ggml(qt.ggml_type).is_some()
+                            && qt.name == ft.name
+                            && qt.dims == ft.dims
+                        {
+                            let (step, _) = fragment_step(ft.ggml_type, fragment_size);
+                            links.push((
+                                tj,
+                                PendingFloat {
+                                    file: i,
+                                    tensor: ti,
+                                    dtype,
+                                    elements: ft.n_elements(),
+                                    step,
+                                },
+                            ));
+                            publishers.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        if links.is_empty() {
+            return;
+        }
+        for i in publishers {
+            if let Some(Some(f)) = files.get_mut(i) {
+                f.board = Some(board.clone());
+                f.publish_as = Some(i);
+            }
+        }
+        if let Some(Some(q)) = files.get_mut(quantized) {
+            q.board = Some(board.clone());
+            for (tj, p) in links {
+                q.pending_sources.entry(tj).or_default().push(p);
+            }
+        }
+    }
+
+    /// Float fragments of earlier files of this ingest covering elements
+    /// `first..first + n` of tensor `t`.
+    fn pending(&self, t: usize, first: u64, n: u64) -> Vec<(BoardKey, Dtype)> {
+        self.pending_sources
+            .get(&t)
+            .into_iter()
+            .flatten()
+            .filter(|p| first % p.step == 0 && n == p.step.min(p.elements - first))
+            .map(|p| ((p.file, p.tensor, first), p.dtype))
+            .take(MAX_QUANT_CANDIDATES)
+            .collect()
     }
 
     /// The stored float fragments covering elements `first..first + n` of tensor `t`.
@@ -203,6 +356,7 @@ impl GgufSource {
                             data: raw[c.offset..c.offset + c.length].to_vec(),
                             dtype: None,
                             quant: None,
+                            publish: None,
                             role: Role::Metadata,
                         })?;
                     }
@@ -223,11 +377,20 @@ impl GgufSource {
                         let quant = legacy.map(|to| QuantOrigin {
                             to,
                             candidates: self.candidates(*t, first, elements),
+                            pending: self.pending(*t, first, elements),
+                            board: self.board.clone(),
                         });
+                        let publish = match (&self.board, self.publish_as) {
+                            (Some(board), Some(file)) if legacy.is_none() => {
+                                Some((board.clone(), (file, *t, first)))
+                            }
+                            _ => None,
+                        };
                         send(Cut {
                             data: buf,
                             dtype: tensor.ggml_type.dtype(),
                             quant,
+                            publish,
                             role: Role::Tensor(*t),
                         })?;
                         first += elements;
@@ -255,6 +418,7 @@ impl GgufSource {
                             data: chunk.data,
                             dtype: None,
                             quant: None,
+                            publish: None,
                             role: Role::Gap(i),
                         })?;
                     }
@@ -353,7 +517,17 @@ impl FragmentLibrary {
         origin: &QuantOrigin,
     ) -> Result<Option<Placement>> {
         let to = origin.to;
-        for &(source, from) in &origin.candidates {
+        let mut candidates = origin.candidates.clone();
+        if let Some(board) = &origin.board {
+            for &(key, from) in &origin.pending {
+                if let Some(source) = board.wait(key).await
+                    && !candidates.contains(&(source, from))
+                {
+                    candidates.push((source, from));
+                }
+            }
+        }
+        for &(source, from) in &candidates {
             let Some(src) = self.standalone_fragment(&source).await? else {
                 continue;
             };

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::gguf::{GgufSource, QuantOrigin, Role};
+use super::gguf::{Board, BoardKey, GgufSource, QuantOrigin, Role};
 use super::locks::LockKind;
 use super::objects::hash_blocking;
 use super::similarity::{Placement, Policy};
@@ -187,6 +187,8 @@ struct Job {
     role: Option<Role>,
     /// What a quantized GGUF fragment may be the quantization of.
     quant: Option<QuantOrigin>,
+    /// Where to publish a float GGUF fragment's id for later files of the ingest.
+    publish: Option<(Arc<Board>, BoardKey)>,
 }
 
 enum ReaderMsg {
@@ -474,19 +476,28 @@ impl FragmentLibrary {
             .map_err(|_| FragmentError::InvalidInput("fragment larger than 4 GiB".into()))?;
         let id = hash_blocking(job.data.clone()).await?;
         let role = job.role;
-        let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| Done {
-            file: job.file,
-            seq: job.seq,
-            role,
-            fref: FragmentRef {
-                id: resolved.id,
-                len,
-                depends_on: resolved.depends_on,
-            },
-            original: id,
-            kind: resolved.kind,
-            outcome,
-            signature_seconds,
+        let publish = job.publish.clone();
+        let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| {
+            // A float fragment a later file of this ingest may be quantized from.
+            if let Some((board, key)) = &publish
+                && resolved.id == id
+            {
+                board.publish(*key, id);
+            }
+            Done {
+                file: job.file,
+                seq: job.seq,
+                role,
+                fref: FragmentRef {
+                    id: resolved.id,
+                    len,
+                    depends_on: resolved.depends_on,
+                },
+                original: id,
+                kind: resolved.kind,
+                outcome,
+                signature_seconds,
+            }
         };
         let lock = |s: &Mutex<HashMap<FragmentId, Resolved>>| {
             s.lock()
@@ -644,6 +655,16 @@ impl FragmentLibrary {
         for g in sources.iter_mut().filter_map(|s| s.gguf.as_mut()) {
             if g.has_legacy_quants() {
                 g.find_float_sources(&manifests);
+            }
+        }
+        // Float GGUF files read before quantized ones in this same ingest.
+        let board = Arc::new(Board::default());
+        let fragment_size = self.config().fragment_size;
+        let mut files: Vec<Option<&mut GgufSource>> =
+            sources.iter_mut().map(|s| s.gguf.as_mut()).collect();
+        for j in 0..files.len() {
+            if files[j].as_ref().is_some_and(|g| g.has_legacy_quants()) {
+                GgufSource::link_same_ingest(&mut files, j, &board, fragment_size);
             }
         }
         Ok(sources)
@@ -882,7 +903,8 @@ fn read_sources(
         let mut send_job = |data: Vec<u8>,
                             dtype: Option<Dtype>,
                             role: Option<Role>,
-                            quant: Option<QuantOrigin>| {
+                            quant: Option<QuantOrigin>,
+                            publish: Option<(Arc<Board>, BoardKey)>| {
             let job = Job {
                 file: file_idx,
                 seq,
@@ -890,6 +912,7 @@ fn read_sources(
                 dtype,
                 role,
                 quant,
+                publish,
             };
             seq += 1;
             // A closed channel means the consumer failed; its error is the one to report.
@@ -899,7 +922,7 @@ fn read_sources(
         let mut send =
             |data: Vec<u8>, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
                 hasher.update(&data);
-                send_job(data, dtype, None, None)
+                send_job(data, dtype, None, None, None)
             };
         match (&src.header, &src.gguf) {
             (_, Some(gguf)) => {
@@ -908,7 +931,9 @@ fn read_sources(
                     &src.abs,
                     fragment_size,
                     &mut hasher,
-                    &mut |cut| send_job(cut.data, cut.dtype, Some(cut.role), cut.quant),
+                    &mut |cut| {
+                        send_job(cut.data, cut.dtype, Some(cut.role), cut.quant, cut.publish)
+                    },
                 )?;
             }
             (Some(header), None) => {
