@@ -125,7 +125,7 @@ pub(super) struct GgufSource {
     /// The bytes of each gap of at most [`MAX_INLINE_GAP`] bytes, by piece index.
     inline_gaps: Vec<(usize, Vec<u8>)>,
     /// For a tensor of a legacy quant type: stored float tensors of the same name and
-    /// shape (see [`find_float_sources`]).
+    /// shape (see [`Self::find_float_sources`]).
     float_sources: HashMap<usize, Vec<FloatTensor>>,
     /// For a tensor of a legacy quant type: float tensors of the same name and shape in
     /// earlier GGUF files of this ingest.
