@@ -328,8 +328,40 @@ fn expected_decoding(
             xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
             Some(xor)
         }
+        (Encoding::Quant { from, to, .. }, Some(source)) => {
+            quantized(source, from, to).filter(|v| v.len() == len)
+        }
+        (
+            Encoding::QuantDelta {
+                codec, from, to, ..
+            },
+            Some(source),
+        ) => {
+            let base = quantized(source, from, to).filter(|v| v.len() == len)?;
+            let mut xor = registry.get(codec)?.decode_to_vec(payload, len).ok()?;
+            if xor.len() != base.len() {
+                return None;
+            }
+            xor.iter_mut().zip(&base).for_each(|(x, b)| *x ^= b);
+            Some(xor)
+        }
         _ => None,
     }
+}
+
+/// The reference quantization of a float source (docs/format.md, encoding 4).
+fn quantized(
+    source: &[u8],
+    from: haagenti_core::Dtype,
+    to: haagenti_core::LegacyQuant,
+) -> Option<Vec<u8>> {
+    use haagenti_core::Dtype;
+    if !matches!(from, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return None;
+    }
+    let mut values = Vec::new();
+    cast::decode_values(source, from, &mut values)?;
+    to.quantize(&values)
 }
 
 /// Every codec's decoder on raw bytes: codec selector (1 byte), decoded length (u24,

@@ -19,6 +19,7 @@
 mod baselines;
 mod codecs;
 mod corpus;
+mod gguf;
 mod haagenti;
 mod lsh;
 mod mount;
@@ -101,6 +102,12 @@ enum Command {
     /// package built into it, which `cargo xtask bench` does).
     Python {
         /// The quick configuration.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The GGUF quant set section alone (needs HAAGENTI_TEST_PYTHON with gguf-py).
+    Gguf {
+        /// Small sizes, for CI and a first look.
         #[arg(long)]
         quick: bool,
     },
@@ -258,6 +265,18 @@ fn dispatch(command: Command) -> Result<()> {
             println!("{}", python::markdown(&bench));
             bench.check()
         }
+        Command::Gguf { quick } => {
+            let work = util::workspace_root().join("target/bench/work-gguf");
+            let bench = gguf::run(quick, DEFAULT_SEED, &work)?;
+            util::remove_dir_if_exists(&work)?;
+            match bench {
+                Some(bench) => {
+                    println!("{}", gguf::markdown(&bench));
+                    bench.check()
+                }
+                None => anyhow::bail!("HAAGENTI_TEST_PYTHON is not set"),
+            }
+        }
         Command::Child(args) => haagenti::child(args),
     }
 }
@@ -311,6 +330,9 @@ fn run(opts: &Options) -> Result<()> {
         None
     };
 
+    eprintln!("GGUF quant set ...");
+    let gguf_bench = gguf::run(opts.quick, opts.seed, &work)?;
+
     eprintln!("codec micro-benchmarks ...");
     let codec_rows = codecs::run(opts.quick)?;
     eprintln!("signature and index micro-benchmarks ...");
@@ -339,6 +361,8 @@ fn run(opts: &Options) -> Result<()> {
             .as_ref()
             .map_or(Ok(()), similarity::SimilarityBench::check)
     });
+    let identical =
+        identical.and_then(|()| gguf_bench.as_ref().map_or(Ok(()), gguf::GgufBench::check));
     let identical = identical
         .and_then(|()| mount_bench.check())
         .and_then(|()| serve_bench.check())
@@ -355,6 +379,8 @@ fn run(opts: &Options) -> Result<()> {
         big_model,
         similarity_markdown: similarity.as_ref().map(similarity::markdown),
         similarity: serde_json::to_value(&similarity)?,
+        gguf_markdown: gguf_bench.as_ref().map(gguf::markdown),
+        gguf: serde_json::to_value(&gguf_bench)?,
         micro: report::Micro {
             codecs_markdown: codecs::markdown(&codec_rows),
             codecs: serde_json::to_value(&codec_rows)?,

@@ -97,6 +97,9 @@ pub struct Results<'a> {
     /// `None` when skipped.
     pub similarity_markdown: Option<String>,
     pub similarity: Value,
+    /// The GGUF quant set (issue 16), as `src/gguf.rs` renders it; `None` when skipped.
+    pub gguf_markdown: Option<String>,
+    pub gguf: Value,
     pub micro: Micro,
     pub wall_secs: f64,
 }
@@ -309,6 +312,9 @@ pub fn markdown(r: &Results<'_>) -> String {
     if let Some(md) = &r.similarity_markdown {
         let _ = writeln!(s, "\n{}", md.trim_end());
     }
+    if let Some(md) = &r.gguf_markdown {
+        let _ = writeln!(s, "\n{}", md.trim_end());
+    }
     let _ = writeln!(
         s,
         "\n### Codec micro-benchmarks (one core, 1 MiB fragments)\n\n{}",
@@ -370,6 +376,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "big_model": r.big_model,
         },
         "similarity_family": r.similarity,
+        "gguf_quant_set": r.gguf,
         "micro": {
             "codecs": r.micro.codecs,
             "lsh": r.micro.lsh,

@@ -71,6 +71,12 @@ pub fn print_stats(stats: &LibraryStats, lossy: &[LossyModel], json: bool) -> Re
         human_signed(stats.savings.delta_bytes)
     )?;
     outln!("saved by casts         {}", human(stats.savings.cast_bytes))?;
+    if stats.savings.quant_bytes > 0 {
+        outln!(
+            "saved by quant refs    {}",
+            human(stats.savings.quant_bytes)
+        )?;
+    }
     outln!(
         "saved by compression   {}",
         human_signed(stats.savings.compression_bytes)

@@ -36,7 +36,7 @@ pub struct FragmentRef {
 }
 
 /// How a fragment object is stored, as far as statistics care. Persisted by its variant
-/// index (bincode): 0, 1, 2 are fixed forever.
+/// index (bincode): 0, 1, 2, 3 are fixed forever.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StoredKind {
     /// Compressed (or raw) on its own.
@@ -45,6 +45,9 @@ pub enum StoredKind {
     Delta,
     /// A cast of an f32 source: a header, no payload.
     Cast,
+    /// A quantized GGUF fragment derived from a float source: the reference quantization
+    /// (a header, no payload) or a correction against it.
+    Quant,
 }
 
 impl StoredKind {
@@ -54,6 +57,7 @@ impl StoredKind {
             Encoding::Standalone { .. } => StoredKind::Standalone,
             Encoding::Delta { .. } | Encoding::CastDelta { .. } => StoredKind::Delta,
             Encoding::Cast { .. } => StoredKind::Cast,
+            Encoding::Quant { .. } | Encoding::QuantDelta { .. } => StoredKind::Quant,
         }
     }
 }
@@ -110,6 +114,79 @@ pub enum FileContent {
         /// The chunks in file order; their lengths add up to the file's size.
         chunks: Vec<FragmentRef>,
     },
+    /// A GGUF file (manifest format 3): its metadata verbatim as content-defined chunks,
+    /// then its tensors and the bytes between them (alignment padding) in file order.
+    Gguf {
+        /// The metadata (fixed header, key-values, tensor infos) verbatim, as
+        /// content-defined chunks from byte 0; their lengths add up to the metadata's.
+        metadata: Vec<FragmentRef>,
+        /// The tensors in file (offset) order. A plain type (F32, F16, BF16, F64, I8…I64)
+        /// has its dtype and shape (outermost first); a block type has dtype `U8` and
+        /// shape `[len]`. Fragments are cut on the elements of safetensors fragments
+        /// (rounded down to whole blocks for block types).
+        tensors: Vec<TensorRef>,
+        /// The ggml type id of each tensor, in the order of `tensors`.
+        ggml_types: Vec<u32>,
+        /// The bytes after the metadata that no tensor covers, in file order.
+        gaps: Vec<GgufGap>,
+    },
+}
+
+/// Bytes of a GGUF file after its metadata that no tensor covers: alignment padding, or
+/// whatever else a writer left there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GgufGap {
+    /// Kept in the manifest (at most [`MAX_INLINE_GAP`] bytes).
+    Inline {
+        /// Absolute offset in the file.
+        offset: u64,
+        /// The bytes verbatim (not empty).
+        bytes: Vec<u8>,
+    },
+    /// Stored as content-defined chunks (a larger gap).
+    Chunks {
+        /// Absolute offset in the file.
+        offset: u64,
+        /// The chunks in order (not empty).
+        chunks: Vec<FragmentRef>,
+    },
+}
+
+/// Largest GGUF gap kept inline in a manifest; larger ones are chunked.
+pub const MAX_INLINE_GAP: usize = 4096;
+
+impl GgufGap {
+    /// Absolute offset in the file.
+    pub fn offset(&self) -> u64 {
+        match self {
+            GgufGap::Inline { offset, .. } | GgufGap::Chunks { offset, .. } => *offset,
+        }
+    }
+
+    /// Length in bytes (saturating: validation rejects overflows).
+    pub fn len(&self) -> u64 {
+        match self {
+            GgufGap::Inline { bytes, .. } => bytes.len() as u64,
+            GgufGap::Chunks { chunks, .. } => chunks
+                .iter()
+                .fold(0u64, |acc, r| acc.saturating_add(u64::from(r.len))),
+        }
+    }
+
+    /// Whether the gap is empty (never, in a valid manifest).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One part of a GGUF file after its metadata, in file order (see
+/// [`FileManifest::gguf_parts`]).
+#[derive(Clone, Copy, Debug)]
+pub enum GgufPart<'a> {
+    /// Tensor `index` of the file's `tensors`.
+    Tensor(usize, &'a TensorRef),
+    /// Bytes no tensor covers.
+    Gap(&'a GgufGap),
 }
 
 /// One file of a model.
@@ -133,15 +210,120 @@ impl FileManifest {
                 Box::new(tensors.iter().flat_map(|t| t.fragments.iter()))
             }
             FileContent::Blob { chunks } => Box::new(chunks.iter()),
+            FileContent::Gguf {
+                metadata,
+                tensors,
+                gaps,
+                ..
+            } => Box::new(
+                metadata
+                    .iter()
+                    .chain(tensors.iter().flat_map(|t| t.fragments.iter()))
+                    .chain(gaps.iter().flat_map(|g| match g {
+                        GgufGap::Inline { .. } => [].iter(),
+                        GgufGap::Chunks { chunks, .. } => chunks.iter(),
+                    })),
+            ),
+        }
+    }
+
+    /// The fragment references that are not tensor data (blob chunks; a GGUF file's
+    /// metadata chunks and chunked gaps), in file order.
+    pub fn untyped_fragments(&self) -> Vec<&FragmentRef> {
+        match &self.content {
+            FileContent::Safetensors { .. } => Vec::new(),
+            FileContent::Blob { chunks } => chunks.iter().collect(),
+            FileContent::Gguf { metadata, gaps, .. } => metadata
+                .iter()
+                .chain(gaps.iter().flat_map(|g| match g {
+                    GgufGap::Inline { .. } => [].iter(),
+                    GgufGap::Chunks { chunks, .. } => chunks.iter(),
+                }))
+                .collect(),
         }
     }
 
     /// The file's tensors in offset order (none for a blob file).
     pub fn tensors(&self) -> &[TensorRef] {
         match &self.content {
-            FileContent::Safetensors { tensors, .. } => tensors,
+            FileContent::Safetensors { tensors, .. } | FileContent::Gguf { tensors, .. } => tensors,
             FileContent::Blob { .. } => &[],
         }
+    }
+
+    /// The ggml type of tensor `index` of a GGUF file (`None` for other files).
+    pub fn ggml_type(&self, index: usize) -> Option<crate::gguf::GgmlType> {
+        match &self.content {
+            FileContent::Gguf { ggml_types, .. } => ggml_types
+                .get(index)
+                .and_then(|&id| crate::gguf::GgmlType::from_id(id)),
+            _ => None,
+        }
+    }
+
+    /// The parts of a GGUF file after its metadata, in file order: tensors and gaps
+    /// merged by offset (a tensor first when both start at the same byte; an empty
+    /// tensor wherever it comes in `tensors`). An error
+    /// says why they do not tile the file from `metadata_len` to `size`; `None` for
+    /// other files.
+    pub fn gguf_parts(&self) -> Option<std::result::Result<Vec<GgufPart<'_>>, String>> {
+        let FileContent::Gguf {
+            metadata,
+            tensors,
+            gaps,
+            ..
+        } = &self.content
+        else {
+            return None;
+        };
+        let mut cursor = metadata
+            .iter()
+            .fold(0u64, |acc, r| acc.saturating_add(u64::from(r.len)));
+        let mut out = Vec::with_capacity(tensors.len() + gaps.len());
+        let (mut t, mut g) = (0, 0);
+        while t < tensors.len() || g < gaps.len() {
+            // An empty tensor holds no bytes: it may sit anywhere up to the end (inside
+            // padding, say), in its place in the offset order.
+            if let Some(tensor) = tensors
+                .get(t)
+                .filter(|x| x.len == 0 && x.fragments.is_empty() && x.offset <= self.size)
+            {
+                out.push(GgufPart::Tensor(t, tensor));
+                t += 1;
+                continue;
+            }
+            if let Some(tensor) = tensors.get(t).filter(|x| x.offset == cursor) {
+                let sum = tensor
+                    .fragments
+                    .iter()
+                    .fold(0u64, |acc, r| acc.saturating_add(u64::from(r.len)));
+                if sum != tensor.len {
+                    return Some(Err(format!(
+                        "tensor {:?}: fragments do not add up to its length",
+                        tensor.name
+                    )));
+                }
+                out.push(GgufPart::Tensor(t, tensor));
+                cursor = cursor.saturating_add(tensor.len);
+                t += 1;
+            } else if let Some(gap) = gaps.get(g).filter(|x| x.offset() == cursor) {
+                if gap.is_empty() {
+                    return Some(Err(format!("empty gap at byte {cursor}")));
+                }
+                if matches!(gap, GgufGap::Inline { bytes, .. } if bytes.len() > MAX_INLINE_GAP) {
+                    return Some(Err(format!("inline gap at byte {cursor} is too long")));
+                }
+                out.push(GgufPart::Gap(gap));
+                cursor = cursor.saturating_add(gap.len());
+                g += 1;
+            } else {
+                return Some(Err(format!("nothing starts at byte {cursor}")));
+            }
+        }
+        if cursor != self.size {
+            return Some(Err("tensors and gaps do not add up to its size".into()));
+        }
+        Some(Ok(out))
     }
 }
 
@@ -400,6 +582,25 @@ impl ModelManifest {
                             "file {:?}: chunks do not add up to its size",
                             f.path
                         )));
+                    }
+                }
+                FileContent::Gguf {
+                    tensors,
+                    ggml_types,
+                    ..
+                } => {
+                    if ggml_types.len() != tensors.len()
+                        || ggml_types
+                            .iter()
+                            .any(|&id| crate::gguf::GgmlType::from_id(id).is_none())
+                    {
+                        return Err(bad(format!(
+                            "file {:?}: tensor types do not match its tensors",
+                            f.path
+                        )));
+                    }
+                    if let Some(Err(why)) = f.gguf_parts() {
+                        return Err(bad(format!("file {:?}: {why}", f.path)));
                     }
                 }
                 FileContent::Safetensors { header, tensors } => {
@@ -748,6 +949,118 @@ mod tests {
         ] {
             m.lossy = vec![bad.clone()];
             assert!(m.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    /// A GGUF file: 8 metadata bytes in two chunks, a tensor of 6 bytes at 8, 2 bytes of
+    /// padding, a tensor of 3 bytes at 16, a chunked gap of 3 bytes at 19.
+    fn gguf_file() -> FileManifest {
+        let r = |b: &[u8]| FragmentRef {
+            id: FragmentId::of(b),
+            len: b.len() as u32,
+            depends_on: None,
+        };
+        let tensor = |name: &str, offset, frags: Vec<FragmentRef>| TensorRef {
+            name: name.into(),
+            dtype: Dtype::U8,
+            shape: vec![frags.iter().map(|f| u64::from(f.len)).sum()],
+            offset,
+            len: frags.iter().map(|f| u64::from(f.len)).sum(),
+            fragments: frags,
+        };
+        FileManifest {
+            path: "m.gguf".into(),
+            size: 22,
+            blake3: [0; 32],
+            content: FileContent::Gguf {
+                metadata: vec![r(b"GGUF"), r(b"meta")],
+                tensors: vec![
+                    tensor("a", 8, vec![r(b"abc"), r(b"def")]),
+                    tensor("b", 16, vec![r(b"ghi")]),
+                ],
+                ggml_types: vec![8, 0],
+                gaps: vec![
+                    GgufGap::Inline {
+                        offset: 14,
+                        bytes: vec![0, 0],
+                    },
+                    GgufGap::Chunks {
+                        offset: 19,
+                        chunks: vec![r(b"xyz")],
+                    },
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn gguf_files_round_trip_and_must_tile() {
+        let mut m = sample();
+        m.files.push(gguf_file());
+        m.validate().unwrap();
+        let bytes = m.encode().unwrap();
+        assert_eq!(ModelManifest::decode(&bytes, "k").unwrap(), m);
+        let f = &m.files[2];
+        assert_eq!(f.fragments().count(), 6);
+        assert_eq!(f.untyped_fragments().len(), 3);
+        assert_eq!(f.ggml_type(0), Some(crate::gguf::GgmlType::Q8_0));
+        let parts = f.gguf_parts().unwrap().unwrap();
+        assert!(matches!(
+            parts[..],
+            [
+                GgufPart::Tensor(0, _),
+                GgufPart::Gap(_),
+                GgufPart::Tensor(1, _),
+                GgufPart::Gap(_)
+            ]
+        ));
+        let broken: Vec<fn(&mut FileManifest)> = vec![
+            |f| f.size += 1,
+            |f| {
+                if let FileContent::Gguf { tensors, .. } = &mut f.content {
+                    tensors[1].offset += 1;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { gaps, .. } = &mut f.content {
+                    gaps.remove(0);
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { gaps, .. } = &mut f.content {
+                    gaps[0] = GgufGap::Inline {
+                        offset: 14,
+                        bytes: vec![],
+                    };
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { ggml_types, .. } = &mut f.content {
+                    ggml_types[0] = 99;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { ggml_types, .. } = &mut f.content {
+                    ggml_types.pop();
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { tensors, .. } = &mut f.content {
+                    tensors[0].len += 1;
+                }
+            },
+            |f| {
+                if let FileContent::Gguf { metadata, .. } = &mut f.content {
+                    metadata.pop();
+                }
+            },
+        ];
+        for (i, breaking) in broken.into_iter().enumerate() {
+            let mut m = sample();
+            let mut f = gguf_file();
+            breaking(&mut f);
+            m.files.push(f);
+            assert!(m.validate().is_err(), "case {i}");
         }
     }
 

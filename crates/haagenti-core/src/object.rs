@@ -4,14 +4,17 @@
 //! offset size
 //!  0     4   magic "HGFR"
 //!  4     1   format version (LIBRARY_FORMAT_VERSION)
-//!  5     1   encoding: 0 standalone, 1 delta, 2 cast, 3 delta against a cast
+//!  5     1   encoding: 0 standalone, 1 delta, 2 cast, 3 delta against a cast,
+//!              4 quant, 5 correction against a quant
 //!  6     2   codec tag, u16 LE (0 for cast)
 //!  8     8   decoded length, u64 LE
 //! 16     1   dtype tag (0: none)
 //! 17     7   reserved, zero
 //! 24     8   checksum: xxh3-64 of bytes 32.. seeded with xxh3-64 of bytes 0..24
-//! 32    32   delta: base id | cast, cast delta: source id   (absent for standalone)
-//! 64     2   cast, cast delta: from dtype tag, to dtype tag  (absent otherwise)
+//! 32    32   delta: base id | cast, cast delta, quant, quant delta: source id
+//!              (absent for standalone)
+//! 64     2   cast, cast delta: from dtype tag, to dtype tag; quant, quant delta:
+//!              from dtype tag, to ggml type id (absent otherwise)
 //! ..         payload (codec output; empty for cast)
 //! ```
 //!
@@ -22,7 +25,7 @@
 
 use crate::codec::MAX_DECODED_LEN;
 use crate::error::{FragmentError, Result};
-use crate::types::{Dtype, Encoding, FragmentId, LIBRARY_FORMAT_VERSION};
+use crate::types::{Dtype, Encoding, FragmentId, LIBRARY_FORMAT_VERSION, LegacyQuant};
 
 /// The first four bytes of every fragment object.
 pub const FRAGMENT_MAGIC: [u8; 4] = *b"HGFR";
@@ -65,6 +68,8 @@ pub fn write_header(
         Encoding::Delta { codec, .. } => (1, *codec),
         Encoding::Cast { .. } => (2, 0),
         Encoding::CastDelta { codec, .. } => (3, *codec),
+        Encoding::Quant { .. } => (4, 0),
+        Encoding::QuantDelta { codec, .. } => (5, *codec),
     };
     out.push(kind);
     out.extend_from_slice(&codec.to_le_bytes());
@@ -82,6 +87,15 @@ pub fn write_header(
             out.extend_from_slice(source.as_bytes());
             out.push(from.tag());
             out.push(to.tag());
+        }
+        Encoding::Quant { source, from, to }
+        | Encoding::QuantDelta {
+            source, from, to, ..
+        } => {
+            out.extend_from_slice(source.as_bytes());
+            out.push(from.tag());
+            // Legacy ggml type ids are below 256.
+            out.push(to.ggml_type().id() as u8);
         }
     }
 }
@@ -187,6 +201,29 @@ pub fn decode_header(bytes: &[u8], key: &str) -> Result<ObjectHeader> {
             };
             (encoding, MAX_OBJECT_HEADER_LEN)
         }
+        kind @ (4 | 5) => {
+            let source = id_at(FIXED_HEADER)?;
+            let tags = bytes
+                .get(FIXED_HEADER + 32..MAX_OBJECT_HEADER_LEN)
+                .ok_or_else(|| corrupt("truncated header"))?;
+            let from = Dtype::from_tag(tags[0])
+                .filter(|d| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16))
+                .ok_or_else(|| corrupt(&format!("bad quant source dtype tag {}", tags[0])))?;
+            let to = crate::gguf::GgmlType::from_id(u32::from(tags[1]))
+                .and_then(LegacyQuant::from_ggml)
+                .ok_or_else(|| corrupt(&format!("unknown quant type {}", tags[1])))?;
+            let encoding = if kind == 4 {
+                Encoding::Quant { source, from, to }
+            } else {
+                Encoding::QuantDelta {
+                    codec,
+                    source,
+                    from,
+                    to,
+                }
+            };
+            (encoding, MAX_OBJECT_HEADER_LEN)
+        }
         k => return Err(corrupt(&format!("unknown encoding kind {k}"))),
     };
     Ok(ObjectHeader {
@@ -217,6 +254,17 @@ mod tests {
                 source: base,
                 from: Dtype::F32,
                 to: Dtype::F16,
+            },
+            Encoding::Quant {
+                source: base,
+                from: Dtype::F16,
+                to: LegacyQuant::Q4_1,
+            },
+            Encoding::QuantDelta {
+                codec: 2,
+                source: base,
+                from: Dtype::BF16,
+                to: LegacyQuant::Q8_0,
             },
         ] {
             let mut buf = Vec::new();
@@ -258,5 +306,26 @@ mod tests {
         let mut kind = buf;
         kind[5] = 7;
         assert!(decode_header(&kind, "k").is_err());
+        // A quant object with a source dtype that is not a float, or an unknown or
+        // non-legacy quant type, is corrupt.
+        let quant = Encoding::Quant {
+            source: FragmentId::of(b"s"),
+            from: Dtype::F16,
+            to: LegacyQuant::Q4_0,
+        };
+        let mut q = Vec::new();
+        write_header(&mut q, &quant, 18, None);
+        assert_eq!(decode_header(&q, "k").unwrap().encoding, quant);
+        for (at, value) in [
+            (64, Dtype::I32.tag()),
+            (64, 0),
+            (65, 1),
+            (65, 12),
+            (65, 255),
+        ] {
+            let mut bad = q.clone();
+            bad[at] = value;
+            assert!(decode_header(&bad, "k").is_err(), "byte {at} = {value}");
+        }
     }
 }

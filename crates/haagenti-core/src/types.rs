@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FragmentError;
+pub use crate::gguf::quant::LegacyQuant;
 pub use crate::id::{FragmentId, ParseFragmentIdError};
 
 /// Format version of the fragment objects the library writes;
@@ -286,6 +287,30 @@ pub enum Encoding {
         /// Element type of this fragment.
         to: Dtype,
     },
+    /// No payload: the fragment is the reference quantization (ggml's, as gguf-py
+    /// computes it) to `to` of the values of `source` (a float fragment covering the same
+    /// elements). `source` is standalone, so this decodes with two reads.
+    Quant {
+        /// The float fragment whose values are quantized.
+        source: FragmentId,
+        /// Element type of `source` (F32, F16 or BF16).
+        from: Dtype,
+        /// The quant type of this fragment.
+        to: LegacyQuant,
+    },
+    /// The payload is a codec-encoded XOR difference against the reference quantization
+    /// to `to` of the values of `source`: a quantized fragment that another quantizer
+    /// made from the same values differs in a few blocks. `source` is standalone.
+    QuantDelta {
+        /// Tag of the codec that encoded the difference.
+        codec: u16,
+        /// The float fragment whose quantization the difference is taken against.
+        source: FragmentId,
+        /// Element type of `source` (F32, F16 or BF16).
+        from: Dtype,
+        /// The quant type of this fragment.
+        to: LegacyQuant,
+    },
 }
 
 impl Encoding {
@@ -294,7 +319,10 @@ impl Encoding {
         match *self {
             Encoding::Standalone { .. } => None,
             Encoding::Delta { base, .. } => Some(base),
-            Encoding::Cast { source, .. } | Encoding::CastDelta { source, .. } => Some(source),
+            Encoding::Cast { source, .. }
+            | Encoding::CastDelta { source, .. }
+            | Encoding::Quant { source, .. }
+            | Encoding::QuantDelta { source, .. } => Some(source),
         }
     }
 }
@@ -568,6 +596,10 @@ pub struct Savings {
     /// Bytes not stored because lossy mode referenced a similar fragment instead (opt-in;
     /// counted here, not as exact dedup).
     pub lossy_bytes: u64,
+    /// Bytes saved by storing quantized GGUF fragments as references to (or corrections
+    /// against) the reference quantization of their float source.
+    #[serde(default)]
+    pub quant_bytes: u64,
 }
 
 impl Savings {
@@ -580,6 +612,7 @@ impl Savings {
             .saturating_add(unsigned(self.cast_bytes))
             .saturating_add(self.compression_bytes)
             .saturating_add(unsigned(self.lossy_bytes))
+            .saturating_add(unsigned(self.quant_bytes))
     }
 }
 
@@ -713,8 +746,9 @@ mod tests {
             cast_bytes: 30,
             compression_bytes: 40,
             lossy_bytes: 5,
+            quant_bytes: 7,
         };
-        assert_eq!(savings.total(), 155);
+        assert_eq!(savings.total(), 162);
     }
 
     #[test]

@@ -205,6 +205,8 @@ async fn assert_every_encoding_is_stored(lib: &FragmentLibrary, stored: &[Stored
                 Encoding::Delta { .. } => "delta",
                 Encoding::Cast { .. } => "cast",
                 Encoding::CastDelta { .. } => "delta against a cast",
+                Encoding::Quant { .. } => "quant",
+                Encoding::QuantDelta { .. } => "correction against a quant",
             });
         }
     }
@@ -308,10 +310,13 @@ async fn check_fetches(
     path: &str,
 ) {
     let f = manifest.files.iter().find(|f| f.path == path).unwrap();
-    let refs: Vec<_> = f.fragments().copied().collect();
-    let header_len = match &f.content {
-        FileContent::Safetensors { header, .. } => header.len() as u64,
-        FileContent::Blob { .. } => 0,
+    let (refs, header_len): (Vec<_>, u64) = match &f.content {
+        FileContent::Safetensors { header, .. } => {
+            (f.fragments().copied().collect(), header.len() as u64)
+        }
+        FileContent::Blob { chunks } => (chunks.clone(), 0),
+        // The metadata chunks tile the file's start (padding follows them).
+        FileContent::Gguf { metadata, .. } => (metadata.clone(), 0),
     };
     let mut starts = vec![header_len];
     for r in &refs {

@@ -65,6 +65,9 @@ fn print_relation(r: &Relation) -> std::io::Result<()> {
     row("identical", &r.identical)?;
     row("delta-coded", &r.delta)?;
     row("cast-derived", &r.cast)?;
+    if r.quant.fragments > 0 {
+        row("quant-derived", &r.quant)?;
+    }
     row("unique", &r.unique)?;
     row("total", &r.total)
 }

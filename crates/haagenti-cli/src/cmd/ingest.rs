@@ -199,6 +199,13 @@ async fn ingest_one(
                 human(report.cast_fragment_bytes),
             )?;
         }
+        if report.quant_fragments > 0 {
+            outln!(
+                "  of which {} as quantizations of stored float fragments ({} stored)",
+                human(report.quant_fragment_bytes),
+                human(report.quant_stored_bytes),
+            )?;
+        }
         if report.lossy_fragments > 0 {
             outln!(
                 "  LOSSY: {} fragments ({}) reference a similar stored fragment; largest relative L2 error {:.3e}",

@@ -49,6 +49,18 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
                 .enumerate()
                 .map(|(i, r)| describe(None, i, r))
                 .collect(),
+            FileContent::Gguf { tensors, .. } => file
+                .untyped_fragments()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| describe(None, i, r))
+                .chain(tensors.iter().flat_map(|t| {
+                    t.fragments
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| describe(Some(&t.name), i, r))
+                }))
+                .collect(),
         };
         // Two reads per fragment (header and size): in flight together, in file order.
         let infos: Vec<_> =
@@ -80,9 +92,13 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         let tensors: Vec<_> = file
             .tensors()
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
+                // A GGUF tensor: its ggml type (a quant type such as Q4_0, or F16…).
+                let ggml_type = file.ggml_type(i).map(|g| g.name());
                 json!({
                     "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape,
+                    "ggml_type": ggml_type,
                     "offset": t.offset, "len": t.len, "fragments": t.fragments.len(),
                     "type": t.fragment_type().as_str(),
                 })
@@ -90,7 +106,11 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             .collect();
         files.push(json!({
             "path": file.path, "size": file.size, "blake3": blake3::Hash::from(file.blake3).to_hex().to_string(),
-            "kind": if matches!(file.content, FileContent::Safetensors { .. }) { "safetensors" } else { "blob" },
+            "kind": match file.content {
+                FileContent::Safetensors { .. } => "safetensors",
+                FileContent::Gguf { .. } => "gguf",
+                FileContent::Blob { .. } => "blob",
+            },
             "tensors": tensors, "fragments": frag_rows,
         }));
     }
@@ -131,7 +151,10 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             outln!(
                 "    tensor {} {} {} ({} fragments, {})",
                 t["name"].as_str().unwrap_or_default(),
-                t["dtype"].as_str().unwrap_or_default(),
+                t["ggml_type"]
+                    .as_str()
+                    .or(t["dtype"].as_str())
+                    .unwrap_or_default(),
                 t["shape"],
                 t["fragments"],
                 t["type"].as_str().unwrap_or_default()
@@ -195,6 +218,19 @@ fn describe_encoding(lib: &FragmentLibrary, e: &Encoding) -> String {
             lib.codecs().name_of(*codec),
             source.short()
         ),
+        Encoding::Quant { source, from, to } => {
+            format!("quant {from}->{to:?} of {}", source.short())
+        }
+        Encoding::QuantDelta {
+            codec,
+            source,
+            from,
+            to,
+        } => format!(
+            "delta({}) vs quant {from}->{to:?} of {}",
+            lib.codecs().name_of(*codec),
+            source.short()
+        ),
     }
 }
 
@@ -224,6 +260,15 @@ fn print_savings(s: &ModelSavings) -> std::io::Result<()> {
         s.cast.fragments,
         human(s.cast.bytes)
     )?;
+    if s.quant.fragments > 0 {
+        outln!(
+            "    quant        {} ({} quantized fragments, {} rebuilt from float sources, stored as {})",
+            human(s.savings.quant_bytes),
+            s.quant.fragments,
+            human(s.quant.bytes),
+            human(s.quant.stored_bytes)
+        )?;
+    }
     outln!(
         "    compression  {} ({} standalone fragments, {} stored as {})",
         human_signed(s.savings.compression_bytes),

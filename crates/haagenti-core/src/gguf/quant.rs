@@ -28,7 +28,7 @@ use crate::gguf::GgmlType;
 pub const QK: usize = 32;
 
 /// The legacy block types this module quantizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[allow(non_camel_case_types)]
 pub enum LegacyQuant {
     /// fp16 scale, 32 × i8.

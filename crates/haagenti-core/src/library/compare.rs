@@ -33,7 +33,7 @@ pub struct TensorSimilarity {
     pub file: String,
     /// The tensor's name.
     pub tensor: String,
-    /// Safetensors spelling of the element type.
+    /// Safetensors spelling of the element type; for a GGUF tensor its ggml type (`Q4_0`).
     pub dtype: String,
     /// Fragments the tensor is cut into.
     pub fragments: u64,
@@ -53,7 +53,7 @@ pub struct TensorMatch {
     pub file: String,
     /// Its name.
     pub tensor: String,
-    /// Safetensors spelling of its element type.
+    /// Safetensors spelling of its element type; for a GGUF tensor its ggml type (`Q4_0`).
     pub dtype: String,
     /// Estimated cosine similarity: for every signed fragment of the queried tensor, the
     /// best estimate among this tensor's fragments (1 for a shared fragment, 0 when the
@@ -118,6 +118,9 @@ pub struct Relation {
     pub delta: ByteCount,
     /// Stored as the exact cast of an f32 fragment of `other` (no payload).
     pub cast: ByteCount,
+    /// A quantized GGUF fragment stored as the reference quantization of (or a correction
+    /// against the quantization of) a float fragment of `other`.
+    pub quant: ByteCount,
     /// Everything else.
     pub unique: ByteCount,
 }
@@ -180,6 +183,9 @@ pub struct ModelSavings {
     pub delta: StoredCount,
     /// Stored as exact casts of an f32 fragment (no payload).
     pub cast: StoredCount,
+    /// Quantized GGUF fragments stored as the reference quantization of a float fragment
+    /// (no payload) or a correction against it.
+    pub quant: StoredCount,
     /// Referenced fragments that are not stored (the library is damaged; `verify` names them).
     pub missing: ByteCount,
     /// Referenced fragments whose stored object's header is damaged (`repair` heals them).
@@ -248,7 +254,8 @@ struct TensorKey {
     model: usize,
     file: String,
     tensor: String,
-    dtype: Dtype,
+    /// The dtype, or for a GGUF tensor its ggml type (`Q4_0`, `F16`…).
+    dtype: String,
     /// (id, decoded length) of each fragment, in order.
     fragments: Vec<(FragmentId, u32)>,
 }
@@ -285,12 +292,14 @@ impl FragmentLibrary {
             let idx = models.len();
             models.push(m.name.clone());
             for f in &m.files {
-                for t in f.tensors() {
+                for (i, t) in f.tensors().iter().enumerate() {
                     tensors.push(TensorKey {
                         model: idx,
                         file: f.path.clone(),
                         tensor: t.name.clone(),
-                        dtype: t.dtype,
+                        dtype: f
+                            .ggml_type(i)
+                            .map_or_else(|| t.dtype.to_string(), |g| g.name().to_string()),
                         fragments: t.fragments.iter().map(|r| (r.id, r.len)).collect(),
                     });
                 }
@@ -386,7 +395,7 @@ impl FragmentLibrary {
                         model: models.get(other.model)?.clone(),
                         file: other.file.clone(),
                         tensor: other.tensor.clone(),
-                        dtype: other.dtype.to_string(),
+                        dtype: other.dtype.clone(),
                         cosine: (sum / signed_bytes as f64) as f32,
                         identical_fragments: identical,
                     })
@@ -403,7 +412,7 @@ impl FragmentLibrary {
         Ok(TensorSimilarity {
             file: t.file.clone(),
             tensor: t.tensor.clone(),
-            dtype: t.dtype.to_string(),
+            dtype: t.dtype.clone(),
             fragments: t.fragments.len() as u64,
             unsigned_fragments: unsigned,
             matches,
@@ -664,6 +673,7 @@ impl ModelSavings {
             StoredKind::Standalone => &mut self.standalone,
             StoredKind::Delta => &mut self.delta,
             StoredKind::Cast => &mut self.cast,
+            StoredKind::Quant => &mut self.quant,
         };
         class.add(u64::from(len), stored_len);
     }
@@ -676,6 +686,7 @@ impl ModelSavings {
             cast_bytes: self.cast.saved().max(0) as u64,
             compression_bytes: self.standalone.saved(),
             lossy_bytes: self.lossy.bytes,
+            quant_bytes: self.quant.saved().max(0) as u64,
         };
     }
 }
@@ -707,12 +718,7 @@ fn classify_savings(
                 .enumerate()
                 .map(move |(i, r)| (Some((t.name.as_str(), i)), r))
         });
-        let blob_refs = match &f.content {
-            crate::manifest::FileContent::Blob { chunks } => chunks.as_slice(),
-            crate::manifest::FileContent::Safetensors { .. } => &[],
-        }
-        .iter()
-        .map(|r| (None, r));
+        let blob_refs = f.untyped_fragments().into_iter().map(|r| (None, r));
         for (position, r) in tensor_refs.chain(blob_refs) {
             report.fragments.add(r.len);
             let substituted = position.is_some_and(|(tensor, i)| {
@@ -738,6 +744,15 @@ struct PairCounts {
     identical: ByteCount,
     delta: ByteCount,
     cast: ByteCount,
+    quant: ByteCount,
+}
+
+/// How a reference derives from another model's fragment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Derived {
+    Delta,
+    Cast,
+    Quant,
 }
 
 /// For every ordered pair (model, other) of `manifests` that relates by anything, how
@@ -783,19 +798,23 @@ fn pair_counts(
                 pairs.entry((i, o)).or_default().identical.add_all(count);
             }
             related.clear();
-            let delta = match encodings.get(&id) {
+            let derived = match encodings.get(&id) {
                 Some(Encoding::Delta { base, .. }) => {
                     related.extend(users.get(base).into_iter().flatten());
-                    true
+                    Derived::Delta
                 }
                 Some(Encoding::CastDelta { source, to, .. }) => {
                     related.extend(users.get(source).into_iter().flatten());
                     related.extend(cast_users.get(&(*source, *to)).into_iter().flatten());
-                    true
+                    Derived::Delta
                 }
                 Some(Encoding::Cast { source, .. }) => {
                     related.extend(users.get(source).into_iter().flatten());
-                    false
+                    Derived::Cast
+                }
+                Some(Encoding::Quant { source, .. } | Encoding::QuantDelta { source, .. }) => {
+                    related.extend(users.get(source).into_iter().flatten());
+                    Derived::Quant
                 }
                 Some(Encoding::Standalone { .. }) | None => continue,
             };
@@ -806,10 +825,10 @@ fn pair_counts(
                     continue; // identical already
                 }
                 let entry = pairs.entry((i, o)).or_default();
-                if delta {
-                    entry.delta.add_all(count);
-                } else {
-                    entry.cast.add_all(count);
+                match derived {
+                    Derived::Delta => entry.delta.add_all(count),
+                    Derived::Cast => entry.cast.add_all(count),
+                    Derived::Quant => entry.quant.add_all(count),
                 }
             }
         }
@@ -837,7 +856,12 @@ fn relation(
         identical: c.identical,
         delta: c.delta,
         cast: c.cast,
-        unique: total.minus(c.identical).minus(c.delta).minus(c.cast),
+        quant: c.quant,
+        unique: total
+            .minus(c.identical)
+            .minus(c.delta)
+            .minus(c.cast)
+            .minus(c.quant),
     }
 }
 

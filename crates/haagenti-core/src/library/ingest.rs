@@ -14,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::gguf::{Board, BoardKey, GgufSource, QuantOrigin, Role};
 use super::locks::LockKind;
 use super::similarity::{Placement, Policy};
 use super::{FragmentLibrary, join_error, now_unix_ms};
@@ -136,6 +137,13 @@ pub struct IngestReport {
     pub cast_fragments: u64,
     /// Decoded bytes of those cast fragments.
     pub cast_fragment_bytes: u64,
+    /// New quantized GGUF fragments stored as the reference quantization of a stored
+    /// float fragment (no payload) or a correction against it.
+    pub quant_fragments: u64,
+    /// Decoded bytes of those quant-derived fragments.
+    pub quant_fragment_bytes: u64,
+    /// Stored bytes of those quant-derived fragments.
+    pub quant_stored_bytes: u64,
     /// Fragments replaced by a similar stored one (lossy mode only).
     pub lossy_fragments: u64,
     /// Decoded bytes of those substituted fragments.
@@ -164,6 +172,8 @@ struct SourceFile {
     rel: String,
     size: u64,
     header: Option<SafetensorsHeader>,
+    /// Set for a `.gguf` file.
+    gguf: Option<GgufSource>,
 }
 
 /// A piece of a file on its way to the store.
@@ -172,6 +182,12 @@ struct Job {
     seq: usize,
     data: Bytes,
     dtype: Option<Dtype>,
+    /// Where a piece of a GGUF file goes in its manifest.
+    role: Option<Role>,
+    /// What a quantized GGUF fragment may be the quantization of.
+    quant: Option<QuantOrigin>,
+    /// Where to publish a float GGUF fragment's id for later files of the ingest.
+    publish: Option<(Arc<Board>, BoardKey)>,
 }
 
 enum ReaderMsg {
@@ -274,7 +290,7 @@ impl FragmentLibrary {
         if let Some(p) = &opts.progress {
             p.begin(total);
         }
-        let sources = Arc::new(sources);
+        let sources = Arc::new(self.with_float_sources(sources).await?);
         // Fragments in flight: CPU work inside them is gated by `parallelism` (on_cpu).
         let in_flight = self.config().io_concurrency;
         let (tx, mut rx) = mpsc::channel::<ReaderMsg>(in_flight);
@@ -354,6 +370,11 @@ impl FragmentLibrary {
                             report.cast_fragments += 1;
                             report.cast_fragment_bytes += len;
                         }
+                        Encoding::Quant { .. } | Encoding::QuantDelta { .. } => {
+                            report.quant_fragments += 1;
+                            report.quant_fragment_bytes += len;
+                            report.quant_stored_bytes += stored_len;
+                        }
                     }
                     if indexed {
                         new_index_entries.push(done.original);
@@ -378,6 +399,7 @@ impl FragmentLibrary {
             file_slots[done.seq] = Some(Slot {
                 fref: done.fref,
                 lossy,
+                role: done.role,
             });
             if let Some(p) = &opts.progress {
                 p.advance(len);
@@ -453,18 +475,29 @@ impl FragmentLibrary {
         let len = u32::try_from(job.data.len())
             .map_err(|_| FragmentError::InvalidInput("fragment larger than 4 GiB".into()))?;
         let id = self.hash(job.data.clone()).await?;
-        let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| Done {
-            file: job.file,
-            seq: job.seq,
-            fref: FragmentRef {
-                id: resolved.id,
-                len,
-                depends_on: resolved.depends_on,
-            },
-            original: id,
-            kind: resolved.kind,
-            outcome,
-            signature_seconds,
+        let role = job.role;
+        let publish = job.publish.clone();
+        let done = |resolved: Resolved, outcome: Outcome, signature_seconds: f64| {
+            // A float fragment a later file of this ingest may be quantized from.
+            if let Some((board, key)) = &publish
+                && resolved.id == id
+            {
+                board.publish(*key, id);
+            }
+            Done {
+                file: job.file,
+                seq: job.seq,
+                role,
+                fref: FragmentRef {
+                    id: resolved.id,
+                    len,
+                    depends_on: resolved.depends_on,
+                },
+                original: id,
+                kind: resolved.kind,
+                outcome,
+                signature_seconds,
+            }
         };
         let lock = |s: &Mutex<HashMap<FragmentId, Resolved>>| {
             s.lock()
@@ -510,8 +543,29 @@ impl FragmentLibrary {
             return Ok(done(resolved, Outcome::Dedup, 0.0));
         }
 
+        // A quantized GGUF fragment: the reference quantization of a stored float one?
+        let quant = match &job.quant {
+            Some(origin) => self.place_quant(id, &job.data, origin).await?,
+            None => None,
+        };
         let state = self.similarity_state().cloned();
         let (signature, signature_seconds) = match (&state, job.dtype) {
+            // A quantized fragment is signed over its dequantized values, so that it meets
+            // its float source (and the other quants of it) in the index.
+            (Some(state), _) if job.quant.is_some() => {
+                let (state, data) = (state.clone(), job.data.clone());
+                let to = job.quant.as_ref().map(|q| q.to);
+                self.on_cpu(move || {
+                    let started = Instant::now();
+                    let values = to.and_then(|to| to.dequantize(&data));
+                    let sig = values.and_then(|v| {
+                        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        state.similarity.scheme.signature(&bytes, Some(Dtype::F32))
+                    });
+                    (sig, started.elapsed().as_secs_f64())
+                })
+                .await?
+            }
             (Some(state), Some(dtype)) => {
                 let (state, data) = (state.clone(), job.data.clone());
                 self.on_cpu(move || {
@@ -523,9 +577,13 @@ impl FragmentLibrary {
             }
             _ => (None, 0.0),
         };
-        let placement = self
-            .place_similar(id, job.data, job.dtype, signature.clone(), policy)
-            .await?;
+        let placement = match quant {
+            Some(placement) => placement,
+            None => {
+                self.place_similar(id, job.data, job.dtype, signature.clone(), policy)
+                    .await?
+            }
+        };
         let (resolved, outcome) = match placement {
             Placement::Written {
                 encoding,
@@ -579,6 +637,35 @@ impl FragmentLibrary {
         };
         remember(session, id, resolved);
         Ok(done(resolved, outcome, signature_seconds))
+    }
+}
+
+impl FragmentLibrary {
+    /// Gives the GGUF sources with legacy-quant tensors the stored float tensors they may
+    /// have been quantized from (reading the current manifests, only when there is one).
+    async fn with_float_sources(&self, mut sources: Vec<SourceFile>) -> Result<Vec<SourceFile>> {
+        let quantized = |s: &SourceFile| s.gguf.as_ref().is_some_and(|g| g.has_legacy_quants());
+        if !sources.iter().any(quantized) {
+            return Ok(sources);
+        }
+        // Damaged manifests only cost this saving.
+        let (manifests, _) = self.manifests_report().await?;
+        for g in sources.iter_mut().filter_map(|s| s.gguf.as_mut()) {
+            if g.has_legacy_quants() {
+                g.find_float_sources(&manifests);
+            }
+        }
+        // Float GGUF files read before quantized ones in this same ingest.
+        let board = Arc::new(Board::default());
+        let fragment_size = self.config().fragment_size;
+        let mut files: Vec<Option<&mut GgufSource>> =
+            sources.iter_mut().map(|s| s.gguf.as_mut()).collect();
+        for j in 0..files.len() {
+            if files[j].as_ref().is_some_and(|g| g.has_legacy_quants()) {
+                GgufSource::link_same_ingest(&mut files, j, &board, fragment_size);
+            }
+        }
+        Ok(sources)
     }
 }
 
@@ -668,6 +755,7 @@ enum Outcome {
 struct Done {
     file: usize,
     seq: usize,
+    role: Option<Role>,
     fref: FragmentRef,
     /// The id of the bytes read from the file.
     original: FragmentId,
@@ -682,6 +770,7 @@ struct Done {
 struct Slot {
     fref: FragmentRef,
     lossy: Option<(FragmentId, f64)>,
+    role: Option<Role>,
 }
 
 /// Lists and validates the input: one safetensors or other file, or every regular file
@@ -728,11 +817,17 @@ fn validate_sources(files: Vec<(PathBuf, String)>) -> Result<Vec<SourceFile>> {
             } else {
                 None
             };
+            let gguf = if rel.ends_with(".gguf") {
+                Some(GgufSource::open(&abs)?)
+            } else {
+                None
+            };
             Ok(SourceFile {
                 abs,
                 rel,
                 size,
                 header,
+                gguf,
             })
         })
         .collect()
@@ -803,22 +898,43 @@ fn read_sources(
         let mut file = File::open(&src.abs).map_err(|e| FragmentError::io("open", &src.abs, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut seq = 0usize;
+        let mut send_job = |data: Vec<u8>,
+                            dtype: Option<Dtype>,
+                            role: Option<Role>,
+                            quant: Option<QuantOrigin>,
+                            publish: Option<(Arc<Board>, BoardKey)>| {
+            let job = Job {
+                file: file_idx,
+                seq,
+                data: Bytes::from(data),
+                dtype,
+                role,
+                quant,
+                publish,
+            };
+            seq += 1;
+            // A closed channel means the consumer failed; its error is the one to report.
+            tx.blocking_send(ReaderMsg::Job(job))
+                .map_err(|_| FragmentError::InvalidInput("ingest aborted".into()))
+        };
         let mut send =
             |data: Vec<u8>, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
                 hasher.update(&data);
-                let job = Job {
-                    file: file_idx,
-                    seq,
-                    data: Bytes::from(data),
-                    dtype,
-                };
-                seq += 1;
-                // A closed channel means the consumer failed; its error is the one to report.
-                tx.blocking_send(ReaderMsg::Job(job))
-                    .map_err(|_| FragmentError::InvalidInput("ingest aborted".into()))
+                send_job(data, dtype, None, None, None)
             };
-        match &src.header {
-            Some(header) => {
+        match (&src.header, &src.gguf) {
+            (_, Some(gguf)) => {
+                gguf.read(
+                    &mut file,
+                    &src.abs,
+                    fragment_size,
+                    &mut hasher,
+                    &mut |cut| {
+                        send_job(cut.data, cut.dtype, Some(cut.role), cut.quant, cut.publish)
+                    },
+                )?;
+            }
+            (Some(header), None) => {
                 let mut raw = vec![0u8; header.raw.len()];
                 read_exact(&mut file, &mut raw, &src.abs)?;
                 if raw != header.raw {
@@ -837,7 +953,7 @@ fn read_sources(
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let avg = u32::try_from(chunk_avg).unwrap_or(u32::MAX);
                 let chunker = fastcdc::v2020::StreamCDC::new(&mut file, avg / 4, avg, avg * 4);
                 for chunk in chunker {
@@ -853,9 +969,10 @@ fn read_sources(
         let extra = file
             .read(&mut probe)
             .map_err(|e| FragmentError::io("read", &src.abs, e))?;
-        let read_total = match &src.header {
-            Some(h) => h.file_len,
-            None => src.size,
+        let read_total = match (&src.header, &src.gguf) {
+            (_, Some(g)) => g.header.file_len,
+            (Some(h), None) => h.file_len,
+            (None, None) => src.size,
         };
         if extra != 0 || hasher.count() != read_total {
             return Err(changed(&src.abs));
@@ -903,6 +1020,18 @@ fn build_file_manifest(
         }
     };
     let content = match &src.header {
+        None if src.gguf.is_some() => {
+            let gguf = src.gguf.as_ref().ok_or_else(|| {
+                FragmentError::InvalidInput(format!("{}: not a GGUF file", src.rel))
+            })?;
+            let refs = slots
+                .iter()
+                .map(|s| (s.role.unwrap_or(Role::Metadata), s.fref))
+                .collect();
+            gguf.content(&src.rel, refs, &mut |tensor, index, pos| {
+                record(tensor, index, &slots[pos]);
+            })?
+        }
         None => {
             slots.iter().enumerate().for_each(|(i, s)| record("", i, s));
             FileContent::Blob {

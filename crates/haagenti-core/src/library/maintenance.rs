@@ -241,6 +241,7 @@ impl FragmentLibrary {
                 StoredKind::Standalone => stats.savings.compression_bytes += saved,
                 StoredKind::Delta => stats.savings.delta_bytes += saved,
                 StoredKind::Cast => stats.savings.cast_bytes += saved.max(0) as u64,
+                StoredKind::Quant => stats.savings.quant_bytes += saved.max(0) as u64,
             }
         }
         Ok(stats)

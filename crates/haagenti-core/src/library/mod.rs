@@ -6,6 +6,7 @@
 mod cache;
 mod compare;
 mod export;
+mod gguf;
 mod ingest;
 mod locks;
 mod maintenance;

@@ -225,6 +225,16 @@ impl ModelHandle {
             let (Some(first), Some(last)) = (in_file.first(), in_file.last()) else {
                 continue;
             };
+            // Padding between tensors (GGUF): one read per tensor.
+            if in_file
+                .windows(2)
+                .any(|w| w[0].offset + w[0].len != w[1].offset)
+            {
+                for info in in_file {
+                    out.push(self.read(info).await?);
+                }
+                continue;
+            }
             // The tensors tile the file after its header: one stream reads them all.
             let start = first.offset;
             let mut parts = self

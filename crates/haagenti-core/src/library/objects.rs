@@ -20,7 +20,7 @@ use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
 use crate::error::{FragmentError, Result};
 use crate::object::{self, ObjectHeader};
 use crate::store::{ObjectKey, PutOutcome};
-use crate::types::{Dtype, Encoding, Fragment, FragmentId, FragmentMetadata};
+use crate::types::{Dtype, Encoding, Fragment, FragmentId, FragmentMetadata, LegacyQuant};
 
 /// What [`FragmentLibrary::put_fragment`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,16 +247,17 @@ impl FragmentLibrary {
         self.put_object(id, object, encoding).await
     }
 
-    /// Writes a cast object (a header, no payload) for a fragment of `len` bytes.
+    /// Writes a payload-free object (a cast or a quant: a header, no payload) for a
+    /// fragment of `len` bytes.
     pub(super) async fn write_cast(
         &self,
         id: FragmentId,
         encoding: Encoding,
         len: usize,
-        dtype: Dtype,
+        dtype: Option<Dtype>,
     ) -> Result<Stored> {
         let mut object = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN);
-        object::write_header(&mut object, &encoding, len as u64, Some(dtype));
+        object::write_header(&mut object, &encoding, len as u64, dtype);
         object::seal(&mut object);
         self.put_object(id, object, encoding).await
     }
@@ -375,6 +376,16 @@ pub(super) fn decode_verified(
                 FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
             })
     };
+    let quant_of = |source: &[u8], from: Dtype, to: LegacyQuant| {
+        quantize_source(source, from, to)
+            .filter(|v| v.len() == len)
+            .ok_or_else(|| {
+                FragmentError::corrupt(
+                    key(),
+                    format!("cannot rebuild a {to:?} quantization of its source"),
+                )
+            })
+    };
     let xor_with = |tag: u16, base: &[u8]| {
         let xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
         xor_into(xor, base)
@@ -395,6 +406,16 @@ pub(super) fn decode_verified(
             },
             Some(source),
         ) => xor_with(tag, &cast_of(source, from, to)?)?,
+        (Encoding::Quant { from, to, .. }, Some(source)) => quant_of(source, from, to)?,
+        (
+            Encoding::QuantDelta {
+                codec: tag,
+                from,
+                to,
+                ..
+            },
+            Some(source),
+        ) => xor_with(tag, &quant_of(source, from, to)?)?,
         _ => {
             return Err(FragmentError::corrupt(
                 key(),
@@ -407,6 +428,17 @@ pub(super) fn decode_verified(
         return Err(FragmentError::HashMismatch { id: *id, actual });
     }
     Ok(data)
+}
+
+/// The reference quantization to `to` of the values of `source` (elements of `from`,
+/// a float type): `None` unless the values are a whole number of blocks.
+pub(super) fn quantize_source(source: &[u8], from: Dtype, to: LegacyQuant) -> Option<Vec<u8>> {
+    if !matches!(from, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return None;
+    }
+    let mut values = Vec::new();
+    cast::decode_values(source, from, &mut values)?;
+    to.quantize(&values)
 }
 
 /// `xor ^= base` element-wise; `None` when the lengths differ.

@@ -23,7 +23,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use super::objects::Via;
 use super::{FragmentLibrary, join_error};
 use crate::error::{FragmentError, Result};
-use crate::manifest::{FileContent, FileManifest};
+use crate::manifest::{FileContent, FileManifest, GgufGap, GgufPart};
 use crate::types::FragmentId;
 
 /// One file of a stored model, as [`ModelHandle::files`](super::ModelHandle::files)
@@ -113,6 +113,54 @@ impl FileLayout {
                     push(piece, u64::from(r.len), &mut layout);
                 }
             }
+            FileContent::Gguf {
+                metadata, tensors, ..
+            } => {
+                // Metadata chunks, then the parts; chunked gaps continue the chunk count.
+                let mut chunk = 0;
+                for r in metadata {
+                    let piece = Piece::Fragment {
+                        id: r.id,
+                        tensor: None,
+                        index: chunk,
+                    };
+                    chunk += 1;
+                    push(piece, u64::from(r.len), &mut layout);
+                }
+                layout.tensors = tensors.iter().map(|t| t.name.clone()).collect();
+                // A manifest is validated before it is laid out: the parts tile the file.
+                let parts = file.gguf_parts().and_then(|p| p.ok()).unwrap_or_default();
+                for part in parts {
+                    match part {
+                        GgufPart::Tensor(t, tensor) => {
+                            for (index, r) in tensor.fragments.iter().enumerate() {
+                                let piece = Piece::Fragment {
+                                    id: r.id,
+                                    tensor: Some(t),
+                                    index,
+                                };
+                                push(piece, u64::from(r.len), &mut layout);
+                            }
+                        }
+                        GgufPart::Gap(GgufGap::Inline { bytes, .. }) => push(
+                            Piece::Inline(Bytes::copy_from_slice(bytes)),
+                            bytes.len() as u64,
+                            &mut layout,
+                        ),
+                        GgufPart::Gap(GgufGap::Chunks { chunks, .. }) => {
+                            for r in chunks {
+                                let piece = Piece::Fragment {
+                                    id: r.id,
+                                    tensor: None,
+                                    index: chunk,
+                                };
+                                chunk += 1;
+                                push(piece, u64::from(r.len), &mut layout);
+                            }
+                        }
+                    }
+                }
+            }
         }
         layout
     }
@@ -136,7 +184,7 @@ impl FileLayout {
     /// Where piece `i` is, for error messages.
     fn location(&self, i: usize) -> String {
         match &self.pieces[i] {
-            Piece::Inline(_) => format!("file {} header", self.file.path),
+            Piece::Inline(_) => format!("file {} header or padding", self.file.path),
             Piece::Fragment {
                 id,
                 tensor: Some(t),

@@ -540,7 +540,6 @@ fn collect_uses(
             });
         }
         let tensors = file.tensors();
-        let blob_refs = file.fragments();
         let mut add = |r: &crate::manifest::FragmentRef, tensor: Option<&str>| {
             uses.entry(r.id).or_default().insert(FragmentUse {
                 model: m.name.clone(),
@@ -551,16 +550,13 @@ fn collect_uses(
                 dependants.entry(dep).or_default().insert(r.id);
             }
         };
-        if tensors.is_empty() {
-            for r in blob_refs {
-                add(r, None);
+        for t in tensors {
+            for r in &t.fragments {
+                add(r, Some(&t.name));
             }
-        } else {
-            for t in tensors {
-                for r in &t.fragments {
-                    add(r, Some(&t.name));
-                }
-            }
+        }
+        for r in file.untyped_fragments() {
+            add(r, None);
         }
     }
 }

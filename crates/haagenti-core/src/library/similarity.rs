@@ -497,7 +497,7 @@ impl FragmentLibrary {
                     to: dtype,
                 };
                 return self
-                    .write_cast(id, cast, data.len(), dtype)
+                    .write_cast(id, cast, data.len(), Some(dtype))
                     .await
                     .map(Placement::from);
             }
