@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::FragmentLibrary;
 use super::objects::{delta_object, quantize_source, standalone_object};
 use super::similarity::{DELTA_MAX_FRACTION, Placement};
-use super::FragmentLibrary;
 use crate::codec::EncodeHint;
 use crate::error::{FragmentError, Result};
 use crate::gguf::{GgmlType, GgufHeader, GgufPiece, GgufTensor};
