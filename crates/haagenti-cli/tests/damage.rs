@@ -28,6 +28,28 @@ fn model(path: &Path, seed: u64) {
     synth::write_safetensors(path, &tensors, None).unwrap();
 }
 
+/// Flips one bit in the middle of the file at `path` (in place).
+fn flip_middle_byte(path: &Path, bit: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= bit;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A generated family ingested into `tmp/lib`: the family, the library, the model names.
+fn ingested_family(tmp: &Path, seed: u64) -> (synth::Family, PathBuf, Vec<String>) {
+    let family = synth::small_family(&tmp.join("src"), seed).unwrap();
+    let lib = tmp.join("lib");
+    for m in &family.models {
+        ok(
+            &lib,
+            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
+        );
+    }
+    let names = family.models.iter().map(|m| m.name.clone()).collect();
+    (family, lib, names)
+}
+
 /// The only manifest file of `name`.
 fn manifest_file(lib: &Path, name: &str) -> PathBuf {
     let dir = lib.join("manifests").join(name);
@@ -56,11 +78,7 @@ fn flipped_manifest_byte_is_contained() {
         ok(&lib, &["ingest", "--model", name, src.to_str().unwrap()]);
         srcs.push(src);
     }
-    let file = manifest_file(&lib, "b");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
+    flip_middle_byte(&manifest_file(&lib, "b"), 0x01);
 
     // list: all three, the damaged one marked, exit 1.
     let out = haagenti(&lib, &["list", "--json"]);
@@ -133,10 +151,7 @@ fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     let (cut, flipped) = (object_path(&lib, &rows[0].0), object_path(&lib, &rows[1].0));
     std::fs::write(&cut, &std::fs::read(&cut).unwrap()[..10]).unwrap();
-    let mut bytes = std::fs::read(&flipped).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&flipped, bytes).unwrap();
+    flip_middle_byte(&flipped, 0x01);
 
     // show: every row, the unreadable one marked DAMAGED, exit 1 at the end.
     let out = haagenti(&lib, &["show", "--model", "b", "--json"]);
@@ -195,10 +210,7 @@ fn repair_rebuilds_damaged_index_segments_and_clears_damaged_locks_and_old_tempo
         .map(|e| e.unwrap().path())
         .find(|p| p.is_file())
         .expect("an index segment");
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&segment, bytes).unwrap();
+    flip_middle_byte(&segment, 0x01);
     // A lock object that is not one, older than any live lock; a fresh one, left alone.
     let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
     let write_aged = |path: &Path, contents: &[u8], aged: bool| {
@@ -290,15 +302,7 @@ fn dependency(rows: &[(String, String)], encoding: &str) -> String {
 #[test]
 fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
     let tmp = tempfile::tempdir().unwrap();
-    let family = synth::small_family(&tmp.path().join("src"), 31).unwrap();
-    let lib = tmp.path().join("lib");
-    for m in &family.models {
-        ok(
-            &lib,
-            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
-        );
-    }
-    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let (family, lib, names) = ingested_family(tmp.path(), 31);
     let rows = fragment_rows(&lib, &names);
 
     // One object of each kind the family has: a delta and its base, a cast and its
@@ -657,23 +661,11 @@ fn damaged_count(lib: &Path) -> usize {
 #[test]
 fn a_repair_killed_at_any_moment_leaves_no_worse_and_a_second_repair_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let family = synth::small_family(&tmp.path().join("src"), 33).unwrap();
-    let lib = tmp.path().join("lib");
-    for m in &family.models {
-        ok(
-            &lib,
-            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
-        );
-    }
-    let names: Vec<String> = family.models.iter().map(|m| m.name.clone()).collect();
+    let (_family, lib, names) = ingested_family(tmp.path(), 33);
     let rows = fragment_rows(&lib, &names);
     // Damage every 7th fragment object (flipped byte).
     for (id, _) in rows.iter().step_by(7) {
-        let path = object_path(&lib, id);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x40;
-        std::fs::write(&path, bytes).unwrap();
+        flip_middle_byte(&object_path(&lib, id), 0x40);
     }
     let mut damaged = damaged_count(&lib);
     assert!(damaged >= 3, "{damaged}");

@@ -321,53 +321,11 @@ fn a_model_directory_with_gguf_files_round_trips() {
 
 // ---- hostile files -------------------------------------------------------------------
 
-fn gstr(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-}
-
-fn kv(key: &str, type_id: u32, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    gstr(&mut out, key.as_bytes());
-    out.extend_from_slice(&type_id.to_le_bytes());
-    out.extend_from_slice(value);
-    out
-}
-
-fn info(name: &str, dims: &[u64], type_id: u32, offset: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    gstr(&mut out, name.as_bytes());
-    out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-    for d in dims {
-        out.extend_from_slice(&d.to_le_bytes());
-    }
-    out.extend_from_slice(&type_id.to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out
-}
-
-/// Header, key-values, tensor infos, zero padding to `align`, `data_len` data bytes.
-fn file(
-    version: u32,
-    kvs: &[Vec<u8>],
-    infos: &[Vec<u8>],
-    align: usize,
-    data_len: usize,
-) -> Vec<u8> {
-    let mut out = b"GGUF".to_vec();
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&(infos.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-    kvs.iter().for_each(|k| out.extend_from_slice(k));
-    infos.iter().for_each(|i| out.extend_from_slice(i));
-    out.resize(out.len().div_ceil(align) * align, 0);
-    out.extend((0..data_len).map(|i| i as u8));
-    out
-}
+use haagenti_testkit::gguf::{file, kv, string, tensor_info};
 
 fn name_kv() -> Vec<u8> {
     let mut v = Vec::new();
-    gstr(&mut v, b"tiny");
+    string(&mut v, b"tiny");
     kv("general.name", 8, &v)
 }
 
@@ -376,7 +334,10 @@ fn valid() -> Vec<u8> {
     file(
         3,
         &[name_kv(), kv("x.count", 4, &7u32.to_le_bytes())],
-        &[info("a", &[4], 0, 0), info("b.weight", &[32, 2], 8, 32)],
+        &[
+            tensor_info("a", &[4], 0, 0),
+            tensor_info("b.weight", &[32, 2], 8, 32),
+        ],
         32,
         32 + 68,
     )
@@ -443,7 +404,7 @@ fn hostile_cases() -> Vec<(String, Vec<u8>, &'static str)> {
         file(
             3,
             &[],
-            &[info("a", &[8], 0, 0), info("b", &[8], 0, 0)],
+            &[tensor_info("a", &[8], 0, 0), tensor_info("b", &[8], 0, 0)],
             32,
             64,
         ),
@@ -451,18 +412,18 @@ fn hostile_cases() -> Vec<(String, Vec<u8>, &'static str)> {
     ));
     cases.push((
         "out-of-range offset".into(),
-        file(3, &[], &[info("a", &[8], 0, 1 << 40)], 32, 32),
+        file(3, &[], &[tensor_info("a", &[8], 0, 1 << 40)], 32, 32),
         "",
     ));
     cases.push((
         "unaligned offset".into(),
-        file(3, &[], &[info("a", &[8], 0, 4)], 32, 64),
+        file(3, &[], &[tensor_info("a", &[8], 0, 4)], 32, 64),
         "align",
     ));
     // Unknown tensor and value types.
     cases.push((
         "unknown ggml type".into(),
-        file(3, &[], &[info("a", &[32], 99, 0)], 32, 64),
+        file(3, &[], &[tensor_info("a", &[32], 99, 0)], 32, 64),
         "99",
     ));
     cases.push((
@@ -473,7 +434,13 @@ fn hostile_cases() -> Vec<(String, Vec<u8>, &'static str)> {
     // Dimension overflow.
     cases.push((
         "dimension overflow".into(),
-        file(3, &[], &[info("a", &[1 << 40, 1 << 40], 0, 0)], 32, 0),
+        file(
+            3,
+            &[],
+            &[tensor_info("a", &[1 << 40, 1 << 40], 0, 0)],
+            32,
+            0,
+        ),
         "overflow",
     ));
     // Version 1.
@@ -523,17 +490,17 @@ fn hostile_gguf_files_are_refused_with_the_problem_and_change_nothing() {
         3,
         &[name_kv()],
         &[
-            info("a", &[4], 0, 0),
-            info("empty", &[0], 0, 32),
-            info("c", &[8], 0, 64),
+            tensor_info("a", &[4], 0, 0),
+            tensor_info("empty", &[0], 0, 32),
+            tensor_info("c", &[8], 0, 64),
         ],
         32,
         96,
     );
-    let mut big_gap = file(3, &[name_kv()], &[info("a", &[4], 0, 0)], 32, 0);
+    let mut big_gap = file(3, &[name_kv()], &[tensor_info("a", &[4], 0, 0)], 32, 0);
     big_gap.extend((0..100_000u32).map(|i| (i % 251) as u8));
     let data = big_gap.len() - 100_000;
-    let mut far = file(3, &[name_kv()], &[info("a", &[4], 0, 99_968)], 32, 0);
+    let mut far = file(3, &[name_kv()], &[tensor_info("a", &[4], 0, 99_968)], 32, 0);
     assert_eq!(far.len(), data);
     far.extend_from_slice(&big_gap[data..]);
     for (name, bytes) in [("empty-inside", empty_inside), ("big-gap", far)] {

@@ -10,25 +10,21 @@ use futures::TryStreamExt;
 use haagenti_core::cast::f32_to_f16;
 use haagenti_core::gguf::quant::LegacyQuant;
 use haagenti_core::{FileContent, IngestOptions, MemoryStore, StoredKind};
+use haagenti_testkit::gguf::{string, tensor_info};
 use haagenti_testkit::library::test_library;
 use haagenti_testkit::synth;
-
-fn gstr(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-}
 
 /// A GGUF v3 file: a long string key-value (several metadata chunks), then `tensors`
 /// (name, dims innermost first, ggml type id, data) at 32-aligned offsets with `gap`
 /// extra bytes of non-zero filler before the first one, and `tail` bytes after the last.
 fn gguf(tensors: &[(&str, Vec<u64>, u32, Vec<u8>)], gap: usize, tail: usize) -> Vec<u8> {
     let mut kvs = Vec::new();
-    gstr(&mut kvs, b"tokenizer.chat_template");
+    string(&mut kvs, b"tokenizer.chat_template");
     kvs.extend_from_slice(&8u32.to_le_bytes());
     let template: Vec<u8> = (0..200_000u64)
         .map(|i| b'a' + ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) % 26) as u8)
         .collect();
-    gstr(&mut kvs, &template);
+    string(&mut kvs, &template);
     let mut offsets = Vec::new();
     let mut at = gap as u64;
     for (_, _, _, data) in tensors {
@@ -41,12 +37,7 @@ fn gguf(tensors: &[(&str, Vec<u64>, u32, Vec<u8>)], gap: usize, tail: usize) -> 
     out.extend_from_slice(&1u64.to_le_bytes());
     out.extend_from_slice(&kvs);
     for ((name, dims, ty, _), off) in tensors.iter().zip(&offsets) {
-        gstr(&mut out, name.as_bytes());
-        out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-        dims.iter()
-            .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
-        out.extend_from_slice(&ty.to_le_bytes());
-        out.extend_from_slice(&off.to_le_bytes());
+        out.extend_from_slice(&tensor_info(name, dims, *ty, *off));
     }
     out.resize(out.len().div_ceil(32) * 32, 0);
     let data_start = out.len();

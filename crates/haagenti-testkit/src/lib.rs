@@ -9,6 +9,7 @@
 //!   what to do unless a skip variable asks for the skip.
 //! - [`faults`]: [`FaultProxy`](faults::FaultProxy), an HTTP proxy in front of the local
 //!   S3 server that resets, throttles, loses and cuts a seeded share of requests.
+//! - [`gguf`](mod@gguf): hand-built GGUF bytes for tests of what the reader refuses.
 //! - [`hooks`]: [`HookStore`](hooks::HookStore), a store wrapper that counts calls and
 //!   injects faults (failed or full writes, truncated or slow reads) and pauses.
 //! - [`library`]: a library with test-sized fragments ([`library::test_library`]) and
@@ -27,6 +28,7 @@
 pub mod codec;
 pub mod env;
 pub mod faults;
+pub mod gguf;
 pub mod hooks;
 pub mod library;
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report

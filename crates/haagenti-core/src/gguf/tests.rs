@@ -3,59 +3,7 @@
 
 use super::*;
 
-fn gstr(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-}
-
-/// A key-value pair: key, type id, then the value's bytes as given.
-fn kv(key: &str, type_id: u32, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    gstr(&mut out, key.as_bytes());
-    out.extend_from_slice(&type_id.to_le_bytes());
-    out.extend_from_slice(value);
-    out
-}
-
-/// An array value's bytes (element type, count, elements).
-fn arr(elem_type: u32, count: u64, elements: &[u8]) -> Vec<u8> {
-    let mut out = elem_type.to_le_bytes().to_vec();
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(elements);
-    out
-}
-
-fn info(name: &str, dims: &[u64], type_id: u32, offset: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    gstr(&mut out, name.as_bytes());
-    out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-    for d in dims {
-        out.extend_from_slice(&d.to_le_bytes());
-    }
-    out.extend_from_slice(&type_id.to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out
-}
-
-/// A whole file: header, key-values, tensor infos, zero padding to `align`, then
-/// `data_len` bytes of data.
-fn file(
-    version: u32,
-    kvs: &[Vec<u8>],
-    infos: &[Vec<u8>],
-    align: usize,
-    data_len: usize,
-) -> Vec<u8> {
-    let mut out = b"GGUF".to_vec();
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&(infos.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-    kvs.iter().for_each(|k| out.extend_from_slice(k));
-    infos.iter().for_each(|i| out.extend_from_slice(i));
-    out.resize(out.len().div_ceil(align) * align, 0);
-    out.extend((0..data_len).map(|i| i as u8));
-    out
-}
+use haagenti_testkit::gguf::{array, file, kv, string, tensor_info};
 
 fn parse(bytes: &[u8]) -> Result<GgufHeader> {
     read_header_from(&mut &bytes[..], bytes.len() as u64, Path::new("t.gguf"))
@@ -81,7 +29,7 @@ fn err(bytes: &[u8]) -> GgufError {
 
 fn name_kv() -> Vec<u8> {
     let mut v = Vec::new();
-    gstr(&mut v, b"tiny");
+    string(&mut v, b"tiny");
     kv("general.name", 8, &v)
 }
 
@@ -91,7 +39,10 @@ fn two_tensors() -> Vec<u8> {
     file(
         3,
         &[name_kv(), kv("x.count", 4, &7u32.to_le_bytes())],
-        &[info("a", &[4], 0, 0), info("b.weight", &[32, 2], 8, 32)],
+        &[
+            tensor_info("a", &[4], 0, 0),
+            tensor_info("b.weight", &[32, 2], 8, 32),
+        ],
         32,
         32 + 68,
     )
@@ -146,14 +97,14 @@ fn accepts_a_valid_file_and_says_where_everything_is() {
 #[test]
 fn reads_every_value_type_and_nested_arrays() {
     let mut s = Vec::new();
-    gstr(&mut s, "héllo".as_bytes());
+    string(&mut s, "héllo".as_bytes());
     let mut strings = Vec::new();
     for t in ["a", "", "ünï"] {
-        gstr(&mut strings, t.as_bytes());
+        string(&mut strings, t.as_bytes());
     }
-    let inner1 = arr(5, 2, &[1, 0, 0, 0, 2, 0, 0, 0]);
-    let inner2 = arr(8, 1, &strings[..9]); // ["a"]
-    let nested = arr(9, 2, &[inner1, inner2].concat());
+    let inner1 = array(5, 2, &[1, 0, 0, 0, 2, 0, 0, 0]);
+    let inner2 = array(8, 1, &strings[..9]); // ["a"]
+    let nested = array(9, 2, &[inner1, inner2].concat());
     let kvs = [
         kv("u8", 0, &[200]),
         kv("i8", 1, &[0x80]),
@@ -164,17 +115,17 @@ fn reads_every_value_type_and_nested_arrays() {
         kv("f32", 6, &1.5f32.to_le_bytes()),
         kv("bool", 7, &[1]),
         kv("str", 8, &s),
-        kv("strs", 9, &arr(8, 3, &strings)),
+        kv("strs", 9, &array(8, 3, &strings)),
         kv("u64", 10, &u64::MAX.to_le_bytes()),
         kv("i64", 11, &i64::MIN.to_le_bytes()),
         kv("f64", 12, &(-0.25f64).to_le_bytes()),
-        kv("bools", 9, &arr(7, 3, &[0, 1, 1])),
+        kv("bools", 9, &array(7, 3, &[0, 1, 1])),
         kv(
             "f32s",
             9,
-            &arr(6, 2, &[1.0f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat()),
+            &array(6, 2, &[1.0f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat()),
         ),
-        kv("empty", 9, &arr(10, 0, &[])),
+        kv("empty", 9, &array(10, 0, &[])),
         kv("nested", 9, &nested),
     ];
     let h = parse(&file(3, &kvs, &[], 32, 0)).unwrap();
@@ -227,8 +178,8 @@ fn custom_alignment_moves_the_data_section() {
     for align in [1u32, 64, 4096] {
         let kvs = [kv(ALIGNMENT_KEY, 4, &align.to_le_bytes())];
         let infos = [
-            info("t", &[8], 24, 0),
-            info("u", &[2], 0, u64::from(align.max(8))),
+            tensor_info("t", &[8], 24, 0),
+            tensor_info("u", &[2], 0, u64::from(align.max(8))),
         ];
         let bytes = file(3, &kvs, &infos, align as usize, align.max(8) as usize + 8);
         let h = parse(&bytes).unwrap();
@@ -252,9 +203,9 @@ fn custom_alignment_moves_the_data_section() {
 #[test]
 fn empty_tensors_and_scalars_are_accepted() {
     let infos = [
-        info("scalar", &[], 0, 0),
-        info("empty", &[0, 5], 8, 32),
-        info("next", &[32], 8, 32),
+        tensor_info("scalar", &[], 0, 0),
+        tensor_info("empty", &[0, 5], 8, 32),
+        tensor_info("next", &[32], 8, 32),
     ];
     let h = parse(&file(3, &[], &infos, 32, 32 + 34)).unwrap();
     assert_eq!((h.tensors[0].n_elements(), h.tensors[0].len), (1, 4));
@@ -300,13 +251,16 @@ fn refuses_bad_magic_and_versions() {
 #[test]
 fn every_truncation_is_refused_with_its_place() {
     let mut s = Vec::new();
-    gstr(&mut s, b"x");
+    string(&mut s, b"x");
     let kvs = [
         name_kv(),
-        kv("strs", 9, &arr(8, 2, &[s.clone(), s].concat())),
-        kv("nested", 9, &arr(9, 1, &arr(0, 2, &[1, 2]))),
+        kv("strs", 9, &array(8, 2, &[s.clone(), s].concat())),
+        kv("nested", 9, &array(9, 1, &array(0, 2, &[1, 2]))),
     ];
-    let infos = [info("a", &[4], 0, 0), info("b", &[32, 2], 8, 32)];
+    let infos = [
+        tensor_info("a", &[4], 0, 0),
+        tensor_info("b", &[32, 2], 8, 32),
+    ];
     let bytes = file(3, &kvs, &infos, 32, 32 + 68);
     let h = parse(&bytes).unwrap();
     for len in 0..bytes.len() {
@@ -356,15 +310,15 @@ fn hostile_counts_and_lengths_are_refused_before_allocating() {
             ..
         }
     ));
-    let array = kv("a", 9, &arr(0, HUGE, &[]));
+    let long = kv("a", 9, &array(0, HUGE, &[]));
     assert_eq!(
-        err(&file(3, &[array], &[], 32, 0)),
+        err(&file(3, &[long], &[], 32, 0)),
         GgufError::ArrayTooLong {
             key: "a".into(),
             len: HUGE
         }
     );
-    let nested = kv("n", 9, &arr(9, 1, &arr(0, HUGE, &[])));
+    let nested = kv("n", 9, &array(9, 1, &array(0, HUGE, &[])));
     assert_eq!(
         err(&file(3, &[nested], &[], 32, 0)),
         GgufError::ArrayTooLong {
@@ -372,24 +326,24 @@ fn hostile_counts_and_lengths_are_refused_before_allocating() {
             len: HUGE
         }
     );
-    let strings = kv("s", 9, &arr(8, 1, &HUGE.to_le_bytes()));
+    let strings = kv("s", 9, &array(8, 1, &HUGE.to_le_bytes()));
     assert!(matches!(
         err(&file(3, &[strings], &[], 32, 0)),
         GgufError::StringTooLong { len: HUGE, .. }
     ));
     // Array counts under the limit but beyond the file: truncated.
-    let strings = kv("s", 9, &arr(8, MAX_ARRAY_LEN, &[]));
+    let strings = kv("s", 9, &array(8, MAX_ARRAY_LEN, &[]));
     assert!(matches!(
         err(&file(3, &[strings], &[], 32, 0)),
         GgufError::Truncated { .. }
     ));
-    let inner = kv("s", 9, &arr(9, MAX_ARRAY_LEN, &[]));
+    let inner = kv("s", 9, &array(9, MAX_ARRAY_LEN, &[]));
     assert!(matches!(
         err(&file(3, &[inner], &[], 32, 0)),
         GgufError::Truncated { .. }
     ));
 
-    let mut name = info("t", &[4], 0, 0);
+    let mut name = tensor_info("t", &[4], 0, 0);
     name[..8].copy_from_slice(&HUGE.to_le_bytes());
     assert!(matches!(
         err(&file(3, &[], &[name], 32, 16)),
@@ -399,7 +353,7 @@ fn hostile_counts_and_lengths_are_refused_before_allocating() {
             ..
         }
     ));
-    let dims = info("t", &[HUGE], 0, 0);
+    let dims = tensor_info("t", &[HUGE], 0, 0);
     assert!(matches!(
         err(&file(3, &[], &[dims], 32, 16)),
         GgufError::DimensionOverflow {
@@ -407,7 +361,7 @@ fn hostile_counts_and_lengths_are_refused_before_allocating() {
             ..
         }
     ));
-    let offset = info("t", &[4], 0, HUGE);
+    let offset = tensor_info("t", &[4], 0, HUGE);
     assert!(matches!(
         err(&file(3, &[], &[offset], 32, 16)),
         GgufError::OutOfRange { .. }
@@ -443,7 +397,7 @@ fn refuses_bad_alignment() {
         }
     );
     // Offsets must be multiples of the alignment.
-    let infos = [info("t", &[4], 0, 16)];
+    let infos = [tensor_info("t", &[4], 0, 16)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::MisalignedOffset {
@@ -456,9 +410,9 @@ fn refuses_bad_alignment() {
 
 #[test]
 fn refuses_overlaps_and_out_of_range_offsets() {
-    let infos = [info("a", &[4], 0, 0), info("b", &[4], 0, 32)];
+    let infos = [tensor_info("a", &[4], 0, 0), tensor_info("b", &[4], 0, 32)];
     assert!(parse(&file(3, &[], &infos, 32, 64)).is_ok());
-    let infos = [info("a", &[16], 0, 0), info("b", &[4], 0, 0)];
+    let infos = [tensor_info("a", &[16], 0, 0), tensor_info("b", &[4], 0, 0)];
     assert_eq!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::Overlap {
@@ -466,7 +420,10 @@ fn refuses_overlaps_and_out_of_range_offsets() {
             other: "b".into()
         }
     );
-    let infos = [info("a", &[16], 0, 32), info("b", &[32], 0, 0)];
+    let infos = [
+        tensor_info("a", &[16], 0, 32),
+        tensor_info("b", &[32], 0, 0),
+    ];
     assert_eq!(
         err(&file(3, &[], &infos, 32, 128)),
         GgufError::Overlap {
@@ -474,18 +431,18 @@ fn refuses_overlaps_and_out_of_range_offsets() {
             other: "b".into()
         }
     );
-    let infos = [info("a", &[16], 0, 64)];
+    let infos = [tensor_info("a", &[16], 0, 64)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 100)),
         GgufError::OutOfRange { .. }
     ));
-    let infos = [info("a", &[16], 0, u64::MAX - 31)];
+    let infos = [tensor_info("a", &[16], 0, u64::MAX - 31)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 100)),
         GgufError::OutOfRange { .. }
     ));
     // The padding before the data section is part of the file.
-    let mut bytes = file(3, &[], &[info("a", &[0], 0, 0)], 32, 0);
+    let mut bytes = file(3, &[], &[tensor_info("a", &[0], 0, 0)], 32, 0);
     let meta = parse(&bytes).unwrap().metadata_len() as usize;
     bytes.truncate(meta + 1);
     assert!(matches!(err(&bytes), GgufError::Truncated { .. }));
@@ -494,7 +451,7 @@ fn refuses_overlaps_and_out_of_range_offsets() {
 #[test]
 fn refuses_bad_types_dimensions_and_names() {
     for id in [4u32, 5, 31, 32, 33, 36, 37, 38, 42, u32::MAX] {
-        let infos = [info("t", &[32], id, 0)];
+        let infos = [tensor_info("t", &[32], id, 0)];
         assert_eq!(
             err(&file(3, &[], &infos, 32, 64)),
             GgufError::UnknownGgmlType {
@@ -511,7 +468,7 @@ fn refuses_bad_types_dimensions_and_names() {
             type_id: 13
         }
     );
-    let kvs = [kv("k", 9, &arr(99, 0, &[]))];
+    let kvs = [kv("k", 9, &array(99, 0, &[]))];
     assert_eq!(
         err(&file(3, &kvs, &[], 32, 0)),
         GgufError::UnknownValueType {
@@ -519,7 +476,7 @@ fn refuses_bad_types_dimensions_and_names() {
             type_id: 99
         }
     );
-    let infos = [info("t", &[33], 8, 0)];
+    let infos = [tensor_info("t", &[33], 8, 0)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::RaggedRow {
@@ -528,12 +485,12 @@ fn refuses_bad_types_dimensions_and_names() {
             ..
         }
     ));
-    let infos = [info("t", &[1, 1, 1, 1, 1], 0, 0)];
+    let infos = [tensor_info("t", &[1, 1, 1, 1, 1], 0, 0)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::TooManyDims { n_dims: 5, .. }
     ));
-    let infos = [info("t", &[1 << 32, 1 << 32], 0, 0)];
+    let infos = [tensor_info("t", &[1 << 32, 1 << 32], 0, 0)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::DimensionOverflow {
@@ -541,7 +498,7 @@ fn refuses_bad_types_dimensions_and_names() {
             ..
         }
     ));
-    let infos = [info("t", &[1 << 31, 1 << 31], 0, 0)];
+    let infos = [tensor_info("t", &[1 << 31, 1 << 31], 0, 0)];
     assert!(matches!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::DimensionOverflow {
@@ -549,14 +506,14 @@ fn refuses_bad_types_dimensions_and_names() {
             ..
         }
     ));
-    let infos = [info("t", &[4], 0, 0), info("t", &[4], 0, 32)];
+    let infos = [tensor_info("t", &[4], 0, 0), tensor_info("t", &[4], 0, 32)];
     assert_eq!(
         err(&file(3, &[], &infos, 32, 64)),
         GgufError::DuplicateTensor { name: "t".into() }
     );
     let long = "n".repeat(65);
     assert!(matches!(
-        err(&file(3, &[], &[info(&long, &[4], 0, 0)], 32, 16)),
+        err(&file(3, &[], &[tensor_info(&long, &[4], 0, 0)], 32, 16)),
         GgufError::StringTooLong {
             len: 65,
             limit: 64,
@@ -564,8 +521,8 @@ fn refuses_bad_types_dimensions_and_names() {
         }
     ));
     let longest = "n".repeat(64);
-    assert!(parse(&file(3, &[], &[info(&longest, &[4], 0, 0)], 32, 16)).is_ok());
-    let mut bad_name = info("t", &[4], 0, 0);
+    assert!(parse(&file(3, &[], &[tensor_info(&longest, &[4], 0, 0)], 32, 16)).is_ok());
+    let mut bad_name = tensor_info("t", &[4], 0, 0);
     bad_name[8] = 0xff;
     assert!(matches!(
         err(&file(3, &[], &[bad_name], 32, 16)),
@@ -588,7 +545,7 @@ fn refuses_bad_key_values() {
         }
     );
     assert_eq!(
-        err(&file(3, &[kv("b", 9, &arr(7, 2, &[1, 7]))], &[], 32, 0)),
+        err(&file(3, &[kv("b", 9, &array(7, 2, &[1, 7]))], &[], 32, 0)),
         GgufError::BadBool {
             key: "b".into(),
             byte: 7
@@ -602,7 +559,7 @@ fn refuses_bad_key_values() {
     ));
     // Invalid UTF-8 in a string value is kept as bytes.
     let mut v = Vec::new();
-    gstr(&mut v, &[0xff, 0xfe]);
+    string(&mut v, &[0xff, 0xfe]);
     let h = parse(&file(3, &[kv("s", 8, &v)], &[], 32, 0)).unwrap();
     assert_eq!(h.get("s"), Some(&GgufValue::String(vec![0xff, 0xfe])));
     assert_eq!(h.get("s").unwrap().as_str(), None);
@@ -611,9 +568,9 @@ fn refuses_bad_key_values() {
 #[test]
 fn array_nesting_is_bounded() {
     let nest = |depth: usize| {
-        let mut v = arr(0, 1, &[9]);
+        let mut v = array(0, 1, &[9]);
         for _ in 1..depth {
-            v = arr(9, 1, &v);
+            v = array(9, 1, &v);
         }
         kv("deep", 9, &v)
     };
@@ -625,7 +582,7 @@ fn array_nesting_is_bounded() {
     // An endless nest in a long file stops at the bound, not the stack.
     let mut deep = Vec::new();
     for _ in 0..100_000 {
-        deep.extend_from_slice(&arr(9, 1, &[]));
+        deep.extend_from_slice(&array(9, 1, &[]));
     }
     assert!(matches!(
         err(&file(3, &[kv("deep", 9, &deep)], &[], 32, 0)),
