@@ -2,9 +2,11 @@
 //!
 //! The body format is specified in [`crate::planes_codec`]. Encoding counts each
 //! quarter's bytes, so every stream's exact size is known before a bit is written, and
-//! codes the four quarters in lock-step; decoding reads 64 bits per refill, resolves
-//! five symbols per refill through a `2^11`-entry table, and runs the four streams in
-//! lock-step too, so the core overlaps four independent dependency chains.
+//! codes the four quarters in lock-step; decoding reads 64 bits per refill, makes five
+//! lookups per refill in a `2^11`-entry table whose entries hold every whole code (up
+//! to three) the 11 bits start with, and runs the four streams in lock-step too, so the
+//! core overlaps four independent dependency chains; the last symbols of each stream
+//! are resolved one lookup per symbol.
 //! Lengths over 11 bits are avoided by halving the frequencies and rebuilding the tree,
 //! which costs little because only very rare symbols are affected.
 
@@ -334,28 +336,30 @@ pub(crate) fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
     }
     let starts = [0, ends[0], ends[1], ends[2]];
 
+    let multi = multi_table(&table);
     let ranges = segments(out.len());
     let (o0, r) = out.split_at_mut(ranges[0].len());
     let (o1, r) = r.split_at_mut(ranges[1].len());
     let (o2, o3) = r.split_at_mut(ranges[2].len());
+    let outs = [o0, o1, o2, o3];
     let mut pos = starts.map(|s| s * 8);
+    let mut at = [0usize; STREAMS];
 
-    // Lock-step over the common length: four independent chains keep the core busy.
-    let common = o3.len() / PER_REFILL;
-    for (((c0, c1), c2), c3) in o0
-        .chunks_exact_mut(PER_REFILL)
-        .zip(o1.chunks_exact_mut(PER_REFILL))
-        .zip(o2.chunks_exact_mut(PER_REFILL))
-        .zip(o3.chunks_exact_mut(PER_REFILL))
+    // Lock-step while every stream has room for a whole multi-symbol group: four
+    // independent chains keep the core busy, each lookup resolving up to three symbols.
+    while outs
+        .iter()
+        .zip(&at)
+        .all(|(o, &a)| a + MULTI_SLACK <= o.len())
     {
-        pos[0] += decode_group(&table, data, pos[0], c0);
-        pos[1] += decode_group(&table, data, pos[1], c1);
-        pos[2] += decode_group(&table, data, pos[2], c2);
-        pos[3] += decode_group(&table, data, pos[3], c3);
+        for k in 0..STREAMS {
+            let (bits, symbols) = decode_multi(&multi, data, pos[k], outs[k], at[k]);
+            pos[k] += bits;
+            at[k] += symbols;
+        }
     }
-    let done = common * PER_REFILL;
-    for (k, o) in [o0, o1, o2, o3].into_iter().enumerate() {
-        for c in o[done..].chunks_mut(PER_REFILL) {
+    for (k, o) in outs.into_iter().enumerate() {
+        for c in o[at[k]..].chunks_mut(PER_REFILL) {
             pos[k] += decode_group(&table, data, pos[k], c);
         }
         // A stream must end in its own last byte: catches truncation and most damage.
@@ -367,6 +371,69 @@ pub(crate) fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Lookups per refill of [`decode_multi`]: each takes at most 11 of the 57 valid bits.
+const MULTI_LOOKUPS: usize = 5;
+/// Output room [`decode_multi`] needs: three bytes written per lookup.
+const MULTI_SLACK: usize = 3 * MULTI_LOOKUPS;
+
+/// Decodes [`MULTI_LOOKUPS`] lookups of the multi-symbol table into `out` from `at` (which
+/// must leave [`MULTI_SLACK`] bytes of room; bytes past the symbols decoded are scratch,
+/// overwritten later); returns the bits used and the symbols decoded. Equivalent to
+/// single-symbol lookups one after another.
+#[inline(always)]
+fn decode_multi(
+    table: &[u32; TABLE_SIZE],
+    data: &[u8],
+    bitpos: usize,
+    out: &mut [u8],
+    at: usize,
+) -> (usize, usize) {
+    let mut bits = peek(data, bitpos);
+    let mut used = 0usize;
+    let Some(room) = out.get_mut(at..at + MULTI_SLACK) else {
+        return (0, 0);
+    };
+    let mut written = 0usize;
+    for _ in 0..MULTI_LOOKUPS {
+        let e = table[(bits & TABLE_BITS_MASK) as usize];
+        if let Some(dst) = room.get_mut(written..written + 3) {
+            dst.copy_from_slice(&e.to_le_bytes()[..3]);
+        }
+        let l = (e >> 24) & 0xf;
+        let n = (e >> 28) as usize;
+        bits >>= l;
+        used += l as usize;
+        written += n;
+    }
+    (used, written)
+}
+
+/// The multi-symbol table: for each 11-bit index, as many whole codes (up to three) as
+/// fit in its bits, decoded one after another with `table`. Entry = the symbols in
+/// bytes 0-2, their total length in bits 24-27, their count in bits 28-29.
+fn multi_table(table: &[u16; TABLE_SIZE]) -> [u32; TABLE_SIZE] {
+    let mut multi = [0u32; TABLE_SIZE];
+    for (i, m) in multi.iter_mut().enumerate() {
+        let mut rest = i;
+        let mut total = 0u32;
+        let mut count = 0u32;
+        let mut symbols = 0u32;
+        while count < 3 {
+            let e = table[rest];
+            let l = u32::from(e >> 8);
+            if total + l > MAX_CODE_LEN {
+                break;
+            }
+            symbols |= u32::from(e & 0xff) << (8 * count);
+            total += l;
+            count += 1;
+            rest >>= l;
+        }
+        *m = symbols | total << 24 | count << 28;
+    }
+    multi
 }
 
 /// Decode table: entry = symbol | length << 8, indexed by the next 11 bits.
@@ -424,6 +491,13 @@ mod tests {
         let mut random = vec![0u8; 10_001];
         rng.fill_bytes(&mut random);
         round_trip(&random);
+        // Skewed bytes at lengths around the multi-symbol lock-step's edges.
+        for n in [59, 60, 61, 64, 100, 1000, 4099] {
+            let data: Vec<u8> = (0..n)
+                .map(|_| (120.0 + rng.normal() * 2.0).clamp(0.0, 255.0) as u8)
+                .collect();
+            round_trip(&data);
+        }
     }
 
     #[test]

@@ -50,20 +50,28 @@ pub fn default_registry() -> CodecRegistry {
     registry.with_encoder(Arc::new(PlanesCodec))
 }
 
-/// Appends `decoded_len` bytes to `out` and lets `fill` write them; on failure `out` is
-/// left as it was. The length is checked before anything is allocated.
-pub(crate) fn decode_appending(
-    codec: &'static str,
-    out: &mut Vec<u8>,
-    decoded_len: usize,
-    fill: impl FnOnce(&mut [u8]) -> Result<()>,
-) -> Result<()> {
+/// Fails unless `decoded_len` is within [`MAX_DECODED_LEN`]: checked before a decoder
+/// allocates anything.
+pub(crate) fn check_decoded_len(codec: &'static str, decoded_len: usize) -> Result<()> {
     if decoded_len > MAX_DECODED_LEN {
         return Err(FragmentError::codec(
             codec,
             format!("declared length {decoded_len} exceeds the limit {MAX_DECODED_LEN}"),
         ));
     }
+    Ok(())
+}
+
+/// Appends `decoded_len` bytes to `out` and lets `fill` write them; on failure `out` is
+/// left as it was. The length is checked before anything is allocated.
+#[cfg(any(feature = "lz4", feature = "zstd"))]
+pub(crate) fn decode_appending(
+    codec: &'static str,
+    out: &mut Vec<u8>,
+    decoded_len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<()> {
+    check_decoded_len(codec, decoded_len)?;
     let start = out.len();
     out.resize(start + decoded_len, 0);
     let result = fill(&mut out[start..]);

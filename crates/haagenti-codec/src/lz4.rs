@@ -4,7 +4,7 @@
 use haagenti_core::codec::CodecTag;
 use haagenti_core::{Codec, EncodeHint, FragmentError, Result};
 
-use crate::decode_appending;
+use crate::{check_decoded_len, decode_appending};
 
 /// LZ4 block compression: fast, modest ratio; no entropy coding. The block must decode
 /// to exactly the declared length.
@@ -31,6 +31,11 @@ impl Codec for Lz4Codec {
         decode_appending("lz4", out, decoded_len, |dst| {
             decompress(input, dst).map_err(|e| FragmentError::codec("lz4", e))
         })
+    }
+
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> Result<()> {
+        check_decoded_len("lz4", out.len())?;
+        decompress(input, out).map_err(|e| FragmentError::codec("lz4", e))
     }
 }
 

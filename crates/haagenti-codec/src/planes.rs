@@ -36,14 +36,54 @@ pub(crate) fn split(input: &[u8], width: usize, rotate: bool, planes: &mut [u8])
 }
 
 /// Inverse of [`split`]: interleaves `planes` back into `out` (same length).
+#[cfg(test)]
 pub(crate) fn merge(planes: &[u8], width: usize, rotate: bool, out: &mut [u8]) {
-    match (width, rotate) {
-        (2, false) => merge_2::<0>(planes, out),
-        (2, true) => merge_2::<1>(planes, out),
-        (4, false) => merge_4::<0>(planes, out),
-        (4, true) => merge_4::<1>(planes, out),
-        (8, _) => merge_8(planes, rotate, out),
-        _ => out.copy_from_slice(planes),
+    let n = planes.len() / width;
+    let parts: Vec<&[u8]> = (0..width).map(|j| &planes[j * n..(j + 1) * n]).collect();
+    merge_parts(&parts, 0..n, rotate, out);
+}
+
+/// Inverse of [`split`], appending: interleaves `planes` (1, 2, 4 or 8 planes of equal
+/// length, wherever each lives) onto the end of `out`, block by block through an L1-sized
+/// buffer, so `out` is written once and never zero-filled.
+pub(crate) fn merge_append(planes: &[&[u8]], rotate: bool, out: &mut Vec<u8>) {
+    let width = planes.len().max(1);
+    let n = planes.first().map_or(0, |p| p.len());
+    if width == 1 {
+        out.extend_from_slice(planes.first().copied().unwrap_or_default());
+        return;
+    }
+    out.reserve(n * width);
+    let mut buffer = [0u8; BLOCK * 8];
+    let per_block = buffer.len() / width;
+    let mut start = 0;
+    while start < n {
+        let end = (start + per_block).min(n);
+        let block = &mut buffer[..(end - start) * width];
+        merge_parts(planes, start..end, rotate, block);
+        out.extend_from_slice(block);
+        start = end;
+    }
+}
+
+/// Inverse of [`split`] over planes wherever each lives (1, 2, 4 or 8 of equal length):
+/// interleaves them into `out`, their total length.
+pub(crate) fn merge_into(planes: &[&[u8]], rotate: bool, out: &mut [u8]) {
+    let n = planes.first().map_or(0, |p| p.len());
+    merge_parts(planes, 0..n, rotate, out);
+}
+
+/// Interleaves elements `elements` of `planes` into `out` (`elements.len()` times the
+/// plane count bytes).
+fn merge_parts(planes: &[&[u8]], elements: std::ops::Range<usize>, rotate: bool, out: &mut [u8]) {
+    let part = |j: usize| &planes[j][elements.clone()];
+    match (planes.len(), rotate) {
+        (2, false) => merge_2::<0>(part(0), part(1), out),
+        (2, true) => merge_2::<1>(part(0), part(1), out),
+        (4, false) => merge_4::<0>([part(0), part(1), part(2), part(3)], out),
+        (4, true) => merge_4::<1>([part(0), part(1), part(2), part(3)], out),
+        (8, _) => merge_8(std::array::from_fn(part), rotate, out),
+        _ => out.copy_from_slice(part(0)),
     }
 }
 
@@ -80,9 +120,8 @@ fn even_bytes(v: u64) -> u32 {
     (x | (x >> 16)) as u32
 }
 
-fn merge_2<const ROT: u32>(planes: &[u8], out: &mut [u8]) {
-    let n = planes.len() / 2;
-    let (p0, p1) = planes.split_at(n);
+fn merge_2<const ROT: u32>(p0: &[u8], p1: &[u8], out: &mut [u8]) {
+    let n = p0.len();
     for ((e, &a), &b) in out[..2 * n].chunks_exact_mut(2).zip(p0).zip(p1) {
         let v = u16::from_le_bytes([a, b]).rotate_right(ROT);
         e.copy_from_slice(&v.to_le_bytes());
@@ -101,11 +140,8 @@ fn split_4<const ROT: u32>(input: &[u8], planes: &mut [u8]) {
     }
 }
 
-fn merge_4<const ROT: u32>(planes: &[u8], out: &mut [u8]) {
-    let n = planes.len() / 4;
-    let (p0, rest) = planes.split_at(n);
-    let (p1, rest) = rest.split_at(n);
-    let (p2, p3) = rest.split_at(n);
+fn merge_4<const ROT: u32>([p0, p1, p2, p3]: [&[u8]; 4], out: &mut [u8]) {
+    let n = p0.len();
     let elements = out[..4 * n].chunks_exact_mut(4);
     for ((((e, &a), &b), &c), &d) in elements.zip(p0).zip(p1).zip(p2).zip(p3) {
         let v = u32::from_le_bytes([a, b, c, d]).rotate_right(ROT);
@@ -140,14 +176,13 @@ fn split_8(input: &[u8], rotate: bool, planes: &mut [u8]) {
     }
 }
 
-fn merge_8(planes: &[u8], rotate: bool, out: &mut [u8]) {
-    let n = planes.len() / 8;
+fn merge_8(planes: [&[u8]; 8], rotate: bool, out: &mut [u8]) {
+    let n = planes[0].len();
     for (b, elements) in out[..n * 8].chunks_mut(BLOCK * 8).enumerate() {
         let base = b * BLOCK;
         let count = elements.len() / 8;
-        for j in 0..8 {
-            let start = j * n + base;
-            let plane = &planes[start..start + count];
+        for (j, plane) in planes.iter().enumerate() {
+            let plane = &plane[base..base + count];
             for (e, &p) in elements.chunks_exact_mut(8).zip(plane) {
                 e[j] = p;
             }
@@ -182,6 +217,14 @@ mod tests {
                     let mut back = vec![0u8; n * width];
                     merge(&planes, width, rotate, &mut back);
                     assert_eq!(back, input);
+                    let mut appended = vec![7u8];
+                    let parts: Vec<&[u8]> =
+                        (0..width).map(|j| &planes[j * n..(j + 1) * n]).collect();
+                    merge_append(&parts, rotate, &mut appended);
+                    assert_eq!(appended[1..], input[..]);
+                    let mut filled = vec![0xA5; n * width];
+                    merge_into(&parts, rotate, &mut filled);
+                    assert_eq!(filled, input);
                 }
             }
         }

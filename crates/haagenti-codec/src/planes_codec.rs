@@ -68,7 +68,7 @@ use haagenti_core::codec::CodecTag;
 use haagenti_core::{Codec, CodecPolicy, EncodeHint, FragmentError, Result};
 
 use crate::huffman::{self, Histogram};
-use crate::{decode_appending, planes};
+use crate::{check_decoded_len, planes};
 
 /// Byte planes with a per-plane entropy coder or LZ coder; the library's default encoder.
 /// The element width comes from the hint's dtype (none: one plane) and the effort from its
@@ -121,9 +121,13 @@ impl Codec for PlanesCodec {
     }
 
     fn decode(&self, input: &[u8], decoded_len: usize, out: &mut Vec<u8>) -> Result<()> {
-        decode_appending("planes", out, decoded_len, |dst| {
-            decode(input, dst).map_err(|e| FragmentError::codec("planes", e))
-        })
+        check_decoded_len("planes", decoded_len)?;
+        decode(input, decoded_len, Out::Append(out)).map_err(|e| FragmentError::codec("planes", e))
+    }
+
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> Result<()> {
+        check_decoded_len("planes", out.len())?;
+        decode(input, out.len(), Out::Fill(out)).map_err(|e| FragmentError::codec("planes", e))
     }
 }
 
@@ -383,7 +387,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(input: &[u8], dst: &mut [u8]) -> Result<(), String> {
+/// Where [`decode`] puts the decoded bytes.
+enum Out<'o> {
+    /// Appended to the vector (which is never zero-filled first).
+    Append(&'o mut Vec<u8>),
+    /// Written over the slice, which is exactly `decoded_len` bytes long.
+    Fill(&'o mut [u8]),
+}
+
+/// Decodes the payload into the planes buffer, checks it whole, then interleaves the
+/// `decoded_len` bytes into `out` (nothing is appended on failure).
+fn decode(input: &[u8], decoded_len: usize, out: Out<'_>) -> Result<(), String> {
     let mut r = Reader { rest: input };
     let version = r.u8("header")?;
     if version != PLANES_FORMAT_VERSION {
@@ -400,29 +414,45 @@ fn decode(input: &[u8], dst: &mut [u8]) -> Result<(), String> {
         LAYOUT_ROTATED if width > 1 => true,
         other => return Err(format!("invalid layout {other} for width {width}")),
     };
-    let n = dst.len() / width;
+    let n = decoded_len / width;
     let body = n * width;
-    let (elements, tail) = dst.split_at_mut(body);
-    if width == 1 {
-        decode_plane(&mut r, elements)?;
-    } else {
-        with_planes_buffer(body, |split| {
-            for j in 0..width {
-                decode_plane(&mut r, &mut split[j * n..(j + 1) * n])
-                    .map_err(|e| format!("plane {j}: {e}"))?;
+    with_planes_buffer(body, |split| {
+        // Raw planes are merged straight from the payload, never copied into the buffer.
+        let mut raw: [Option<&[u8]>; 8] = [None; 8];
+        for j in 0..width {
+            raw[j] = decode_plane(&mut r, &mut split[j * n..(j + 1) * n]).map_err(|e| {
+                if width == 1 {
+                    e
+                } else {
+                    format!("plane {j}: {e}")
+                }
+            })?;
+        }
+        let tail = r.take(decoded_len - body, "trailing element")?;
+        if !r.rest.is_empty() {
+            return Err(format!(
+                "{} unexpected bytes after the payload",
+                r.rest.len()
+            ));
+        }
+        let planes: [&[u8]; 8] = std::array::from_fn(|j| match raw[j] {
+            Some(plane) => plane,
+            None => split.get(j * n..(j + 1) * n).unwrap_or_default(),
+        });
+        match out {
+            Out::Append(out) => {
+                out.reserve(decoded_len);
+                planes::merge_append(&planes[..width], rotate, out);
+                out.extend_from_slice(tail);
             }
-            planes::merge(split, width, rotate, elements);
-            Ok::<_, String>(())
-        })?;
-    }
-    tail.copy_from_slice(r.take(tail.len(), "trailing element")?);
-    if !r.rest.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the payload",
-            r.rest.len()
-        ));
-    }
-    Ok(())
+            Out::Fill(out) => {
+                let (elements, rest) = out.split_at_mut(body);
+                planes::merge_into(&planes[..width], rotate, elements);
+                rest.copy_from_slice(tail);
+            }
+        }
+        Ok(())
+    })
 }
 
 thread_local! {
@@ -456,9 +486,11 @@ fn with_planes_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
-fn decode_plane(r: &mut Reader<'_>, dst: &mut [u8]) -> Result<(), String> {
+/// Decodes one plane into `dst`, except a raw plane, which is returned as the payload's
+/// own bytes (`dst` is then left as it was).
+fn decode_plane<'a>(r: &mut Reader<'a>, dst: &mut [u8]) -> Result<Option<&'a [u8]>, String> {
     match r.u8("plane method")? {
-        METHOD_RAW => dst.copy_from_slice(r.take(dst.len(), "raw plane")?),
+        METHOD_RAW => return r.take(dst.len(), "raw plane").map(Some),
         METHOD_CONST => dst.fill(r.u8("constant plane")?),
         METHOD_HUFFMAN => huffman::decode(r.sized("huffman plane")?, dst)?,
         #[cfg(feature = "lz4")]
@@ -471,5 +503,5 @@ fn decode_plane(r: &mut Reader<'_>, dst: &mut [u8]) -> Result<(), String> {
         METHOD_ZSTD => return Err("zstd planes are not compiled into this build".into()),
         m => return Err(format!("unknown plane method {m}")),
     }
-    Ok(())
+    Ok(None)
 }

@@ -4,7 +4,7 @@
 use haagenti_core::codec::CodecTag;
 use haagenti_core::{Codec, EncodeHint, FragmentError, Result};
 
-use crate::decode_appending;
+use crate::{check_decoded_len, decode_appending};
 
 /// zstd at a fixed level over the raw bytes. Decoding needs no level: any zstd frame
 /// decodes, and the output must be exactly the declared length.
@@ -41,6 +41,11 @@ impl Codec for ZstdCodec {
         decode_appending("zstd", out, decoded_len, |dst| {
             decompress(input, dst).map_err(|e| FragmentError::codec("zstd", e))
         })
+    }
+
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> Result<()> {
+        check_decoded_len("zstd", out.len())?;
+        decompress(input, out).map_err(|e| FragmentError::codec("zstd", e))
     }
 }
 

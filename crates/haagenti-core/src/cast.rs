@@ -165,12 +165,21 @@ fn map_elements<const N: usize, const M: usize>(
     f: impl Fn([u8; N]) -> [u8; M],
 ) -> Vec<u8> {
     let mut out = vec![0u8; src.len() / N * M];
+    map_elements_into(src, &mut out, f);
+    out
+}
+
+/// [`map_elements`] over `out`, which holds `src.len() / N * M` bytes.
+fn map_elements_into<const N: usize, const M: usize>(
+    src: &[u8],
+    out: &mut [u8],
+    f: impl Fn([u8; N]) -> [u8; M],
+) {
     for (o, c) in out.chunks_exact_mut(M).zip(src.chunks_exact(N)) {
         let mut element = [0u8; N];
         element.copy_from_slice(c);
         o.copy_from_slice(&f(element));
     }
-    out
 }
 
 /// Converts whole elements between f32 and bf16/f16: narrowing rounds to nearest even
@@ -193,9 +202,76 @@ pub fn convert(src: &[u8], from: Dtype, to: Dtype) -> Option<Vec<u8>> {
     }
 }
 
+/// [`convert`] into `out`, overwriting every byte of it (its prior contents never
+/// matter): false, leaving `out` unspecified, when [`convert`] would give `None` or a
+/// result of another length than `out`'s.
+pub fn convert_into(src: &[u8], from: Dtype, to: Dtype, out: &mut [u8]) -> bool {
+    let (n, m) = match (from, to) {
+        (Dtype::F32, Dtype::BF16 | Dtype::F16) => (4, 2),
+        (Dtype::BF16 | Dtype::F16, Dtype::F32) => (2, 4),
+        _ => return false,
+    };
+    if src.len() % n != 0 || src.len() / n * m != out.len() {
+        return false;
+    }
+    match (from, to) {
+        (Dtype::F32, Dtype::BF16) => map_elements_into::<4, 2>(src, out, |c| {
+            f32_to_bf16(f32::from_le_bytes(c)).to_le_bytes()
+        }),
+        (Dtype::F32, _) => map_elements_into::<4, 2>(src, out, |c| {
+            f32_to_f16(f32::from_le_bytes(c)).to_le_bytes()
+        }),
+        (Dtype::BF16, _) => map_elements_into::<2, 4>(src, out, |c| {
+            bf16_to_f32(u16::from_le_bytes(c)).to_le_bytes()
+        }),
+        _ => map_elements_into::<2, 4>(src, out, |c| {
+            f16_to_f32(u16::from_le_bytes(c)).to_le_bytes()
+        }),
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn convert_into_agrees_with_convert() {
+        let values = [
+            0.0f32,
+            -1.5,
+            1.234_567,
+            1e-8,
+            65504.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let f32s: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (src, from, to) in [
+            (&f32s[..], Dtype::F32, Dtype::BF16),
+            (&f32s[..], Dtype::F32, Dtype::F16),
+            (&f32s[..14], Dtype::BF16, Dtype::F32),
+            (&f32s[..14], Dtype::F16, Dtype::F32),
+        ] {
+            let want = convert(src, from, to).unwrap();
+            let mut out = vec![0xA5; want.len()];
+            assert!(convert_into(src, from, to, &mut out));
+            assert_eq!(out, want);
+            assert!(!convert_into(src, from, to, &mut vec![0; want.len() + 1]));
+        }
+        assert!(!convert_into(
+            &f32s,
+            Dtype::F32,
+            Dtype::F32,
+            &mut vec![0; 28]
+        ));
+        assert!(!convert_into(
+            &f32s[..3],
+            Dtype::BF16,
+            Dtype::F32,
+            &mut vec![0; 4]
+        ));
+    }
 
     #[test]
     fn convert_narrows_and_widens() {

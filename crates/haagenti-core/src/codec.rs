@@ -46,6 +46,17 @@ pub trait Codec: Send + Sync + fmt::Debug {
     /// Appends exactly `decoded_len` decoded bytes to `out`.
     fn decode(&self, input: &[u8], decoded_len: usize, out: &mut Vec<u8>) -> Result<()>;
 
+    /// Decodes into `out`, whose length is the decoded length, writing every byte of it:
+    /// its prior contents are never read and never matter, so bulk readers decode into
+    /// reused buffers without clearing them. Fails exactly when [`decode`](Self::decode)
+    /// would (then `out` holds unspecified bytes). The default decodes into a new vector
+    /// and copies; codecs override it to decode in place.
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> Result<()> {
+        let decoded = self.decode_to_vec(input, out.len())?;
+        out.copy_from_slice(&decoded);
+        Ok(())
+    }
+
     /// Convenience: encode into a fresh vector.
     fn encode_to_vec(&self, input: &[u8], hint: EncodeHint) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(input.len() / 2 + 64);
@@ -100,6 +111,17 @@ impl Codec for RawCodec {
             ));
         }
         out.extend_from_slice(input);
+        Ok(())
+    }
+
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> Result<()> {
+        if input.len() != out.len() {
+            return Err(FragmentError::codec(
+                "raw",
+                format!("payload is {} bytes, expected {}", input.len(), out.len()),
+            ));
+        }
+        out.copy_from_slice(input);
         Ok(())
     }
 }

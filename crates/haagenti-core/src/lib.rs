@@ -6,6 +6,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod buffers;
 pub mod cast;
 pub mod codec;
 pub mod error;

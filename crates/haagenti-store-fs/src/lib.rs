@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use haagenti_core::buffers;
 use haagenti_core::store::TMP_PREFIX;
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
 
@@ -270,9 +271,16 @@ impl FragmentStore for FsStore {
         let key = key.clone();
         self.blocking(move |root, _| {
             let path = root.join(key.as_str());
-            fs::read(&path)
-                .map(Bytes::from)
-                .map_err(|e| map_io(&key, "get", &path, e))
+            // Into a reused buffer with room for the file's size (read to its end, as
+            // `fs::read` does: one read, then the one that sees the end).
+            let read = || -> std::io::Result<Bytes> {
+                let mut f = File::open(&path)?;
+                let len = usize::try_from(f.metadata()?.len()).unwrap_or(0);
+                let mut buf = buffers::OBJECTS.take(len);
+                f.read_to_end(&mut buf)?;
+                Ok(buffers::OBJECTS.into_bytes(buf))
+            };
+            read().map_err(|e| map_io(&key, "get", &path, e))
         })
         .await
     }

@@ -173,12 +173,35 @@ fn round_trip(codec: &dyn Codec, case: &str, data: &[u8], hint: EncodeHint) {
         data.len()
     );
     assert!(&out[6..] == data, "{}: round trip changed the bytes", ctx());
+
+    // In place, over a buffer holding leftovers: every byte must be written.
+    let mut filled = vec![0xA5; data.len()];
+    codec
+        .decode_into(&payload, &mut filled)
+        .unwrap_or_else(|e| panic!("{}: decode_into: {e}", ctx()));
+    assert!(filled == data, "{}: decode_into changed the bytes", ctx());
 }
 
-/// Decodes `payload` as `decoded_len` bytes: `Err` is fine, `Ok` must append exactly.
+/// Decodes `payload` as `decoded_len` bytes: `Err` is fine, `Ok` must append exactly;
+/// `decode_into` (tried on lengths a test can allocate) must agree with `decode`.
 fn decode_must_be_sound(codec: &dyn Codec, payload: &[u8], decoded_len: usize, what: &str) {
     let mut out = b"prefix".to_vec();
-    if codec.decode(payload, decoded_len, &mut out).is_ok() {
+    let decoded = codec.decode(payload, decoded_len, &mut out);
+    if decoded_len <= 1 << 20 {
+        let mut filled = vec![0xA5; decoded_len];
+        let in_place = codec.decode_into(payload, &mut filled);
+        assert!(
+            decoded.is_ok() == in_place.is_ok(),
+            "{}: {what}: decode and decode_into disagree on success",
+            codec.name()
+        );
+        assert!(
+            in_place.is_err() || out.get(6..) == Some(&filled[..]),
+            "{}: {what}: decode and decode_into disagree on the bytes",
+            codec.name()
+        );
+    }
+    if decoded.is_ok() {
         assert!(
             decoded_len <= MAX_DECODED_LEN,
             "{}: {what}: accepted decoded length {decoded_len} above the limit",

@@ -214,8 +214,21 @@ impl FragmentLibrary {
         progress: Option<&dyn Progress>,
     ) -> Result<()> {
         let reader = model.uncached_file(&file.path)?;
-        let (tx, rx) = mpsc::channel::<Bytes>(reader.in_flight());
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(rx, dest.as_deref()));
+        // Hashing and writing run on two blocking threads, each fed the same pieces, so
+        // the whole-file hash and the copy into the output file proceed side by side.
+        let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(reader.in_flight());
+        let hasher = tokio::task::spawn_blocking(move || hash_pieces(hash_rx));
+        let writer = dest.map(|dest| {
+            let (tx, rx) = mpsc::channel::<Bytes>(reader.in_flight());
+            (
+                tx,
+                tokio::task::spawn_blocking(move || write_pieces(rx, &dest)),
+            )
+        });
+        let (write_tx, writer) = match writer {
+            Some((tx, task)) => (Some(tx), Some(task)),
+            None => (None, None),
+        };
         let mut pieces = reader.stream(0, file.size);
         let mut streamed = Ok(());
         while let Some(piece) = pieces.next().await {
@@ -227,17 +240,28 @@ impl FragmentLibrary {
                 }
             };
             let len = piece.len() as u64;
-            if tx.send(piece).await.is_err() {
-                break; // the writer failed: its error is the one to report
+            if let Some(tx) = &write_tx {
+                if tx.send(piece.clone()).await.is_err() {
+                    break; // the writer failed: its error is the one to report
+                }
+            }
+            if hash_tx.send(piece).await.is_err() {
+                break;
             }
             if let Some(p) = progress {
                 p.advance(len);
             }
         }
-        drop(tx);
-        let written = writer.await.map_err(join_error)?;
+        drop(write_tx);
+        drop(hash_tx);
+        let written = match writer {
+            Some(task) => task.await.map_err(join_error)?,
+            None => Ok(()),
+        };
+        let hashed = hasher.await.map_err(join_error)?;
         streamed?;
-        let (hash, count) = written?;
+        written?;
+        let (hash, count) = hashed;
         // A file with lossy substitutions cannot match the source's hash; its fragments were
         // each verified against their ids, and its length must still match.
         if count != file.size || (!file.lossy && hash != file.blake3) {
@@ -250,32 +274,27 @@ impl FragmentLibrary {
     }
 }
 
-/// The blocking end of a rebuild: hashes what arrives and writes it to `dest` (creating
-/// its directory), flushing at the end. Returns the BLAKE3 and the byte count.
-fn write_and_hash(mut rx: mpsc::Receiver<Bytes>, dest: Option<&Path>) -> Result<([u8; 32], u64)> {
-    let mut out = match dest {
-        Some(path) => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| FragmentError::io("create directory", parent, e))?;
-            }
-            let file =
-                std::fs::File::create(path).map_err(|e| FragmentError::io("create", path, e))?;
-            Some((path, std::io::BufWriter::with_capacity(1 << 20, file)))
-        }
-        None => None,
-    };
+/// The hashing end of a rebuild: the BLAKE3 of what arrives and the byte count.
+fn hash_pieces(mut rx: mpsc::Receiver<Bytes>) -> ([u8; 32], u64) {
     let mut hasher = blake3::Hasher::new();
     while let Some(bytes) = rx.blocking_recv() {
         hasher.update(&bytes);
-        if let Some((path, out)) = &mut out {
-            out.write_all(&bytes)
-                .map_err(|e| FragmentError::io("write", *path, e))?;
-        }
     }
-    if let Some((path, out)) = &mut out {
-        out.flush()
-            .map_err(|e| FragmentError::io("write", *path, e))?;
+    (*hasher.finalize().as_bytes(), hasher.count())
+}
+
+/// The writing end of a rebuild: writes what arrives to `dest` (creating its directory),
+/// flushing at the end.
+fn write_pieces(mut rx: mpsc::Receiver<Bytes>, path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| FragmentError::io("create directory", parent, e))?;
     }
-    Ok((*hasher.finalize().as_bytes(), hasher.count()))
+    let file = std::fs::File::create(path).map_err(|e| FragmentError::io("create", path, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    while let Some(bytes) = rx.blocking_recv() {
+        out.write_all(&bytes)
+            .map_err(|e| FragmentError::io("write", path, e))?;
+    }
+    out.flush().map_err(|e| FragmentError::io("write", path, e))
 }

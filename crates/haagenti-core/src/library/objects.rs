@@ -15,8 +15,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{FragmentLibrary, join_error};
+use crate::buffers;
 use crate::cast;
-use crate::codec::{CodecRegistry, EncodeHint, RAW_CODEC_TAG};
+use crate::codec::{CodecRegistry, EncodeHint, MAX_DECODED_LEN, RAW_CODEC_TAG};
 use crate::error::{FragmentError, Result};
 use crate::object::{self, ObjectHeader};
 use crate::store::{ObjectKey, PutOutcome};
@@ -199,7 +200,7 @@ impl FragmentLibrary {
         .await
         .map_err(join_error)?;
         self.inner.cache.count_decode(elapsed);
-        data.map(Bytes::from)
+        data.map(|d| buffers::FRAGMENTS.into_bytes(d))
     }
 
     /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
@@ -370,11 +371,16 @@ pub(super) fn decode_verified(
     };
     let with_key = |e: FragmentError| FragmentError::corrupt(key(), e.to_string());
     let cast_of = |source: &[u8], from: Dtype, to: Dtype| {
-        cast::convert(source, from, to)
-            .filter(|v| v.len() == len)
-            .ok_or_else(|| {
-                FragmentError::corrupt(key(), format!("cannot rebuild a {to} cast of its source"))
-            })
+        // A reused buffer: `convert_into` writes every byte or fails.
+        let mut out = buffers::FRAGMENTS.take_filled(len);
+        if cast::convert_into(source, from, to, &mut out) {
+            Ok(out)
+        } else {
+            Err(FragmentError::corrupt(
+                key(),
+                format!("cannot rebuild a {to} cast of its source"),
+            ))
+        }
     };
     let quant_of = |source: &[u8], from: Dtype, to: LegacyQuant| {
         quantize_source(source, from, to)
@@ -386,15 +392,26 @@ pub(super) fn decode_verified(
                 )
             })
     };
+    let decode_into_buffer = |tag: u16| {
+        let codec = codec(tag)?;
+        if len > MAX_DECODED_LEN {
+            return Err(with_key(FragmentError::codec(
+                codec.name(),
+                format!("declared length {len} exceeds the limit {MAX_DECODED_LEN}"),
+            )));
+        }
+        // A reused buffer: every byte is written by the codec (or the read fails).
+        let mut out = buffers::FRAGMENTS.take_filled(len);
+        codec.decode_into(payload, &mut out).map_err(with_key)?;
+        Ok(out)
+    };
     let xor_with = |tag: u16, base: &[u8]| {
-        let xor = codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?;
+        let xor = decode_into_buffer(tag)?;
         xor_into(xor, base)
             .ok_or_else(|| FragmentError::corrupt(key(), "delta and base lengths differ"))
     };
     let data = match (header.encoding, dependency) {
-        (Encoding::Standalone { codec: tag }, None) => {
-            codec(tag)?.decode_to_vec(payload, len).map_err(with_key)?
-        }
+        (Encoding::Standalone { codec: tag }, None) => decode_into_buffer(tag)?,
         (Encoding::Delta { codec: tag, .. }, Some(base)) => xor_with(tag, base)?,
         (Encoding::Cast { from, to, .. }, Some(source)) => cast_of(source, from, to)?,
         (

@@ -1,0 +1,133 @@
+//! Reusable buffers for bulk reads: fragment objects read from a store, decoded
+//! fragments. Their `Bytes` hand the buffer back to its [`Pool`] when the last clone is
+//! dropped, so a bulk read (export, verify, a mount's stream) fills memory that is
+//! already mapped instead of a fresh 1-2 MiB allocation per object, which the allocator
+//! may serve as new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
+//! most [`KEPT`] buffers of at most [`KEPT_LEN`] bytes; others are freed as usual.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+/// Most buffers a pool keeps for reuse.
+pub const KEPT: usize = 16;
+/// Largest buffer kept for reuse: the largest default fragment (2 MiB of f32).
+pub const KEPT_LEN: usize = 2 << 20;
+
+/// A process-wide free list of buffers of one use (their sizes alike).
+#[derive(Debug)]
+pub struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Stored objects as a store reads them.
+pub static OBJECTS: Pool = Pool::new();
+/// Decoded fragments.
+pub static FRAGMENTS: Pool = Pool::new();
+
+impl Pool {
+    const fn new() -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The most recently kept buffer with room for `len` bytes, as it was left (never
+    /// grown: a reallocation would copy its old contents); one whose length already
+    /// covers `len` first, so that [`take_filled`](Self::take_filled) need not extend it.
+    fn reuse(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter()
+            .rposition(|b| b.len() >= len)
+            .or_else(|| free.iter().rposition(|b| b.capacity() >= len))
+            .map(|i| free.remove(i))
+    }
+
+    /// An empty buffer with room for `len` bytes: a kept one when there is one, else a
+    /// new one. The caller bounds `len` (this allocates it).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        match self.reuse(len) {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// A buffer of exactly `len` bytes whose contents are unspecified (left over from an
+    /// earlier use; zero where it had to be extended): for writers that overwrite every
+    /// byte, such as [`Codec::decode_into`](crate::Codec::decode_into). A kept buffer
+    /// keeps its length, so buffers of one size are zero-filled once in their life. The
+    /// caller bounds `len`.
+    pub fn take_filled(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self.reuse(len).unwrap_or_default();
+        if buffer.len() >= len {
+            buffer.truncate(len);
+        } else {
+            buffer.resize(len, 0);
+        }
+        buffer
+    }
+
+    /// `data` as `Bytes` whose buffer comes back to this pool once every clone is
+    /// dropped (a plain `Bytes` when it is too large to keep).
+    pub fn into_bytes(&'static self, data: Vec<u8>) -> Bytes {
+        if keepable(&data) {
+            Bytes::from_owner(Returned { data, pool: self })
+        } else {
+            Bytes::from(data)
+        }
+    }
+}
+
+/// A buffer that goes back to its pool when dropped.
+struct Returned {
+    data: Vec<u8>,
+    pool: &'static Pool,
+}
+
+impl AsRef<[u8]> for Returned {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.data);
+        if keepable(&buffer) {
+            let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < KEPT {
+                free.push(buffer);
+            }
+        }
+    }
+}
+
+fn keepable(buffer: &Vec<u8>) -> bool {
+    buffer.capacity() > 0 && buffer.capacity() <= KEPT_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static POOL: Pool = Pool::new();
+
+    #[test]
+    fn a_dropped_buffer_is_reused_with_its_bytes_intact_until_then() {
+        let mut first = POOL.take(1000);
+        first.extend_from_slice(&[7; 1000]);
+        let bytes = POOL.into_bytes(first);
+        let clone = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(&clone[..], &[7; 10]);
+        drop(clone);
+        let again = POOL.take_filled(500);
+        assert_eq!(again, [7; 500]); // the same buffer, not zero-filled again
+        drop(POOL.into_bytes(again));
+        assert!(POOL.take(300).is_empty());
+        assert_eq!(POOL.take_filled(3000), [0; 3000]);
+    }
+}
