@@ -43,6 +43,19 @@ impl Pool {
             .map(|i| free.remove(i))
     }
 
+    /// A kept buffer of exactly `len` bytes whose contents are unspecified, as
+    /// [`take_filled`](Self::take_filled) gives; `None` when no kept buffer has room, so
+    /// that the caller can fill a new one by appending instead of zero-filling it first.
+    pub fn reuse_filled(&self, len: usize) -> Option<Vec<u8>> {
+        let mut buffer = self.reuse(len)?;
+        if buffer.len() >= len {
+            buffer.truncate(len);
+        } else {
+            buffer.resize(len, 0);
+        }
+        Some(buffer)
+    }
+
     /// An empty buffer with room for `len` bytes: a kept one when there is one, else a
     /// new one. The caller bounds `len` (this allocates it).
     pub fn take(&self, len: usize) -> Vec<u8> {
@@ -61,13 +74,7 @@ impl Pool {
     /// keeps its length, so buffers of one size are zero-filled once in their life. The
     /// caller bounds `len`.
     pub fn take_filled(&self, len: usize) -> Vec<u8> {
-        let mut buffer = self.reuse(len).unwrap_or_default();
-        if buffer.len() >= len {
-            buffer.truncate(len);
-        } else {
-            buffer.resize(len, 0);
-        }
-        buffer
+        self.reuse_filled(len).unwrap_or_else(|| vec![0; len])
     }
 
     /// `data` as `Bytes` whose buffer comes back to this pool once every clone is
@@ -128,6 +135,7 @@ mod tests {
         assert_eq!(again, [7; 500]); // the same buffer, not zero-filled again
         drop(POOL.into_bytes(again));
         assert!(POOL.take(300).is_empty());
+        assert!(POOL.reuse_filled(10).is_none()); // the one kept buffer was taken
         assert_eq!(POOL.take_filled(3000), [0; 3000]);
     }
 }

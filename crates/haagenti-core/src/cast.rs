@@ -259,17 +259,12 @@ mod tests {
             assert_eq!(out, want);
             assert!(!convert_into(src, from, to, &mut vec![0; want.len() + 1]));
         }
-        assert!(!convert_into(
-            &f32s,
-            Dtype::F32,
-            Dtype::F32,
-            &mut vec![0; 28]
-        ));
+        assert!(!convert_into(&f32s, Dtype::F32, Dtype::F32, &mut [0; 28]));
         assert!(!convert_into(
             &f32s[..3],
             Dtype::BF16,
             Dtype::F32,
-            &mut vec![0; 4]
+            &mut [0; 4]
         ));
     }
 

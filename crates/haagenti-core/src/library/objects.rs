@@ -400,9 +400,20 @@ pub(super) fn decode_verified(
                 format!("declared length {len} exceeds the limit {MAX_DECODED_LEN}"),
             )));
         }
-        // A reused buffer: every byte is written by the codec (or the read fails).
-        let mut out = buffers::FRAGMENTS.take_filled(len);
-        codec.decode_into(payload, &mut out).map_err(with_key)?;
+        // A reused buffer, every byte of which the codec writes (or the read fails);
+        // without one, a new buffer the codec appends to (never zero-filled first).
+        if let Some(mut out) = buffers::FRAGMENTS.reuse_filled(len) {
+            codec.decode_into(payload, &mut out).map_err(with_key)?;
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(len);
+        codec.decode(payload, len, &mut out).map_err(with_key)?;
+        if out.len() != len {
+            return Err(with_key(FragmentError::codec(
+                codec.name(),
+                format!("decoded {} bytes, expected {len}", out.len()),
+            )));
+        }
         Ok(out)
     };
     let xor_with = |tag: u16, base: &[u8]| {
