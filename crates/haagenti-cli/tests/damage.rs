@@ -445,6 +445,22 @@ fn repair_heals_every_kind_of_damage(tmp: &Path, lib: &Lib) {
     listed.sort();
     assert_eq!(listed, victims);
     assert_eq!(verify["damaged"][0]["model"], manifest_model.as_str());
+    let base = dependency(&rows, &delta.1);
+    let base_entry = verify["damaged_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == base.as_str())
+        .unwrap();
+    assert!(
+        base_entry["dependants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == delta.0.as_str())
+            && !base_entry["used_by"].as_array().unwrap().is_empty(),
+        "{base_entry}"
+    );
     assert!(
         verify["per_model"]
             .as_array()
