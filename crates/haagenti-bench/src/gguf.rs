@@ -150,13 +150,13 @@ pub fn run(quick: bool, seed: u64, work: &Path) -> Result<Option<GgufBench>> {
     }))
 }
 
-/// Per block: the byte ranges holding fp16 scales or mins (the rest is packed quants).
-fn scale_fields(t: GgmlType) -> Option<&'static [std::ops::Range<usize>]> {
-    Some(match t {
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0..2],
-        GgmlType::Q4_1 | GgmlType::Q5_1 => &[0..4],
-        _ => return None,
-    })
+/// Bytes of fp16 scale (and min) that open each block; the rest is packed quants.
+fn scale_bytes(t: GgmlType) -> Option<usize> {
+    match t {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => Some(2),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Some(4),
+        _ => None,
+    }
 }
 
 /// Encoded size of `data` as the library stores a standalone object's payload: the
@@ -184,7 +184,7 @@ fn quant_split(path: &Path) -> Result<QuantSplit> {
         split_bytes: 0,
     };
     for t in &header.tensors {
-        let Some(fields) = scale_fields(t.ggml_type) else {
+        let Some(head) = scale_bytes(t.ggml_type) else {
             continue;
         };
         row.ggml_type = t.ggml_type.name().to_string();
@@ -194,13 +194,8 @@ fn quant_split(path: &Path) -> Result<QuantSplit> {
         for chunk in data.chunks((fragment / block).max(1) * block) {
             let (mut scales, mut quants) = (Vec::new(), Vec::new());
             for b in chunk.chunks_exact(block) {
-                let mut at = 0;
-                for f in fields {
-                    quants.extend_from_slice(&b[at..f.start]);
-                    scales.extend_from_slice(&b[f.clone()]);
-                    at = f.end;
-                }
-                quants.extend_from_slice(&b[at..]);
+                scales.extend_from_slice(&b[..head]);
+                quants.extend_from_slice(&b[head..]);
             }
             row.quant_bytes += chunk.len() as u64;
             row.standalone_bytes += encoded_len(&codecs, chunk, None)?;
