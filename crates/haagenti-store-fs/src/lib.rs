@@ -14,7 +14,10 @@
 //!   swept by the library's gc.
 //! * **Durability** (unless [`FsStore::without_sync`]): the file is fsynced before it is
 //!   published and its directory after, as is each directory a put created, so an object
-//!   a put reported survives a power cut. Nothing spanning several objects is atomic.
+//!   a put reported survives a power cut; a delete fsyncs the directory it removed the
+//!   name from, so an object a delete reported gone stays gone. Nothing spanning several
+//!   objects is atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against
+//!   every power cut the journal of feature `crash-journal` allows (module `powercut`).
 //! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
 //!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
 //!   (editor backups, …).
@@ -347,9 +350,12 @@ impl FragmentStore for FsStore {
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let key = key.clone();
-        self.blocking(move |sys, _| {
+        self.blocking(move |sys, sync| {
             let path = sys.root().join(key.as_str());
             match sys.remove_file(&path) {
+                // Durable before it returns: a manifest `rm` deleted must not come back
+                // after a power cut without the fragments a later gc deleted.
+                Ok(()) if sync => sync_dir(sys, path.parent().unwrap_or(sys.root())),
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(FragmentError::io("delete", &path, e)),

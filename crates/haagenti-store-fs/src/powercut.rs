@@ -139,7 +139,10 @@ pub fn crash_states(
             if seen.insert(key) {
                 let at = match ops.get(cut) {
                     Some(Op::Fsync { path, dir, .. }) => {
-                        format!("before fsync of {} {path:?}", if *dir { "dir" } else { "file" })
+                        format!(
+                            "before fsync of {} {path:?}",
+                            if *dir { "dir" } else { "file" }
+                        )
                     }
                     _ => "after the last operation".to_string(),
                 };
@@ -231,9 +234,8 @@ impl<'a> Replay<'a> {
                 }
             }
         }
-        let entry_durable = |i: usize, path: &str| {
-            dir_durable.get(parent(path)).is_some_and(|&c| c > i)
-        };
+        let entry_durable =
+            |i: usize, path: &str| dir_durable.get(parent(path)).is_some_and(|&c| c > i);
         let mut chooser = Chooser { choice };
         let mut dirs = self.before.dirs.clone();
         let mut names: BTreeMap<String, usize> = self
@@ -257,7 +259,9 @@ impl<'a> Replay<'a> {
             };
             match op {
                 Op::Create { path, bytes } => {
-                    let data = data_durable.get(&inode.unwrap_or(usize::MAX)).is_some_and(|&c| c > i);
+                    let data = data_durable
+                        .get(&inode.unwrap_or(usize::MAX))
+                        .is_some_and(|&c| c > i);
                     if !chooser.kept(data)
                         && let Some(inode) = inode
                     {
@@ -345,7 +349,11 @@ impl Chooser {
         match &mut self.choice {
             Choice::Random(s) => {
                 *s = mix(*s);
-                if *s & 1 == 0 { 0 } else { (*s >> 1) as usize % len.max(1) }
+                if *s & 1 == 0 {
+                    0
+                } else {
+                    (*s >> 1) as usize % len.max(1)
+                }
             }
             _ => 0,
         }

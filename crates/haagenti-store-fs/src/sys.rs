@@ -49,22 +49,28 @@ impl Sys {
     pub(crate) fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
         let mut f = File::create(path)?;
         f.write_all(bytes)?;
-        record!(self, Op::Create {
-            path: self.rel(path),
-            bytes: bytes::Bytes::copy_from_slice(bytes),
-        });
+        record!(
+            self,
+            Op::Create {
+                path: self.rel(path),
+                bytes: bytes::Bytes::copy_from_slice(bytes),
+            }
+        );
         #[cfg(feature = "crash-journal")]
         let sync = sync && self.flaw != Some(Flaw::NoFileSync);
         if sync {
             #[cfg(feature = "crash-journal")]
             #[cfg(feature = "crash-journal")]
-        let covers = self.started();
+            let covers = self.started();
             f.sync_all()?;
-            record!(self, Op::Fsync {
-                path: self.rel(path),
-                dir: false,
-                covers,
-            });
+            record!(
+                self,
+                Op::Fsync {
+                    path: self.rel(path),
+                    dir: false,
+                    covers,
+                }
+            );
         }
         Ok(())
     }
@@ -78,11 +84,14 @@ impl Sys {
         #[cfg(feature = "crash-journal")]
         let covers = self.started();
         File::open(dir)?.sync_all()?;
-        record!(self, Op::Fsync {
-            path: self.rel(dir),
-            dir: true,
-            covers,
-        });
+        record!(
+            self,
+            Op::Fsync {
+                path: self.rel(dir),
+                dir: true,
+                covers,
+            }
+        );
         Ok(())
     }
 
@@ -113,27 +122,36 @@ impl Sys {
 
     pub(crate) fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::hard_link(from, to)?;
-        record!(self, Op::Link {
-            from: self.rel(from),
-            to: self.rel(to),
-        });
+        record!(
+            self,
+            Op::Link {
+                from: self.rel(from),
+                to: self.rel(to),
+            }
+        );
         Ok(())
     }
 
     pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)?;
-        record!(self, Op::Rename {
-            from: self.rel(from),
-            to: self.rel(to),
-        });
+        record!(
+            self,
+            Op::Rename {
+                from: self.rel(from),
+                to: self.rel(to),
+            }
+        );
         Ok(())
     }
 
     pub(crate) fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)?;
-        record!(self, Op::Unlink {
-            path: self.rel(path),
-        });
+        record!(
+            self,
+            Op::Unlink {
+                path: self.rel(path),
+            }
+        );
         Ok(())
     }
 
