@@ -69,6 +69,9 @@ pub struct CrashState {
     pub label: String,
     /// The [`Op::Mark`] labels recorded before the cut: what the test knows completed.
     pub marks: Vec<String>,
+    /// Equal for two states with the same directories, files and marks (states repeat
+    /// across points: a caller checks each once).
+    pub key: u64,
     dirs: BTreeSet<String>,
     files: BTreeMap<String, Bytes>,
 }
@@ -87,9 +90,14 @@ impl CrashState {
         Ok(())
     }
 
-    /// Whether `path` holds a file in this state.
-    pub fn has_file(&self, path: &str) -> bool {
-        self.files.contains_key(path)
+    /// The bytes of the file at `path` in this state, if one is there.
+    pub fn file(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(|b| &b[..])
+    }
+
+    /// Whether the directory `path` exists in this state.
+    pub fn has_dir(&self, path: &str) -> bool {
+        self.dirs.contains(path)
     }
 }
 
@@ -98,7 +106,7 @@ impl CrashState {
 pub struct CrashStates {
     /// The durability points: fsyncs in the journal, plus its end.
     pub points: usize,
-    /// Distinct states (identical directories at one point are built once).
+    /// The states, point by point (identical ones at one point are built once).
     pub states: Vec<CrashState>,
 }
 
@@ -129,8 +137,8 @@ pub fn crash_states(
         .chain([ops.len()])
         .collect();
     let mut states = Vec::new();
-    let mut seen = HashSet::new();
     for (point, &cut) in cuts.iter().enumerate() {
+        let mut seen = HashSet::new();
         let choices = [Choice::AllLost, Choice::AllKept]
             .into_iter()
             .chain((0..random as u64).map(|r| Choice::Random(mix(seed ^ mix(cut as u64) ^ r))));
@@ -148,6 +156,7 @@ pub fn crash_states(
                 };
                 states.push(CrashState {
                     point,
+                    key,
                     label: format!("point {point}/{} (op {cut}, {at}), {choice:?}", cuts.len()),
                     ..state
                 });
@@ -315,6 +324,7 @@ impl<'a> Replay<'a> {
             .collect();
         let state = CrashState {
             point: 0,
+            key: 0,
             label: String::new(),
             marks,
             dirs,
