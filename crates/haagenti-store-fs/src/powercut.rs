@@ -12,7 +12,7 @@
 //!   returned; until then the file may be present with only a prefix of them (or none);
 //! * anything not yet durable may independently have reached the disk or not, in any
 //!   order: each state keeps a subset of those changes (all, none, and seeded random
-//!   ones), applied in program order. An entry in a directory whose own entry was lost is
+//!   ones, each change kept with probability 1/2, 7/8 or 1/8), applied in program order. An entry in a directory whose own entry was lost is
 //!   lost with it.
 //!
 //! The directory before the run is taken as durable.
@@ -115,7 +115,11 @@ pub struct CrashStates {
 enum Choice {
     AllKept,
     AllLost,
-    Random(u64),
+    /// Each pending change kept with probability `keep / 8`, from the seed.
+    Random {
+        seed: u64,
+        keep: u64,
+    },
 }
 
 /// The states a power cut could leave at every durability point of `ops` run on
@@ -141,7 +145,11 @@ pub fn crash_states(
         let mut seen = HashSet::new();
         let choices = [Choice::AllLost, Choice::AllKept]
             .into_iter()
-            .chain((0..random as u64).map(|r| Choice::Random(mix(seed ^ mix(cut as u64) ^ r))));
+            .chain((0..random as u64).map(|r| Choice::Random {
+                seed: mix(seed ^ mix(cut as u64) ^ r),
+                // Half, then mostly kept (one change lost among many), then mostly lost.
+                keep: [4, 7, 1][r as usize % 3],
+            }));
         for choice in choices {
             let (state, key) = replay.state(cut, choice);
             if seen.insert(key) {
@@ -346,9 +354,9 @@ impl Chooser {
             || match &mut self.choice {
                 Choice::AllKept => true,
                 Choice::AllLost => false,
-                Choice::Random(s) => {
-                    *s = mix(*s);
-                    *s & 1 == 1
+                Choice::Random { seed, keep } => {
+                    *seed = mix(*seed);
+                    *seed % 8 < *keep
                 }
             }
     }
@@ -357,7 +365,7 @@ impl Chooser {
     /// (random choices) half the time a prefix.
     fn prefix(&mut self, len: usize) -> usize {
         match &mut self.choice {
-            Choice::Random(s) => {
+            Choice::Random { seed: s, .. } => {
                 *s = mix(*s);
                 if *s & 1 == 0 {
                     0
