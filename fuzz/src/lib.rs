@@ -171,9 +171,13 @@ pub fn manifest_decode(mut data: &[u8]) {
         };
         wrap_manifest_body(version, data)
     };
+    // Salvage (no checksum) reads raw bytes too, bounded the same way; where the checksum
+    // holds it agrees with decode.
+    let salvaged = ModelManifest::salvage(&bytes, "fuzz");
     let Ok(manifest) = ModelManifest::decode(&bytes, "fuzz") else {
         return;
     };
+    assert_eq!(salvaged.ok().as_ref(), Some(&manifest), "salvage disagrees");
     // What decodes re-encodes to something that decodes to the same encoding.
     let again = manifest.encode().expect("a decoded manifest encodes");
     let back = ModelManifest::decode(&again, "fuzz").expect("a re-encoded manifest decodes");

@@ -2,12 +2,21 @@
 //! Q8_0, Q5_1, Q5_0, Q4_1, Q4_0; `crates/haagenti-cli/tests/py/gguf_quant_set.py`),
 //! ingested F16 first by haagenti, next to per-file zstd -3 and restic on the same files:
 //! stored ratio, ingest and restore MB/s, and what each file adds to the library.
+//!
+//! It also measures the quant-aware codec of issue 16 (item 5) without adding one to the
+//! format: each quantized tensor of each quant file, cut as ingest cuts it, encoded
+//! standalone by the library's encoder as one stream, against the same bytes split into
+//! the blocks' fp16 scales (and mins) and the packed quants, each encoded apart. The
+//! format gains a codec only if the split pays (see ARCHITECTURE.md, decisions).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use haagenti_core::codec::{CodecRegistry, EncodeHint};
+use haagenti_core::gguf::{self, GgmlType};
+use haagenti_core::{CodecPolicy, Dtype, LibraryConfig};
 use haagenti_testkit::synth::{Family, FamilyModel, FamilySpec, ModelKind};
 use serde::Serialize;
 
@@ -26,12 +35,33 @@ pub struct GgufFile {
     pub added_bytes: u64,
 }
 
+/// What splitting block scales from quants would save on one quant file.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantSplit {
+    pub ggml_type: String,
+    /// Bytes of its quantized tensors.
+    pub quant_bytes: u64,
+    /// Encoded as the library stores them standalone (one stream per fragment).
+    pub standalone_bytes: u64,
+    /// Encoded as scales and quants apart (per fragment).
+    pub split_bytes: u64,
+}
+
+impl QuantSplit {
+    /// Share of the standalone bytes the split saves.
+    pub fn saving(&self) -> f64 {
+        1.0 - self.split_bytes as f64 / self.standalone_bytes.max(1) as f64
+    }
+}
+
 /// The section's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct GgufBench {
     pub layers: u32,
     pub files: Vec<GgufFile>,
     pub systems: Vec<SystemResult>,
+    /// The quant-aware codec measurement, one row per quant type.
+    pub quant_split: Vec<QuantSplit>,
 }
 
 impl GgufBench {
@@ -103,6 +133,10 @@ pub fn run(quick: bool, seed: u64, work: &Path) -> Result<Option<GgufBench>> {
             added_bytes: r.stored_bytes_added,
         })
         .collect();
+    let quant_split = SET[1..]
+        .iter()
+        .map(|q| quant_split(&dir.join(format!("model-{q}.gguf"))))
+        .collect::<Result<Vec<_>>>()?;
     let mut systems = vec![haagenti_run.summary.clone()];
     systems.push(baselines::zstd(&family, &run_dir, 1)?);
     systems.push(baselines::restic(&family, &run_dir)?);
@@ -112,7 +146,64 @@ pub fn run(quick: bool, seed: u64, work: &Path) -> Result<Option<GgufBench>> {
         layers,
         files,
         systems,
+        quant_split,
     }))
+}
+
+/// Bytes of fp16 scale (and min) that open each block; the rest is packed quants.
+fn scale_bytes(t: GgmlType) -> Option<usize> {
+    match t {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => Some(2),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => Some(4),
+        _ => None,
+    }
+}
+
+/// Encoded size of `data` as the library stores a standalone object's payload: the
+/// encoder's output, or the bytes raw when that is not smaller.
+fn encoded_len(codecs: &CodecRegistry, data: &[u8], dtype: Option<Dtype>) -> Result<u64> {
+    let mut out = Vec::new();
+    let hint = EncodeHint {
+        dtype,
+        policy: CodecPolicy::default(),
+    };
+    codecs.encoder().encode(data, hint, &mut out)?;
+    Ok(out.len().min(data.len()) as u64)
+}
+
+/// The quant-aware codec measurement for one quant file (see the module docs).
+fn quant_split(path: &Path) -> Result<QuantSplit> {
+    let header = gguf::read_header(path)?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let codecs = haagenti_codec::default_registry();
+    let fragment = LibraryConfig::default().fragment_size;
+    let mut row = QuantSplit {
+        ggml_type: String::new(),
+        quant_bytes: 0,
+        standalone_bytes: 0,
+        split_bytes: 0,
+    };
+    for t in &header.tensors {
+        let Some(head) = scale_bytes(t.ggml_type) else {
+            continue;
+        };
+        row.ggml_type = t.ggml_type.name().to_string();
+        let block = t.ggml_type.type_size() as usize;
+        let data = &bytes[t.start as usize..t.end() as usize];
+        // Fragments of whole blocks, about `fragment` bytes each, as ingest cuts them.
+        for chunk in data.chunks((fragment / block).max(1) * block) {
+            let (mut scales, mut quants) = (Vec::new(), Vec::new());
+            for b in chunk.chunks_exact(block) {
+                scales.extend_from_slice(&b[..head]);
+                quants.extend_from_slice(&b[head..]);
+            }
+            row.quant_bytes += chunk.len() as u64;
+            row.standalone_bytes += encoded_len(&codecs, chunk, None)?;
+            row.split_bytes += encoded_len(&codecs, &scales, Some(Dtype::F16))?
+                + encoded_len(&codecs, &quants, None)?;
+        }
+    }
+    Ok(row)
 }
 
 /// The section of the report.
@@ -174,6 +265,28 @@ pub fn markdown(b: &GgufBench) -> String {
             util::human(f.bytes),
             util::human(f.added_bytes),
             100.0 * f.added_bytes as f64 / f.bytes.max(1) as f64
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nA quant-aware codec (issue 16, item 5), measured on the quantized tensors of each \
+         file as standalone fragments: the library's encoder on each fragment, against the \
+         blocks' fp16 scales (and mins) and the packed quants encoded apart.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| type | quantized bytes | standalone | split scales / quants | saving |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for q in &b.quant_split {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1}% |",
+            q.ggml_type,
+            util::human(q.quant_bytes),
+            util::human(q.standalone_bytes),
+            util::human(q.split_bytes),
+            100.0 * q.saving()
         );
     }
     s

@@ -410,6 +410,8 @@ pub struct BigModelResult {
     pub peak_rss_ingest_bytes: Option<u64>,
     pub peak_rss_export_bytes: Option<u64>,
     pub identical: bool,
+    pub ingest_profile: Profile,
+    pub export_profile: Profile,
 }
 
 pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
@@ -437,5 +439,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         peak_rss_ingest_bytes: ingest.peak_rss_bytes,
         peak_rss_export_bytes: export.peak_rss_bytes,
         identical,
+        ingest_profile: ingest.profile(size),
+        export_profile: export.profile(size),
     })
 }

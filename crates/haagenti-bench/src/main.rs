@@ -17,6 +17,7 @@
 //!   peak RSS is the kernel's own accounting (`VmHWM`) of that process alone.
 
 mod baselines;
+mod ceiling;
 mod codecs;
 mod corpus;
 mod gguf;
@@ -349,6 +350,45 @@ fn run(opts: &Options) -> Result<()> {
     eprintln!("the Python package next to safetensors ...");
     let python_bench = python::run(&work, python_size(opts.quick), opts.seed)?;
 
+    let ceiling = ceiling::UnitSpeeds::from_micro(&codec_rows, &lsh_bench).map(|speeds| {
+        let corpus_bytes: u64 = family.models.iter().map(|m| m.bytes).sum();
+        let mut rows = vec![
+            ceiling::PhaseRow::new(
+                "corpus ingest (one per model)",
+                corpus_bytes,
+                &haagenti.ingest_profile,
+                &speeds,
+                true,
+            ),
+            ceiling::PhaseRow::new(
+                "corpus export",
+                corpus_bytes,
+                &haagenti.export_profile,
+                &speeds,
+                false,
+            ),
+        ];
+        if let Some(b) = &big_model {
+            let name = format!("{} {} ingest", util::human(b.bytes), b.dtype);
+            rows.push(ceiling::PhaseRow::new(
+                &name,
+                b.bytes,
+                &b.ingest_profile,
+                &speeds,
+                true,
+            ));
+            let name = format!("{} {} export", util::human(b.bytes), b.dtype);
+            rows.push(ceiling::PhaseRow::new(
+                &name,
+                b.bytes,
+                &b.export_profile,
+                &speeds,
+                false,
+            ));
+        }
+        (speeds, rows)
+    });
+
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
         Some(b) if !b.identical => {
@@ -377,6 +417,10 @@ fn run(opts: &Options) -> Result<()> {
         haagenti_ingest_profile: haagenti.ingest_profile,
         haagenti_export_profile: haagenti.export_profile,
         big_model,
+        ceiling_markdown: ceiling
+            .as_ref()
+            .map(|(speeds, rows)| ceiling::markdown(speeds, rows)),
+        ceiling: serde_json::to_value(&ceiling)?,
         similarity_markdown: similarity.as_ref().map(similarity::markdown),
         similarity: serde_json::to_value(&similarity)?,
         gguf_markdown: gguf_bench.as_ref().map(gguf::markdown),

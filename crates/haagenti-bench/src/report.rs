@@ -97,6 +97,10 @@ pub struct Results<'a> {
     /// `None` when skipped.
     pub similarity_markdown: Option<String>,
     pub similarity: Value,
+    /// Distance to the CPU ceiling (issue 17), as `src/ceiling.rs` renders it; `None`
+    /// when a micro-benchmark row it needs is missing.
+    pub ceiling_markdown: Option<String>,
+    pub ceiling: Value,
     /// The GGUF quant set (issue 16), as `src/gguf.rs` renders it; `None` when skipped.
     pub gguf_markdown: Option<String>,
     pub gguf: Value,
@@ -302,6 +306,9 @@ pub fn markdown(r: &Results<'_>) -> String {
             if b.identical { "yes" } else { "**NO**" }
         );
     }
+    if let Some(md) = &r.ceiling_markdown {
+        let _ = writeln!(s, "\n{}", md.trim_end());
+    }
     if let Some(stats) = &r.haagenti_stats {
         let _ = writeln!(
             s,
@@ -374,6 +381,7 @@ pub fn json(r: &Results<'_>) -> Value {
             "ingest_profile": r.haagenti_ingest_profile,
             "export_profile": r.haagenti_export_profile,
             "big_model": r.big_model,
+            "ceiling": r.ceiling,
         },
         "similarity_family": r.similarity,
         "gguf_quant_set": r.gguf,

@@ -8,7 +8,7 @@ use haagenti_core::Dtype;
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
 mod common;
-use common::{Lib, haagenti, json, ok};
+use common::{Damage, Lib, RawStore, haagenti, json, ok};
 
 fn model(path: &Path, seed: u64) {
     let tensors: Vec<SynthTensor> = (0..2)
@@ -36,127 +36,173 @@ fn flip_middle_byte(path: &Path, bit: u8) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// A generated family ingested into `tmp/lib`: the family, the library, the model names.
-fn ingested_family(tmp: &Path, seed: u64) -> (synth::Family, PathBuf, Vec<String>) {
+/// A generated family (sources under `tmp/src`) ingested into `lib`: the family and the
+/// model names.
+fn ingested_family(tmp: &Path, seed: u64, lib: &Lib) -> (synth::Family, Vec<String>) {
     let family = synth::small_family(&tmp.join("src"), seed).unwrap();
-    let lib = tmp.join("lib");
     for m in &family.models {
-        ok(
-            &lib,
-            &["ingest", "--model", &m.name, m.path.to_str().unwrap()],
-        );
+        lib.ok(&["ingest", "--model", &m.name, m.path.to_str().unwrap()]);
     }
     let names = family.models.iter().map(|m| m.name.clone()).collect();
-    (family, lib, names)
+    (family, names)
 }
 
-/// The only manifest file of `name`.
-fn manifest_file(lib: &Path, name: &str) -> PathBuf {
-    let dir = lib.join("manifests").join(name);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    files.pop().unwrap()
+/// The only manifest key of `name`.
+fn manifest_key(raw: &RawStore, name: &str) -> String {
+    let mut keys = raw.keys(&format!("manifests/{name}/"));
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys.pop().unwrap()
 }
 
-fn stderr(lib: &Path, args: &[&str]) -> String {
-    let out = haagenti(lib, args);
-    assert_eq!(out.status.code(), Some(1), "{args:?} must exit 1");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// Runs every test body on a library in a directory and on one in the local S3 server.
+macro_rules! on_fs_and_s3 {
+    ($body:ident, $fs:ident, $s3:ident) => {
+        #[test]
+        fn $fs() {
+            let tmp = tempfile::tempdir().unwrap();
+            $body(tmp.path(), &Lib::fs(&tmp.path().join("lib")));
+        }
+
+        #[test]
+        fn $s3() {
+            let Some(lib) = Lib::s3(stringify!($s3)) else {
+                return;
+            };
+            let tmp = tempfile::tempdir().unwrap();
+            $body(tmp.path(), &lib);
+        }
+    };
 }
 
-#[test]
-fn flipped_manifest_byte_is_contained() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lib = tmp.path().join("lib");
+on_fs_and_s3!(
+    damaged_manifest_is_contained,
+    a_damaged_manifest_is_contained,
+    a_damaged_manifest_is_contained_on_s3
+);
+
+/// One model's manifest damaged in each of the four ways in turn: every command carries
+/// on with the other models, names the damaged one once, and exits 1; `rm` clears it.
+fn damaged_manifest_is_contained(tmp: &Path, lib: &Lib) {
     let mut srcs = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        let src = tmp.path().join(format!("{name}.safetensors"));
+        let src = tmp.join(format!("{name}.safetensors"));
         model(&src, 10 * i as u64);
-        ok(&lib, &["ingest", "--model", name, src.to_str().unwrap()]);
+        lib.ok(&["ingest", "--model", name, src.to_str().unwrap()]);
         srcs.push(src);
     }
-    flip_middle_byte(&manifest_file(&lib, "b"), 0x01);
+    let raw = lib.raw();
+    let key = manifest_key(&raw, "b");
+    let intact = raw.get(&key);
+    for how in Damage::ALL {
+        raw.put(&key, &intact);
+        raw.damage(&key, how);
+        if matches!(how, Damage::Delete) {
+            // A model without a manifest is no model: every command sees a and c only.
+            let list = lib.json(&["list", "--json"]);
+            assert_eq!(list["models"].as_array().unwrap().len(), 2, "{list}");
+            continue;
+        }
+        manifest_damage_is_contained(tmp, lib, &srcs, &format!("{how:?}"));
+    }
 
+    // rm works without decoding; then everything is green again.
+    raw.put(&key, &intact);
+    raw.damage(&key, Damage::Truncate);
+    lib.ok(&["rm", "--model", "b"]);
+    for args in [&["list"][..], &["stats"], &["verify"], &["gc"], &["repair"]] {
+        lib.ok(args);
+    }
+}
+
+fn manifest_damage_is_contained(tmp: &Path, lib: &Lib, srcs: &[PathBuf], how: &str) {
     // list: all three, the damaged one marked, exit 1.
-    let out = haagenti(&lib, &["list", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, _) = lib.exits(1, &["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = list["models"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
-    assert_eq!(names, ["a", "b", "c"]);
-    assert!(rows[1]["damaged"].is_string());
+    assert_eq!(names, ["a", "b", "c"], "{how}");
+    assert!(rows[1]["damaged"].is_string(), "{how}");
     assert!(rows[0].get("damaged").is_none() && rows[2].get("damaged").is_none());
 
     // stats: the two intact models, the damaged one named, exit 1.
-    let out = haagenti(&lib, &["stats", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stats["models"], 2);
+    let (out, _) = lib.exits(1, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["models"], 2, "{how}");
     assert_eq!(stats["damaged"].as_array().unwrap().len(), 1);
     assert_eq!(stats["damaged"][0]["model"], "b");
 
     // verify: the damaged manifest once, the other two verified in full, exit 1.
-    let out = haagenti(&lib, &["verify", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(verify["models"], 2);
+    let (out, _) = lib.exits(1, &["verify", "--json"]);
+    let verify: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verify["models"], 2, "{how}");
     assert_eq!(verify["files"], 2);
     assert_eq!(verify["problems"].as_array().unwrap().len(), 1);
     assert_eq!(verify["damaged"][0]["model"], "b");
 
+    // similar: searches a and c, names b, exit 1.
+    let (out, err) = lib.exits(1, &["similar", "--model", "a", "--json"]);
+    let similar: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(similar["damaged"][0]["model"], "b", "{how}: {similar}");
+    assert!(err.contains("DAMAGED: b"), "{how}: {err}");
+    // compare and load of intact models: unaffected; of b: an error naming its manifest.
+    lib.ok(&["compare", "--model", "a", "--model", "c"]);
+    lib.ok(&["load", "--model", "a", "--model", "c"]);
+    let (_, err) = lib.exits(1, &["compare", "--model", "a", "--model", "b"]);
+    assert!(err.contains("manifests/b/"), "{how}: {err}");
+    let (_, err) = lib.exits(1, &["show", "--model", "b"]);
+    assert!(err.contains("manifests/b/"), "{how}: {err}");
+    lib.json(&["show", "--model", "a", "--json"]);
+
     // export of an intact model: byte-identical.
-    let out_dir = tmp.path().join("out");
-    ok(
-        &lib,
-        &["export", "--model", "c", "--out", out_dir.to_str().unwrap()],
-    );
+    let out_dir = tmp.join(format!("out-{how}"));
+    lib.ok(&["export", "--model", "c", "--out", out_dir.to_str().unwrap()]);
     assert_eq!(
         std::fs::read(&srcs[2]).unwrap(),
         std::fs::read(out_dir.join("c.safetensors")).unwrap()
     );
 
-    // show: the damaged model fails naming it; an intact one still shows.
-    assert!(stderr(&lib, &["show", "--model", "b"]).contains("manifests/b/"));
-    json(&lib, &["show", "--model", "a", "--json"]);
-
-    // gc refuses, naming the manifest and the ways out.
-    let err = stderr(&lib, &["gc"]);
-    assert!(err.contains("manifests/b/"), "{err}");
+    // repair without sources names the manifest; gc refuses, naming it and the ways out.
+    let (out, _) = lib.exits(1, &["repair", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["damaged_manifests"][0]["model"], "b",
+        "{how}: {report}"
+    );
+    let (_, err) = lib.exits(1, &["gc"]);
+    assert!(err.contains("manifests/b/"), "{how}: {err}");
     assert!(
         err.contains("rm --model b") && err.contains("ingest --replace"),
-        "{err}"
+        "{how}: {err}"
     );
-
-    // rm works without decoding; then everything is green again.
-    ok(&lib, &["rm", "--model", "b"]);
-    for args in [&["list"][..], &["stats"], &["verify"], &["gc"]] {
-        ok(&lib, args);
-    }
 }
 
-#[test]
-fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lib = tmp.path().join("lib");
+on_fs_and_s3!(
+    damaged_fragments_are_contained,
+    damaged_fragments_are_contained_by_show_load_compare_similar_and_stats,
+    damaged_fragments_are_contained_by_show_load_compare_similar_and_stats_on_s3
+);
+
+fn damaged_fragments_are_contained(tmp: &Path, lib: &Lib) {
     for (i, name) in ["a", "b"].iter().enumerate() {
-        let src = tmp.path().join(format!("{name}.safetensors"));
+        let src = tmp.join(format!("{name}.safetensors"));
         model(&src, 100 * i as u64);
-        ok(&lib, &["ingest", "--model", name, src.to_str().unwrap()]);
+        lib.ok(&["ingest", "--model", name, src.to_str().unwrap()]);
     }
     // Model b: one fragment's header cut off, the other's payload flipped.
-    let rows = fragment_rows(&lib, &["b".to_string()]);
+    let rows = distinct_rows(&rows_by_model(lib, &["b".to_string()]));
     assert_eq!(rows.len(), 2, "{rows:?}");
-    let (cut, flipped) = (object_path(&lib, &rows[0].0), object_path(&lib, &rows[1].0));
-    std::fs::write(&cut, &std::fs::read(&cut).unwrap()[..10]).unwrap();
-    flip_middle_byte(&flipped, 0x01);
+    let raw = lib.raw();
+    let (cut, flipped) = (
+        RawStore::fragment_key(&rows[0].0),
+        RawStore::fragment_key(&rows[1].0),
+    );
+    let bytes = raw.get(&cut);
+    raw.put(&cut, &bytes[..10]);
+    raw.damage(&flipped, Damage::FlipByte);
 
     // show: every row, the unreadable one marked DAMAGED, exit 1 at the end.
-    let out = haagenti(&lib, &["show", "--model", "b", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, err) = lib.exits(1, &["show", "--model", "b", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     let encodings: Vec<&str> = shown["files"][0]["fragments"]
         .as_array()
         .unwrap()
@@ -170,13 +216,12 @@ fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
     );
     // Savings come from the manifest's table of stored objects: still whole.
     assert_eq!(shown["savings"]["standalone"]["fragments"], 2, "{shown}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 fragment(s) DAMAGED"));
-    ok(&lib, &["show", "--model", "a"]);
+    assert!(err.contains("1 fragment(s) DAMAGED"), "{err}");
+    lib.ok(&["show", "--model", "a"]);
 
     // load: model a whole, model b's two tensors each named, exit 1 at the end.
-    let out = haagenti(&lib, &["load", "--model", "a", "--model", "b", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let loaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, _) = lib.exits(1, &["load", "--model", "a", "--model", "b", "--json"]);
+    let loaded: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(loaded["models"][0]["tensors"], 2);
     assert_eq!(loaded["models"][1]["tensors"], 0);
     let named = loaded["models"][1]["damaged"].as_array().unwrap();
@@ -187,82 +232,99 @@ fn damaged_fragments_are_contained_by_show_load_compare_and_stats() {
             .all(|d| d.as_str().unwrap().contains("blocks."))
     );
 
-    // compare, stats and list read no fragment: unaffected.
-    ok(&lib, &["compare", "--model", "a", "--model", "b"]);
-    assert_eq!(json(&lib, &["stats", "--json"])["models"], 2);
-    ok(&lib, &["list"]);
+    // compare, similar, stats and list read no fragment payload: unaffected.
+    lib.ok(&["compare", "--model", "a", "--model", "b"]);
+    lib.ok(&["similar", "--model", "b"]);
+    lib.ok(&["similar", "--model", "a"]);
+    assert_eq!(lib.json(&["stats", "--json"])["models"], 2);
+    lib.ok(&["list"]);
     // verify names both, exit 1.
-    let err = stderr(&lib, &["verify"]);
+    let (_, err) = lib.exits(1, &["verify"]);
     assert!(err.contains("verification failed"), "{err}");
 }
 
-#[test]
-fn repair_rebuilds_damaged_index_segments_and_clears_damaged_locks_and_old_temporaries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let lib = tmp.path().join("lib");
-    let src = tmp.path().join("a.safetensors");
+on_fs_and_s3!(
+    damaged_housekeeping_objects_are_repaired,
+    repair_rebuilds_damaged_index_segments_and_clears_damaged_locks_and_old_temporaries,
+    repair_rebuilds_damaged_index_segments_and_clears_damaged_locks_on_s3
+);
+
+/// A damaged index segment is rebuilt; an unreadable lock and a temporary object are
+/// removed once older than the grace period (and a live lock can be), young ones are
+/// left. Only a directory can backdate objects; on S3 a zero grace removes the damaged
+/// lock, and the young temporary object stays (never younger than a minute).
+fn damaged_housekeeping_objects_are_repaired(tmp: &Path, lib: &Lib) {
+    let src = tmp.join("a.safetensors");
     model(&src, 7);
-    ok(&lib, &["ingest", "--model", "a", src.to_str().unwrap()]);
+    lib.ok(&["ingest", "--model", "a", src.to_str().unwrap()]);
+    let raw = lib.raw();
     // Segments live under index/<scheme>/.
-    let segment = std::fs::read_dir(lib.join("index"))
-        .unwrap()
-        .flat_map(|scheme| std::fs::read_dir(scheme.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_file())
+    let segment = raw
+        .keys("index/")
+        .into_iter()
+        .next()
         .expect("an index segment");
-    flip_middle_byte(&segment, 0x01);
-    // A lock object that is not one, older than any live lock; a fresh one, left alone.
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
-    let write_aged = |path: &Path, contents: &[u8], aged: bool| {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, contents).unwrap();
-        if aged {
-            let f = std::fs::File::options().write(true).open(path).unwrap();
+    raw.damage(&segment, Damage::FlipByte);
+    let bad_lock = "locks/ingest-00000000000000000001-deadbeef0000";
+    raw.put(bad_lock, b"\x00\x01 not a lock");
+    let fresh_bad_lock = "locks/ingest-00000000000000000002-deadbeef0001";
+    raw.put(fresh_bad_lock, b"garbage");
+    let old_tmp = "tmp/leftover-1";
+    raw.put(old_tmp, b"half a fragment");
+    let new_tmp = "tmp/leftover-2";
+    raw.put(new_tmp, b"a write in flight");
+    let on_disk = lib.endpoint.is_none();
+    if on_disk {
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+        for key in [bad_lock, old_tmp] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(lib.path.join(key))
+                .unwrap();
             f.set_modified(long_ago).unwrap();
         }
-    };
-    let bad_lock = lib.join("locks/ingest-00000000000000000001-deadbeef0000");
-    write_aged(&bad_lock, b"\x00\x01 not a lock", true);
-    let fresh_bad_lock = lib.join("locks/ingest-00000000000000000002-deadbeef0001");
-    write_aged(&fresh_bad_lock, b"garbage", false);
-    let old_tmp = lib.join("tmp/leftover-1");
-    write_aged(&old_tmp, b"half a fragment", true);
-    let new_tmp = lib.join("tmp/leftover-2");
-    write_aged(&new_tmp, b"a write in flight", false);
+    }
+    let present = |key: &str| raw.keys(key).contains(&key.to_string());
 
     // A dry run finds them and changes nothing; repair exits 1 while a segment is damaged.
-    let out = haagenti(&lib, &["repair", "--dry-run", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["damaged_segments"].as_array().unwrap().len(),
-        1,
-        "{report}"
-    );
-    assert_eq!(
-        report["damaged_locks"].as_array().unwrap().len(),
-        1,
-        "{report}"
-    );
-    assert_eq!(
-        report["stale_temporaries"].as_array().unwrap().len(),
-        1,
-        "{report}"
-    );
-    assert!(bad_lock.exists() && old_tmp.exists());
+    let (out, _) = lib.exits(1, &["repair", "--dry-run", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let found = |field: &str| report[field].as_array().unwrap().len();
+    assert_eq!(found("damaged_segments"), 1, "{report}");
+    let aged = usize::from(on_disk);
+    assert_eq!(found("damaged_locks"), aged, "{report}");
+    assert_eq!(found("stale_temporaries"), aged, "{report}");
+    assert!(present(bad_lock) && present(old_tmp) && present(&segment));
 
-    let report = json(&lib, &["repair", "--json"]);
-    assert_eq!(report["index_rebuilt"], true, "{report}");
-    assert!(!bad_lock.exists() && !old_tmp.exists());
-    assert!(
-        fresh_bad_lock.exists() && new_tmp.exists(),
-        "young objects are left"
-    );
-    // The rebuilt index loads: a second repair finds nothing of these kinds.
-    std::fs::remove_file(&fresh_bad_lock).unwrap();
-    let again = json(&lib, &["repair", "--json"]);
+    if on_disk {
+        let report = lib.json(&["repair", "--json"]);
+        assert_eq!(report["index_rebuilt"], true, "{report}");
+        assert!(!present(bad_lock) && !present(old_tmp));
+        assert!(
+            present(fresh_bad_lock) && present(new_tmp),
+            "young objects are left"
+        );
+    } else {
+        let report = lib.json(&["repair", "--grace", "0", "--json"]);
+        assert_eq!(report["index_rebuilt"], true, "{report}");
+        assert_eq!(report["damaged_locks"].as_array().unwrap().len(), 2);
+        assert!(!present(bad_lock) && !present(fresh_bad_lock));
+        assert!(
+            present(old_tmp) && present(new_tmp),
+            "temporary objects younger than a minute are left"
+        );
+    }
+    // The rebuilt index loads: a second repair finds nothing of these kinds, and a new
+    // ingest merges into it.
+    raw.delete(fresh_bad_lock);
+    let again = lib.json(&["repair", "--json"]);
     assert_eq!(again["damaged_segments"], serde_json::json!([]), "{again}");
-    ok(&lib, &["verify"]);
+    assert_eq!(again["damaged_locks"], serde_json::json!([]), "{again}");
+    let src2 = tmp.join("b.safetensors");
+    model(&src2, 8);
+    lib.ok(&["ingest", "--model", "b", src2.to_str().unwrap()]);
+    lib.ok(&["verify"]);
+    lib.ok(&["similar", "--model", "b"]);
 }
 
 /// Every fragment row of every model's `show --json` of a library on disk: `(full id,
@@ -299,14 +361,36 @@ fn dependency(rows: &[(String, String)], encoding: &str) -> String {
         .clone()
 }
 
-#[test]
-fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (family, lib, names) = ingested_family(tmp.path(), 31);
-    let rows = fragment_rows(&lib, &names);
+on_fs_and_s3!(
+    repair_heals_every_kind_of_damage,
+    repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources,
+    repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources_on_s3
+);
 
-    // One object of each kind the family has: a delta and its base, a cast and its
-    // source, a standalone blob chunk (a JSON file) and a plain tensor fragment.
+/// The fragment ids of the blob chunks of `models` (files that are not safetensors).
+fn blob_chunks(lib: &Lib, models: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for m in models {
+        let show = lib.json(&["show", "--model", m, "--json"]);
+        for f in show["files"].as_array().unwrap() {
+            if f["path"].as_str().unwrap().ends_with(".json") {
+                for r in f["fragments"].as_array().unwrap() {
+                    ids.push(r["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// One object of each kind the family has (a delta and its base, a cast and its source,
+/// a blob chunk, a plain tensor fragment) damaged in one of the four ways each, and one
+/// model's manifest: reported once each with users and dependants, and `repair --from`
+/// the sources makes the library whole again.
+fn repair_heals_every_kind_of_damage(tmp: &Path, lib: &Lib) {
+    let (family, names) = ingested_family(tmp, 31, lib);
+    let rows = distinct_rows(&rows_by_model(lib, &names));
+
     let delta = rows
         .iter()
         .find(|(_, e)| e.starts_with("delta("))
@@ -321,6 +405,11 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
         cast.0.clone(),
         dependency(&rows, &cast.1),
     ];
+    let blob = blob_chunks(lib, &names)
+        .into_iter()
+        .find(|id| !victims.contains(id))
+        .expect("a blob chunk");
+    victims.push(blob);
     let standalone = rows
         .iter()
         .find(|(id, e)| !e.contains(' ') && !victims.contains(id))
@@ -328,30 +417,25 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
     victims.push(standalone.0.clone());
     victims.sort();
     victims.dedup();
-    assert!(victims.len() >= 4, "{victims:?}");
-    // Four kinds of damage, in turn: a flipped byte, a truncation, zero length, deletion.
-    let before: Vec<Vec<u8>> = victims
+    assert!(victims.len() >= 5, "{victims:?}");
+    // A model none of whose fragments are victims loses its manifest (its fragments are
+    // then unknown to repair until the manifest is rebuilt).
+    let per_model = rows_by_model(lib, &names);
+    let (manifest_model, _) = per_model
         .iter()
-        .map(|id| std::fs::read(object_path(&lib, id)).unwrap())
-        .collect();
+        .find(|(_, rows)| rows.iter().all(|(id, _)| !victims.contains(id)))
+        .expect("a model untouched by the fragment damage");
+    let raw = lib.raw();
+    let manifest = manifest_key(&raw, manifest_model);
+    raw.damage(&manifest, Damage::FlipByte);
+    // Four kinds of damage, in turn: a flipped byte, a truncation, zero length, deletion.
     for (i, id) in victims.iter().enumerate() {
-        let path = object_path(&lib, id);
-        let mut bytes = before[i].clone();
-        match i % 4 {
-            0 => {
-                let mid = bytes.len() / 2;
-                bytes[mid] ^= 0x10;
-                std::fs::write(&path, bytes).unwrap();
-            }
-            1 => std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap(),
-            2 => std::fs::write(&path, b"").unwrap(),
-            _ => std::fs::remove_file(&path).unwrap(),
-        }
+        raw.damage(&RawStore::fragment_key(id), Damage::ALL[i % 4]);
     }
+
     // verify --json: per model, and every damaged object once with its dependants.
-    let out = haagenti(&lib, &["verify", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, _) = lib.exits(1, &["verify", "--json"]);
+    let verify: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut listed: Vec<String> = verify["damaged_objects"]
         .as_array()
         .unwrap()
@@ -360,6 +444,23 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
         .collect();
     listed.sort();
     assert_eq!(listed, victims);
+    assert_eq!(verify["damaged"][0]["model"], manifest_model.as_str());
+    let base = dependency(&rows, &delta.1);
+    let base_entry = verify["damaged_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == base.as_str())
+        .unwrap();
+    assert!(
+        base_entry["dependants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == delta.0.as_str())
+            && !base_entry["used_by"].as_array().unwrap().is_empty(),
+        "{base_entry}"
+    );
     assert!(
         verify["per_model"]
             .as_array()
@@ -369,9 +470,8 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
     );
 
     // Without sources: every damaged object once, with its users, exit 1.
-    let out = haagenti(&lib, &["repair", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, _) = lib.exits(1, &["repair", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let damaged = report["damaged"].as_array().unwrap();
     let mut found: Vec<String> = damaged
         .iter()
@@ -384,6 +484,10 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
         assert!(!d["used_by"].as_array().unwrap().is_empty(), "{d}");
         assert!(!d["healable_from"].as_array().unwrap().is_empty(), "{d}");
     }
+    assert_eq!(
+        report["damaged_manifests"][0]["model"],
+        manifest_model.as_str()
+    );
     // The delta's base names the delta among its dependants.
     let base = damaged
         .iter()
@@ -399,9 +503,9 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
     );
 
     // A dry run finds the sources and writes nothing.
-    let src = tmp.path().join("src");
-    let out = haagenti(
-        &lib,
+    let src = tmp.join("src");
+    let (out, _) = lib.exits(
+        1,
         &[
             "repair",
             "--from",
@@ -410,8 +514,7 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
             "--json",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         report["damaged"]
             .as_array()
@@ -420,40 +523,82 @@ fn repair_reports_damage_with_its_dependants_and_heals_it_from_the_sources() {
             .all(|d| d["status"] == "healable"),
         "{report}"
     );
-    assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));
+    let rebuilt = &report["rebuilt_manifests"][0];
+    assert_eq!(rebuilt["model"], manifest_model.as_str(), "{report}");
+    assert_eq!(rebuilt["status"], "healable");
+    // A flipped byte leaves the manifest decodable: the source is matched by its files.
+    assert_eq!(rebuilt["matched_by"], "file_hashes", "{report}");
+    lib.exits(1, &["verify"]);
 
     // Repair from the sources (with a symlink loop in them, walked once): verify passes
     // and every export is bit-exact.
     std::os::unix::fs::symlink(&src, src.join("loop")).unwrap();
-    let out = ok(&lib, &["repair", "--from", src.to_str().unwrap()]);
+    let out = lib.ok(&["repair", "--from", src.to_str().unwrap()]);
     assert!(out.contains("HEALED"), "{out}");
-    ok(&lib, &["verify"]);
-    ok(&lib, &["repair"]); // nothing left to find
+    assert!(
+        out.contains(&format!("REBUILT manifest of {manifest_model}")),
+        "{out}"
+    );
+    lib.ok(&["verify"]);
+    lib.ok(&["repair"]); // nothing left to find
+    lib.ok(&["gc"]); // the damaged generation is gone with the rest
     for m in &family.models {
-        let out_dir = tmp.path().join("out").join(&m.name);
-        ok(
-            &lib,
-            &[
-                "export",
-                "--model",
-                &m.name,
-                "--out",
-                out_dir.to_str().unwrap(),
-            ],
-        );
-        for f in &m.files {
-            let rel = if m.is_dir() {
-                f.strip_prefix(&m.path).unwrap().to_path_buf()
-            } else {
-                PathBuf::from(f.file_name().unwrap())
-            };
+        let out_dir = tmp.join("out").join(&m.name);
+        lib.ok(&[
+            "export",
+            "--model",
+            &m.name,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        for (rel, f) in common::files_of(m) {
             assert!(
                 std::fs::read(f).unwrap() == std::fs::read(out_dir.join(&rel)).unwrap(),
-                "{} differs after repair",
-                rel.display()
+                "{rel} differs after repair"
             );
         }
     }
+}
+
+#[test]
+fn a_manifest_with_nothing_left_is_rebuilt_from_the_source_named_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&tmp.path().join("lib"));
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        model(&models.join(format!("{name}.safetensors")), 50 + i as u64);
+    }
+    lib.ok(&["ingest", "--each", models.to_str().unwrap()]);
+    let raw = lib.raw();
+    raw.damage(&manifest_key(&raw, "b"), Damage::Empty);
+    // A source of another name is not taken for b.
+    let other = tmp.path().join("c.safetensors");
+    std::fs::copy(models.join("b.safetensors"), &other).unwrap();
+    let (out, _) = lib.exits(1, &["repair", "--from", other.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["rebuilt_manifests"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    // Nothing of it decodes: the source named after the model is taken.
+    let report = lib.json(&["repair", "--from", models.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        report["rebuilt_manifests"][0]["matched_by"], "name",
+        "{report}"
+    );
+    assert_eq!(
+        report["rebuilt_manifests"][0]["status"], "healed",
+        "{report}"
+    );
+    lib.ok(&["verify"]);
+    let out = tmp.path().join("out");
+    lib.ok(&["export", "--model", "b", "--out", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(out.join("b.safetensors")).unwrap()
+            == std::fs::read(models.join("b.safetensors")).unwrap()
+    );
 }
 
 /// `show --json` rows of each model: model → `(full id, encoding)`.
@@ -661,7 +806,8 @@ fn damaged_count(lib: &Path) -> usize {
 #[test]
 fn a_repair_killed_at_any_moment_leaves_no_worse_and_a_second_repair_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_family, lib, names) = ingested_family(tmp.path(), 33);
+    let lib = tmp.path().join("lib");
+    let (_family, names) = ingested_family(tmp.path(), 33, &Lib::fs(&lib));
     let rows = fragment_rows(&lib, &names);
     // Damage every 7th fragment object (flipped byte).
     for (id, _) in rows.iter().step_by(7) {

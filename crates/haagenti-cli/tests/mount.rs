@@ -373,8 +373,15 @@ fn a_damaged_fragment_fails_reads_with_eio_and_other_files_read_fine() {
     let lib = Lib::fs(&dir.path().join("lib"));
     let a = dir.path().join("a.safetensors");
     let b = dir.path().join("b.safetensors");
+    let c = dir.path().join("c.safetensors");
     synth::generate_model(&a, 256 << 10, 8, haagenti_core::Dtype::BF16).unwrap();
     synth::generate_model(&b, 256 << 10, 9, haagenti_core::Dtype::BF16).unwrap();
+    synth::generate_model(&c, 64 << 10, 10, haagenti_core::Dtype::BF16).unwrap();
+    // Model c: its manifest damaged, so the mount leaves it out and says so once.
+    lib.ok(&["ingest", "--model", "c", c.to_str().unwrap()]);
+    let raw = lib.raw();
+    let manifest = raw.keys("manifests/c/").pop().unwrap();
+    raw.damage(&manifest, common::Damage::FlipByte);
     lib.ok(&["ingest", "--model", "a", a.to_str().unwrap()]);
     let before = objects(&lib.path);
     lib.ok(&["ingest", "--model", "b", b.to_str().unwrap()]);
@@ -391,6 +398,20 @@ fn a_damaged_fragment_fails_reads_with_eio_and_other_files_read_fine() {
     let mnt = Mounted::start(&lib, &dir.path().join("mnt"), &[]);
     assert!(std::fs::read(mnt.path("a/a.safetensors")).unwrap() == std::fs::read(&a).unwrap());
     random_preads(&mnt.path("a/a.safetensors"), &a, 3, 200);
+    let mut listed: Vec<String> = std::fs::read_dir(mnt.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["a", "b"]);
+    assert!(!mnt.path("c").exists()); // a lookup miss lists again: still left out
+    let log = mnt.log();
+    assert_eq!(
+        log.matches("model c left out").count(),
+        1,
+        "the damaged manifest is logged once: {log}"
+    );
+    assert!(log.contains("manifests/c/"), "{log}");
 
     // Reading b in 64 KiB pieces: the pieces touching the damaged fragment fail with EIO,
     // never with wrong bytes; the others equal the source.

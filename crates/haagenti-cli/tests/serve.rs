@@ -786,6 +786,48 @@ fn a_damaged_fragment_aborts_the_response_and_is_logged() {
 }
 
 #[test]
+fn a_damaged_manifest_fails_only_its_model_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = Lib::fs(&dir.path().join("lib"));
+    let mut sources = Vec::new();
+    for (seed, name) in [(11, "m"), (12, "n")] {
+        let src = dir.path().join(format!("{name}.safetensors"));
+        synth::generate_model(&src, 1 << 20, seed, haagenti_core::Dtype::BF16).unwrap();
+        lib.ok(&[
+            "ingest",
+            "--model",
+            &format!("org/{name}"),
+            src.to_str().unwrap(),
+        ]);
+        sources.push(src);
+    }
+    let raw = lib.raw();
+    let manifest = raw.keys("manifests/org/n/").pop().unwrap();
+    raw.damage(&manifest, common::Damage::Truncate);
+    let server = Server::start(&lib, &[]);
+    // The intact model downloads whole; the damaged one is a server error, logged with
+    // the manifest's key; the listing still names both.
+    let r = get(server.addr, "/org/m/resolve/main/m.safetensors", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == std::fs::read(&sources[0]).unwrap());
+    let r = get(server.addr, "/org/n/resolve/main/n.safetensors", &[]);
+    assert_eq!(r.status, 500);
+    let r = get(server.addr, "/api/models/org/n", &[]);
+    assert_eq!(r.status, 500);
+    let started = Instant::now();
+    while server.logged(&["GET /org/n/resolve/main/n.safetensors", "manifests/org/n/"]) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no error logged: {:#?}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = get(server.addr, "/org/m/resolve/main/m.safetensors", &[]);
+    assert_eq!(r.status, 200, "the intact model after the failure");
+}
+
+#[test]
 fn sigterm_lets_the_response_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Lib::fs(&dir.path().join("lib"));

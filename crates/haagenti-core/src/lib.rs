@@ -39,8 +39,9 @@ pub use library::{
     ByteCount, DamageStatus, DamagedFragment, DamagedManifest, ExportReport, FamilyReport,
     FileReader, FragmentLibrary, FragmentUse, GcOptions, GcReport, IndexReport, IngestOptions,
     IngestReport, LossyLink, LossyModel, MetricsSnapshot, ModelComparison, ModelFile, ModelHandle,
-    ModelSavings, ModelVerified, Progress, PutFragment, Relation, RepairOptions, RepairReport,
-    SimilarTensors, StoredCount, Tensor, TensorInfo, TensorMatch, TensorSimilarity, VerifyReport,
+    ModelSavings, ModelVerified, Progress, PutFragment, RebuiltManifest, Relation, RepairOptions,
+    RepairReport, SimilarTensors, SourceMatch, StoredCount, Tensor, TensorInfo, TensorMatch,
+    TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,

@@ -512,6 +512,17 @@ impl ModelManifest {
 
     /// Parses and validates an envelope; `key` names the object in errors.
     pub fn decode(bytes: &[u8], key: &str) -> Result<Self> {
+        Self::decode_checked(bytes, key, true)
+    }
+
+    /// Decodes a manifest whose checksum fails, as far as it still decodes and validates:
+    /// for identifying what the damaged manifest described (its files' sizes and
+    /// hashes), never for rebuilding from. Same bounds as [`ModelManifest::decode`].
+    pub fn salvage(bytes: &[u8], key: &str) -> Result<Self> {
+        Self::decode_checked(bytes, key, false)
+    }
+
+    fn decode_checked(bytes: &[u8], key: &str, checksum: bool) -> Result<Self> {
         let corrupt = |why: String| FragmentError::corrupt(key, why);
         if bytes.len() < 37 || bytes[..4] != MANIFEST_MAGIC {
             return Err(corrupt(
@@ -527,7 +538,7 @@ impl ModelManifest {
             });
         }
         let body = &bytes[37..];
-        if blake3::hash(body).as_bytes() != &bytes[5..37] {
+        if checksum && blake3::hash(body).as_bytes() != &bytes[5..37] {
             return Err(corrupt("checksum mismatch".into()));
         }
         let config = bincode::config::standard().with_limit::<MAX_MANIFEST_LEN>();
@@ -766,6 +777,25 @@ mod tests {
         }
         for cut in 0..bytes.len() {
             assert!(ModelManifest::decode(&bytes[..cut], "k").is_err());
+        }
+    }
+
+    #[test]
+    fn salvage_decodes_past_a_bad_checksum_and_nothing_else() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        // A flipped checksum byte: decode refuses, salvage recovers the manifest.
+        let mut t = bytes.clone();
+        t[10] ^= 1;
+        assert!(ModelManifest::decode(&t, "k").is_err());
+        assert_eq!(ModelManifest::salvage(&t, "k").unwrap(), m);
+        // Bad magic, an unknown version, a cut body: salvage fails as decode does.
+        let mut magic = bytes.clone();
+        magic[0] ^= 1;
+        let mut version = bytes.clone();
+        version[4] = MANIFEST_FORMAT_VERSION + 1;
+        for bad in [&magic[..], &version[..], &bytes[..bytes.len() - 1], &[][..]] {
+            assert!(ModelManifest::salvage(bad, "k").is_err());
         }
     }
 

@@ -14,7 +14,10 @@
 //!   swept by the library's gc.
 //! * **Durability** (unless [`FsStore::without_sync`]): the file is fsynced before it is
 //!   published and its directory after, as is each directory a put created, so an object
-//!   a put reported survives a power cut. Nothing spanning several objects is atomic.
+//!   a put reported survives a power cut; a delete fsyncs the directory it removed the
+//!   name from, so an object a delete reported gone stays gone. Nothing spanning several
+//!   objects is atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against
+//!   every power cut the journal of feature `crash-journal` allows (module `powercut`).
 //! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
 //!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
 //!   (editor backups, …).
@@ -28,8 +31,14 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "crash-journal")]
+pub mod journal;
+#[cfg(feature = "crash-journal")]
+pub mod powercut;
+mod sys;
+
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,11 +49,13 @@ use haagenti_core::buffers;
 use haagenti_core::store::TMP_PREFIX;
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
 
+use crate::sys::Sys;
+
 /// A [`FragmentStore`] rooted at a directory; see the crate docs for its guarantees.
 /// Blocking file I/O runs on tokio's blocking pool, so calls need a tokio runtime.
 #[derive(Debug)]
 pub struct FsStore {
-    root: PathBuf,
+    sys: Sys,
     sync: bool,
 }
 
@@ -57,7 +68,10 @@ impl FsStore {
         let root = root.into();
         fs::create_dir_all(root.join(TMP_PREFIX))
             .map_err(|e| FragmentError::io("create library directory", &root, e))?;
-        Ok(Self { root, sync: true })
+        Ok(Self {
+            sys: Sys::new(root),
+            sync: true,
+        })
     }
 
     /// Turns fsync off (tests and throwaway libraries only: a crash may then lose data).
@@ -66,18 +80,34 @@ impl FsStore {
         self
     }
 
+    /// Records every filesystem change into `journal` (feature `crash-journal`: the
+    /// power-cut tests, see [`powercut`]).
+    #[cfg(feature = "crash-journal")]
+    pub fn with_journal(mut self, journal: std::sync::Arc<journal::Journal>) -> Self {
+        self.sys.journal = Some(journal);
+        self
+    }
+
+    /// Leaves out one durability step (feature `crash-journal`, tests only): the
+    /// power-cut harness must find the data this loses.
+    #[cfg(feature = "crash-journal")]
+    pub fn with_flaw(mut self, flaw: journal::Flaw) -> Self {
+        self.sys.flaw = Some(flaw);
+        self
+    }
+
     /// The store's directory, as given to [`FsStore::open`].
     pub fn root(&self) -> &Path {
-        &self.root
+        self.sys.root()
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(PathBuf, bool) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Sys, bool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let root = self.root.clone();
+        let sys = self.sys.clone();
         let sync = self.sync;
-        tokio::task::spawn_blocking(move || f(root, sync))
+        tokio::task::spawn_blocking(move || f(&sys, sync))
             .await
             .map_err(|e| FragmentError::task_failed("fs store", e))?
     }
@@ -110,13 +140,13 @@ fn temp_name() -> String {
     )
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(sys: &Sys, dir: &Path) -> Result<()> {
+    sys.sync_dir(dir)
         .map_err(|e| FragmentError::io("fsync directory", dir, e))
 }
 
-fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<PutOutcome> {
+fn put_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<PutOutcome> {
+    let root = sys.root();
     let dest = root.join(key.as_str());
     if dest.exists() {
         return Ok(PutOutcome::AlreadyExists);
@@ -130,14 +160,15 @@ fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Resul
                 None => break,
             }
         }
-        fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+        sys.create_dir_all(parent)
+            .map_err(|e| FragmentError::io("create directory", parent, e))?;
         if sync {
             // The new directories' entries must be durable too, or a power cut could
             // lose the object while the manifest naming it (another directory) survives:
             // fsync each directory that gained an entry (usually one, for a new shard).
             let mut dir = parent;
             while let Some(up) = dir.parent() {
-                sync_dir(up)?;
+                sync_dir(sys, up)?;
                 if up == first_existing {
                     break;
                 }
@@ -146,55 +177,45 @@ fn put_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Resul
         }
     }
     let tmp = root.join(TMP_PREFIX).join(temp_name());
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-        Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = sys.create_file(&tmp, bytes, sync) {
+        let _ = sys.remove_file(&tmp);
         return Err(FragmentError::io("write", &tmp, e));
     }
     // A hard link is an atomic create-only publish: it fails if `dest` exists.
-    let outcome = match fs::hard_link(&tmp, &dest) {
+    let outcome = match sys.hard_link(&tmp, &dest) {
         Ok(()) => PutOutcome::Created,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => PutOutcome::AlreadyExists,
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = sys.remove_file(&tmp);
             return Err(FragmentError::io("publish", &dest, e));
         }
     };
-    let _ = fs::remove_file(&tmp);
+    let _ = sys.remove_file(&tmp);
     if sync && outcome == PutOutcome::Created {
-        sync_dir(parent)?;
+        sync_dir(sys, parent)?;
     }
     Ok(outcome)
 }
 
 /// Writes `bytes` to a temporary file and renames it over `key`: readers see the old
 /// object or the new one, whole.
-fn replace_blocking(root: &Path, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+fn replace_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+    let root = sys.root();
     let dest = root.join(key.as_str());
     let parent = dest.parent().unwrap_or(root);
-    fs::create_dir_all(parent).map_err(|e| FragmentError::io("create directory", parent, e))?;
+    sys.create_dir_all(parent)
+        .map_err(|e| FragmentError::io("create directory", parent, e))?;
     let tmp = root.join(TMP_PREFIX).join(temp_name());
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &dest)
+        sys.create_file(&tmp, bytes, sync)?;
+        sys.rename(&tmp, &dest)
     };
     if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
+        let _ = sys.remove_file(&tmp);
         return Err(FragmentError::io("replace", &dest, e));
     }
     if sync {
-        sync_dir(parent)?;
+        sync_dir(sys, parent)?;
     }
     Ok(())
 }
@@ -257,26 +278,31 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
 impl FragmentStore for FsStore {
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
         let key = key.clone();
-        self.blocking(move |root, sync| put_blocking(&root, sync, &key, &bytes))
+        self.blocking(move |sys, sync| put_blocking(sys, sync, &key, &bytes))
             .await
     }
 
     async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
         let key = key.clone();
-        self.blocking(move |root, sync| replace_blocking(&root, sync, &key, &bytes))
+        self.blocking(move |sys, sync| replace_blocking(sys, sync, &key, &bytes))
             .await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let key = key.clone();
-        self.blocking(move |root, _| {
-            let path = root.join(key.as_str());
+        self.blocking(move |sys, _| {
+            let path = sys.root().join(key.as_str());
             // Into a reused buffer with room for the file's size (read to its end, as
-            // `fs::read` does: one read, then the one that sees the end).
+            // `fs::read` does: one read, then the one that sees the end). A file larger
+            // than a pooled buffer (an object of a large fragment size, or a hostile
+            // file) is read as `fs::read` reads it: a failed allocation is an error.
             let read = || -> std::io::Result<Bytes> {
                 let mut f = File::open(&path)?;
-                let len = usize::try_from(f.metadata()?.len()).unwrap_or(0);
-                let mut buf = buffers::OBJECTS.take(len);
+                let len = f.metadata()?.len();
+                if len > buffers::KEPT_LEN as u64 {
+                    return fs::read(&path).map(Bytes::from);
+                }
+                let mut buf = buffers::OBJECTS.take(len as usize);
                 f.read_to_end(&mut buf)?;
                 Ok(buffers::OBJECTS.into_bytes(buf))
             };
@@ -287,8 +313,8 @@ impl FragmentStore for FsStore {
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
         let key = key.clone();
-        self.blocking(move |root, _| {
-            let path = root.join(key.as_str());
+        self.blocking(move |sys, _| {
+            let path = sys.root().join(key.as_str());
             let read = || -> std::io::Result<Vec<u8>> {
                 let mut f = File::open(&path)?;
                 let len = f.metadata()?.len();
@@ -308,8 +334,8 @@ impl FragmentStore for FsStore {
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         let key = key.clone();
-        self.blocking(move |root, _| {
-            let path = root.join(key.as_str());
+        self.blocking(move |sys, _| {
+            let path = sys.root().join(key.as_str());
             match fs::metadata(&path) {
                 Ok(m) if m.is_file() => {
                     let modified = m
@@ -331,15 +357,18 @@ impl FragmentStore for FsStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = prefix.to_string();
-        self.blocking(move |root, _| list_blocking(&root, &prefix))
+        self.blocking(move |sys, _| list_blocking(sys.root(), &prefix))
             .await
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let key = key.clone();
-        self.blocking(move |root, _| {
-            let path = root.join(key.as_str());
-            match fs::remove_file(&path) {
+        self.blocking(move |sys, sync| {
+            let path = sys.root().join(key.as_str());
+            match sys.remove_file(&path) {
+                // Durable before it returns: a manifest `rm` deleted must not come back
+                // after a power cut without the fragments a later gc deleted.
+                Ok(()) if sync => sync_dir(sys, path.parent().unwrap_or(sys.root())),
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(FragmentError::io("delete", &path, e)),
@@ -349,6 +378,6 @@ impl FragmentStore for FsStore {
     }
 
     fn location(&self) -> String {
-        self.root.display().to_string()
+        self.sys.root().display().to_string()
     }
 }

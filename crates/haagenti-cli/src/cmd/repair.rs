@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use haagenti_core::{DamageStatus, RepairOptions};
+use haagenti_core::{DamageStatus, RepairOptions, SourceMatch};
 use haagenti_fragments::OpenOptions;
 
 use crate::location::Location;
@@ -14,7 +14,10 @@ use crate::render::print_json;
 pub struct Args {
     /// A model's original file, a model directory, or a directory of models (walked
     /// recursively); repeatable. Files identical to a stored file heal its damaged
-    /// fragments. Without it, repair only reports.
+    /// fragments; a model whose manifest is damaged is ingested again from the source
+    /// that holds the files it listed (or, when nothing of it decodes, the one named
+    /// after it: `NAME/`, `NAME.safetensors`, `NAME.gguf`). Without it, repair only
+    /// reports.
     #[arg(long = "from", value_name = "PATH")]
     sources: Vec<PathBuf>,
     /// Only this model; repeatable (default: every model).
@@ -23,8 +26,9 @@ pub struct Args {
     /// Find and match, write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Temporary objects younger than this many seconds are left to the writes that may
-    /// still use them.
+    /// Temporary objects younger than this many seconds (and than a minute) are left to
+    /// the writes that may still use them; so are unreadable locks younger than this or than 5 minutes (a
+    /// live lock is rewritten every minute), whichever is shorter.
     #[arg(long, default_value_t = 3600)]
     grace: u64,
     /// Print the report as JSON on stdout.
@@ -91,9 +95,42 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
             };
             outln!("  {how}")?;
         }
+        for r in &report.rebuilt_manifests {
+            let how = match r.matched_by {
+                SourceMatch::FileHashes => "holds every file it listed",
+                SourceMatch::Name => "named after the model; nothing of the manifest decodes",
+            };
+            match r.status {
+                DamageStatus::Healed => outln!(
+                    "REBUILT manifest of {}: ingested again from {} ({how})",
+                    r.model,
+                    r.source.display()
+                )?,
+                DamageStatus::Healable => outln!(
+                    "manifest {} of {} can be rebuilt from {} ({how}; dry run: not written)",
+                    r.key,
+                    r.model,
+                    r.source.display()
+                )?,
+                DamageStatus::Unhealed => outln!(
+                    "manifest {} of {}: ingesting {} failed: {}",
+                    r.key,
+                    r.model,
+                    r.source.display(),
+                    r.error.as_deref().unwrap_or("unknown error")
+                )?,
+            }
+        }
         for m in &report.damaged_manifests {
+            if report
+                .rebuilt_manifests
+                .iter()
+                .any(|r| r.key == m.key && r.status == DamageStatus::Healable)
+            {
+                continue;
+            }
             outln!(
-                "DAMAGED manifest {} of model {}: {} (`haagenti rm --model {}` or `haagenti ingest --replace --model {} PATH`)",
+                "DAMAGED manifest {} of model {}: {} (`haagenti repair --from` its original files, `haagenti rm --model {}` or `haagenti ingest --replace --model {} PATH`)",
                 m.key,
                 m.model,
                 m.error,
@@ -120,6 +157,7 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         }
         if report.damaged.is_empty()
             && report.damaged_manifests.is_empty()
+            && report.rebuilt_manifests.is_empty()
             && report.damaged_segments.is_empty()
         {
             outln!("no damage found")?;

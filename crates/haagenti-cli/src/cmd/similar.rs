@@ -1,6 +1,6 @@
 //! `haagenti similar`: for each tensor of a model, the most similar tensors elsewhere.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use haagenti_fragments::OpenOptions;
 
 use crate::location::Location;
@@ -36,8 +36,26 @@ pub async fn run(location: &Location, args: Args) -> Result<()> {
         .with_context(|| format!("finding tensors similar to model {model:?}"))?;
     warn_all(&report.warnings);
     if json {
-        return print_json(&report);
+        print_json(&report)?;
+    } else {
+        print_report(&report)?;
     }
+    // Every intact model was searched; each one left out is named once.
+    if !report.damaged.is_empty() {
+        for d in &report.damaged {
+            eprintln!("DAMAGED: {}: {}", d.model, d.error);
+        }
+        let names: Vec<&str> = report.damaged.iter().map(|d| d.model.as_str()).collect();
+        bail!(
+            "{} model(s) with an unreadable manifest were not searched: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_report(report: &haagenti_fragments::SimilarTensors) -> Result<()> {
     outln!(
         "model {}: most similar tensors elsewhere in the library (estimated cosine)",
         report.model

@@ -18,7 +18,7 @@ use fuser::{
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, Request,
 };
-use haagenti_core::{FileReader, FragmentLibrary, ModelHandle};
+use haagenti_core::{FileReader, FragmentError, FragmentLibrary, ModelHandle};
 
 /// How stored models appear under the mount point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -254,6 +254,9 @@ pub struct MountFs {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// Models left out because a manifest cannot be read, with the generation ids that
+    /// failed: each is logged once, not at every listing.
+    unreadable: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl MountFs {
@@ -284,6 +287,7 @@ impl MountFs {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+            unreadable: Mutex::new(HashMap::new()),
         };
         fs.sync(stored).await?;
         Ok(fs)
@@ -312,9 +316,22 @@ impl MountFs {
         };
         let mut added = Vec::new();
         for (name, ids) in wanted.iter().filter(|(m, ids)| known.get(*m) != Some(ids)) {
-            // A model removed between the listing and here is simply not added.
-            let Ok(manifests) = self.library.generations(name).await else {
-                continue;
+            let manifests = match self.library.generations(name).await {
+                Ok(manifests) => manifests,
+                // Removed between the listing and here: simply not added.
+                Err(e) if e.is_not_found() || matches!(e, FragmentError::ModelNotFound(_)) => {
+                    continue;
+                }
+                // Damaged: left out (the other models stay mounted), said once.
+                Err(e) => {
+                    if let Ok(mut unreadable) = self.unreadable.lock()
+                        && unreadable.get(name) != Some(ids)
+                    {
+                        eprintln!("haagenti mount: model {name} left out: {e}");
+                        unreadable.insert(name.clone(), ids.clone());
+                    }
+                    continue;
+                }
             };
             let generations: Vec<Model> = manifests
                 .iter()

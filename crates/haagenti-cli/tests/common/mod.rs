@@ -105,6 +105,43 @@ impl Lib {
         cmd
     }
 
+    /// Runs `haagenti ARGS...` on this library, whatever its outcome.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// [`Lib::run`], which must exit with `code`; returns standard output and error.
+    pub fn exits(&self, code: i32, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`Lib::ok`], parsing the output as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// The library's objects as they are, through its store (no library code): what the
+    /// damage tests break.
+    pub fn raw(&self) -> RawStore {
+        let options = haagenti_fragments::OpenOptions::default().s3_endpoint(self.endpoint.clone());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let location = self.path.to_str().unwrap().to_string();
+        let store = rt
+            .block_on(haagenti_fragments::open_store(&location, &options))
+            .unwrap();
+        RawStore { rt, store }
+    }
+
     /// Runs `haagenti ARGS...` on this library, which must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.command().args(args).output().unwrap();
@@ -114,6 +151,92 @@ impl Lib {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A test library's store, driven directly.
+pub struct RawStore {
+    rt: tokio::runtime::Runtime,
+    store: std::sync::Arc<dyn haagenti_core::FragmentStore>,
+}
+
+/// One way to damage a stored object.
+#[derive(Clone, Copy, Debug)]
+pub enum Damage {
+    /// One bit of the middle byte flipped.
+    FlipByte,
+    /// The second half cut off.
+    Truncate,
+    /// Zero bytes left.
+    Empty,
+    /// Gone.
+    Delete,
+}
+
+impl Damage {
+    pub const ALL: [Damage; 4] = [
+        Damage::FlipByte,
+        Damage::Truncate,
+        Damage::Empty,
+        Damage::Delete,
+    ];
+}
+
+impl RawStore {
+    fn key(key: &str) -> haagenti_core::ObjectKey {
+        haagenti_core::ObjectKey::new(key.to_string()).unwrap()
+    }
+
+    /// The key of fragment `id` (full hex).
+    pub fn fragment_key(id: &str) -> String {
+        format!("fragments/{}/{}/{id}", &id[..2], &id[2..4])
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        self.rt
+            .block_on(self.store.get(&Self::key(key)))
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Writes `bytes` at `key`, over what is there.
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        self.rt
+            .block_on(self.store.replace(&Self::key(key), bytes.to_vec().into()))
+            .unwrap();
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.rt
+            .block_on(self.store.delete(&Self::key(key)))
+            .unwrap();
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .rt
+            .block_on(self.store.list(prefix))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key.as_str().to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    pub fn damage(&self, key: &str, how: Damage) {
+        let mut bytes = self.get(key);
+        match how {
+            Damage::FlipByte => {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x10;
+            }
+            Damage::Truncate => bytes.truncate(bytes.len() / 2),
+            Damage::Empty => bytes.clear(),
+            Damage::Delete => return self.delete(key),
+        }
+        self.put(key, &bytes);
     }
 }
 

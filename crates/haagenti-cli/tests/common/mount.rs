@@ -34,15 +34,19 @@ pub fn fuse_available(test: &str) -> Option<()> {
 }
 
 /// A running `haagenti mount --foreground`; dropping it unmounts, whatever happened.
+/// Its standard error goes to `MOUNTPOINT.log` (printed when a test fails).
 pub struct Mounted {
     pub child: Child,
     pub mountpoint: PathBuf,
+    log: PathBuf,
 }
 
 impl Mounted {
     pub fn start(lib: &Lib, mountpoint: &Path, extra: &[&str]) -> Mounted {
         std::fs::create_dir_all(mountpoint).unwrap();
         let before = std::fs::metadata(mountpoint).unwrap().dev();
+        let log = mountpoint.with_extension("log");
+        let log_file = std::fs::File::create(&log).unwrap();
         let child = lib
             .command()
             .arg("mount")
@@ -51,12 +55,13 @@ impl Mounted {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let mut m = Mounted {
             child,
             mountpoint: mountpoint.to_path_buf(),
+            log,
         };
         let started = Instant::now();
         loop {
@@ -78,10 +83,18 @@ impl Mounted {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mountpoint.join(rel)
     }
+
+    /// What the mount wrote to its standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("haagenti mount's log:\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // The killed process leaves the mount point disconnected: clear it, bounded.

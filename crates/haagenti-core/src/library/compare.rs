@@ -72,6 +72,8 @@ pub struct SimilarTensors {
     pub tensors: Vec<TensorSimilarity>,
     /// Index problems that may hide matches (a damaged segment): `reindex` fixes them.
     pub warnings: Vec<String>,
+    /// Models whose current manifest cannot be read: their tensors are not searched.
+    pub damaged: Vec<DamagedManifest>,
 }
 
 /// A number of fragment references and their decoded bytes.
@@ -284,7 +286,7 @@ impl FragmentLibrary {
                 "the similarity index is empty: a reindex rebuilds it from the fragments".into(),
             );
         }
-        let manifests = self.latest_manifests().await?;
+        let (manifests, damaged) = self.manifests_report().await?;
         let mut models: Vec<String> = Vec::with_capacity(manifests.len() + 1);
         let mut tensors: Vec<TensorKey> = Vec::new();
         // The target's manifest as read above, even if a newer generation appeared since.
@@ -340,6 +342,7 @@ impl FragmentLibrary {
             model: model.to_string(),
             tensors: results,
             warnings: refresh.warnings,
+            damaged,
         })
     }
 

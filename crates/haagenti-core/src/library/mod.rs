@@ -34,7 +34,10 @@ pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
 pub use objects::PutFragment;
 pub use reader::{FileReader, ModelFile};
-pub use repair::{DamageStatus, DamagedFragment, FragmentUse, RepairOptions, RepairReport};
+pub use repair::{
+    DamageStatus, DamagedFragment, FragmentUse, RebuiltManifest, RepairOptions, RepairReport,
+    SourceMatch,
+};
 pub use similarity::IndexReport;
 
 use crate::codec::CodecRegistry;

@@ -86,7 +86,9 @@ impl RepairOptions {
         self
     }
 
-    /// Leave temporary objects younger than `grace`.
+    /// Leave temporary objects younger than `grace` (default one hour; never less than a
+    /// minute, as gc), and damaged locks younger than `grace` or than a live lock can be,
+    /// whichever is shorter.
     pub fn grace(mut self, grace: std::time::Duration) -> Self {
         self.grace = Some(grace);
         self
@@ -141,6 +143,37 @@ pub struct DamagedFragment {
     pub source: Option<PathBuf>,
 }
 
+/// How a source was taken to be a damaged manifest's model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMatch {
+    /// The damaged manifest still decodes without its checksum, and the source holds
+    /// every file it lists with the same size and BLAKE3.
+    FileHashes,
+    /// Nothing of the manifest decodes: the source is named after the model, as
+    /// `ingest --each` names models (a directory `NAME`, or `NAME.safetensors` /
+    /// `NAME.gguf`).
+    Name,
+}
+
+/// A damaged manifest and the source its model is ingested again from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RebuiltManifest {
+    /// The model.
+    pub model: String,
+    /// The damaged manifest's key.
+    pub key: String,
+    /// The model directory or file ingested.
+    pub source: PathBuf,
+    /// Why that source is this model.
+    pub matched_by: SourceMatch,
+    /// `Healed`: ingested (a new generation replaced the damaged one); `Healable`: dry
+    /// run; `Unhealed`: the ingest failed (`error`).
+    pub status: DamageStatus,
+    /// Why the ingest failed.
+    pub error: Option<String>,
+}
+
 /// What [`FragmentLibrary::repair`] found and did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {
@@ -150,8 +183,12 @@ pub struct RepairReport {
     pub fragments_checked: u64,
     /// Every damaged fragment object, once.
     pub damaged: Vec<DamagedFragment>,
-    /// Manifests that cannot be read: their fragments are unknown, so not checked.
+    /// Manifests that cannot be read (after any rebuild): their fragments are unknown,
+    /// so not checked.
     pub damaged_manifests: Vec<DamagedManifest>,
+    /// Damaged manifests a source was found for: rebuilt by ingesting the model again
+    /// from it (found only, in a dry run).
+    pub rebuilt_manifests: Vec<RebuiltManifest>,
     /// Source files read (hashed in full).
     pub source_files_read: u64,
     /// Source files that are byte-identical to a stored file.
@@ -167,10 +204,11 @@ pub struct RepairReport {
     pub damaged_segments: Vec<String>,
     /// Whether the similarity index was rebuilt.
     pub index_rebuilt: bool,
-    /// Lock objects that are not locks (unreadable) and older than a live lock can be:
-    /// removed (found, in a dry run).
+    /// Lock objects that are not locks (unreadable) and older than a live lock can be
+    /// (or than a shorter grace period): removed (found, in a dry run).
     pub damaged_locks: Vec<String>,
-    /// Temporary objects older than the grace period: removed (found, in a dry run).
+    /// Temporary objects older than the grace period (and than a minute): removed (found,
+    /// in a dry run).
     pub stale_temporaries: Vec<String>,
 }
 
@@ -210,23 +248,32 @@ impl FragmentLibrary {
     /// depends on each, and heals those whose bytes the `sources` hold. See the module
     /// documentation of `library/repair.rs` and `docs/guarantees.md`.
     pub async fn repair(&self, opts: RepairOptions) -> Result<RepairReport> {
-        let (mut manifests, damaged_manifests) = self.manifests_report().await?;
-        if !opts.models.is_empty() {
-            for name in &opts.models {
-                if !manifests.iter().any(|m| &m.name == name)
-                    && !damaged_manifests.iter().any(|d| &d.model == name)
-                {
-                    return Err(FragmentError::ModelNotFound(name.clone()));
-                }
+        let (mut manifests, mut damaged_manifests) = self.manifests_report().await?;
+        for name in &opts.models {
+            if !manifests.iter().any(|m| &m.name == name)
+                && !damaged_manifests.iter().any(|d| &d.model == name)
+            {
+                return Err(FragmentError::ModelNotFound(name.clone()));
             }
-            manifests.retain(|m| opts.models.contains(&m.name));
         }
+        let selected =
+            |model: &str| opts.models.is_empty() || opts.models.iter().any(|m| m == model);
+        damaged_manifests.retain(|d| selected(&d.model));
+        // Damaged manifests first: a rebuilt model's fragments are then checked (and
+        // healed) like every other model's.
+        let rebuilt_manifests = self.rebuild_manifests(&damaged_manifests, &opts).await?;
+        if rebuilt_manifests
+            .iter()
+            .any(|r| r.status == DamageStatus::Healed)
+        {
+            (manifests, damaged_manifests) = self.manifests_report().await?;
+            damaged_manifests.retain(|d| selected(&d.model));
+        }
+        manifests.retain(|m| selected(&m.name));
         let mut report = RepairReport {
             models: manifests.len() as u64,
-            damaged_manifests: damaged_manifests
-                .into_iter()
-                .filter(|d| opts.models.is_empty() || opts.models.contains(&d.model))
-                .collect(),
+            damaged_manifests,
+            rebuilt_manifests,
             dry_run: opts.dry_run,
             ..Default::default()
         };
@@ -340,6 +387,65 @@ impl FragmentLibrary {
         Ok(report)
     }
 
+    /// For each damaged manifest, the first source that is its model (see
+    /// [`SourceMatch`]), ingested again with `replace` (unless a dry run): the new
+    /// generation supersedes the damaged one.
+    async fn rebuild_manifests(
+        &self,
+        damaged: &[DamagedManifest],
+        opts: &RepairOptions,
+    ) -> Result<Vec<RebuiltManifest>> {
+        let mut out = Vec::new();
+        if opts.sources.is_empty() {
+            return Ok(out);
+        }
+        for d in damaged {
+            let key = ObjectKey::new(d.key.clone())?;
+            let salvaged = match self.store().get(&key).await {
+                Ok(bytes) => ModelManifest::salvage(&bytes, &d.key)
+                    .ok()
+                    .filter(|m| m.name == d.model),
+                Err(e) if e.is_not_found() => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            };
+            let mut found = None;
+            for candidate in model_sources(&opts.sources, &d.model) {
+                match &salvaged {
+                    Some(m) if !holds_files(&candidate, m).await? => {}
+                    Some(_) => {
+                        found = Some((candidate, SourceMatch::FileHashes));
+                        break;
+                    }
+                    None => {
+                        found = Some((candidate, SourceMatch::Name));
+                        break;
+                    }
+                }
+            }
+            let Some((source, matched_by)) = found else {
+                continue;
+            };
+            let (status, error) = if opts.dry_run {
+                (DamageStatus::Healable, None)
+            } else {
+                let ingest = crate::IngestOptions::default().replace(true);
+                match self.ingest(&d.model, &source, ingest).await {
+                    Ok(_) => (DamageStatus::Healed, None),
+                    Err(e) => (DamageStatus::Unhealed, Some(e.to_string())),
+                }
+            };
+            out.push(RebuiltManifest {
+                model: d.model.clone(),
+                key: d.key.clone(),
+                source,
+                matched_by,
+                status,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
     /// The objects no model depends on: index segments that do not load (the index is
     /// rebuilt from the fragments, as `reindex` does), lock objects that are not locks and
     /// are older than a live lock can be, and temporary objects older than the grace
@@ -372,9 +478,14 @@ impl FragmentLibrary {
         }
         let now = std::time::SystemTime::now();
         let age = |m: &ObjectMeta| now.duration_since(m.modified).unwrap_or_default();
+        let grace = opts.grace.unwrap_or(std::time::Duration::from_secs(3600));
+        // A live lock is rewritten whole within LOCK_REFRESH, so an unreadable one older
+        // than LOCK_STALE is left by a dead writer; a shorter grace (asked for) wins, and
+        // only then can a lock in a newer haagenti's format be taken for damage.
+        let lock_grace = grace.min(LOCK_STALE);
         for meta in self.store().list(LOCKS_PREFIX).await? {
-            if age(&meta) < LOCK_STALE {
-                continue; // a live lock is rewritten whole within LOCK_REFRESH
+            if age(&meta) < lock_grace {
+                continue;
             }
             let damaged = match self.store().get(&meta.key).await {
                 Ok(bytes) => !is_lock_object(&bytes),
@@ -388,9 +499,11 @@ impl FragmentLibrary {
                 report.damaged_locks.push(meta.key.as_str().to_string());
             }
         }
-        let grace = opts.grace.unwrap_or(std::time::Duration::from_secs(3600));
+        // As gc: never younger than TMP_MIN_AGE, whatever the grace, so a put in flight
+        // keeps its temporary file.
+        let tmp_grace = grace.max(super::maintenance::TMP_MIN_AGE);
         for meta in self.store().list(TMP_PREFIX).await? {
-            if age(&meta) >= grace {
+            if age(&meta) >= tmp_grace {
                 if !opts.dry_run {
                     self.store().delete(&meta.key).await?;
                 }
@@ -575,6 +688,66 @@ fn files_with_damage(
         }
     }
     out
+}
+
+/// The paths among `sources` (and directly in those that are directories) named after
+/// model `name` as `ingest --each` names models: a directory `LEAF`, a file
+/// `LEAF.safetensors` or `LEAF.gguf` (`LEAF`: the part after an `org/`), or `ORG/LEAF`
+/// inside a source directory.
+fn model_sources(sources: &[PathBuf], name: &str) -> Vec<PathBuf> {
+    let leaf = name.rsplit('/').next().unwrap_or(name);
+    let named = |p: &Path| {
+        let Some(file) = p.file_name().and_then(|f| f.to_str()) else {
+            return false;
+        };
+        if p.is_dir() {
+            return file == leaf;
+        }
+        [".safetensors", ".gguf"]
+            .iter()
+            .any(|ext| file.strip_suffix(ext) == Some(leaf))
+            && p.is_file()
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for s in sources {
+        let mut candidates = vec![s.clone()];
+        if s.is_dir() {
+            for stem in [name, leaf] {
+                candidates.push(s.join(stem));
+                candidates.push(s.join(format!("{stem}.safetensors")));
+                candidates.push(s.join(format!("{stem}.gguf")));
+            }
+        }
+        for c in candidates {
+            if named(&c) && !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `source` (a model directory or a single file) holds every file `manifest`
+/// lists, with the same size and BLAKE3.
+async fn holds_files(source: &Path, manifest: &ModelManifest) -> Result<bool> {
+    let single = source.is_file();
+    if single && manifest.files.len() != 1 {
+        return Ok(false);
+    }
+    for f in &manifest.files {
+        let path = if single {
+            source.to_path_buf()
+        } else {
+            source.join(&f.path)
+        };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(false);
+        };
+        if meta.len() != f.size || hash_file(&path).await? != f.blake3 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Every regular file under the given paths (directories walked, symlinks followed; a
