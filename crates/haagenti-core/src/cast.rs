@@ -192,11 +192,8 @@ pub fn convert(src: &[u8], from: Dtype, to: Dtype) -> Option<Vec<u8>> {
             if src.len() % 2 != 0 {
                 return None;
             }
-            Some(if from == Dtype::BF16 {
-                map_elements::<2, 4>(src, |c| bf16_to_f32(u16::from_le_bytes(c)).to_le_bytes())
-            } else {
-                map_elements::<2, 4>(src, |c| f16_to_f32(u16::from_le_bytes(c)).to_le_bytes())
-            })
+            let mut out = vec![0u8; src.len() * 2];
+            convert_into(src, from, to, &mut out).then_some(out)
         }
         _ => None,
     }

@@ -344,6 +344,21 @@ async fn ingest_scenario(
     (before, ops, expect)
 }
 
+/// No crash state broke a promise, and there were more than `min_points` durability
+/// points, each with more than one state on average.
+fn assert_survived(points: usize, checked: usize, violations: &[String], min_points: usize) {
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert!(
+        points > min_points && checked > points,
+        "{points} points, {checked} states"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingests_survive_a_power_cut_at_every_durability_point() {
     let started = Instant::now();
@@ -352,16 +367,7 @@ async fn ingests_survive_a_power_cut_at_every_durability_point() {
     let (before, ops, expect) = ingest_scenario(work.path(), &family, None).await;
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("two ingests", points, checked, ops.len(), started);
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
-        violations.len(),
-        violations.join("\n")
-    );
-    assert!(
-        points > 20 && checked > points,
-        "{points} points, {checked} states"
-    );
+    assert_survived(points, checked, &violations, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,16 +401,7 @@ async fn a_replace_survives_a_power_cut_at_every_durability_point() {
     };
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("ingest --replace", points, checked, ops.len(), started);
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
-        violations.len(),
-        violations.join("\n")
-    );
-    assert!(
-        points > 10 && checked > points,
-        "{points} points, {checked} states"
-    );
+    assert_survived(points, checked, &violations, 10);
 }
 
 /// `rm` of two models, then gc: the fine-tune that stays has its deltas built on the
@@ -470,16 +467,7 @@ async fn gc_after_rm_survives_a_power_cut_at_every_durability_point() {
     let (before, ops, expect) = gc_scenario(work.path(), &family, None).await;
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("rm + rm + gc", points, checked, ops.len(), started);
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
-        violations.len(),
-        violations.join("\n")
-    );
-    assert!(
-        points > 10 && checked > points,
-        "{points} points, {checked} states"
-    );
+    assert_survived(points, checked, &violations, 10);
 }
 
 /// The control: the same scenarios on a store that leaves out one kind of fsync must
