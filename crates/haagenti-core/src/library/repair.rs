@@ -14,6 +14,11 @@
 //! object. A standalone replacement has depth 0, so fragments built on it (depth 1) stay
 //! valid, and nothing built on a healed fragment needs re-encoding.
 //!
+//! A damaged manifest is healed first, by ingesting its model again (`replace`) from the
+//! source that is that model ([`SourceMatch`]: the files the damaged bytes still list,
+//! or, when nothing of them decodes, the source's name); the new generation's fragments
+//! are then checked with the others.
+//!
 //! [`FragmentStore::replace`]: crate::FragmentStore::replace
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
