@@ -369,22 +369,15 @@ fn run(opts: &Options) -> Result<()> {
             ),
         ];
         if let Some(b) = &big_model {
-            let name = format!("{} {} ingest", util::human(b.bytes), b.dtype);
-            rows.push(ceiling::PhaseRow::new(
-                &name,
-                b.bytes,
-                &b.ingest_profile,
-                &speeds,
-                true,
-            ));
-            let name = format!("{} {} export", util::human(b.bytes), b.dtype);
-            rows.push(ceiling::PhaseRow::new(
-                &name,
-                b.bytes,
-                &b.export_profile,
-                &speeds,
-                false,
-            ));
+            for (phase, profile, ingest) in [
+                ("ingest", &b.ingest_profile, true),
+                ("export", &b.export_profile, false),
+            ] {
+                let name = format!("{} {} {phase}", util::human(b.bytes), b.dtype);
+                rows.push(ceiling::PhaseRow::new(
+                    &name, b.bytes, profile, &speeds, ingest,
+                ));
+            }
         }
         (speeds, rows)
     });

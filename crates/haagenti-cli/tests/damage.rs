@@ -28,14 +28,6 @@ fn model(path: &Path, seed: u64) {
     synth::write_safetensors(path, &tensors, None).unwrap();
 }
 
-/// Flips one bit in the middle of the file at `path` (in place).
-fn flip_middle_byte(path: &Path, bit: u8) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= bit;
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A generated family (sources under `tmp/src`) ingested into `lib`: the family and the
 /// model names.
 fn ingested_family(tmp: &Path, seed: u64, lib: &Lib) -> (synth::Family, Vec<String>) {
@@ -342,13 +334,6 @@ fn distinct_rows(per_model: &[(String, Vec<(String, String)>)]) -> Vec<(String, 
     rows.sort();
     rows.dedup();
     rows
-}
-
-fn object_path(lib: &Path, id: &str) -> PathBuf {
-    lib.join("fragments")
-        .join(&id[..2])
-        .join(&id[2..4])
-        .join(id)
 }
 
 /// The full id of the fragment a `delta(..) vs SHORT` / `cast .. of SHORT` row names.
@@ -673,28 +658,12 @@ fn shared_base_heals_from_either_source_while_readers_read(dir: &Path, lib: &Lib
         .s3_endpoint(lib.endpoint.clone())
         .cache_bytes(0);
     let location = lib.path.to_str().unwrap().to_string();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt
-        .block_on(haagenti_fragments::open_store(&location, &options))
-        .unwrap();
-    let key = |id: &str| {
-        haagenti_core::ObjectKey::new(format!("fragments/{}/{}/{id}", &id[..2], &id[2..4])).unwrap()
-    };
-    rt.block_on(async {
-        let raw = store.get(&key(&base)).await.unwrap();
-        let mut bad = raw.to_vec();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 0x01;
-        store.replace(&key(&base), bad.into()).await.unwrap();
-        let raw = store.get(&key(&delta)).await.unwrap();
-        store
-            .replace(&key(&delta), raw.slice(..raw.len() / 2))
-            .await
-            .unwrap();
-        if cast_source != base {
-            store.delete(&key(&cast_source)).await.unwrap();
-        }
-    });
+    let raw = lib.raw();
+    raw.damage(&RawStore::fragment_key(&base), Damage::FlipByte);
+    raw.damage(&RawStore::fragment_key(&delta), Damage::Truncate);
+    if cast_source != base {
+        raw.damage(&RawStore::fragment_key(&cast_source), Damage::Delete);
+    }
     let out = lib.command().args(["verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 
@@ -810,8 +779,9 @@ fn a_repair_killed_at_any_moment_leaves_no_worse_and_a_second_repair_completes()
     let (_family, names) = ingested_family(tmp.path(), 33, &Lib::fs(&lib));
     let rows = fragment_rows(&lib, &names);
     // Damage every 7th fragment object (flipped byte).
+    let raw = Lib::fs(&lib).raw();
     for (id, _) in rows.iter().step_by(7) {
-        flip_middle_byte(&object_path(&lib, id), 0x40);
+        raw.damage(&RawStore::fragment_key(id), Damage::FlipByte);
     }
     let mut damaged = damaged_count(&lib);
     assert!(damaged >= 3, "{damaged}");
@@ -872,15 +842,16 @@ fn ingest_heals_the_damaged_fragments_it_meets() {
     assert!(rows.len() >= 2, "{rows:?}");
     // One fragment damaged in its payload (only a full read sees it), one in its header
     // (an ingest's header read sees it).
-    let payload = object_path(&lib, &rows[0].0);
-    let mut bytes = std::fs::read(&payload).unwrap();
+    let raw = Lib::fs(&lib).raw();
+    let payload = RawStore::fragment_key(&rows[0].0);
+    let mut bytes = raw.get(&payload);
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
-    std::fs::write(&payload, bytes).unwrap();
-    let header = object_path(&lib, &rows[1].0);
-    let mut bytes = std::fs::read(&header).unwrap();
+    raw.put(&payload, &bytes);
+    let header = RawStore::fragment_key(&rows[1].0);
+    let mut bytes = raw.get(&header);
     bytes[0] ^= 0xff; // the magic
-    std::fs::write(&header, bytes).unwrap();
+    raw.put(&header, &bytes);
 
     // `repair` (without sources) records the damage it finds; verify stays read-only.
     assert_eq!(haagenti(&lib, &["verify"]).status.code(), Some(1));

@@ -82,6 +82,19 @@ impl Server {
             .count()
     }
 
+    /// Waits (10 s at most) for an access-log line containing every one of `parts`.
+    fn wait_logged(&self, parts: &[&str]) {
+        let started = Instant::now();
+        while self.logged(parts) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no log line with {parts:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -732,14 +745,7 @@ fn a_client_that_stops_reading_is_cut_off() {
         "the whole {size} bytes arrived after a 6 s stall"
     );
     eprintln!("cut off after {} of {size} bytes", reply.body.len());
-    let started = Instant::now();
-    while server.logged(&["GET /m/resolve/main/m.safetensors 200"]) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no access-log line"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_logged(&["GET /m/resolve/main/m.safetensors 200"]);
     assert_eq!(get(server.addr, "/health", &[]).status, 200);
 }
 
@@ -772,16 +778,8 @@ fn a_damaged_fragment_aborts_the_response_and_is_logged() {
         "a full body despite the damaged fragment"
     );
     assert!(r.body == want[..r.body.len()], "wrong bytes before the cut");
-    let started = Instant::now();
     // The line names the model, the file and the fragment.
-    while server.logged(&["error serving m.safetensors", "org/m", "fragment"]) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no error logged: {:#?}",
-            server.log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_logged(&["error serving m.safetensors", "org/m", "fragment"]);
     assert!(server.logged(&["GET /org/m/resolve/main/m.safetensors 200", "aborted"]) > 0);
 }
 
@@ -814,15 +812,7 @@ fn a_damaged_manifest_fails_only_its_model_and_is_logged() {
     assert_eq!(r.status, 500);
     let r = get(server.addr, "/api/models/org/n", &[]);
     assert_eq!(r.status, 500);
-    let started = Instant::now();
-    while server.logged(&["GET /org/n/resolve/main/n.safetensors", "manifests/org/n/"]) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no error logged: {:#?}",
-            server.log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_logged(&["GET /org/n/resolve/main/n.safetensors", "manifests/org/n/"]);
     let r = get(server.addr, "/org/m/resolve/main/m.safetensors", &[]);
     assert_eq!(r.status, 200, "the intact model after the failure");
 }
