@@ -346,3 +346,37 @@ async fn the_cache_is_opt_in_and_verify_and_export_check_the_store() {
     let err = cached.export("a", out.path(), None).await.unwrap_err();
     assert!(err.is_corruption(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_once_reader_serves_the_cache_without_filling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let source = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let keys = fragment_keys(&a, None);
+    store.take_gets(FRAGMENTS_PREFIX);
+
+    // Model A has no delta or cast: reading it once fills nothing.
+    let once = a.file_read_once("a.safetensors").unwrap();
+    assert_eq!(once.read_at(0, once.len()).await.unwrap(), source);
+    lib.sync_cache().await;
+    assert_eq!(lib.metrics().cache_entries, 0);
+    let fetched: BTreeSet<_> = store.take_gets(FRAGMENTS_PREFIX).into_keys().collect();
+    assert_eq!(fetched, keys);
+
+    // What a caching reader put in the cache, a read-once reader takes from it.
+    let cached = a.file("a.safetensors").unwrap();
+    assert_eq!(cached.read_at(0, cached.len()).await.unwrap(), source);
+    store.take_gets(FRAGMENTS_PREFIX);
+    let before = lib.metrics();
+    // A new reader: the first one still holds its last read's fragments.
+    let once = a.file_read_once("a.safetensors").unwrap();
+    assert_eq!(once.read_at(0, once.len()).await.unwrap(), source);
+    assert!(store.take_gets(FRAGMENTS_PREFIX).is_empty());
+    assert_eq!(
+        lib.metrics().cache_hits - before.cache_hits,
+        keys.len() as u64
+    );
+}

@@ -21,7 +21,8 @@ pub struct Args {
     /// ingested while mounted appear).
     #[arg(long = "model", value_name = "NAME")]
     pub models: Vec<String>,
-    /// Fragment cache budget in MiB (the mount's memory is about this plus a constant).
+    /// Fragment cache budget in MiB, for delta bases and cast sources (the kernel's page
+    /// cache keeps the files' bytes); the mount's memory is about this plus a constant.
     #[arg(long, default_value_t = 256)]
     pub cache_mb: u64,
     /// `plain`: MOUNTPOINT/MODEL/FILE; `hf`: the Hugging Face hub cache layout, for

@@ -509,7 +509,7 @@ impl Filesystem for MountFs {
                 Some(Kind::Inline(_)) => None,
                 Some(Kind::File { model, index }) => {
                     let path = &model.handle.files()[*index].path;
-                    match model.handle.file(path) {
+                    match model.handle.file_read_once(path) {
                         Ok(reader) => Some(OpenFile {
                             model: model.handle.name().to_string(),
                             reader,

@@ -217,6 +217,19 @@ impl FragmentLibrary {
         Ok(bytes)
     }
 
+    /// A fragment from the cache when it holds it, else read (its dependency through
+    /// the cache) and not kept: [`Via::Peek`](super::objects::Via::Peek).
+    pub(super) async fn peeked_fragment(&self, id: &FragmentId) -> Result<Bytes> {
+        let cache = &self.inner.cache;
+        if let Some(bytes) = cache.cache.get(id).await {
+            cache.hit(&bytes);
+            return Ok(bytes);
+        }
+        let bytes = self.read_fragment(id, Via::Peek).await?;
+        cache.miss(&bytes);
+        Ok(bytes)
+    }
+
     /// A delta base or cast source from the cache, else `load`ed and cached.
     ///
     /// Not single-flight: waiting here for another fetch while the dependant holds its own

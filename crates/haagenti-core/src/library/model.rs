@@ -145,6 +145,15 @@ impl ModelHandle {
         self.reader(path, Via::Cache)
     }
 
+    /// A reader for bytes read once because the consumer keeps them, as the kernel's page
+    /// cache does behind `haagenti mount`: it serves what the fragment cache holds and
+    /// caches delta bases and cast sources as [`file`](Self::file) does, but does not
+    /// keep the fragments it reads (decoding then reuses pooled buffers instead of fresh
+    /// memory for every fragment).
+    pub fn file_read_once(&self, path: &str) -> Result<FileReader> {
+        self.reader(path, Via::Peek)
+    }
+
     /// A reader that bypasses the cache for the file and the fragments it depends on: what
     /// export and verify use, since their job is to check what is stored.
     pub(super) fn uncached_file(&self, path: &str) -> Result<FileReader> {

@@ -50,6 +50,12 @@ pub(super) enum Stored {
 pub(crate) enum Via {
     /// The fragment cache, else the store (then cached): what model readers use.
     Cache,
+    /// The fragment cache when it holds the fragment, else the store without keeping
+    /// the result (its dependency still comes through, and stays in, the cache): for
+    /// readers whose consumer keeps the bytes itself, as the kernel's page cache does
+    /// behind `haagenti mount`. Caching them twice would cost memory, and every new
+    /// cache entry is fresh memory the allocator must fault in.
+    Peek,
     /// The store, bypassing the cache: what export, verify and repair-minded code use,
     /// since their job is to check the stored objects.
     Store,
@@ -143,6 +149,7 @@ impl FragmentLibrary {
     pub(crate) async fn fragment_via(&self, id: &FragmentId, via: Via) -> Result<Bytes> {
         match via {
             Via::Cache => self.cached_fragment(id).await,
+            Via::Peek => self.peeked_fragment(id).await,
             Via::Store => self.read_fragment(id, Via::Store).await,
         }
     }
@@ -151,7 +158,7 @@ impl FragmentLibrary {
     /// as `via` says. The dependency must not have one itself (deltas have depth 1).
     pub(super) async fn read_fragment(&self, id: &FragmentId, via: Via) -> Result<Bytes> {
         let from = match via {
-            Via::Cache => DependencyFrom::Cache,
+            Via::Cache | Via::Peek => DependencyFrom::Cache,
             Via::Store => DependencyFrom::Store,
         };
         self.read_object(id, from).await
