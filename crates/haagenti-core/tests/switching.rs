@@ -380,3 +380,30 @@ async fn a_read_once_reader_serves_the_cache_without_filling_it() {
         keys.len() as u64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_into_a_tensor_fetches_the_rest_of_that_tensor_and_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 0);
+    let a = lib.open_model("a").await.unwrap();
+    let tensor = a.tensor("layers.5.weight").unwrap();
+    let wanted = fragment_keys(&a, Some("layers.5.weight"));
+    assert_eq!(wanted.len(), 4);
+    store.take_gets(FRAGMENTS_PREFIX);
+
+    // One byte of its first fragment, as a first fault in a mapping asks: the other three
+    // fragments are fetched ahead, the next tensor (layers.6) is not.
+    let reader = a.file(&tensor.file).unwrap();
+    reader.read_at(tensor.offset, 1).await.unwrap();
+    let mut fetched = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetched.len() < wanted.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fetched.extend(store.take_gets(FRAGMENTS_PREFIX).into_keys());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fetched.extend(store.take_gets(FRAGMENTS_PREFIX).into_keys());
+    assert_eq!(fetched, wanted);
+}

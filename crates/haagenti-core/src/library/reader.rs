@@ -8,9 +8,10 @@
 //! ([`ModelHandle`](super::ModelHandle)) are all clients of this path.
 //!
 //! Sequential readers get read-ahead: a read that continues where an earlier one (or one
-//! close to it) ended starts fetching the next fragments before they are asked for. The
-//! reader keeps at most the fragments of the current read plus the read-ahead window, so
-//! memory stays bounded whatever the file size.
+//! close to it) ended starts fetching the next fragments before they are asked for; any
+//! other read that lands in a tensor fetches the rest of that tensor. The reader keeps at
+//! most the fragments of the current read plus the read-ahead window, so memory stays
+//! bounded whatever the file size.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -181,6 +182,23 @@ impl FileLayout {
         first..last + 1
     }
 
+    /// One past the last piece, below `limit`, of the tensor piece `i` belongs to (`i + 1`
+    /// when it belongs to none).
+    fn tensor_end(&self, i: usize, limit: usize) -> usize {
+        let tensor_of = |j: usize| match self.pieces.get(j) {
+            Some(Piece::Fragment {
+                tensor: Some(t), ..
+            }) => Some(*t),
+            _ => None,
+        };
+        let Some(t) = tensor_of(i) else {
+            return i + 1;
+        };
+        (i + 1..limit)
+            .find(|&j| tensor_of(j) != Some(t))
+            .unwrap_or(limit.max(i + 1))
+    }
+
     /// Where piece `i` is, for error messages.
     fn location(&self, i: usize) -> String {
         match &self.pieces[i] {
@@ -340,14 +358,23 @@ impl FileReader {
     /// of the last one, either way, counts as sequential and keeps fetching the next
     /// `in_flight` pieces. Backward steps are allowed because the kernel's read-around
     /// of a memory-mapped file asks for a range centred on each faulting page.
+    ///
+    /// Any other read that ends inside a tensor fetches the rest of that tensor (up to
+    /// `in_flight` pieces): tensors are read whole (`get_tensor`, a loader copying out
+    /// of a mapping), and readers such as `safe_open` visit them in name order, not file
+    /// order, so each tensor's first read is a jump that sequential read-ahead misses.
     fn window_fetches(&self, span: Range<usize>) -> Vec<SharedFetch> {
         let ahead = self.in_flight();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let sequential = !window.last.is_empty()
             && span.start + ahead >= window.last.start
             && span.start <= window.last.end + ahead;
-        let keep = span.start
-            ..(span.end + if sequential { ahead } else { 0 }).min(self.layout.pieces.len());
+        let limit = (span.end + ahead).min(self.layout.pieces.len());
+        let keep = span.start..if sequential {
+            limit
+        } else {
+            self.layout.tensor_end(span.end - 1, limit)
+        };
         // A failed fetch is not kept: the next read of that piece tries again.
         window
             .fetches
