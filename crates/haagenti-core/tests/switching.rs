@@ -407,3 +407,52 @@ async fn a_read_into_a_tensor_fetches_the_rest_of_that_tensor_and_no_further() {
     fetched.extend(store.take_gets(FRAGMENTS_PREFIX).into_keys());
     assert_eq!(fetched, wanted);
 }
+
+/// The cache's entry count once it reaches `want` (read-ahead lands in the cache from
+/// tasks of its own), or after 10 s.
+async fn cache_entries_reaching(lib: &FragmentLibrary, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        lib.sync_cache().await;
+        let entries = lib.metrics().cache_entries;
+        if entries >= want || std::time::Instant::now() > deadline {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_read_once_reader_leaves_unread_goes_to_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let five = a.tensor("layers.5.weight").unwrap();
+    let one = a.tensor("layers.1.weight").unwrap();
+    let reader = a.file_read_once(&five.file).unwrap();
+
+    // Reading the first fragment of layers.5 fetches its four fragments; a jump to
+    // layers.1 leaves the three unread ones behind, and they are cached rather than lost.
+    let first = u64::from(five.fragments[0].len);
+    reader.read_at(five.offset, first).await.unwrap();
+    reader.read_at(one.offset, 1).await.unwrap();
+    assert_eq!(cache_entries_reaching(&lib, 3).await, 3);
+    // Reading layers.5 whole again fetches only the fragment that was read whole (its
+    // consumer keeps it, so it was not cached).
+    store.take_gets(FRAGMENTS_PREFIX);
+    let again = a.file_read_once(&five.file).unwrap();
+    again.read_at(five.offset, five.len).await.unwrap();
+    let fetched: BTreeSet<_> = store.take_gets(FRAGMENTS_PREFIX).into_keys().collect();
+    assert_eq!(
+        fetched,
+        BTreeSet::from([ObjectKey::fragment(&five.fragments[0].id)])
+    );
+
+    // A fragment a read took only part of is cached too once the window moves on: the
+    // first reader jumps away from layers.1, whose first fragment gave one byte.
+    reader.read_at(five.offset, 1).await.unwrap();
+    let want = 3 + one.fragments.len() as u64;
+    assert_eq!(cache_entries_reaching(&lib, want).await, want);
+}

@@ -230,6 +230,11 @@ impl FragmentLibrary {
         Ok(bytes)
     }
 
+    /// Puts verified fragment bytes in the cache (read-ahead no read asked for yet).
+    pub(super) async fn keep_in_cache(&self, id: FragmentId, bytes: Bytes) {
+        self.inner.cache.cache.insert(id, bytes).await;
+    }
+
     /// A delta base or cast source from the cache, else `load`ed and cached.
     ///
     /// Not single-flight: waiting here for another fetch while the dependant holds its own

@@ -182,6 +182,10 @@ impl FileLayout {
         first..last + 1
     }
 
+    fn piece_len(&self, i: usize) -> u64 {
+        self.starts[i + 1] - self.starts[i]
+    }
+
     /// One past the last piece, below `limit`, of the tensor piece `i` belongs to (`i + 1`
     /// when it belongs to none).
     fn tensor_end(&self, i: usize, limit: usize) -> usize {
@@ -231,7 +235,8 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
 /// Fetches of pieces a reader keeps: those of its last read and its read-ahead window.
 #[derive(Debug, Default)]
 struct Window {
-    fetches: HashMap<usize, SharedFetch>,
+    /// Each piece's fetch, and how many of its bytes reads have returned.
+    fetches: HashMap<usize, (SharedFetch, u64)>,
     /// The pieces of the last read.
     last: Range<usize>,
 }
@@ -305,7 +310,7 @@ impl FileReader {
             return Ok(Vec::new());
         }
         let span = self.layout.span(offset, end);
-        let fetches = self.window_fetches(span.clone());
+        let fetches = self.window_fetches(span.clone(), offset, end);
         let pieces: Vec<Bytes> = futures::stream::iter(fetches)
             .buffered(self.in_flight())
             .try_collect()
@@ -363,7 +368,7 @@ impl FileReader {
     /// `in_flight` pieces): tensors are read whole (`get_tensor`, a loader copying out
     /// of a mapping), and readers such as `safe_open` visit them in name order, not file
     /// order, so each tensor's first read is a jump that sequential read-ahead misses.
-    fn window_fetches(&self, span: Range<usize>) -> Vec<SharedFetch> {
+    fn window_fetches(&self, span: Range<usize>, offset: u64, end: u64) -> Vec<SharedFetch> {
         let ahead = self.in_flight();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let sequential = !window.last.is_empty()
@@ -376,22 +381,53 @@ impl FileReader {
             self.layout.tensor_end(span.end - 1, limit)
         };
         // A failed fetch is not kept: the next read of that piece tries again.
-        window
-            .fetches
-            .retain(|i, f| keep.contains(i) && !matches!(f.peek(), Some(Err(_))));
+        let mut unread = Vec::new();
+        window.fetches.retain(|&i, (fetch, returned)| {
+            let kept = keep.contains(&i) && !matches!(fetch.peek(), Some(Err(_)));
+            if !kept && *returned < self.layout.piece_len(i) {
+                unread.push((i, fetch.clone()));
+            }
+            kept
+        });
+        self.keep_unread(unread);
         for i in keep {
-            window.fetches.entry(i).or_insert_with(|| {
+            let (_, returned) = window.fetches.entry(i).or_insert_with(|| {
                 let fetch = self.fetch(i).boxed().shared();
                 if !span.contains(&i) {
                     // Read-ahead: drive it now, keep the result for the read that comes.
                     tokio::spawn(fetch.clone());
                 }
-                fetch
+                (fetch, 0)
             });
+            let piece = self.layout.starts[i]..self.layout.starts[i + 1];
+            *returned += end.min(piece.end).saturating_sub(offset.max(piece.start));
         }
-        let fetches = span.clone().map(|i| window.fetches[&i].clone()).collect();
+        let fetches = span.clone().map(|i| window.fetches[&i].0.clone()).collect();
         window.last = span;
         fetches
+    }
+
+    /// Pieces the window moved on from before reads returned all their bytes: read-ahead
+    /// not asked for yet, and pieces a read took only part of (reads rarely end on a
+    /// fragment's edge). A read-once reader ([`Via::Peek`]) puts them in the fragment
+    /// cache, so that the read that does come (a reader visiting tensors in name order
+    /// comes back to them) does not decode them again. Other readers have cached them
+    /// already (or bypass the cache on purpose).
+    fn keep_unread(&self, unread: Vec<(usize, SharedFetch)>) {
+        if self.via != Via::Peek {
+            return;
+        }
+        for (i, fetch) in unread {
+            let Piece::Fragment { id, .. } = self.layout.pieces[i] else {
+                continue;
+            };
+            let library = self.library.clone();
+            tokio::spawn(async move {
+                if let Ok(bytes) = fetch.await {
+                    library.keep_in_cache(id, bytes).await;
+                }
+            });
+        }
     }
 
     /// The verified bytes of piece `i`, fetched on a task of its own (so fetches advance
