@@ -347,15 +347,28 @@ pub(crate) fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
 
     // Lock-step while every stream has room for a whole multi-symbol group: four
     // independent chains keep the core busy, each lookup resolving up to three symbols.
-    while outs
-        .iter()
-        .zip(&at)
-        .all(|(o, &a)| a + MULTI_SLACK <= o.len())
-    {
-        for k in 0..STREAMS {
-            let (bits, symbols) = decode_multi(&multi, data, pos[k], outs[k], at[k]);
-            pos[k] += bits;
-            at[k] += symbols;
+    // Rounds are counted ahead from the room left (a round writes at most
+    // `3 * MULTI_LOOKUPS` symbols per stream), not checked one by one.
+    loop {
+        let rounds = outs
+            .iter()
+            .zip(&at)
+            .map(|(o, &a)| {
+                o.len()
+                    .checked_sub(a + MULTI_SLACK)
+                    .map_or(0, |room| room / (3 * MULTI_LOOKUPS) + 1)
+            })
+            .min()
+            .unwrap_or(0);
+        if rounds == 0 {
+            break;
+        }
+        for _ in 0..rounds {
+            for k in 0..STREAMS {
+                let (bits, symbols) = decode_multi(&multi, data, pos[k], outs[k], at[k]);
+                pos[k] += bits;
+                at[k] += symbols;
+            }
         }
     }
     for (k, o) in outs.into_iter().enumerate() {
@@ -375,8 +388,10 @@ pub(crate) fn decode(body: &[u8], out: &mut [u8]) -> Result<(), String> {
 
 /// Lookups per refill of [`decode_multi`]: each takes at most 11 of the 57 valid bits.
 const MULTI_LOOKUPS: usize = 5;
-/// Output room [`decode_multi`] needs: three bytes written per lookup.
-const MULTI_SLACK: usize = 3 * MULTI_LOOKUPS;
+/// Output room [`decode_multi`] needs: each lookup stores four bytes (three symbols and
+/// scratch) at most 12 bytes in, and indexing within 20 bytes with an offset masked to
+/// 15 lets the compiler drop the bounds checks.
+const MULTI_SLACK: usize = 20;
 
 /// Decodes [`MULTI_LOOKUPS`] lookups of the multi-symbol table into `out` from `at` (which
 /// must leave [`MULTI_SLACK`] bytes of room; bytes past the symbols decoded are scratch,
@@ -391,21 +406,23 @@ fn decode_multi(
     at: usize,
 ) -> (usize, usize) {
     let mut bits = peek(data, bitpos);
-    let mut used = 0usize;
-    let Some(room) = out.get_mut(at..at + MULTI_SLACK) else {
+    let Some(room) = out
+        .get_mut(at..at + MULTI_SLACK)
+        .and_then(|r| <&mut [u8; MULTI_SLACK]>::try_from(r).ok())
+    else {
         return (0, 0);
     };
+    let mut used = 0usize;
     let mut written = 0usize;
     for _ in 0..MULTI_LOOKUPS {
         let e = table[(bits & TABLE_BITS_MASK) as usize];
-        if let Some(dst) = room.get_mut(written..written + 3) {
-            dst.copy_from_slice(&e.to_le_bytes()[..3]);
-        }
+        // `written` is at most 12 here; the mask only tells the compiler so.
+        let w = written & 15;
+        room[w..w + 4].copy_from_slice(&e.to_le_bytes());
         let l = (e >> 24) & 0xf;
-        let n = (e >> 28) as usize;
         bits >>= l;
         used += l as usize;
-        written += n;
+        written += (e >> 28) as usize;
     }
     (used, written)
 }
