@@ -34,7 +34,7 @@ struct Ahead {
 #[derive(Debug)]
 pub struct ReadAhead {
     window: Mutex<Vec<Ahead>>,
-    /// Most bytes of tensors read ahead (after the first).
+    /// Most bytes of tensors read ahead at once, unless one tensor alone is larger.
     budget: u64,
 }
 
@@ -102,6 +102,7 @@ impl ReadAhead {
         current
     }
 
+    /// The most bytes read ahead at once (see the field).
     pub fn budget(&self) -> u64 {
         self.budget
     }

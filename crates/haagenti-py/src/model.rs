@@ -148,7 +148,7 @@ impl Model {
         self.ahead.size()
     }
 
-    /// The most bytes read ahead besides the first tensor ahead (for tests).
+    /// The most bytes read ahead at once, unless one tensor alone is larger (for tests).
     #[getter]
     fn _ahead_budget(&self) -> u64 {
         self.ahead.budget()
