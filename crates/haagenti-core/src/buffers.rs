@@ -4,6 +4,10 @@
 //! already mapped instead of a fresh 1-2 MiB allocation per object, which the allocator
 //! may serve as new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
 //! most [`KEPT`] buffers of at most [`KEPT_LEN`] bytes; others are freed as usual.
+//!
+//! A decoded-fragment buffer is only handed out for contents close to its capacity
+//! ([`fits`]): a fragment may be held for long (by a cache, or by an array in Python), and
+//! a small tensor must not pin a large buffer whose pages an earlier use touched.
 
 use std::sync::Mutex;
 
@@ -18,28 +22,34 @@ pub const KEPT_LEN: usize = 2 << 20;
 #[derive(Debug)]
 pub struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Whether buffers go only to contents close to their size ([`fits`]).
+    tight: bool,
 }
 
-/// Stored objects as a store reads them.
-pub static OBJECTS: Pool = Pool::new();
-/// Decoded fragments.
-pub static FRAGMENTS: Pool = Pool::new();
+/// Stored objects as a store reads them (dropped once decoded: any buffer with room
+/// fits).
+pub static OBJECTS: Pool = Pool::new(false);
+/// Decoded fragments (maybe held for long: a buffer fits only contents close to its
+/// size).
+pub static FRAGMENTS: Pool = Pool::new(true);
 
 impl Pool {
-    const fn new() -> Self {
+    const fn new(tight: bool) -> Self {
         Self {
             free: Mutex::new(Vec::new()),
+            tight,
         }
     }
 
-    /// The most recently kept buffer with room for `len` bytes, as it was left (never
+    /// The most recently kept buffer that [`fits`] `len` bytes, as it was left (never
     /// grown: a reallocation would copy its old contents); one whose length already
     /// covers `len` first, so that [`take_filled`](Self::take_filled) need not extend it.
     fn reuse(&self, len: usize) -> Option<Vec<u8>> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = |b: &Vec<u8>| b.capacity() >= len && (!self.tight || fits(b, len));
         free.iter()
-            .rposition(|b| b.len() >= len)
-            .or_else(|| free.iter().rposition(|b| b.capacity() >= len))
+            .rposition(|b| b.len() >= len && fits(b))
+            .or_else(|| free.iter().rposition(fits))
             .map(|i| free.remove(i))
     }
 
@@ -107,9 +117,21 @@ impl Drop for Returned {
             let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
             if free.len() < KEPT {
                 free.push(buffer);
+            } else if let Some(smallest) = free.iter_mut().min_by_key(|b| b.capacity()) {
+                // Full: keep the larger buffer, so that a run of small contents does not
+                // leave the pool without buffers for the common fragment size.
+                if smallest.capacity() < buffer.capacity() {
+                    *smallest = buffer;
+                }
             }
         }
     }
+}
+
+/// Whether `buffer` may hold `len` bytes for long: it has room, and at most an eighth of
+/// it would be left unused.
+fn fits(buffer: &Vec<u8>, len: usize) -> bool {
+    buffer.capacity() >= len && buffer.capacity() - len <= len / 8
 }
 
 fn keepable(buffer: &Vec<u8>) -> bool {
@@ -120,7 +142,7 @@ fn keepable(buffer: &Vec<u8>) -> bool {
 mod tests {
     use super::*;
 
-    static POOL: Pool = Pool::new();
+    static POOL: Pool = Pool::new(true);
 
     #[test]
     fn a_dropped_buffer_is_reused_with_its_bytes_intact_until_then() {
@@ -131,11 +153,23 @@ mod tests {
         drop(bytes);
         assert_eq!(&clone[..], &[7; 10]);
         drop(clone);
-        let again = POOL.take_filled(500);
-        assert_eq!(again, [7; 500]); // the same buffer, not zero-filled again
+        let again = POOL.take_filled(900);
+        assert_eq!(again, [7; 900]); // the same buffer, not zero-filled again
         drop(POOL.into_bytes(again));
-        assert!(POOL.take(300).is_empty());
-        assert!(POOL.reuse_filled(10).is_none()); // the one kept buffer was taken
+        // Small contents do not pin the large buffer.
+        assert!(POOL.reuse_filled(300).is_none());
+        assert!(POOL.take(1000).is_empty());
+        assert!(POOL.reuse_filled(1000).is_none()); // the one kept buffer was taken
         assert_eq!(POOL.take_filled(3000), [0; 3000]);
+    }
+
+    #[test]
+    fn a_full_pool_keeps_the_larger_buffers() {
+        static FULL: Pool = Pool::new(true);
+        let small: Vec<Bytes> = (0..KEPT).map(|_| FULL.into_bytes(vec![1; 100])).collect();
+        drop(small);
+        drop(FULL.into_bytes(vec![2; 1 << 20]));
+        assert_eq!(FULL.reuse_filled(1 << 20), Some(vec![2; 1 << 20]));
+        assert_eq!(FULL.reuse_filled(100), Some(vec![1; 100]));
     }
 }

@@ -268,6 +268,16 @@ async fn a_flipped_byte_is_reported_with_model_tensor_and_fragment() {
     raw[mid] ^= 1;
     store.overwrite_for_test(&key, Bytes::from(raw));
 
+    // Decoded in place (the test library has no cache): the damage is still caught.
+    let model = lib.open_model("victim").await.unwrap();
+    let info = &model.tensors()[0];
+    let reader = model.file(&info.file).unwrap();
+    let err = reader.read_owned(info.offset, info.len).await.unwrap_err();
+    assert!(
+        err.is_corruption() && err.to_string().contains(&frag.short()),
+        "{err}"
+    );
+
     let report = lib.verify(Some("victim"), None).await.unwrap();
     assert_eq!(report.problems.len(), 1);
     let problem = &report.problems[0];

@@ -7,11 +7,14 @@
 //!
 //! * `library.rs`: `Library` (one tokio runtime each) and its operations.
 //! * `model.rs`: `Model`: tensors, whole-tensor and per-fragment reads.
+//! * `ahead.rs`: `ReadAhead`: the tensors a model's reader is expected to ask for next,
+//!   read while Python works on the last one.
 //! * `buffer.rs`: `FragmentBuffer`: bytes lent to numpy without a copy.
 //! * `errors.rs`: the exception hierarchy and the mapping from `FragmentError`.
 
 use pyo3::prelude::*;
 
+mod ahead;
 mod buffer;
 mod errors;
 mod library;

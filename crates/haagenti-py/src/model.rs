@@ -1,15 +1,19 @@
 //! The native `Model`: an open model's tensors, and reads of a whole tensor or of some of
 //! its fragments, as [`FragmentBuffer`]s over the fragment bytes.
 //!
-//! Reads use [`FileReader::stream`], which fetches exactly the fragments of the range
-//! (no read-ahead), so a slice costs only the fragments it touches.
+//! Whole tensors are read with `FileReader::read_owned` (one buffer per tensor, the
+//! fragments decoded into it), and may name the tensors expected next, which are then
+//! read ahead ([`ReadAhead`]). Chosen fragments are read with `FileReader::stream`, which
+//! fetches exactly the fragments of the range (no read-ahead), so a slice costs only the
+//! fragments it touches.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use haagenti_fragments::{FragmentError, ModelHandle, TensorInfo};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::ahead::ReadAhead;
 use crate::buffer::FragmentBuffer;
 use crate::errors::invalid;
 use crate::library::{Rt, block};
@@ -29,11 +33,24 @@ type TensorRow = (String, &'static str, Vec<u64>, String, Vec<u32>, String);
 pub struct Model {
     handle: ModelHandle,
     rt: Rt,
+    ahead: ReadAhead,
 }
 
 impl Model {
     pub fn new(handle: ModelHandle, rt: Rt) -> Self {
-        Self { handle, rt }
+        // What one read keeps in flight: `in_flight` fragments of the model's largest.
+        let largest = handle
+            .tensors()
+            .iter()
+            .flat_map(|t| t.fragments.iter().map(|f| u64::from(f.len)))
+            .max()
+            .unwrap_or(0);
+        let budget = largest.saturating_mul(handle.in_flight() as u64);
+        Self {
+            handle,
+            rt,
+            ahead: ReadAhead::new(budget),
+        }
     }
 
     fn info(&self, index: usize) -> PyResult<&TensorInfo> {
@@ -105,17 +122,36 @@ impl Model {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// The bytes of tensor `index`: its one fragment's bytes, or its fragments joined
-    /// once.
-    fn read_tensor(&self, py: Python<'_>, index: usize) -> PyResult<FragmentBuffer> {
+    /// The bytes of tensor `index`: its one fragment's bytes, or one buffer its fragments
+    /// were decoded into. `next`: the tensors expected to be asked for next, in order, to read ahead
+    /// (none: nothing is read ahead, and reads under way for other tensors are dropped).
+    #[pyo3(signature = (index, next=Vec::new()))]
+    fn read_tensor(
+        &self,
+        py: Python<'_>,
+        index: usize,
+        next: Vec<usize>,
+    ) -> PyResult<FragmentBuffer> {
         let info = self.info(index)?.clone();
-        let handle = self.handle.clone();
-        let bytes = block(
-            py,
-            &self.rt,
-            || async move { read_joined(&handle, &info).await },
-        )?;
+        let next = next
+            .into_iter()
+            .map(|i| Ok((i, self.info(i)?.clone())))
+            .collect::<PyResult<Vec<_>>>()?;
+        let bytes = block(py, &self.rt, || {
+            self.ahead.read(&self.handle, index, &info, next)
+        })?;
         Ok(FragmentBuffer::new(bytes))
+    }
+
+    /// `(tensors, bytes)` being read ahead now (for tests).
+    fn _ahead(&self) -> (usize, u64) {
+        self.ahead.size()
+    }
+
+    /// The most bytes read ahead at once, unless one tensor alone is larger (for tests).
+    #[getter]
+    fn _ahead_budget(&self) -> u64 {
+        self.ahead.budget()
     }
 
     /// The bytes of tensors `indices` (as [`read_tensor`](Self::read_tensor) returns
@@ -130,7 +166,7 @@ impl Model {
         let tensors: Vec<Bytes> = block(py, &self.rt, || async move {
             let handle = &handle;
             futures::stream::iter(infos.iter())
-                .map(|info| read_joined(handle, info))
+                .map(|info| read_whole(handle, info))
                 .buffered(TENSORS_IN_FLIGHT)
                 .try_collect()
                 .await
@@ -196,36 +232,13 @@ impl Model {
 }
 
 /// Tensor `info`'s bytes in one buffer: its one fragment's bytes as they are (no copy),
-/// or its fragments copied into one buffer as they arrive, each dropped once copied, so
-/// that a large tensor never holds its fragments and its joined copy at once.
-async fn read_joined(handle: &ModelHandle, info: &TensorInfo) -> Result<Bytes, FragmentError> {
-    let reader = handle.file(&info.file)?;
-    let mut parts = reader.stream(info.offset, info.len);
-    if info.fragments.len() <= 1 {
-        let parts: Vec<Bytes> = parts.try_collect().await?;
-        return Ok(match <[Bytes; 1]>::try_from(parts) {
-            Ok([one]) => one,
-            Err(parts) => parts.concat().into(),
-        });
-    }
-    let capacity = usize::try_from(info.len)
-        .map_err(|_| FragmentError::InvalidInput(format!("tensor {} is too large", info.name)))?;
-    let mut joined = BytesMut::with_capacity(capacity);
-    while let Some(part) = parts.next().await {
-        joined.extend_from_slice(&part?);
-    }
-    if joined.len() as u64 != info.len {
-        return Err(FragmentError::corrupt(
-            format!(
-                "model {:?} file {} tensor {}",
-                handle.name(),
-                info.file,
-                info.name
-            ),
-            "fragments do not add up to the tensor's length",
-        ));
-    }
-    Ok(joined.freeze())
+/// or one buffer of the tensor's length into which its fragments are decoded
+/// ([`FileReader::read_owned`](haagenti_fragments::FileReader::read_owned)).
+pub async fn read_whole(handle: &ModelHandle, info: &TensorInfo) -> Result<Bytes, FragmentError> {
+    handle
+        .file(&info.file)?
+        .read_owned(info.offset, info.len)
+        .await
 }
 
 fn to_corrupt(handle: &ModelHandle, why: &str) -> PyErr {

@@ -1,6 +1,7 @@
 //! The read-path suite: any byte range of any stored file, read through
 //! [`FileReader`](haagenti_core::FileReader), equals the source bytes, for every encoding a
-//! fragment can have, and fetches only the fragments the range touches.
+//! fragment can have (with `read_at`, and with `read_owned`, which decodes fragments in
+//! place when the cache is off), and fetches only the fragments the range touches.
 //!
 //! [`check_read_path`] runs it on a store; the caller supplies the real codecs and
 //! similarity (this crate depends on neither), which the suite needs to store deltas and
@@ -171,6 +172,7 @@ pub async fn check_read_path(store: Arc<dyn FragmentStore>, library: &TestLibrar
             );
             check_edges(&model, &manifest, &file.path, &expected).await;
             check_random_ranges(&model, &file.path, &expected);
+            check_owned(&lib, &manifest, &s.name, &file.path, &expected).await;
             check_sequential(&model, &file.path, &expected).await;
             check_fetches(&lib, &recording, &manifest, &s.name, &file.path).await;
         }
@@ -280,6 +282,48 @@ fn check_random_ranges(model: &ModelHandle, path: &str, expected: &[u8]) {
             Ok(())
         })
         .unwrap();
+}
+
+/// `read_owned` of the whole file, of ranges across piece boundaries and of random
+/// ranges, with the cache off (fragments decoded in place) and on (copied from the cache).
+async fn check_owned(
+    lib: &FragmentLibrary,
+    manifest: &ModelManifest,
+    model: &str,
+    path: &str,
+    expected: &[u8],
+) {
+    let size = expected.len() as u64;
+    let mut ranges = vec![(0, size), (size, 0)];
+    let edges = boundaries(manifest, path);
+    for w in edges.windows(3) {
+        ranges.push((w[0], w[2] - w[0])); // two whole pieces
+        ranges.push((
+            w[0].saturating_sub(5),
+            (w[2] + 5).min(size) - w[0].saturating_sub(5),
+        ));
+    }
+    let mut rng = synth::Rng::new(size);
+    for _ in 0..16 {
+        let offset = rng.below(size + 1);
+        ranges.push((offset, rng.below(size - offset + 1)));
+    }
+    for cache in [0, 8 << 20] {
+        let lib = lib.clone().with_cache_bytes(cache);
+        let reader = lib.open_model(model).await.unwrap().file(path).unwrap();
+        for &(offset, len) in &ranges {
+            let got = reader.read_owned(offset, len).await.unwrap();
+            assert!(
+                got == expected[offset as usize..(offset + len) as usize],
+                "{model} {path}: read_owned {offset}+{len} (cache {cache}) differs from the source"
+            );
+        }
+        let err = reader.read_owned(size, 1).await.unwrap_err();
+        assert!(
+            matches!(err, FragmentError::RangeOutOfBounds { .. }),
+            "{err}"
+        );
+    }
 }
 
 /// Sequential reads in odd-sized steps (as a FUSE mount or an HTTP client reads).

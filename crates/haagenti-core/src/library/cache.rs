@@ -197,6 +197,11 @@ impl FragmentLibrary {
         self.inner.cache.cache.run_pending_tasks().await;
     }
 
+    /// Whether the cache keeps anything (its budget is not 0).
+    pub(super) fn caches(&self) -> bool {
+        self.inner.cache.budget > 0
+    }
+
     /// A fragment through the cache: concurrent callers for one fragment share one fetch.
     pub(super) async fn cached_fragment(&self, id: &FragmentId) -> Result<Bytes> {
         let cache = &self.inner.cache;

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{FragmentLibrary, join_error};
 use crate::buffers;
@@ -175,6 +175,87 @@ impl FragmentLibrary {
     }
 
     async fn read_object_once(&self, id: &FragmentId, from: DependencyFrom) -> Result<Bytes> {
+        let (raw, header, dependency) = self.read_parts(id, from).await?;
+        let codecs = self.codecs().clone();
+        let id = *id;
+        // Decoding is CPU work like any other: at most `parallelism` at once, so that
+        // readers with many fragments in flight do not multiply threads (each keeps a
+        // codec scratch buffer and an allocator arena).
+        let (data, elapsed) = self
+            .on_cpu(move || {
+                let started = Instant::now();
+                let data = decode_verified(&codecs, &id, &raw, &header, dependency.as_deref());
+                (data, started.elapsed())
+            })
+            .await?;
+        self.inner.cache.count_decode(elapsed);
+        data.map(|d| buffers::FRAGMENTS.into_bytes(d))
+    }
+
+    /// Fetches, decodes and verifies one fragment into `out` (of the fragment's length),
+    /// its dependency read as `via` says; `out` comes back with the fragment's bytes.
+    /// For readers that place fragments into a larger buffer of their own without a copy;
+    /// the fragment itself is not cached. Read again once if it fails verification, as
+    /// [`read_object`](Self::read_object) does.
+    pub(crate) async fn read_fragment_into(
+        &self,
+        id: &FragmentId,
+        via: Via,
+        out: BytesMut,
+    ) -> Result<BytesMut> {
+        let from = match via {
+            Via::Cache => DependencyFrom::Cache,
+            Via::Store => DependencyFrom::Store,
+        };
+        match self.read_object_into(id, from, out).await {
+            (out, Err(e)) if e.is_corruption() => {
+                match self.read_object_into(id, from, out).await {
+                    (out, Ok(())) => Ok(out),
+                    (_, Err(e)) => Err(e),
+                }
+            }
+            (out, Ok(())) => Ok(out),
+            (_, Err(e)) => Err(e),
+        }
+    }
+
+    async fn read_object_into(
+        &self,
+        id: &FragmentId,
+        from: DependencyFrom,
+        mut out: BytesMut,
+    ) -> (BytesMut, Result<()>) {
+        let (raw, header, dependency) = match self.read_parts(id, from).await {
+            Ok(parts) => parts,
+            Err(e) => return (out, Err(e)),
+        };
+        let codecs = self.codecs().clone();
+        let id = *id;
+        let decoded = self
+            .on_cpu(move || {
+                let started = Instant::now();
+                let target = Out::Filled(&mut out);
+                let done =
+                    decode_verified_to(&codecs, &id, &raw, &header, dependency.as_deref(), target);
+                (out, done, started.elapsed())
+            })
+            .await;
+        match decoded {
+            Ok((out, done, elapsed)) => {
+                self.inner.cache.count_decode(elapsed);
+                (out, done)
+            }
+            // The buffer went with the task; the caller gets the error, not its bytes.
+            Err(e) => (BytesMut::new(), Err(e)),
+        }
+    }
+
+    /// Fragment `id`'s object, its parsed header and its dependency's decoded bytes.
+    async fn read_parts(
+        &self,
+        id: &FragmentId,
+        from: DependencyFrom,
+    ) -> Result<(Bytes, ObjectHeader, Option<Bytes>)> {
         let key = ObjectKey::fragment(id);
         let raw = self.store().get(&key).await?;
         self.inner.cache.count_store_read(raw.len());
@@ -197,17 +278,7 @@ impl FragmentLibrary {
                 .await?,
             ),
         };
-        let codecs = self.codecs().clone();
-        let id = *id;
-        let (data, elapsed) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let data = decode_verified(&codecs, &id, &raw, &header, dependency.as_deref());
-            (data, started.elapsed())
-        })
-        .await
-        .map_err(join_error)?;
-        self.inner.cache.count_decode(elapsed);
-        data.map(|d| buffers::FRAGMENTS.into_bytes(d))
+        Ok((raw, header, dependency))
     }
 
     /// Reads a fragment that may serve as a delta base or cast source: `None` unless it
@@ -354,7 +425,7 @@ pub(super) fn delta_object(
 }
 
 /// Decodes an object whose header is parsed, given its dependency's decoded bytes, and
-/// checks the result against `id`.
+/// checks the result against `id`: into a reused buffer when one fits, else a new one.
 pub(super) fn decode_verified(
     codecs: &CodecRegistry,
     id: &FragmentId,
@@ -362,10 +433,62 @@ pub(super) fn decode_verified(
     header: &ObjectHeader,
     dependency: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
+    let len = header.decoded_len as usize; // bounded by decode_header
+    match buffers::FRAGMENTS.reuse_filled(len) {
+        Some(mut out) => {
+            decode_verified_to(codecs, id, raw, header, dependency, Out::Filled(&mut out))?;
+            Ok(out)
+        }
+        None => {
+            let mut out = Vec::with_capacity(len);
+            decode_verified_to(codecs, id, raw, header, dependency, Out::New(&mut out))?;
+            Ok(out)
+        }
+    }
+}
+
+/// Where a decode writes.
+enum Out<'a> {
+    /// A buffer of the decoded length, every byte of which is overwritten.
+    Filled(&'a mut [u8]),
+    /// An empty vector that codecs append to (never zero-filled first).
+    New(&'a mut Vec<u8>),
+}
+
+impl Out<'_> {
+    /// The output as `len` bytes, zero-filled where it had none.
+    fn filled(&mut self, len: usize) -> &mut [u8] {
+        match self {
+            Out::Filled(out) => out,
+            Out::New(out) => {
+                out.resize(len, 0);
+                out
+            }
+        }
+    }
+}
+
+/// [`decode_verified`] into `out`.
+fn decode_verified_to(
+    codecs: &CodecRegistry,
+    id: &FragmentId,
+    raw: &[u8],
+    header: &ObjectHeader,
+    dependency: Option<&[u8]>,
+    mut out: Out<'_>,
+) -> Result<()> {
     let key = || ObjectKey::fragment(id).to_string();
     object::verify_checksum(raw, &key())?;
     let payload = &raw[header.header_len..];
     let len = header.decoded_len as usize; // bounded by decode_header
+    if let Out::Filled(out) = &out
+        && out.len() != len
+    {
+        return Err(FragmentError::corrupt(
+            key(),
+            "fragment length differs from the manifest's",
+        ));
+    }
     let codec = |tag: u16| {
         codecs
             .get(tag)
@@ -377,11 +500,10 @@ pub(super) fn decode_verified(
             })
     };
     let with_key = |e: FragmentError| FragmentError::corrupt(key(), e.to_string());
-    let cast_of = |source: &[u8], from: Dtype, to: Dtype| {
-        // A reused buffer: `convert_into` writes every byte or fails.
-        let mut out = buffers::FRAGMENTS.take_filled(len);
-        if cast::convert_into(source, from, to, &mut out) {
-            Ok(out)
+    let cast_into = |source: &[u8], from: Dtype, to: Dtype, out: &mut [u8]| {
+        // `convert_into` writes every byte or fails.
+        if cast::convert_into(source, from, to, out) {
+            Ok(())
         } else {
             Err(FragmentError::corrupt(
                 key(),
@@ -399,7 +521,8 @@ pub(super) fn decode_verified(
                 )
             })
     };
-    let decode_into_buffer = |tag: u16| {
+    // The payload's codec output, every byte of `out` (or the read fails).
+    let decode = |tag: u16, out: &mut Out<'_>| {
         let codec = codec(tag)?;
         if len > MAX_DECODED_LEN {
             return Err(with_key(FragmentError::codec(
@@ -407,31 +530,39 @@ pub(super) fn decode_verified(
                 format!("declared length {len} exceeds the limit {MAX_DECODED_LEN}"),
             )));
         }
-        // A reused buffer, every byte of which the codec writes (or the read fails);
-        // without one, a new buffer the codec appends to (never zero-filled first).
-        if let Some(mut out) = buffers::FRAGMENTS.reuse_filled(len) {
-            codec.decode_into(payload, &mut out).map_err(with_key)?;
-            return Ok(out);
+        match out {
+            Out::Filled(out) => codec.decode_into(payload, out).map_err(with_key),
+            Out::New(out) => {
+                codec.decode(payload, len, out).map_err(with_key)?;
+                if out.len() != len {
+                    return Err(with_key(FragmentError::codec(
+                        codec.name(),
+                        format!("decoded {} bytes, expected {len}", out.len()),
+                    )));
+                }
+                Ok(())
+            }
         }
-        let mut out = Vec::with_capacity(len);
-        codec.decode(payload, len, &mut out).map_err(with_key)?;
-        if out.len() != len {
-            return Err(with_key(FragmentError::codec(
-                codec.name(),
-                format!("decoded {} bytes, expected {len}", out.len()),
-            )));
+    };
+    let xor_with = |out: &mut [u8], base: &[u8]| {
+        if xor_into(out, base) {
+            Ok(())
+        } else {
+            Err(FragmentError::corrupt(
+                key(),
+                "delta and base lengths differ",
+            ))
         }
-        Ok(out)
     };
-    let xor_with = |tag: u16, base: &[u8]| {
-        let xor = decode_into_buffer(tag)?;
-        xor_into(xor, base)
-            .ok_or_else(|| FragmentError::corrupt(key(), "delta and base lengths differ"))
-    };
-    let data = match (header.encoding, dependency) {
-        (Encoding::Standalone { codec: tag }, None) => decode_into_buffer(tag)?,
-        (Encoding::Delta { codec: tag, .. }, Some(base)) => xor_with(tag, base)?,
-        (Encoding::Cast { from, to, .. }, Some(source)) => cast_of(source, from, to)?,
+    match (header.encoding, dependency) {
+        (Encoding::Standalone { codec: tag }, None) => decode(tag, &mut out)?,
+        (Encoding::Delta { codec: tag, .. }, Some(base)) => {
+            decode(tag, &mut out)?;
+            xor_with(out.filled(len), base)?;
+        }
+        (Encoding::Cast { from, to, .. }, Some(source)) => {
+            cast_into(source, from, to, out.filled(len))?;
+        }
         (
             Encoding::CastDelta {
                 codec: tag,
@@ -440,8 +571,21 @@ pub(super) fn decode_verified(
                 ..
             },
             Some(source),
-        ) => xor_with(tag, &cast_of(source, from, to)?)?,
-        (Encoding::Quant { from, to, .. }, Some(source)) => quant_of(source, from, to)?,
+        ) => {
+            decode(tag, &mut out)?;
+            // A reused buffer for the cast, handed back once applied.
+            let mut cast = buffers::FRAGMENTS.take_filled(len);
+            cast_into(source, from, to, &mut cast)?;
+            xor_with(out.filled(len), &cast)?;
+            drop(buffers::FRAGMENTS.into_bytes(cast));
+        }
+        (Encoding::Quant { from, to, .. }, Some(source)) => {
+            let quant = quant_of(source, from, to)?;
+            match &mut out {
+                Out::New(out) => **out = quant,
+                Out::Filled(out) => out.copy_from_slice(&quant),
+            }
+        }
         (
             Encoding::QuantDelta {
                 codec: tag,
@@ -450,19 +594,22 @@ pub(super) fn decode_verified(
                 ..
             },
             Some(source),
-        ) => xor_with(tag, &quant_of(source, from, to)?)?,
+        ) => {
+            decode(tag, &mut out)?;
+            xor_with(out.filled(len), &quant_of(source, from, to)?)?;
+        }
         _ => {
             return Err(FragmentError::corrupt(
                 key(),
                 "encoding and dependency disagree",
             ));
         }
-    };
-    let actual = FragmentId::of(&data);
+    }
+    let actual = FragmentId::of(out.filled(len));
     if actual != *id {
         return Err(FragmentError::HashMismatch { id: *id, actual });
     }
-    Ok(data)
+    Ok(())
 }
 
 /// The reference quantization to `to` of the values of `source` (elements of `from`,
@@ -476,11 +623,11 @@ pub(super) fn quantize_source(source: &[u8], from: Dtype, to: LegacyQuant) -> Op
     to.quantize(&values)
 }
 
-/// `xor ^= base` element-wise; `None` when the lengths differ.
-fn xor_into(mut xor: Vec<u8>, base: &[u8]) -> Option<Vec<u8>> {
+/// `xor ^= base` element-wise; false when the lengths differ.
+fn xor_into(xor: &mut [u8], base: &[u8]) -> bool {
     if xor.len() != base.len() {
-        return None;
+        return false;
     }
     xor.iter_mut().zip(base).for_each(|(x, b)| *x ^= b);
-    Some(xor)
+    true
 }

@@ -344,6 +344,82 @@ impl FileReader {
         futures::stream::iter(error.map(Err)).chain(pieces)
     }
 
+    /// Exactly `len` bytes of the file from `offset` in a buffer that holds them alone,
+    /// for callers that keep the bytes (a tensor lent to Python): one piece's bytes as
+    /// [`read_at`](Self::read_at) returns them, else one new buffer into which each
+    /// fragment is decoded in place (no second copy) when reads bypass the cache or the
+    /// cache is off; through the cache, cached fragments are copied in. Fetches
+    /// [`in_flight`](Self::in_flight) pieces at once, without read-ahead.
+    pub async fn read_owned(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let end = self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let span = self.layout.span(offset, end);
+        if span.len() == 1 {
+            let parts: Vec<Bytes> = self.stream(offset, len).try_collect().await?;
+            return Ok(join(&parts));
+        }
+        let in_place = self.via == Via::Store || !self.library.caches();
+        let size = usize::try_from(len).map_err(|_| {
+            FragmentError::InvalidInput(format!(
+                "{} bytes of file {} do not fit in memory",
+                len, self.layout.file.path
+            ))
+        })?;
+        // Zeroed by the allocator (fresh pages for a large buffer: no second pass), then
+        // cut into one part per piece, which the part's fetch fills.
+        let mut rest = BytesMut::zeroed(size);
+        let mut parts = Vec::with_capacity(span.len());
+        for i in span {
+            let (start, stop) = (self.layout.starts[i], self.layout.starts[i + 1]);
+            let from = start.max(offset);
+            let part = rest.split_to((stop.min(end) - from) as usize);
+            let whole = start >= offset && stop <= end;
+            parts.push(self.fill(i, part, from - start, in_place && whole));
+        }
+        let parts: Vec<BytesMut> = futures::stream::iter(parts)
+            .buffered(self.in_flight())
+            .try_collect()
+            .await?;
+        // The parts are adjacent, so joining them back moves no bytes.
+        let mut joined = BytesMut::new();
+        for part in parts {
+            joined.unsplit(part);
+        }
+        Ok(joined.freeze())
+    }
+
+    /// `part` filled with piece `i`'s bytes from `skip` on, on a task of its own: decoded
+    /// straight into it (`in_place`, the whole piece), else fetched and copied.
+    fn fill(
+        &self,
+        i: usize,
+        mut part: BytesMut,
+        skip: u64,
+        in_place: bool,
+    ) -> impl Future<Output = Result<BytesMut>> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let id = match &this.layout.pieces[i] {
+                Piece::Fragment { id, .. } if in_place => *id,
+                _ => {
+                    let bytes = this.fetch(i).await?;
+                    let from = skip as usize;
+                    let to = from + part.len();
+                    part.copy_from_slice(&bytes[from..to]);
+                    return Ok(part);
+                }
+            };
+            let (library, via) = (this.library.clone(), this.via);
+            tokio::spawn(async move { library.read_fragment_into(&id, via, part).await })
+                .await
+                .map_err(join_error)
+                .and_then(|r| r)
+                .map_err(|e| e.in_model(&this.model, this.layout.location(i)))
+        }
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
         let size = self.layout.file.size;
         match offset.checked_add(len) {

@@ -15,7 +15,8 @@ and reads its models with the ``safetensors.safe_open`` surface::
 
 Arrays are read-only views of the fragment bytes, without a copy: a tensor held by one
 fragment is a view of the fragment the library's cache holds; a tensor of several
-fragments is assembled once per distinct content. Two models of one ``Library`` that
+fragments is decoded into one buffer once per distinct content. ``get_tensor`` calls in
+``keys()`` or file order read the next tensors ahead. Two models of one ``Library`` that
 share a tensor return arrays over the same memory for it. bf16 and fp8 tensors need
 ``ml_dtypes``. The GIL is released while fragments are fetched and decoded.
 
@@ -72,6 +73,8 @@ _ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8
 # A slice enumerates at most this many contiguous runs to find the fragments it touches
 # exactly; beyond it, every fragment of the runs' bounding range is fetched.
 _MAX_RUNS = 1 << 18
+# Tensors named to the native read-ahead at most (it keeps those that fit its budget).
+_AHEAD = 8
 
 
 def _dtype(name: str) -> np.dtype:
@@ -300,6 +303,10 @@ class SafeOpen:
                 self._ambiguous.setdefault(t.name, [self._tensors[t.name].file]).append(t.file)
             self._tensors[t.name] = t
         self._tensor_files = sorted({t.file for t in self._tensors.values()})
+        # Read-ahead: the orders calls are expected to follow (keys(), file order), each
+        # as (names, position of each name), made on first use; and the last name asked.
+        self._orders: Optional[List[Tuple[List[str], Dict[str, int]]]] = None
+        self._last: Optional[str] = None
 
     def __enter__(self) -> "SafeOpen":
         return self
@@ -356,12 +363,33 @@ class SafeOpen:
         return _to_torch(array) if self._torch else array
 
     def get_tensor(self, name: str) -> Any:
-        """Tensor ``name`` as a read-only array over the fragment bytes (no copy)."""
-        return self._out(self._array(self._lookup(name)))
+        """Tensor ``name`` as a read-only array over the fragment bytes (no copy). Calls
+        in ``keys()`` or file order read the next tensors ahead."""
+        return self._out(self._array(self._lookup(name), ahead=True))
 
-    def _array(self, t: _Tensor) -> np.ndarray:
-        buf = self._library._shared(t.key, lambda: self._model.read_tensor(t.index))
+    def _array(self, t: _Tensor, ahead: bool = False) -> np.ndarray:
+        nxt = self._next(t.name) if ahead else []
+        buf = self._library._shared(t.key, lambda: self._model.read_tensor(t.index, nxt))
         return _array(buf, _dtype(t.dtype_name), t.shape)
+
+    def _next(self, name: str) -> List[int]:
+        """The tensors to read ahead after ``name``: when the previous call asked for the
+        name before it in ``keys()`` or file order, the next ones in that order whose
+        content is not in memory yet; else none (which drops what was read ahead)."""
+        last, self._last = self._last, name
+        if last is None:
+            return []
+        if self._orders is None:
+            orders = [self.keys(), self.offset_keys()]
+            self._orders = [(o, {n: i for i, n in enumerate(o)}) for o in orders]
+        for names, position in self._orders:
+            at = position[name]
+            if at > 0 and names[at - 1] == last:
+                lib = self._library
+                ahead = [self._tensors[n] for n in names[at + 1 : at + 1 + _AHEAD]]
+                with lib._lock:
+                    return [t.index for t in ahead if t.key not in lib._buffers]
+        return []
 
     def get_slice(self, name: str) -> "TensorSlice":
         """A lazy view of tensor ``name``: index it like a numpy array and only the
