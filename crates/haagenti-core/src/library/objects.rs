@@ -70,6 +70,16 @@ enum DependencyFrom {
     Refused,
 }
 
+impl DependencyFrom {
+    /// Where a read `via` gets the fragment's dependency.
+    fn of(via: Via) -> Self {
+        match via {
+            Via::Cache | Via::Peek => DependencyFrom::Cache,
+            Via::Store => DependencyFrom::Store,
+        }
+    }
+}
+
 impl FragmentLibrary {
     /// The id of `data`, hashed holding a CPU permit.
     pub(super) async fn hash(&self, data: Bytes) -> Result<FragmentId> {
@@ -157,10 +167,7 @@ impl FragmentLibrary {
     /// Fetches, decodes and verifies one fragment, getting its delta base or cast source
     /// as `via` says. The dependency must not have one itself (deltas have depth 1).
     pub(super) async fn read_fragment(&self, id: &FragmentId, via: Via) -> Result<Bytes> {
-        let from = match via {
-            Via::Cache | Via::Peek => DependencyFrom::Cache,
-            Via::Store => DependencyFrom::Store,
-        };
+        let from = DependencyFrom::of(via);
         self.read_object(id, from).await
     }
 
@@ -203,10 +210,7 @@ impl FragmentLibrary {
         via: Via,
         out: BytesMut,
     ) -> Result<BytesMut> {
-        let from = match via {
-            Via::Cache => DependencyFrom::Cache,
-            Via::Store => DependencyFrom::Store,
-        };
+        let from = DependencyFrom::of(via);
         match self.read_object_into(id, from, out).await {
             (out, Err(e)) if e.is_corruption() => {
                 match self.read_object_into(id, from, out).await {
