@@ -421,6 +421,9 @@ impl FragmentLibrary {
             files.push(build_file_manifest(src, refs, blake3, &mut substitutions)?);
         }
         let objects = self.stored_objects(objects).await?;
+        // Every fragment the manifest names durable first: those written here (deferred
+        // puts) and those found stored (another writer's may not be durable yet).
+        self.store().flush().await?;
         // The index is advisory, but written before the manifest so that a model that
         // exists always has its fragments indexed.
         self.write_index_segment(&new_index_entries).await?;

@@ -70,10 +70,12 @@ impl FragmentLibrary {
         self.on_cpu(move || FragmentId::of(&data)).await
     }
 
-    /// Stores `data` as a standalone fragment unless an object with its id exists.
+    /// Stores `data` as a standalone fragment unless an object with its id exists; the
+    /// object is durable when this returns.
     pub async fn put_fragment(&self, data: Bytes, dtype: Option<Dtype>) -> Result<PutFragment> {
         let id = self.hash(data.clone()).await?;
         if let Some(header) = self.fragment_header(&id).await? {
+            self.store().flush().await?;
             return Ok(PutFragment {
                 id,
                 created: false,
@@ -81,7 +83,9 @@ impl FragmentLibrary {
                 depends_on: header.dependency(),
             });
         }
-        Ok(match self.write_standalone(id, data, dtype).await? {
+        let stored = self.write_standalone(id, data, dtype).await?;
+        self.store().flush().await?;
+        Ok(match stored {
             Stored::Written { stored_len, .. } => PutFragment {
                 id,
                 created: true,
@@ -263,7 +267,8 @@ impl FragmentLibrary {
         self.put_object(id, object, encoding).await
     }
 
-    /// Writes a sealed object of `encoding` create-only.
+    /// Writes a sealed object of `encoding` create-only, durable once the store is
+    /// flushed (ingest flushes before the manifest).
     pub(super) async fn put_object(
         &self,
         id: FragmentId,
@@ -272,7 +277,7 @@ impl FragmentLibrary {
     ) -> Result<Stored> {
         let stored_len = object.len() as u64;
         let key = ObjectKey::fragment(&id);
-        match self.store().put(&key, Bytes::from(object)).await? {
+        match self.store().put_deferred(&key, Bytes::from(object)).await? {
             PutOutcome::Created => Ok(Stored::Written {
                 encoding,
                 stored_len,
