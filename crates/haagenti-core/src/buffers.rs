@@ -1,8 +1,9 @@
-//! Reusable buffers for bulk reads: fragment objects read from a store, decoded
-//! fragments. Their `Bytes` hand the buffer back to its [`Pool`] when the last clone is
-//! dropped, so a bulk read (export, verify, a mount's stream) fills memory that is
-//! already mapped instead of a fresh 1-2 MiB allocation per object, which the allocator
-//! may serve as new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
+//! Reusable buffers for bulk reads and writes: fragment objects read from a store or
+//! encoded for one, decoded fragments, fragments read from ingest's input files. Their
+//! `Bytes` hand the buffer back to its [`Pool`] when the last clone is dropped, so bulk
+//! work (ingest, export, verify, a mount's stream) fills memory that is already mapped
+//! instead of a fresh 1-2 MiB allocation per object, which the allocator may serve as
+//! new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
 //! most [`KEPT`] buffers of at most [`KEPT_LEN`] bytes; others are freed as usual.
 
 use std::sync::Mutex;
@@ -20,8 +21,10 @@ pub struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Stored objects as a store reads them.
+/// Stored objects as a store reads them or ingest encodes them.
 pub static OBJECTS: Pool = Pool::new();
+/// Fragments as ingest reads them from its input files.
+pub static INPUT: Pool = Pool::new();
 /// Decoded fragments.
 pub static FRAGMENTS: Pool = Pool::new();
 

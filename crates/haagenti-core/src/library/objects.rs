@@ -277,7 +277,9 @@ impl FragmentLibrary {
     ) -> Result<Stored> {
         let stored_len = object.len() as u64;
         let key = ObjectKey::fragment(&id);
-        match self.store().put_deferred(&key, Bytes::from(object)).await? {
+        // Back to the pool once written (a put keeps no reference).
+        let object = buffers::OBJECTS.into_bytes(object);
+        match self.store().put_deferred(&key, object).await? {
             PutOutcome::Created => Ok(Stored::Written {
                 encoding,
                 stored_len,
@@ -294,7 +296,9 @@ impl FragmentLibrary {
 
 /// Encodes `data` with the registry's encoder, falling back to raw when that is no smaller.
 fn encode_standalone(codecs: &CodecRegistry, data: &[u8], hint: EncodeHint) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN + data.len() / 2);
+    // Room for the raw fallback, from the pool ingest's writes hand back to.
+    let mut out =
+        buffers::OBJECTS.take((object::MAX_OBJECT_HEADER_LEN + data.len()).min(buffers::KEPT_LEN));
     let encoder = codecs.encoder();
     let standalone = |codec| Encoding::Standalone { codec };
     if encoder.tag() != RAW_CODEC_TAG && !data.is_empty() {
