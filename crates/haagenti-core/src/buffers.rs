@@ -1,8 +1,9 @@
-//! Reusable buffers for bulk reads: fragment objects read from a store, decoded
-//! fragments. Their `Bytes` hand the buffer back to its [`Pool`] when the last clone is
-//! dropped, so a bulk read (export, verify, a mount's stream) fills memory that is
-//! already mapped instead of a fresh 1-2 MiB allocation per object, which the allocator
-//! may serve as new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
+//! Reusable buffers for bulk reads and writes: fragment objects read from a store or
+//! encoded for one, decoded fragments, fragments read from ingest's input files. Their
+//! `Bytes` hand the buffer back to its [`Pool`] when the last clone is dropped, so bulk
+//! work (ingest, export, verify, a mount's stream) fills memory that is already mapped
+//! instead of a fresh 1-2 MiB allocation per object, which the allocator may serve as
+//! new zeroed pages (a page fault every 4 KiB). Bounded: a pool keeps at
 //! most [`KEPT`] buffers of at most [`KEPT_LEN`] bytes; others are freed as usual.
 //!
 //! A decoded-fragment buffer is only handed out for contents close to its capacity
@@ -26,9 +27,11 @@ pub struct Pool {
     tight: bool,
 }
 
-/// Stored objects as a store reads them (dropped once decoded: any buffer with room
-/// fits).
+/// Stored objects as a store reads them or ingest encodes them (dropped once decoded
+/// or written: any buffer with room fits).
 pub static OBJECTS: Pool = Pool::new(false);
+/// Fragments as ingest reads them from its input files (dropped once stored).
+pub static INPUT: Pool = Pool::new(false);
 /// Decoded fragments (maybe held for long: a buffer fits only contents close to its
 /// size).
 pub static FRAGMENTS: Pool = Pool::new(true);

@@ -2,7 +2,7 @@
 //!
 //! Stores are dumb on purpose: they map validated keys to immutable byte objects. Content
 //! addressing, encodings and verification live in the library, so every backend gets them
-//! for free and a backend needs only five methods.
+//! for free and a backend needs only five methods (the others have defaults).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -151,6 +151,23 @@ pub trait FragmentStore: Send + Sync + fmt::Debug {
     /// Removes the object; a missing key is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
 
+    /// Writes `bytes` under `key` as [`put`](Self::put) does (atomic, create-only, seen
+    /// by readers at once), except that the object need survive a power cut only once a
+    /// later [`flush`](Self::flush) has returned: for many objects that become reachable
+    /// together, such as an ingest's fragments before the manifest naming them, so that a
+    /// store can make them durable in one step. The default is `put`.
+    async fn put_deferred(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        self.put(key, bytes).await
+    }
+
+    /// Makes durable every object a [`put_deferred`](Self::put_deferred) on this store
+    /// reported, and every object this store reported present (another writer's may not
+    /// be durable yet): call it before writing what references them. The default does
+    /// nothing, for stores whose writes are durable once acknowledged.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Where the store lives, for messages (`/path/to/lib`, `s3://bucket/prefix`).
     fn location(&self) -> String {
         format!("{self:?}")
@@ -210,6 +227,12 @@ impl<S: FragmentStore + ?Sized> FragmentStore for std::sync::Arc<S> {
     }
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         (**self).delete(key).await
+    }
+    async fn put_deferred(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        (**self).put_deferred(key, bytes).await
+    }
+    async fn flush(&self) -> Result<()> {
+        (**self).flush().await
     }
     fn location(&self) -> String {
         (**self).location()

@@ -30,12 +30,27 @@ fn library() -> TestLibrary {
         .similarity(haagenti_fragments::lsh::cosine_similarity())
 }
 
-fn open(root: &Path, journal: Option<(&Arc<Journal>, Option<Flaw>)>) -> FragmentLibrary {
+/// How the recorded run's store makes puts durable.
+#[derive(Clone, Copy, Debug)]
+enum Scheme {
+    /// The default: fragments' directories made durable by one `syncfs` before the
+    /// manifest.
+    Batched,
+    /// Every put durable when it returns (`FsStore::sync_each_put`): the scheme before
+    /// batching, the control.
+    EachPut,
+    /// The default with one durability step left out: the checks must fail.
+    Flawed(Flaw),
+}
+
+fn open(root: &Path, journal: Option<(&Arc<Journal>, Scheme)>) -> FragmentLibrary {
     let mut store = FsStore::open(root).unwrap();
-    if let Some((journal, flaw)) = journal {
+    if let Some((journal, scheme)) = journal {
         store = store.with_journal(journal.clone());
-        if let Some(flaw) = flaw {
-            store = store.with_flaw(flaw);
+        match scheme {
+            Scheme::Batched => {}
+            Scheme::EachPut => store = store.sync_each_put(),
+            Scheme::Flawed(flaw) => store = store.with_flaw(flaw),
         }
     }
     library().open(Arc::new(store))
@@ -117,6 +132,64 @@ fn the_replay_keeps_exactly_what_fsyncs_made_durable() {
     );
 }
 
+/// A deferred put (file fsynced, then published, directories left to a syncfs): lost
+/// until the syncfs, kept after it; a syncfs that started before the link does not
+/// cover it; the published file is never seen short.
+#[test]
+fn the_replay_keeps_what_a_syncfs_made_durable() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("tmp")).unwrap();
+    let before = Snapshot::take(root.path()).unwrap();
+    let s = |p: &str| p.to_string();
+    let put = |covers: usize| {
+        vec![
+            Op::Mkdir { path: s("d") },
+            Op::Create {
+                path: s("tmp/a"),
+                bytes: bytes::Bytes::from_static(b"hello"),
+            },
+            Op::Fsync {
+                path: s("tmp/a"),
+                dir: false,
+                covers: 2,
+            },
+            Op::Link {
+                from: s("tmp/a"),
+                to: s("d/k"),
+            },
+            Op::Unlink { path: s("tmp/a") },
+            Op::Syncfs { covers },
+        ]
+    };
+    let all = crash_states(&before, &put(5), 8, 1).unwrap();
+    assert_eq!(all.points, 3, "an fsync, the syncfs and the end");
+    for state in &all.states {
+        if let Some(bytes) = state.file("d/k") {
+            assert_eq!(bytes, b"hello", "{}", state.label);
+        }
+    }
+    let at = |point: usize, choice: &str| {
+        all.states
+            .iter()
+            .find(|st| st.point == point && st.label.ends_with(choice))
+            .unwrap()
+    };
+    assert!(!at(1, "AllLost").has_dir("d"));
+    assert_eq!(at(2, "AllLost").file("d/k"), Some(&b"hello"[..]));
+    assert_eq!(
+        at(2, "AllLost").file("tmp/a"),
+        None,
+        "the unlink is durable too"
+    );
+    let early = crash_states(&before, &put(3), 0, 1).unwrap();
+    let end = early.states.iter().find(|st| st.point == 2).unwrap();
+    assert!(
+        end.has_dir("d") && end.file("d/k").is_none(),
+        "{}",
+        end.label
+    );
+}
+
 /// Where the states are built: in memory when the machine offers a tmpfs (the replay
 /// models the disk, so none is needed; on ext4, deleting hundreds of small trees costs
 /// more than checking them), else the temporary directory.
@@ -145,7 +218,7 @@ struct Expect {
 
 /// Runs `scenario` on a library prepared by `setup`, with a journal; returns the
 /// directory before the run and the journal's operations.
-async fn record<S, R>(work: &Path, flaw: Option<Flaw>, setup: S, scenario: R) -> (Snapshot, Vec<Op>)
+async fn record<S, R>(work: &Path, scheme: Scheme, setup: S, scenario: R) -> (Snapshot, Vec<Op>)
 where
     S: AsyncFnOnce(&FragmentLibrary),
     R: AsyncFnOnce(&FragmentLibrary, &Journal),
@@ -154,7 +227,7 @@ where
     setup(&open(&root, None)).await;
     let before = Snapshot::take(&root).unwrap();
     let journal = Journal::new();
-    let lib = open(&root, Some((&journal, flaw)));
+    let lib = open(&root, Some((&journal, scheme)));
     scenario(&lib, &journal).await;
     drop(lib);
     (before, journal.ops())
@@ -309,13 +382,13 @@ fn summary(scenario: &str, points: usize, checked: usize, ops: usize, started: I
 async fn ingest_scenario(
     work: &Path,
     family: &Family,
-    flaw: Option<Flaw>,
+    scheme: Scheme,
 ) -> (Snapshot, Vec<Op>, Expect) {
     let base = source(family, "base-bf16");
     let tune = source(family, "finetune-bf16");
     let (before, ops) = record(
         work,
-        flaw,
+        scheme,
         async |_| {},
         async |lib, journal| {
             lib.ingest("base", &base, IngestOptions::default())
@@ -364,9 +437,35 @@ async fn ingests_survive_a_power_cut_at_every_durability_point() {
     let started = Instant::now();
     let work = workdir();
     let family = family(&work.path().join("src"));
-    let (before, ops, expect) = ingest_scenario(work.path(), &family, None).await;
+    let (before, ops, expect) = ingest_scenario(work.path(), &family, Scheme::Batched).await;
+    // The batching is there: one syncfs per ingest, no directory fsync per fragment.
+    let syncfs = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Syncfs { .. }))
+        .count();
+    assert_eq!(syncfs, 2, "one syncfs per ingest");
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("two ingests", points, checked, ops.len(), started);
+    assert_survived(points, checked, &violations, 20);
+}
+
+/// The control: the scheme before batching (file and directory fsyncs per put) passes
+/// the same checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingests_with_a_sync_per_put_survive_a_power_cut_at_every_durability_point() {
+    let started = Instant::now();
+    let work = workdir();
+    let family = family(&work.path().join("src"));
+    let (before, ops, expect) = ingest_scenario(work.path(), &family, Scheme::EachPut).await;
+    assert!(!ops.iter().any(|op| matches!(op, Op::Syncfs { .. })));
+    let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
+    summary(
+        "two ingests, a sync per put",
+        points,
+        checked,
+        ops.len(),
+        started,
+    );
     assert_survived(points, checked, &violations, 20);
 }
 
@@ -379,7 +478,7 @@ async fn a_replace_survives_a_power_cut_at_every_durability_point() {
     let lora = source(&family, "lora-bf16");
     let (before, ops) = record(
         work.path(),
-        None,
+        Scheme::Batched,
         async |lib| {
             lib.ingest("m", &base, IngestOptions::default())
                 .await
@@ -408,17 +507,13 @@ async fn a_replace_survives_a_power_cut_at_every_durability_point() {
 /// removed parent's fragments, which gc must keep; the removed LoRA merge's own fragments
 /// go. The new ingest of each state is that LoRA merge again, deduplicating against
 /// whatever the cut left of it.
-async fn gc_scenario(
-    work: &Path,
-    family: &Family,
-    flaw: Option<Flaw>,
-) -> (Snapshot, Vec<Op>, Expect) {
+async fn gc_scenario(work: &Path, family: &Family, scheme: Scheme) -> (Snapshot, Vec<Op>, Expect) {
     let base = source(family, "base-bf16");
     let tune = source(family, "finetune-bf16");
     let lora = source(family, "lora-bf16");
     let (before, ops) = record(
         work,
-        flaw,
+        scheme,
         async |lib| {
             for (name, path) in [("base", &base), ("tune", &tune), ("lora", &lora)] {
                 lib.ingest(name, path, IngestOptions::default())
@@ -464,29 +559,31 @@ async fn gc_after_rm_survives_a_power_cut_at_every_durability_point() {
     let started = Instant::now();
     let work = workdir();
     let family = family(&work.path().join("src"));
-    let (before, ops, expect) = gc_scenario(work.path(), &family, None).await;
+    let (before, ops, expect) = gc_scenario(work.path(), &family, Scheme::Batched).await;
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("rm + rm + gc", points, checked, ops.len(), started);
     assert_survived(points, checked, &violations, 10);
 }
 
-/// The control: the same scenarios on a store that leaves out one kind of fsync must
-/// leave a crash state the checks reject (a lost or empty manifest, fragment or
-/// directory; a removed model back without the fragments gc deleted).
+/// The negative control: the same scenarios on a store that leaves out one kind of
+/// fsync, or the syncfs of `flush`, must leave a crash state the checks reject (a lost
+/// or empty manifest, fragment or directory; a removed model back without the fragments
+/// gc deleted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_finds_what_a_missing_fsync_loses() {
     for (scenario, flaw) in [
         ("two ingests", Flaw::NoDirSync),
         ("two ingests", Flaw::NoFileSync),
+        ("two ingests", Flaw::NoFlush),
         ("rm + rm + gc", Flaw::NoDirSync),
     ] {
         let started = Instant::now();
         let work = workdir();
         let family = family(&work.path().join("src"));
         let (before, ops, expect) = if scenario == "two ingests" {
-            ingest_scenario(work.path(), &family, Some(flaw)).await
+            ingest_scenario(work.path(), &family, Scheme::Flawed(flaw)).await
         } else {
-            gc_scenario(work.path(), &family, Some(flaw)).await
+            gc_scenario(work.path(), &family, Scheme::Flawed(flaw)).await
         };
         let (points, checked, violations) =
             check_all(work.path(), &before, &ops, &expect, true).await;

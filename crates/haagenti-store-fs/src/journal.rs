@@ -53,6 +53,12 @@ pub enum Op {
         /// The journal length when the fsync started: it covers operations `0..covers`.
         covers: usize,
     },
+    /// A `syncfs` of the store's filesystem that returned: every change before
+    /// `covers` is durable.
+    Syncfs {
+        /// The journal length when it started: it covers operations `0..covers`.
+        covers: usize,
+    },
     /// A label the test recorded between operations (e.g. "ingest of m returned").
     Mark(String),
 }
@@ -101,4 +107,6 @@ pub enum Flaw {
     NoDirSync,
     /// Never fsync a file before publishing it (published files may be empty).
     NoFileSync,
+    /// `flush` does nothing (the names of deferred puts may vanish).
+    NoFlush,
 }

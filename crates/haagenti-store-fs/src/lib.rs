@@ -12,12 +12,19 @@
 //!   see the whole object or none. A put finding the key taken writes nothing and answers
 //!   [`PutOutcome::AlreadyExists`]. Leftover temporary files of a crashed writer are
 //!   swept by the library's gc.
-//! * **Durability** (unless [`FsStore::without_sync`]): the file is fsynced before it is
-//!   published and its directory after, as is each directory a put created, so an object
-//!   a put reported survives a power cut; a delete fsyncs the directory it removed the
-//!   name from, so an object a delete reported gone stays gone. Nothing spanning several
-//!   objects is atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against
-//!   every power cut the journal of feature `crash-journal` allows (module `powercut`).
+//! * **Durability** (unless [`FsStore::without_sync`]): a file's bytes are fsynced
+//!   before it is published under its key, always, so no key ever names bytes a power
+//!   cut could lose. A `put` then fsyncs the directory it was published in, and each
+//!   directory it created, so the object it reported survives a power cut. A
+//!   `put_deferred` (an ingest's fragments) leaves the directories to
+//!   [`flush`](FragmentStore::flush): one `syncfs` of the store's filesystem on Linux,
+//!   which makes every name published before it durable, this process's and any other's
+//!   (the objects an ingest found present included); the library flushes before it
+//!   writes the manifest. Elsewhere, and with [`FsStore::sync_each_put`], a
+//!   `put_deferred` is a `put`. A delete fsyncs the directory it removed the name from,
+//!   so an object a delete reported gone stays gone. Nothing spanning several objects is
+//!   atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against every power
+//!   cut the journal of feature `crash-journal` allows (module `powercut`).
 //! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
 //!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
 //!   (editor backups, …).
@@ -57,6 +64,8 @@ use crate::sys::Sys;
 pub struct FsStore {
     sys: Sys,
     sync: bool,
+    /// `put_deferred` leaves directory fsyncs to `flush` (Linux: `syncfs`).
+    defer: bool,
 }
 
 impl FsStore {
@@ -71,12 +80,21 @@ impl FsStore {
         Ok(Self {
             sys: Sys::new(root),
             sync: true,
+            defer: cfg!(target_os = "linux"),
         })
     }
 
     /// Turns fsync off (tests and throwaway libraries only: a crash may then lose data).
     pub fn without_sync(mut self) -> Self {
         self.sync = false;
+        self
+    }
+
+    /// Makes every `put_deferred` durable when it returns, as a `put` (file and
+    /// directory fsyncs per object; `flush` then does nothing): the scheme before
+    /// batching, kept for comparison and as the power-cut tests' control.
+    pub fn sync_each_put(mut self) -> Self {
+        self.defer = false;
         self
     }
 
@@ -145,7 +163,17 @@ fn sync_dir(sys: &Sys, dir: &Path) -> Result<()> {
         .map_err(|e| FragmentError::io("fsync directory", dir, e))
 }
 
-fn put_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<PutOutcome> {
+/// Writes `key` create-only. The file's bytes are fsynced (with `sync`) before it is
+/// published; the directories it changed are fsynced too unless `defer_dirs` (then the
+/// next `flush` makes them durable).
+fn put_blocking(
+    sys: &Sys,
+    sync: bool,
+    defer_dirs: bool,
+    key: &ObjectKey,
+    bytes: &[u8],
+) -> Result<PutOutcome> {
+    let sync_dirs = sync && !defer_dirs;
     let root = sys.root();
     let dest = root.join(key.as_str());
     if dest.exists() {
@@ -162,7 +190,7 @@ fn put_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<
         }
         sys.create_dir_all(parent)
             .map_err(|e| FragmentError::io("create directory", parent, e))?;
-        if sync {
+        if sync_dirs {
             // The new directories' entries must be durable too, or a power cut could
             // lose the object while the manifest naming it (another directory) survives:
             // fsync each directory that gained an entry (usually one, for a new shard).
@@ -191,7 +219,7 @@ fn put_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<
         }
     };
     let _ = sys.remove_file(&tmp);
-    if sync && outcome == PutOutcome::Created {
+    if sync_dirs && outcome == PutOutcome::Created {
         sync_dir(sys, parent)?;
     }
     Ok(outcome)
@@ -278,8 +306,26 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
 impl FragmentStore for FsStore {
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
         let key = key.clone();
-        self.blocking(move |sys, sync| put_blocking(sys, sync, &key, &bytes))
+        self.blocking(move |sys, sync| put_blocking(sys, sync, false, &key, &bytes))
             .await
+    }
+
+    async fn put_deferred(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
+        let key = key.clone();
+        let defer = self.defer;
+        self.blocking(move |sys, sync| put_blocking(sys, sync, defer, &key, &bytes))
+            .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if !(self.sync && self.defer) {
+            return Ok(());
+        }
+        self.blocking(|sys, _| {
+            sys.sync_filesystem()
+                .map_err(|e| FragmentError::io("syncfs", sys.root(), e))
+        })
+        .await
     }
 
     async fn replace(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {

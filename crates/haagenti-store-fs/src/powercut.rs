@@ -2,7 +2,7 @@
 //! CrashMonkey: from a store directory as it was before a run ([`Snapshot`]) and the
 //! [`Journal`](crate::journal::Journal) of what the run did, [`crash_states`] builds the
 //! directories a power cut could leave at every **durability point** (just before each
-//! fsync, and after the last operation).
+//! fsync or syncfs, and after the last operation).
 //!
 //! The model is POSIX's, not one filesystem's:
 //!
@@ -10,6 +10,7 @@
 //!   is durable once an fsync of its parent directory that started after it returned;
 //! * a file's bytes are durable once an fsync of that file that started after the write
 //!   returned; until then the file may be present with only a prefix of them (or none);
+//! * a `syncfs` makes every change that returned before it started durable;
 //! * anything not yet durable may independently have reached the disk or not, in any
 //!   order: each state keeps a subset of those changes (all, none, and seeded random
 //!   ones, each change kept with probability 1/2, 7/8 or 1/8), applied in program order. An entry in a directory whose own entry was lost is
@@ -136,7 +137,7 @@ pub fn crash_states(
     let cuts: Vec<usize> = ops
         .iter()
         .enumerate()
-        .filter(|(_, op)| matches!(op, Op::Fsync { .. }))
+        .filter(|(_, op)| matches!(op, Op::Fsync { .. } | Op::Syncfs { .. }))
         .map(|(i, _)| i)
         .chain([ops.len()])
         .collect();
@@ -160,6 +161,7 @@ pub fn crash_states(
                             if *dir { "dir" } else { "file" }
                         )
                     }
+                    Some(Op::Syncfs { .. }) => "before syncfs".to_string(),
                     _ => "after the last operation".to_string(),
                 };
                 states.push(CrashState {
@@ -222,7 +224,7 @@ impl<'a> Replay<'a> {
                 Op::Fsync {
                     path, dir: false, ..
                 } => Some(*names.get(path.as_str()).ok_or_else(|| unknown(path))?),
-                Op::Mkdir { .. } | Op::Fsync { .. } | Op::Mark(_) => None,
+                Op::Mkdir { .. } | Op::Fsync { .. } | Op::Syncfs { .. } | Op::Mark(_) => None,
             });
         }
         Ok(Self {
@@ -240,7 +242,12 @@ impl<'a> Replay<'a> {
         // changed by ops before `covers`.
         let mut dir_durable: HashMap<&str, usize> = HashMap::new();
         let mut data_durable: HashMap<usize, usize> = HashMap::new();
+        // Every change before this is durable (a syncfs covered it).
+        let mut all_durable = 0;
         for (i, op) in ops.iter().enumerate() {
+            if let Op::Syncfs { covers } = op {
+                all_durable = all_durable.max(*covers);
+            }
             if let Op::Fsync { path, dir, covers } = op {
                 if *dir {
                     let c = dir_durable.entry(path.as_str()).or_default();
@@ -251,8 +258,9 @@ impl<'a> Replay<'a> {
                 }
             }
         }
-        let entry_durable =
-            |i: usize, path: &str| dir_durable.get(parent(path)).is_some_and(|&c| c > i);
+        let entry_durable = |i: usize, path: &str| {
+            i < all_durable || dir_durable.get(parent(path)).is_some_and(|&c| c > i)
+        };
         let mut chooser = Chooser { choice };
         let mut dirs = self.before.dirs.clone();
         let mut names: BTreeMap<String, usize> = self
@@ -276,9 +284,10 @@ impl<'a> Replay<'a> {
             };
             match op {
                 Op::Create { path, bytes } => {
-                    let data = data_durable
-                        .get(&inode.unwrap_or(usize::MAX))
-                        .is_some_and(|&c| c > i);
+                    let data = i < all_durable
+                        || data_durable
+                            .get(&inode.unwrap_or(usize::MAX))
+                            .is_some_and(|&c| c > i);
                     if !chooser.kept(data)
                         && let Some(inode) = inode
                     {
@@ -313,7 +322,7 @@ impl<'a> Replay<'a> {
                     }
                 }
                 Op::Mark(label) => marks.push(label.clone()),
-                Op::Fsync { .. } => {}
+                Op::Fsync { .. } | Op::Syncfs { .. } => {}
             }
         }
         let mut key = std::collections::hash_map::DefaultHasher::new();

@@ -95,6 +95,28 @@ impl Sys {
         Ok(())
     }
 
+    /// Makes every change to the filesystem holding the root durable (`syncfs`): file
+    /// bytes and directory entries, of this store and any other writer, that were done
+    /// before it started.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
+        #[cfg(feature = "crash-journal")]
+        if self.flaw == Some(Flaw::NoFlush) {
+            return Ok(());
+        }
+        #[cfg(feature = "crash-journal")]
+        let covers = self.started();
+        rustix::fs::syncfs(File::open(&self.root)?)?;
+        record!(self, Op::Syncfs { covers });
+        Ok(())
+    }
+
+    /// Where `syncfs` is missing, a deferred put is a put, so there is nothing to flush.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Creates `dir` and its missing parents (`create_dir_all`, one level at a time so
     /// each new directory is recorded).
     pub(crate) fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

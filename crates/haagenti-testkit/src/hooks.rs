@@ -359,6 +359,11 @@ impl FragmentStore for HookStore {
         self.inner.list(prefix).await
     }
 
+    // `put_deferred` keeps its default (this store's `put`, hooks and counts included).
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.state().counts.deletes += 1;
         self.inner.delete(key).await

@@ -34,6 +34,7 @@ fn key(s: &str) -> ObjectKey {
 pub async fn check_store(store: Arc<dyn FragmentStore>, tamper: &dyn Tamper) {
     round_trip(&*store).await;
     create_only(&*store).await;
+    deferred(&*store).await;
     replace(store.clone()).await;
     missing_objects(&*store).await;
     ranges(&*store).await;
@@ -90,6 +91,28 @@ async fn create_only(store: &dyn FragmentStore) {
         store.put(&k, Bytes::from_static(b"third")).await.unwrap(),
         PutOutcome::Created
     );
+    store.delete(&k).await.unwrap();
+}
+
+/// `put_deferred` is a create-only put that readers see at once (in a new directory on
+/// a filesystem); `flush`, which makes it durable, succeeds, with nothing pending too.
+async fn deferred(store: &dyn FragmentStore) {
+    let k = key("fragments/co/nf/deferred");
+    let first = Bytes::from_static(b"first");
+    assert_eq!(
+        store.put_deferred(&k, first.clone()).await.unwrap(),
+        PutOutcome::Created
+    );
+    for again in [
+        store.put_deferred(&k, Bytes::from_static(b"second")).await,
+        store.put(&k, Bytes::from_static(b"third")).await,
+    ] {
+        assert_eq!(again.unwrap(), PutOutcome::AlreadyExists);
+    }
+    assert_eq!(store.get(&k).await.unwrap(), first);
+    store.flush().await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), first);
     store.delete(&k).await.unwrap();
 }
 

@@ -18,6 +18,7 @@ use super::gguf::{Board, BoardKey, GgufSource, QuantOrigin, Role};
 use super::locks::LockKind;
 use super::similarity::{Placement, Policy};
 use super::{FragmentLibrary, join_error, now_unix_ms};
+use crate::buffers;
 use crate::error::{FragmentError, Result};
 use crate::manifest::{
     FileContent, FileManifest, FragmentRef, LossySubstitution, ModelManifest, StoredKind,
@@ -421,6 +422,9 @@ impl FragmentLibrary {
             files.push(build_file_manifest(src, refs, blake3, &mut substitutions)?);
         }
         let objects = self.stored_objects(objects).await?;
+        // Every fragment the manifest names durable first: those written here (deferred
+        // puts) and those found stored (another writer's may not be durable yet).
+        self.store().flush().await?;
         // The index is advisory, but written before the manifest so that a model that
         // exists always has its fragments indexed.
         self.write_index_segment(&new_index_entries).await?;
@@ -898,7 +902,7 @@ fn read_sources(
         let mut file = File::open(&src.abs).map_err(|e| FragmentError::io("open", &src.abs, e))?;
         let mut hasher = blake3::Hasher::new();
         let mut seq = 0usize;
-        let mut send_job = |data: Vec<u8>,
+        let mut send_job = |data: Bytes,
                             dtype: Option<Dtype>,
                             role: Option<Role>,
                             quant: Option<QuantOrigin>,
@@ -906,7 +910,7 @@ fn read_sources(
             let job = Job {
                 file: file_idx,
                 seq,
-                data: Bytes::from(data),
+                data,
                 dtype,
                 role,
                 quant,
@@ -918,7 +922,7 @@ fn read_sources(
                 .map_err(|_| FragmentError::InvalidInput("ingest aborted".into()))
         };
         let mut send =
-            |data: Vec<u8>, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
+            |data: Bytes, dtype: Option<Dtype>, hasher: &mut blake3::Hasher| -> Result<()> {
                 hasher.update(&data);
                 send_job(data, dtype, None, None, None)
             };
@@ -930,7 +934,8 @@ fn read_sources(
                     fragment_size,
                     &mut hasher,
                     &mut |cut| {
-                        send_job(cut.data, cut.dtype, Some(cut.role), cut.quant, cut.publish)
+                        let data = Bytes::from(cut.data);
+                        send_job(data, cut.dtype, Some(cut.role), cut.quant, cut.publish)
                     },
                 )?;
             }
@@ -946,9 +951,11 @@ fn read_sources(
                     let mut left = t.len();
                     while left > 0 {
                         let n = left.min(step as u64) as usize;
-                        let mut buf = vec![0u8; n];
+                        // A reused buffer (every byte is read over): no fresh pages per
+                        // fragment; it comes back when the pipeline drops the fragment.
+                        let mut buf = buffers::INPUT.take_filled(n);
                         read_exact(&mut file, &mut buf, &src.abs)?;
-                        send(buf, Some(t.dtype), &mut hasher)?;
+                        send(buffers::INPUT.into_bytes(buf), Some(t.dtype), &mut hasher)?;
                         left -= n as u64;
                     }
                 }
@@ -960,7 +967,7 @@ fn read_sources(
                     let chunk = chunk.map_err(|e| {
                         FragmentError::io("read", &src.abs, std::io::Error::other(e.to_string()))
                     })?;
-                    send(chunk.data, None, &mut hasher)?;
+                    send(Bytes::from(chunk.data), None, &mut hasher)?;
                 }
             }
         }

@@ -86,10 +86,12 @@ impl FragmentLibrary {
         self.on_cpu(move || FragmentId::of(&data)).await
     }
 
-    /// Stores `data` as a standalone fragment unless an object with its id exists.
+    /// Stores `data` as a standalone fragment unless an object with its id exists; the
+    /// object is durable when this returns.
     pub async fn put_fragment(&self, data: Bytes, dtype: Option<Dtype>) -> Result<PutFragment> {
         let id = self.hash(data.clone()).await?;
         if let Some(header) = self.fragment_header(&id).await? {
+            self.store().flush().await?;
             return Ok(PutFragment {
                 id,
                 created: false,
@@ -97,7 +99,9 @@ impl FragmentLibrary {
                 depends_on: header.dependency(),
             });
         }
-        Ok(match self.write_standalone(id, data, dtype).await? {
+        let stored = self.write_standalone(id, data, dtype).await?;
+        self.store().flush().await?;
+        Ok(match stored {
             Stored::Written { stored_len, .. } => PutFragment {
                 id,
                 created: true,
@@ -345,7 +349,8 @@ impl FragmentLibrary {
         self.put_object(id, object, encoding).await
     }
 
-    /// Writes a sealed object of `encoding` create-only.
+    /// Writes a sealed object of `encoding` create-only, durable once the store is
+    /// flushed (ingest flushes before the manifest).
     pub(super) async fn put_object(
         &self,
         id: FragmentId,
@@ -354,7 +359,9 @@ impl FragmentLibrary {
     ) -> Result<Stored> {
         let stored_len = object.len() as u64;
         let key = ObjectKey::fragment(&id);
-        match self.store().put(&key, Bytes::from(object)).await? {
+        // Back to the pool once written (a put keeps no reference).
+        let object = buffers::OBJECTS.into_bytes(object);
+        match self.store().put_deferred(&key, object).await? {
             PutOutcome::Created => Ok(Stored::Written {
                 encoding,
                 stored_len,
@@ -371,7 +378,9 @@ impl FragmentLibrary {
 
 /// Encodes `data` with the registry's encoder, falling back to raw when that is no smaller.
 fn encode_standalone(codecs: &CodecRegistry, data: &[u8], hint: EncodeHint) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(object::MAX_OBJECT_HEADER_LEN + data.len() / 2);
+    // Room for the raw fallback, from the pool ingest's writes hand back to.
+    let mut out =
+        buffers::OBJECTS.take((object::MAX_OBJECT_HEADER_LEN + data.len()).min(buffers::KEPT_LEN));
     let encoder = codecs.encoder();
     let standalone = |codec| Encoding::Standalone { codec };
     if encoder.tag() != RAW_CODEC_TAG && !data.is_empty() {
