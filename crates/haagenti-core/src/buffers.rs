@@ -7,7 +7,7 @@
 //! most [`KEPT`] buffers of at most [`KEPT_LEN`] bytes; others are freed as usual.
 //!
 //! A decoded-fragment buffer is only handed out for contents close to its capacity
-//! ([`fits`]): a fragment may be held for long (by a cache, or by an array in Python), and
+//! (`fits`): a fragment may be held for long (by a cache, or by an array in Python), and
 //! a small tensor must not pin a large buffer whose pages an earlier use touched.
 
 use std::sync::Mutex;
