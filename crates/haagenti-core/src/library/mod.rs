@@ -93,8 +93,16 @@ impl FragmentLibrary {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
         // The semaphore is never closed; if it were, the work would run ungated.
-        let _permit = self.inner.cpu.acquire().await.ok();
-        tokio::task::spawn_blocking(f).await.map_err(join_error)
+        let permit = self.inner.cpu.clone().acquire_owned().await.ok();
+        // The permit goes with the work and is released on its thread the moment the work
+        // ends, so the next decode is woken without waiting for this task to be polled.
+        tokio::task::spawn_blocking(move || {
+            let done = f();
+            drop(permit);
+            done
+        })
+        .await
+        .map_err(join_error)
     }
 
     /// The store the library reads and writes.

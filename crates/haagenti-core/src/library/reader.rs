@@ -376,15 +376,19 @@ impl FileReader {
             let from = start.max(offset);
             let part = rest.split_to((stop.min(end) - from) as usize);
             let whole = start >= offset && stop <= end;
-            parts.push(self.fill(i, part, from - start, in_place && whole));
+            let fill = self.fill(i, part, from - start, in_place && whole);
+            parts.push(fill.map(move |part| part.map(|part| (i, part))));
         }
-        let parts: Vec<BytesMut> = futures::stream::iter(parts)
-            .buffered(self.in_flight())
+        // Unordered: the parts are independent, and a slow one must not hold the slots of
+        // those done after it.
+        let mut parts: Vec<(usize, BytesMut)> = futures::stream::iter(parts)
+            .buffer_unordered(self.in_flight())
             .try_collect()
             .await?;
+        parts.sort_unstable_by_key(|(i, _)| *i);
         // The parts are adjacent, so joining them back moves no bytes.
         let mut joined = BytesMut::new();
-        for part in parts {
+        for (_, part) in parts {
             joined.unsplit(part);
         }
         Ok(joined.freeze())
