@@ -35,16 +35,6 @@ where
     py.detach(|| rt.block_on(make())).map_err(to_py)
 }
 
-/// Fragments decoded at once: one more than there are cores. The tensors the package
-/// lends to numpy are decoded into fresh memory, and the first touch of each fresh page
-/// stalls its decode thread (a page fault; in a virtual machine often one of the host's
-/// too), so with one decode per core a core idles for every stall. Measured on 2 cores,
-/// every tensor of a 383 MB bf16 model (medians of 6): 0.349 s with 2, 0.311 s with 3;
-/// `haagenti export`, which decodes into reused buffers, gained nothing (0.341 / 0.336 s).
-fn decode_parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
-}
-
 fn json<T: Serialize>(value: &T) -> PyResult<String> {
     serde_json::to_string(value).map_err(|e| invalid(format!("serializing a report: {e}")))
 }
@@ -79,8 +69,7 @@ impl Library {
             .ok_or_else(|| invalid(format!("cache_mb {cache_mb} is too large")))?;
         let options = OpenOptions::default()
             .s3_endpoint(s3_endpoint.clone())
-            .cache_bytes(cache_bytes)
-            .parallelism(Some(decode_parallelism()));
+            .cache_bytes(cache_bytes);
         let lib = block(py, &rt, || haagenti_fragments::open(&location, options))?;
         Ok(Self {
             lib,

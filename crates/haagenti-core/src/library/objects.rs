@@ -239,8 +239,9 @@ impl FragmentLibrary {
         };
         let codecs = self.codecs().clone();
         let id = *id;
+        // `out` is a caller's buffer, typically fresh from the allocator.
         let decoded = self
-            .on_cpu(move || {
+            .on_cpu_fresh(move || {
                 let started = Instant::now();
                 let target = Out::Filled(&mut out);
                 let done =
