@@ -422,6 +422,63 @@ async fn cache_entries_reaching(lib: &FragmentLibrary, want: u64) -> u64 {
     }
 }
 
+/// The fragment cache's entry count once it is at most `want` (or after 10 s).
+async fn cache_entries_falling_to(lib: &FragmentLibrary, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        lib.sync_cache().await;
+        let entries = lib.metrics().cache_entries;
+        if entries <= want || std::time::Instant::now() > deadline {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_read_once_reader_kept_leaves_the_cache_once_it_read_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let five = a.tensor("layers.5.weight").unwrap();
+    let one = a.tensor("layers.1.weight").unwrap();
+    let reader = a.file_read_once(&five.file).unwrap();
+
+    // A jump away from layers.5 after its first fragment keeps its three others.
+    let first = u64::from(five.fragments[0].len);
+    reader.read_at(five.offset, first).await.unwrap();
+    reader.read_at(one.offset, 1).await.unwrap();
+    assert_eq!(cache_entries_reaching(&lib, 3).await, 3);
+    // Coming back for the rest of layers.5 takes them from the cache; once the reader
+    // moves on they have given every byte and leave the cache. What it now leaves of
+    // layers.1 (one byte read) is kept instead.
+    store.take_gets(FRAGMENTS_PREFIX);
+    reader
+        .read_at(five.offset + first, five.len - first)
+        .await
+        .unwrap();
+    assert!(
+        store.take_gets(FRAGMENTS_PREFIX).is_empty(),
+        "served from the cache"
+    );
+    reader.read_at(one.offset, 1).await.unwrap();
+    let left = one.fragments.len() as u64;
+    assert_eq!(cache_entries_falling_to(&lib, left).await, left);
+    // So layers.5 read again comes from the store, every fragment of it.
+    store.take_gets(FRAGMENTS_PREFIX);
+    let again = a.file_read_once(&five.file).unwrap();
+    again.read_at(five.offset, five.len).await.unwrap();
+    let fetched: BTreeSet<_> = store.take_gets(FRAGMENTS_PREFIX).into_keys().collect();
+    let all: BTreeSet<_> = five
+        .fragments
+        .iter()
+        .map(|f| ObjectKey::fragment(&f.id))
+        .collect();
+    assert_eq!(fetched, all);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_read_once_reader_leaves_unread_goes_to_the_cache() {
     let dir = tempfile::tempdir().unwrap();

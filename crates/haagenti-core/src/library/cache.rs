@@ -240,6 +240,11 @@ impl FragmentLibrary {
         self.inner.cache.cache.insert(id, bytes).await;
     }
 
+    /// Removes fragment `id` from the cache (a read-once reader's consumer keeps it).
+    pub(super) async fn drop_from_cache(&self, id: &FragmentId) {
+        self.inner.cache.cache.invalidate(id).await;
+    }
+
     /// A delta base or cast source from the cache, else `load`ed and cached.
     ///
     /// Not single-flight: waiting here for another fetch while the dependant holds its own

@@ -239,6 +239,9 @@ struct Window {
     fetches: HashMap<usize, (SharedFetch, u64)>,
     /// The pieces of the last read.
     last: Range<usize>,
+    /// Pieces a read-once reader put in the cache unread ([`FileReader::keep_unread`]),
+    /// with how many of their bytes reads had returned by then.
+    kept: HashMap<usize, u64>,
 }
 
 /// Reads any byte range of one stored file. Obtained from
@@ -461,52 +464,76 @@ impl FileReader {
             self.layout.tensor_end(span.end - 1, limit)
         };
         // A failed fetch is not kept: the next read of that piece tries again.
-        let mut unread = Vec::new();
-        window.fetches.retain(|&i, (fetch, returned)| {
-            let kept = keep.contains(&i) && !matches!(fetch.peek(), Some(Err(_)));
-            if !kept && *returned < self.layout.piece_len(i) {
-                unread.push((i, fetch.clone()));
+        let Window {
+            fetches,
+            last,
+            kept,
+        } = &mut *window;
+        let (mut unread, mut consumed) = (Vec::new(), Vec::new());
+        fetches.retain(|&i, (fetch, returned)| {
+            let stays = keep.contains(&i) && !matches!(fetch.peek(), Some(Err(_)));
+            if !stays && *returned < self.layout.piece_len(i) {
+                unread.push((i, fetch.clone(), *returned));
+            } else if !stays && kept.remove(&i).is_some() {
+                consumed.push(i);
             }
-            kept
+            stays
         });
-        self.keep_unread(unread);
+        self.keep_unread(unread, kept);
+        self.drop_consumed(consumed);
         for i in keep {
-            let (_, returned) = window.fetches.entry(i).or_insert_with(|| {
+            let (_, returned) = fetches.entry(i).or_insert_with(|| {
                 let fetch = self.fetch(i).boxed().shared();
                 if !span.contains(&i) {
                     // Read-ahead: drive it now, keep the result for the read that comes.
                     tokio::spawn(fetch.clone());
                 }
-                (fetch, 0)
+                (fetch, kept.get(&i).copied().unwrap_or(0))
             });
             let piece = self.layout.starts[i]..self.layout.starts[i + 1];
             *returned += end.min(piece.end).saturating_sub(offset.max(piece.start));
         }
-        let fetches = span.clone().map(|i| window.fetches[&i].0.clone()).collect();
-        window.last = span;
-        fetches
+        let wanted = span.clone().map(|i| fetches[&i].0.clone()).collect();
+        *last = span;
+        wanted
     }
 
     /// Pieces the window moved on from before reads returned all their bytes: read-ahead
     /// not asked for yet, and pieces a read took only part of (reads rarely end on a
     /// fragment's edge). A read-once reader ([`Via::Peek`]) puts them in the fragment
     /// cache, so that the read that does come (a reader visiting tensors in name order
-    /// comes back to them) does not decode them again. Other readers have cached them
-    /// already (or bypass the cache on purpose).
-    fn keep_unread(&self, unread: Vec<(usize, SharedFetch)>) {
+    /// comes back to them) does not decode them again, and records them in `kept` with
+    /// the bytes returned so far. Other readers have cached them already (or bypass the
+    /// cache on purpose).
+    fn keep_unread(&self, unread: Vec<(usize, SharedFetch, u64)>, kept: &mut HashMap<usize, u64>) {
         if self.via != Via::Peek {
             return;
         }
-        for (i, fetch) in unread {
+        for (i, fetch, returned) in unread {
             let Piece::Fragment { id, .. } = self.layout.pieces[i] else {
                 continue;
             };
+            kept.insert(i, returned);
             let library = self.library.clone();
             tokio::spawn(async move {
                 if let Ok(bytes) = fetch.await {
                     library.keep_in_cache(id, bytes).await;
                 }
             });
+        }
+    }
+
+    /// Pieces [`keep_unread`](Self::keep_unread) cached whose every byte reads have now
+    /// returned: a read-once reader's consumer keeps them (the kernel's page cache, for the
+    /// mount), so they leave the fragment cache, and their buffers go back to be reused
+    /// instead of holding memory until evicted.
+    fn drop_consumed(&self, consumed: Vec<usize>) {
+        for i in consumed {
+            let Piece::Fragment { id, .. } = self.layout.pieces[i] else {
+                continue;
+            };
+            let library = self.library.clone();
+            tokio::spawn(async move { library.drop_from_cache(&id).await });
         }
     }
 
