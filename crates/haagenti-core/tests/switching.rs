@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use haagenti_core::store::FRAGMENTS_PREFIX;
 use haagenti_core::{
-    Dtype, FragmentLibrary, FragmentStore, IngestOptions, MemoryStore, ModelHandle, ObjectKey,
+    Dtype, FileReader, FragmentLibrary, FragmentStore, IngestOptions, MemoryStore, ModelHandle,
+    ObjectKey, TensorInfo,
 };
 use haagenti_testkit::hooks::HookStore;
 use haagenti_testkit::library::{TEST_FRAGMENT_SIZE, TestLibrary, test_library};
@@ -435,22 +436,58 @@ async fn cache_entries_falling_to(lib: &FragmentLibrary, want: u64) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_read_once_reader_kept_leaves_the_cache_once_it_read_the_rest() {
+/// A read-once reader of model "a" (cache on) that read the first fragment of layers.5,
+/// which fetched its four fragments, then jumped to layers.1: the three unread ones are
+/// left behind, and cached rather than lost.
+struct JumpedAway {
+    _dir: tempfile::TempDir,
+    store: Arc<HookStore>,
+    lib: FragmentLibrary,
+    a: ModelHandle,
+    five: TensorInfo,
+    one: TensorInfo,
+    reader: FileReader,
+    /// Length of layers.5's first fragment.
+    first: u64,
+}
+
+async fn jumped_away_from_layers_5() -> JumpedAway {
     let dir = tempfile::tempdir().unwrap();
     let store = counting_store();
     ingest_pair(&store, dir.path()).await;
     let lib = library(store.clone(), 64 << 20);
     let a = lib.open_model("a").await.unwrap();
-    let five = a.tensor("layers.5.weight").unwrap();
-    let one = a.tensor("layers.1.weight").unwrap();
+    let five = a.tensor("layers.5.weight").unwrap().clone();
+    let one = a.tensor("layers.1.weight").unwrap().clone();
     let reader = a.file_read_once(&five.file).unwrap();
-
-    // A jump away from layers.5 after its first fragment keeps its three others.
     let first = u64::from(five.fragments[0].len);
     reader.read_at(five.offset, first).await.unwrap();
     reader.read_at(one.offset, 1).await.unwrap();
     assert_eq!(cache_entries_reaching(&lib, 3).await, 3);
+    JumpedAway {
+        _dir: dir,
+        store,
+        lib,
+        a,
+        five,
+        one,
+        reader,
+        first,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_read_once_reader_kept_leaves_the_cache_once_it_read_the_rest() {
+    let JumpedAway {
+        _dir,
+        store,
+        lib,
+        a,
+        five,
+        one,
+        reader,
+        first,
+    } = jumped_away_from_layers_5().await;
     // Coming back for the rest of layers.5 takes them from the cache; once the reader
     // moves on they have given every byte and leave the cache. What it now leaves of
     // layers.1 (one byte read) is kept instead.
@@ -481,21 +518,16 @@ async fn what_a_read_once_reader_kept_leaves_the_cache_once_it_read_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_read_once_reader_leaves_unread_goes_to_the_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
-    let five = a.tensor("layers.5.weight").unwrap();
-    let one = a.tensor("layers.1.weight").unwrap();
-    let reader = a.file_read_once(&five.file).unwrap();
-
-    // Reading the first fragment of layers.5 fetches its four fragments; a jump to
-    // layers.1 leaves the three unread ones behind, and they are cached rather than lost.
-    let first = u64::from(five.fragments[0].len);
-    reader.read_at(five.offset, first).await.unwrap();
-    reader.read_at(one.offset, 1).await.unwrap();
-    assert_eq!(cache_entries_reaching(&lib, 3).await, 3);
+    let JumpedAway {
+        _dir,
+        store,
+        lib,
+        a,
+        five,
+        one,
+        reader,
+        ..
+    } = jumped_away_from_layers_5().await;
     // Reading layers.5 whole again fetches only the fragment that was read whole (its
     // consumer keeps it, so it was not cached).
     store.take_gets(FRAGMENTS_PREFIX);
