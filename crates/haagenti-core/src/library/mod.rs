@@ -346,3 +346,67 @@ fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// CPU work in flight (plain, fresh), the most at once of each, and of both.
+    #[derive(Default)]
+    struct Running(Mutex<[usize; 5]>);
+
+    impl Running {
+        fn work(&self, fresh: bool) {
+            let at = usize::from(fresh);
+            {
+                let mut r = self.0.lock().unwrap();
+                r[at] += 1;
+                r[2 + at] = r[2 + at].max(r[at]);
+                r[4] = r[4].max(r[0] + r[1]);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.0.lock().unwrap()[at] -= 1;
+        }
+    }
+
+    /// The most plain, fresh and total CPU work at once while `plain` and `fresh` work
+    /// items (50 ms each) run on a library of `parallelism` 2.
+    async fn most_at_once(plain: usize, fresh: usize) -> [usize; 3] {
+        let config = LibraryConfig {
+            parallelism: 2,
+            ..LibraryConfig::default()
+        };
+        let store: Arc<dyn FragmentStore> = Arc::new(MemoryStore::new());
+        let lib = FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap();
+        let running = Arc::new(Running::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for fresh in std::iter::repeat_n(false, plain).chain(std::iter::repeat_n(true, fresh)) {
+            let (lib, running) = (lib.clone(), running.clone());
+            tasks.spawn(async move {
+                let work = move || running.work(fresh);
+                if fresh {
+                    lib.on_cpu_fresh(work).await
+                } else {
+                    lib.on_cpu(work).await
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let [_, _, most_plain, most_fresh, most_total] = *running.0.lock().unwrap();
+        [most_plain, most_fresh, most_total]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cpu_work_runs_parallelism_at_once_and_fresh_decodes_one_more() {
+        assert_eq!(most_at_once(8, 0).await, [2, 0, 2]);
+        assert_eq!(most_at_once(0, 8).await, [0, 3, 3]);
+        // Mixed, no more than one item beyond `parallelism`, and never a plain one.
+        let [plain, _, total] = most_at_once(8, 8).await;
+        assert!(plain <= 2 && total <= 3, "plain {plain}, total {total}");
+    }
+}
