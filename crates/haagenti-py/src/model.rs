@@ -123,8 +123,9 @@ impl Model {
     }
 
     /// The bytes of tensor `index`: its one fragment's bytes, or one buffer its fragments
-    /// were decoded into. `next`: the tensors expected to be asked for next, in order, to read ahead
-    /// (none: nothing is read ahead, and reads under way for other tensors are dropped).
+    /// were decoded into. `next`: the tensors expected to be asked for next, in order, to
+    /// read ahead (none: nothing is read ahead, and reads under way for other tensors are
+    /// dropped).
     #[pyo3(signature = (index, next=Vec::new()))]
     fn read_tensor(
         &self,

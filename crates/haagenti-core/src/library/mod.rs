@@ -115,9 +115,9 @@ impl FragmentLibrary {
     /// one spare permit. The first touch of each fresh page stalls its thread (a page
     /// fault; in a virtual machine often one of the host's too), so with one such decode
     /// per core the cores idle for every stall. Measured on 2 cores, every tensor of a
-    /// 383 MB bf16 model through the Python package: 0.352 s with `parallelism`
-    /// permits, 0.306 s with the spare (medians of 8); export, which decodes into reused
-    /// buffers, gained nothing from a third permit (0.341 / 0.336 s).
+    /// 383 MB bf16 model through the Python package: 0.352 s with two permits, 0.306 s
+    /// with three (the fragments in flight unchanged; medians of 8); export, which
+    /// decodes into reused buffers, gained nothing from a third permit (0.341 / 0.336 s).
     pub(crate) async fn on_cpu_fresh<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,

@@ -215,16 +215,11 @@ impl FragmentLibrary {
         out: BytesMut,
     ) -> Result<BytesMut> {
         let from = DependencyFrom::of(via);
-        match self.read_object_into(id, from, out).await {
-            (out, Err(e)) if e.is_corruption() => {
-                match self.read_object_into(id, from, out).await {
-                    (out, Ok(())) => Ok(out),
-                    (_, Err(e)) => Err(e),
-                }
-            }
-            (out, Ok(())) => Ok(out),
-            (_, Err(e)) => Err(e),
-        }
+        let (out, done) = match self.read_object_into(id, from, out).await {
+            (out, Err(e)) if e.is_corruption() => self.read_object_into(id, from, out).await,
+            first => first,
+        };
+        done.map(|()| out)
     }
 
     async fn read_object_into(
