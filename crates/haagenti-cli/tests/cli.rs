@@ -9,7 +9,7 @@ use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 use std::process::Command;
 
 mod common;
-use common::{haagenti, json, ok};
+use common::{fragment_file, haagenti, json, ok};
 
 fn model(path: &Path, seed: u64) {
     let tensors: Vec<SynthTensor> = (0..4)
@@ -313,7 +313,7 @@ fn a_damaged_fragment_fails_verify_and_export_naming_it() {
     let show = json(&lib, &["show", "--model", "victim", "--json"]);
     let frag = &show["files"][0]["fragments"][0];
     let id = frag["id"].as_str().unwrap();
-    let path = lib.join(format!("fragments/{}/{}/{id}", &id[..2], &id[2..4]));
+    let path = fragment_file(&lib, id);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;

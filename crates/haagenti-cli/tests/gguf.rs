@@ -41,7 +41,7 @@ fn size(p: &Path) -> u64 {
 
 /// Ingests `path` as `model` and returns the bytes it added to the library.
 fn ingest(lib: &Path, model: &str, path: &Path) -> u64 {
-    let before = if lib.join("fragments").exists() {
+    let before = if lib.join("manifests").exists() {
         stored(lib)
     } else {
         0

@@ -132,7 +132,7 @@ def test_damaged_fragment_is_corrupt_and_named(family, tmp_path):
     name = "model.layers.0.self_attn.k_proj.weight"
     with lib.safe_open("base") as f:
         (fragment,) = f._model.fragment_ids(f._lookup(name).index)
-        obj = copy / "fragments" / fragment[:2] / fragment[2:4] / fragment
+        obj = copy / "fragments-flat" / fragment[:2] / fragment
         data = bytearray(obj.read_bytes())
         data[-10] ^= 0x40
         obj.write_bytes(bytes(data))

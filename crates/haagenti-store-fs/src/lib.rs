@@ -1,8 +1,15 @@
 //! haagenti-store-fs: [`FsStore`], a [`FragmentStore`] in a local directory.
 //!
-//! Each object is one file at `ROOT/<key>` (fragment keys are already sharded by id
-//! prefix, so no directory grows past a few thousand entries). No global index file
-//! exists, so any number of threads and processes can write into one store at once.
+//! Each object is one file at `ROOT/<key>`, except fragments: the object of key
+//! `fragments/<aa>/<bb>/<64 hex>` is the file `ROOT/fragments-flat/<aa>/<64 hex>`, one
+//! shard level instead of two. With two levels nearly every new fragment of a library
+//! under 65,536 fragments made a directory of its own, and on ext4 those `mkdir`s cost
+//! a tenth of a large ingest's time (ARCHITECTURE.md, *Decisions*); 256 directories
+//! hold millions of files well. Fragments written at their key's own path, as stores
+//! before the flat layout did, are still found, listed, replaced and deleted there, and
+//! a haagenti that predates the flat layout does not see the flat directory at all, so
+//! its gc cannot take the fragments in it for garbage. No global index file exists, so
+//! any number of threads and processes can write into one store at once.
 //!
 //! # The store contract, as the filesystem keeps it
 //!
@@ -27,7 +34,8 @@
 //!   cut the journal of feature `crash-journal` allows (module `powercut`).
 //! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
 //!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
-//!   (editor backups, …).
+//!   (editor backups, …). Keys under `fragments-flat/` are the store's own:
+//!   [`FragmentError::InvalidInput`].
 //!
 //! # Errors
 //!
@@ -53,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use haagenti_core::buffers;
-use haagenti_core::store::TMP_PREFIX;
+use haagenti_core::store::{FRAGMENTS_PREFIX, TMP_PREFIX};
 use haagenti_core::{FragmentError, FragmentStore, ObjectKey, ObjectMeta, PutOutcome, Result};
 
 use crate::sys::Sys;
@@ -119,6 +127,15 @@ impl FsStore {
         self.sys.root()
     }
 
+    /// The file holding `key`'s object: where it is stored, or where a put would write
+    /// it. For tools and tests that look at a library on disk.
+    ///
+    /// Errors: [`FragmentError::InvalidInput`] for a key under `fragments-flat/`.
+    pub fn object_path(&self, key: &ObjectKey) -> Result<PathBuf> {
+        let paths = Paths::of(self.sys.root(), key)?;
+        Ok(paths.existing().unwrap_or(paths.main))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Sys, bool) -> Result<T> + Send + 'static,
@@ -144,6 +161,69 @@ fn map_io(key: &ObjectKey, op: &'static str, path: &Path, e: std::io::Error) -> 
     } else {
         FragmentError::io(op, path, e)
     }
+}
+
+/// Where fragment objects are kept, one shard level: see the crate docs.
+const FLAT_DIR: &str = "fragments-flat";
+
+/// The files an object may be: where this store writes it, and for a fragment also its
+/// key's own path, where stores before the flat layout wrote it.
+struct Paths {
+    main: PathBuf,
+    legacy: Option<PathBuf>,
+}
+
+impl Paths {
+    fn of(root: &Path, key: &ObjectKey) -> Result<Self> {
+        let own = root.join(key.as_str());
+        if let Some(id) = key.fragment_id() {
+            let hex = id.to_hex();
+            let main = root.join(FLAT_DIR).join(&hex[..2]).join(&hex);
+            return Ok(Self {
+                main,
+                legacy: Some(own),
+            });
+        }
+        if key.as_str().split('/').next() == Some(FLAT_DIR) {
+            return Err(FragmentError::InvalidInput(format!(
+                "key {key}: `{FLAT_DIR}/` is the filesystem store's own directory"
+            )));
+        }
+        Ok(Self {
+            main: own,
+            legacy: None,
+        })
+    }
+
+    /// The file that holds the object now, if any (the flat one when both do).
+    fn existing(&self) -> Option<PathBuf> {
+        std::iter::once(&self.main)
+            .chain(&self.legacy)
+            .find(|p| p.is_file())
+            .cloned()
+    }
+
+    /// `read` of the main file or, if that does not exist, of the legacy one.
+    fn read<T>(&self, read: impl Fn(&Path) -> std::io::Result<T>) -> (PathBuf, std::io::Result<T>) {
+        match (read(&self.main), &self.legacy) {
+            (Err(e), Some(legacy)) if e.kind() == std::io::ErrorKind::NotFound => {
+                (legacy.clone(), read(legacy))
+            }
+            (r, _) => (self.main.clone(), r),
+        }
+    }
+}
+
+/// The key a file under the root holds (`rel`: its path from the root, `/`-separated),
+/// if it is an object.
+fn key_of(rel: &str) -> Option<ObjectKey> {
+    let Some(flat) = rel.strip_prefix(FLAT_DIR).and_then(|r| r.strip_prefix('/')) else {
+        return ObjectKey::new(rel).ok();
+    };
+    let (_, hex) = flat.split_once('/')?;
+    let key = ObjectKey::fragment(&hex.parse().ok()?);
+    // Only the path the store writes for that key: no stray file passes for a fragment.
+    (Paths::of(Path::new(""), &key).ok()?.main == Path::new(rel)).then_some(key)
 }
 
 fn temp_name() -> String {
@@ -175,10 +255,11 @@ fn put_blocking(
 ) -> Result<PutOutcome> {
     let sync_dirs = sync && !defer_dirs;
     let root = sys.root();
-    let dest = root.join(key.as_str());
-    if dest.exists() {
+    let paths = Paths::of(root, key)?;
+    if paths.existing().is_some() {
         return Ok(PutOutcome::AlreadyExists);
     }
+    let dest = paths.main;
     let parent = dest.parent().unwrap_or(root);
     if !parent.is_dir() {
         let mut first_existing = parent;
@@ -229,7 +310,9 @@ fn put_blocking(
 /// object or the new one, whole.
 fn replace_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
     let root = sys.root();
-    let dest = root.join(key.as_str());
+    // In place: a damaged legacy fragment is replaced where it is.
+    let paths = Paths::of(root, key)?;
+    let dest = paths.existing().unwrap_or(paths.main);
     let parent = dest.parent().unwrap_or(root);
     sys.create_dir_all(parent)
         .map_err(|e| FragmentError::io("create directory", parent, e))?;
@@ -249,14 +332,37 @@ fn replace_blocking(sys: &Sys, sync: bool, key: &ObjectKey, bytes: &[u8]) -> Res
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
-    // Walk only the deepest directory the prefix names.
+    // Walk only the deepest directory the prefix names (and, for fragments, the flat
+    // directory first, so that a fragment stored both ways is listed as reads find it).
     let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
-    let start = if dir_part.is_empty() {
+    let mut starts = Vec::new();
+    if let Some(rest) = prefix.strip_prefix(FRAGMENTS_PREFIX) {
+        let shard = rest.split_once('/').map_or("", |(aa, _)| aa);
+        starts.push(root.join(FLAT_DIR).join(shard));
+    } else if FRAGMENTS_PREFIX.starts_with(prefix) {
+        starts.push(root.join(FLAT_DIR));
+    }
+    starts.push(if dir_part.is_empty() {
         root.to_path_buf()
     } else {
         root.join(dir_part)
-    };
+    });
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for start in starts {
+        list_dir(root, prefix, start, &mut seen, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Lists the objects under `start` whose keys begin with `prefix` and are not in `seen`.
+fn list_dir(
+    root: &Path,
+    prefix: &str,
+    start: PathBuf,
+    seen: &mut std::collections::HashSet<ObjectKey>,
+    out: &mut Vec<ObjectMeta>,
+) -> Result<()> {
     let mut stack = vec![start];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -271,17 +377,20 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
                 .file_type()
                 .map_err(|e| FragmentError::io("stat", &path, e))?;
             if ty.is_dir() {
-                stack.push(path);
+                // The flat directory is walked only as a start of its own (above).
+                if path != root.join(FLAT_DIR) {
+                    stack.push(path);
+                }
                 continue;
             }
             // Files that are not valid keys (editor backups, …) are not objects.
             let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()) else {
                 continue;
             };
-            let Ok(key) = ObjectKey::new(rel.replace(std::path::MAIN_SEPARATOR, "/")) else {
+            let Some(key) = key_of(&rel.replace(std::path::MAIN_SEPARATOR, "/")) else {
                 continue;
             };
-            if !key.as_str().starts_with(prefix) {
+            if !key.as_str().starts_with(prefix) || !seen.insert(key.clone()) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -299,7 +408,7 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[async_trait]
@@ -337,22 +446,23 @@ impl FragmentStore for FsStore {
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let key = key.clone();
         self.blocking(move |sys, _| {
-            let path = sys.root().join(key.as_str());
+            let paths = Paths::of(sys.root(), &key)?;
             // Into a reused buffer with room for the file's size (read to its end, as
             // `fs::read` does: one read, then the one that sees the end). A file larger
             // than a pooled buffer (an object of a large fragment size, or a hostile
             // file) is read as `fs::read` reads it: a failed allocation is an error.
-            let read = || -> std::io::Result<Bytes> {
-                let mut f = File::open(&path)?;
+            let read = |path: &Path| -> std::io::Result<Bytes> {
+                let mut f = File::open(path)?;
                 let len = f.metadata()?.len();
                 if len > buffers::KEPT_LEN as u64 {
-                    return fs::read(&path).map(Bytes::from);
+                    return fs::read(path).map(Bytes::from);
                 }
                 let mut buf = buffers::OBJECTS.take(len as usize);
                 f.read_to_end(&mut buf)?;
                 Ok(buffers::OBJECTS.into_bytes(buf))
             };
-            read().map_err(|e| map_io(&key, "get", &path, e))
+            let (path, read) = paths.read(read);
+            read.map_err(|e| map_io(&key, "get", &path, e))
         })
         .await
     }
@@ -360,9 +470,9 @@ impl FragmentStore for FsStore {
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
         let key = key.clone();
         self.blocking(move |sys, _| {
-            let path = sys.root().join(key.as_str());
-            let read = || -> std::io::Result<Vec<u8>> {
-                let mut f = File::open(&path)?;
+            let paths = Paths::of(sys.root(), &key)?;
+            let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+                let mut f = File::open(path)?;
                 let len = f.metadata()?.len();
                 let end = range.end.min(len);
                 let start = range.start.min(end);
@@ -371,8 +481,8 @@ impl FragmentStore for FsStore {
                 f.take(end - start).read_to_end(&mut buf)?;
                 Ok(buf)
             };
-            read()
-                .map(Bytes::from)
+            let (path, read) = paths.read(read);
+            read.map(Bytes::from)
                 .map_err(|e| map_io(&key, "get_range", &path, e))
         })
         .await
@@ -381,8 +491,8 @@ impl FragmentStore for FsStore {
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         let key = key.clone();
         self.blocking(move |sys, _| {
-            let path = sys.root().join(key.as_str());
-            match fs::metadata(&path) {
+            let (path, meta) = Paths::of(sys.root(), &key)?.read(|p| fs::metadata(p));
+            match meta {
                 Ok(m) if m.is_file() => {
                     let modified = m
                         .modified()
@@ -410,15 +520,18 @@ impl FragmentStore for FsStore {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let key = key.clone();
         self.blocking(move |sys, sync| {
-            let path = sys.root().join(key.as_str());
-            match sys.remove_file(&path) {
-                // Durable before it returns: a manifest `rm` deleted must not come back
-                // after a power cut without the fragments a later gc deleted.
-                Ok(()) if sync => sync_dir(sys, path.parent().unwrap_or(sys.root())),
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(FragmentError::io("delete", &path, e)),
+            let paths = Paths::of(sys.root(), &key)?;
+            for path in std::iter::once(&paths.main).chain(&paths.legacy) {
+                match sys.remove_file(path) {
+                    // Durable before it returns: a manifest `rm` deleted must not come
+                    // back after a power cut without the fragments a later gc deleted.
+                    Ok(()) if sync => sync_dir(sys, path.parent().unwrap_or(sys.root()))?,
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(FragmentError::io("delete", path, e)),
+                }
             }
+            Ok(())
         })
         .await
     }

@@ -12,7 +12,8 @@ struct FsTamper(std::path::PathBuf);
 #[async_trait]
 impl Tamper for FsTamper {
     async fn overwrite(&self, key: &ObjectKey, bytes: Bytes) {
-        std::fs::write(self.0.join(key.as_str()), bytes).unwrap();
+        let path = FsStore::open(&self.0).unwrap().object_path(key).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
 }
 

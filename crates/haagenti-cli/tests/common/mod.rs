@@ -255,10 +255,15 @@ pub fn files_of(m: &synth::FamilyModel) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Every stored object file under `fragments/`.
+/// Every stored fragment object's file (`fragments-flat/`, and `fragments/` of the
+/// layout before it).
 pub fn objects(lib: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![lib.join("fragments")];
+    let mut stack: Vec<PathBuf> = ["fragments-flat", "fragments"]
+        .iter()
+        .map(|d| lib.join(d))
+        .filter(|d| d.is_dir())
+        .collect();
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
@@ -271,6 +276,15 @@ pub fn objects(lib: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The file of fragment `id` (full hex) in the filesystem library at `lib`.
+pub fn fragment_file(lib: &Path, id: &str) -> PathBuf {
+    let key = haagenti_core::ObjectKey::fragment(&id.parse().unwrap());
+    haagenti_store_fs::FsStore::open(lib)
+        .unwrap()
+        .object_path(&key)
+        .unwrap()
 }
 
 /// Runs one of the `tests/py` scripts with the test interpreter; it must succeed. The
