@@ -179,6 +179,12 @@ impl Codec for TimedCodec {
     ) -> haagenti_core::Result<()> {
         self.time(|| self.inner.decode(input, decoded_len, out))
     }
+
+    // Forwarded, not left to the trait's default (a fresh vector and a copy): the
+    // measured process must decode as the `haagenti` command does.
+    fn decode_into(&self, input: &[u8], out: &mut [u8]) -> haagenti_core::Result<()> {
+        self.time(|| self.inner.decode_into(input, out))
+    }
 }
 
 /// `codecs()` with every codec wrapped in a [`TimedCodec`] sharing `nanos`.
