@@ -199,6 +199,16 @@ pub fn convert(src: &[u8], from: Dtype, to: Dtype) -> Option<Vec<u8>> {
     }
 }
 
+/// The length of `src_len` bytes of `from` converted to `to` by [`convert_into`]; `None`
+/// for a pair it does not convert or ragged input.
+pub fn converted_len(src_len: usize, from: Dtype, to: Dtype) -> Option<usize> {
+    match (from, to) {
+        (Dtype::F32, Dtype::BF16 | Dtype::F16) if src_len % 4 == 0 => Some(src_len / 2),
+        (Dtype::BF16 | Dtype::F16, Dtype::F32) if src_len % 2 == 0 => Some(src_len * 2),
+        _ => None,
+    }
+}
+
 /// [`convert`] into `out`, overwriting every byte of it (its prior contents never
 /// matter): false, leaving `out` unspecified, when [`convert`] would give `None` or a
 /// result of another length than `out`'s.

@@ -294,7 +294,11 @@ impl FragmentLibrary {
         let sources = Arc::new(self.with_float_sources(sources).await?);
         // Fragments in flight: CPU work inside them is gated by `parallelism` (on_cpu).
         let in_flight = self.config().io_concurrency;
-        let (tx, mut rx) = mpsc::channel::<ReaderMsg>(in_flight);
+        // The fragments in flight are the reader's buffer; the channel only keeps the next
+        // ones ready (a longer queue would hold that many more input buffers, beyond what
+        // the buffer pool keeps, and each a fresh allocation).
+        let queued = self.config().parallelism.max(1);
+        let (tx, mut rx) = mpsc::channel::<ReaderMsg>(queued);
         let reader = {
             let sources = sources.clone();
             let fragment_size = self.config().fragment_size;

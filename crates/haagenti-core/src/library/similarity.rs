@@ -19,7 +19,6 @@ use serde::Serialize;
 use super::locks::LockKind;
 use super::objects::{Stored, Via, delta_object, standalone_object};
 use super::{FragmentLibrary, join_error};
-use crate::cast;
 use crate::codec::{CodecRegistry, EncodeHint};
 use crate::error::{FragmentError, Result};
 use crate::signature::{CandidateIndex, EntryMeta, Signature, Similarity};
@@ -27,6 +26,7 @@ use crate::store::{FRAGMENTS_PREFIX, INDEX_PREFIX, ObjectKey};
 use crate::types::{
     CodecPolicy, Dtype, Encoding, FragmentId, SimilarityMatch, SimilarityThreshold,
 };
+use crate::{buffers, cast};
 
 /// A delta is kept only when it is at most this fraction of the standalone encoding.
 pub(crate) const DELTA_MAX_FRACTION: f64 = 0.9;
@@ -487,10 +487,20 @@ impl FragmentLibrary {
             let Some(src) = self.standalone_fragment(&source).await? else {
                 continue;
             };
-            let Some(casted) = cast::convert(&src, from, dtype) else {
+            let new = data.clone();
+            let Some((casted, equal)) = self
+                .on_cpu(move || {
+                    let len = cast::converted_len(src.len(), from, dtype)?;
+                    let mut out = buffers::FRAGMENTS.take_filled(len);
+                    cast::convert_into(&src, from, dtype, &mut out).then_some(())?;
+                    let equal = out == new[..];
+                    Some((buffers::FRAGMENTS.into_bytes(out), equal))
+                })
+                .await?
+            else {
                 continue;
             };
-            if casted == data[..] {
+            if equal {
                 let cast = Encoding::Cast {
                     source,
                     from,
@@ -501,7 +511,7 @@ impl FragmentLibrary {
                     .await
                     .map(Placement::from);
             }
-            bases.push((Bytes::from(casted), BaseKind::Cast(source, from)));
+            bases.push((casted, BaseKind::Cast(source, from)));
         }
         for base in same {
             if let Some(b) = self.standalone_fragment(&base).await? {
