@@ -1,8 +1,11 @@
 //! How close ingest and export run to the machine's limit (issue 17): each phase's wall
 //! and CPU time split into the per-byte work it cannot avoid (codec calls, BLAKE3,
 //! signatures), everything else the process burned (copies, syscalls, allocation,
-//! scheduling) and idle cores; and the CPU ceiling computed from the same run's
-//! micro-benchmarks.
+//! scheduling) and idle cores; and the CPU ceiling computed from single-core speeds
+//! measured in the phase's own process right after its work ([`UnitSpeeds::measure`]).
+//! The host's speed drifts by tens of percent within one run on a shared machine, so a
+//! ceiling from micro-benchmarks minutes away would move the ratio by as much; the
+//! micro-benchmark section's ceiling is printed next to it for reference.
 //!
 //! The ceiling is the speed at which every core does nothing but the unavoidable work on
 //! bf16 weights, the corpus's dtype: per byte, ingest hashes twice (fragment id and
@@ -14,7 +17,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codecs::CodecRow;
 use crate::haagenti::Profile;
@@ -22,7 +25,7 @@ use crate::lsh::LshBench;
 use crate::util;
 
 /// Single-core speeds (MB/s, 10^6 bytes) the ceiling is computed from.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct UnitSpeeds {
     pub cores: usize,
     pub blake3_mb_s: f64,
@@ -45,6 +48,21 @@ impl UnitSpeeds {
             encode_mb_s: codec.compress_mb_s,
             decode_mb_s: codec.decompress_mb_s,
             signature_mb_s: sig.mb_per_s,
+        })
+    }
+
+    /// Measured here and now, single-threaded, on the micro-benchmarks' data (16 MiB,
+    /// medians of 3): what a phase's process measures after its work.
+    pub fn measure() -> anyhow::Result<Self> {
+        const BYTES: usize = 16 << 20;
+        let (encode_mb_s, decode_mb_s) = crate::codecs::planes_bf16_speeds(BYTES, 3)?;
+        let (signature_mb_s, blake3_mb_s) = crate::lsh::bf16_signature_speeds(BYTES, 3)?;
+        Ok(Self {
+            cores: util::cores(),
+            blake3_mb_s,
+            encode_mb_s,
+            decode_mb_s,
+            signature_mb_s,
         })
     }
 
@@ -73,19 +91,16 @@ pub struct PhaseRow {
     pub codec_secs: f64,
     /// Estimated: two passes at the single-thread speed measured in the child.
     pub hash_secs: f64,
-    /// Estimated from the signature micro-benchmark (ingest only).
+    /// Estimated from the signature speed measured in the child (ingest only).
     pub signature_secs: f64,
     pub mb_s: f64,
     pub ceiling_mb_s: f64,
 }
 
 impl PhaseRow {
-    pub fn new(phase: &str, bytes: u64, p: &Profile, speeds: &UnitSpeeds, ingest: bool) -> Self {
-        let signature_secs = if ingest {
-            bytes as f64 / 1e6 / speeds.signature_mb_s
-        } else {
-            0.0
-        };
+    /// The row of a phase whose processes measured their own unit speeds (`p`'s
+    /// ceiling and signature estimates).
+    pub fn new(phase: &str, bytes: u64, p: &Profile) -> Self {
         Self {
             phase: phase.to_string(),
             bytes,
@@ -93,39 +108,48 @@ impl PhaseRow {
             cpu_secs: p.cpu_secs,
             codec_secs: p.codec_secs,
             hash_secs: p.hash_secs_est,
-            signature_secs,
+            signature_secs: p.signature_secs_est,
             mb_s: util::mb_per_s(bytes, p.wall_secs),
-            ceiling_mb_s: if ingest {
-                speeds.ingest_ceiling()
-            } else {
-                speeds.export_ceiling()
-            },
+            ceiling_mb_s: bytes as f64 / 1e6 / p.ceiling_secs.max(1e-9),
         }
     }
 }
 
-/// The section: the unit speeds, then one row per phase. Shares are of the phase's
-/// core-seconds (wall time × cores), so they add up to 100% with the idle share.
-pub fn markdown(speeds: &UnitSpeeds, rows: &[PhaseRow]) -> String {
+/// The section: how the ceiling is computed (with the micro-benchmarks' speeds for
+/// reference), then one row per phase. Shares are of the phase's core-seconds (wall time
+/// × cores), so they add up to 100% with the idle share.
+pub fn markdown(micro: Option<&UnitSpeeds>, rows: &[PhaseRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "### Distance to the CPU ceiling\n\n\
-         Single-core speeds of this run's micro-benchmarks: BLAKE3 {:.0} MB/s, planes \
-         encode {:.0} MB/s and decode {:.0} MB/s (bf16, balanced), signatures {:.0} MB/s; \
-         {} cores. Ceiling = cores / (2 / BLAKE3 + 1 / encode + 1 / signature) for ingest \
-         = **{:.0} MB/s**, cores / (2 / BLAKE3 + 1 / decode) for export = **{:.0} MB/s**. \
-         Shares below are of the phase's core-seconds (wall × cores); BLAKE3 and \
+         Ceiling = cores / (2 / BLAKE3 + 1 / encode + 1 / signature) for ingest, cores / \
+         (2 / BLAKE3 + 1 / decode) for export, from single-core speeds (planes on bf16, \
+         balanced; cosine signatures; BLAKE3 of 1 MiB fragments) that each phase's process \
+         measures right after its work, so that the host's speed of that moment is in both \
+         (a phase of several processes: their bytes at their ceilings, summed); {} cores.",
+        util::cores(),
+    );
+    if let Some(m) = micro {
+        let _ = write!(
+            s,
+            " For reference, the micro-benchmark section's speeds (BLAKE3 {:.0} MB/s, planes \
+             encode {:.0} and decode {:.0} MB/s, signatures {:.0} MB/s) give {:.0} MB/s for \
+             ingest and {:.0} MB/s for export.",
+            m.blake3_mb_s,
+            m.encode_mb_s,
+            m.decode_mb_s,
+            m.signature_mb_s,
+            m.ingest_ceiling(),
+            m.export_ceiling(),
+        );
+    }
+    let _ = writeln!(
+        s,
+        " Shares below are of the phase's core-seconds (wall × cores); BLAKE3 and \
          signatures are estimates from their measured speeds, codec calls are timed; \
          *other CPU* is the rest of the process's CPU time (copies, syscalls, allocation), \
          *idle* the core-seconds nobody used.\n",
-        speeds.blake3_mb_s,
-        speeds.encode_mb_s,
-        speeds.decode_mb_s,
-        speeds.signature_mb_s,
-        speeds.cores,
-        speeds.ingest_ceiling(),
-        speeds.export_ceiling(),
     );
     let _ = writeln!(
         s,
@@ -133,7 +157,7 @@ pub fn markdown(speeds: &UnitSpeeds, rows: &[PhaseRow]) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let core_secs = (r.wall_secs * speeds.cores as f64).max(1e-9);
+        let core_secs = (r.wall_secs * util::cores() as f64).max(1e-9);
         let pct = |secs: f64| format!("{:.0}%", 100.0 * secs / core_secs);
         let work = r.codec_secs + r.hash_secs + r.signature_secs;
         let (other, idle) = match r.cpu_secs {

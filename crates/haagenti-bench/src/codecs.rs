@@ -111,6 +111,25 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<CodecRow>> {
     Ok(rows)
 }
 
+/// Single-core (encode, decode) MB/s of the planes codec on `total` bytes of bf16
+/// weights with the balanced policy: the row the CPU ceiling uses, measured alone (the
+/// same data as [`run`]'s row, medians of `runs`).
+pub fn planes_bf16_speeds(total: usize, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let data = weights(11, Dtype::BF16, total);
+    let fragments: Vec<&[u8]> = data.chunks(FRAGMENT).collect();
+    let hint = EncodeHint {
+        dtype: Some(Dtype::BF16),
+        policy: CodecPolicy::Balanced,
+    };
+    let (_, encode, decode) = measure(
+        &fragments,
+        runs,
+        |input, out| Ok(PlanesCodec.encode(input, hint, out)?),
+        |payload, len, out| Ok(PlanesCodec.decode(payload, len, out)?),
+    )?;
+    Ok((encode, decode))
+}
+
 /// `total` bytes of N(0, 0.02) weights in `dtype`.
 fn weights(seed: u64, dtype: Dtype, total: usize) -> Vec<u8> {
     let values = synth::normal_f32(seed, total / dtype.size(), 0.0, 0.02);

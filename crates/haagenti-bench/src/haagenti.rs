@@ -16,6 +16,7 @@ use haagenti_testkit::synth::{Family, FamilyModel, generate_model};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ceiling::UnitSpeeds;
 use crate::system::SystemResult;
 use crate::util;
 
@@ -50,6 +51,11 @@ pub struct Profile {
     /// BLAKE3 seconds, estimated: two passes over the bytes (fragment ids and whole-file
     /// hashes) at the single-thread speed measured in the same child.
     pub hash_secs_est: f64,
+    /// Signature seconds, estimated from the speed measured in the same child (ingest).
+    pub signature_secs_est: f64,
+    /// The bytes' time at the CPU ceiling computed from the speeds measured in the same
+    /// child (`ceiling.rs`).
+    pub ceiling_secs: f64,
 }
 
 impl Profile {
@@ -61,6 +67,8 @@ impl Profile {
         };
         self.codec_secs += other.codec_secs;
         self.hash_secs_est += other.hash_secs_est;
+        self.signature_secs_est += other.signature_secs_est;
+        self.ceiling_secs += other.ceiling_secs;
     }
 }
 
@@ -101,23 +109,28 @@ struct ChildOutput {
     secs: f64,
     cpu_secs: Option<f64>,
     codec_secs: f64,
-    /// Single-thread BLAKE3 speed measured in the child after the operation.
-    blake3_bytes_per_sec: f64,
+    /// Single-core speeds measured in the child right after the operation.
+    unit_speeds: UnitSpeeds,
     peak_rss_bytes: Option<u64>,
     report: Value,
 }
 
 impl ChildOutput {
-    fn profile(&self, bytes: u64) -> Profile {
+    fn profile(&self, bytes: u64, op: ChildOp) -> Profile {
+        let speeds = &self.unit_speeds;
+        let mb = bytes as f64 / 1e6;
+        let secs_at = |mb_s: f64| if mb_s > 0.0 { mb / mb_s } else { 0.0 };
+        let (signature_secs_est, ceiling_mb_s) = match op {
+            ChildOp::Ingest => (secs_at(speeds.signature_mb_s), speeds.ingest_ceiling()),
+            ChildOp::Export => (0.0, speeds.export_ceiling()),
+        };
         Profile {
             wall_secs: self.secs,
             cpu_secs: self.cpu_secs,
             codec_secs: self.codec_secs,
-            hash_secs_est: if self.blake3_bytes_per_sec > 0.0 {
-                2.0 * bytes as f64 / self.blake3_bytes_per_sec
-            } else {
-                0.0
-            },
+            hash_secs_est: 2.0 * secs_at(speeds.blake3_mb_s),
+            signature_secs_est,
+            ceiling_secs: secs_at(ceiling_mb_s),
         }
     }
 }
@@ -219,24 +232,6 @@ fn open_library(
     .with_context(|| format!("open library {}", dir.display()))
 }
 
-/// Single-thread BLAKE3 bytes per second of CPU time, hashing 16 MiB four times.
-fn blake3_speed() -> f64 {
-    let data: Vec<u8> = (0..16u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let (cpu, wall) = (thread_cpu_nanos(), Instant::now());
-    for _ in 0..4 {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&data);
-        std::hint::black_box(hasher.finalize());
-    }
-    let secs = match (cpu, thread_cpu_nanos()) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
-        _ => wall.elapsed().as_secs_f64(),
-    };
-    4.0 * data.len() as f64 / secs.max(1e-9)
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -287,7 +282,7 @@ pub fn child(args: ChildArgs) -> Result<()> {
         secs,
         cpu_secs,
         codec_secs: nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        blake3_bytes_per_sec: blake3_speed(),
+        unit_speeds: UnitSpeeds::measure()?,
         peak_rss_bytes,
         report,
     };
@@ -351,7 +346,7 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
             peak_rss_ingest_bytes: child.peak_rss_bytes,
             peak_rss_export_bytes: None,
             identical: false,
-            ingest_profile: child.profile(m.bytes),
+            ingest_profile: child.profile(m.bytes, ChildOp::Ingest),
             export_profile: Profile::default(),
             ingest_report: child.report,
         });
@@ -360,7 +355,7 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         let out = export_root.join(&m.name);
         let child = run_child("export", &lib, &m.name, &out)?;
         result.export_secs = child.secs;
-        result.export_profile = child.profile(m.bytes);
+        result.export_profile = child.profile(m.bytes, ChildOp::Export);
         result.peak_rss_export_bytes = child.peak_rss_bytes;
         let pairs = exported_pairs(m, &out);
         let mut identical = util::files_under(&out)?.len() == pairs.len();
@@ -445,7 +440,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         peak_rss_ingest_bytes: ingest.peak_rss_bytes,
         peak_rss_export_bytes: export.peak_rss_bytes,
         identical,
-        ingest_profile: ingest.profile(size),
-        export_profile: export.profile(size),
+        ingest_profile: ingest.profile(size, ChildOp::Ingest),
+        export_profile: export.profile(size, ChildOp::Export),
     })
 }

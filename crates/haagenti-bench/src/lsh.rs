@@ -165,35 +165,56 @@ fn signature_speeds(total: usize, runs: usize) -> anyhow::Result<Vec<SignatureSp
     ];
     let mut out = Vec::new();
     for (scheme, name, dtype, data, fragment) in cases {
-        let mb = data.len() as f64 / 1e6;
-        let (mut sig_runs, mut hash_runs) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t = Instant::now();
-            let mut made = 0usize;
-            for frag in data.chunks(fragment) {
-                made += usize::from(scheme.signature(frag, dtype).is_some());
-            }
-            sig_runs.push(mb / t.elapsed().as_secs_f64());
-            anyhow::ensure!(
-                made == data.len().div_ceil(fragment),
-                "{name}: missing signatures"
-            );
-            let t = Instant::now();
-            let mut x = 0u8;
-            for frag in data.chunks(fragment) {
-                x ^= FragmentId::of(frag).0[0];
-            }
-            std::hint::black_box(x);
-            hash_runs.push(mb / t.elapsed().as_secs_f64());
-        }
+        let (mb_per_s, blake3_mb_per_s) = speeds(scheme, name, dtype, data, fragment, runs)?;
         out.push(SignatureSpeed {
             scheme: scheme.name().to_string(),
             input: name.to_string(),
-            mb_per_s: util::median(sig_runs),
-            blake3_mb_per_s: util::median(hash_runs),
+            mb_per_s,
+            blake3_mb_per_s,
         });
     }
     Ok(out)
+}
+
+/// Single-core (signature, BLAKE3) MB/s of the cosine sketch on `total` bytes of bf16
+/// weights in 1 MiB fragments: the row the CPU ceiling uses, measured alone.
+pub fn bf16_signature_speeds(total: usize, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let bf16 = bf16_bytes(&normal_f32(1, total / 2, 0.0, 0.02));
+    let cosine = CosineSketch::default();
+    speeds(&cosine, "bf16", Some(Dtype::BF16), &bf16, 1 << 20, runs)
+}
+
+/// Medians of `runs` (signature, BLAKE3) MB/s over `data` cut into `fragment` bytes.
+fn speeds(
+    scheme: &dyn SignatureScheme,
+    name: &str,
+    dtype: Option<Dtype>,
+    data: &[u8],
+    fragment: usize,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mb = data.len() as f64 / 1e6;
+    let (mut sig_runs, mut hash_runs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut made = 0usize;
+        for frag in data.chunks(fragment) {
+            made += usize::from(scheme.signature(frag, dtype).is_some());
+        }
+        sig_runs.push(mb / t.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            made == data.len().div_ceil(fragment),
+            "{name}: missing signatures"
+        );
+        let t = Instant::now();
+        let mut x = 0u8;
+        for frag in data.chunks(fragment) {
+            x ^= FragmentId::of(frag).0[0];
+        }
+        std::hint::black_box(x);
+        hash_runs.push(mb / t.elapsed().as_secs_f64());
+    }
+    Ok((util::median(sig_runs), util::median(hash_runs)))
 }
 
 fn random_signature(rng: &mut Rng, words: usize) -> Signature {

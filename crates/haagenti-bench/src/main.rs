@@ -350,37 +350,25 @@ fn run(opts: &Options) -> Result<()> {
     eprintln!("the Python package next to safetensors ...");
     let python_bench = python::run(&work, python_size(opts.quick), opts.seed)?;
 
-    let ceiling = ceiling::UnitSpeeds::from_micro(&codec_rows, &lsh_bench).map(|speeds| {
+    let micro_speeds = ceiling::UnitSpeeds::from_micro(&codec_rows, &lsh_bench);
+    let ceiling = {
         let corpus_bytes: u64 = family.models.iter().map(|m| m.bytes).sum();
         let mut rows = vec![
             ceiling::PhaseRow::new(
                 "corpus ingest (one per model)",
                 corpus_bytes,
                 &haagenti.ingest_profile,
-                &speeds,
-                true,
             ),
-            ceiling::PhaseRow::new(
-                "corpus export",
-                corpus_bytes,
-                &haagenti.export_profile,
-                &speeds,
-                false,
-            ),
+            ceiling::PhaseRow::new("corpus export", corpus_bytes, &haagenti.export_profile),
         ];
         if let Some(b) = &big_model {
-            for (phase, profile, ingest) in [
-                ("ingest", &b.ingest_profile, true),
-                ("export", &b.export_profile, false),
-            ] {
+            for (phase, profile) in [("ingest", &b.ingest_profile), ("export", &b.export_profile)] {
                 let name = format!("{} {} {phase}", util::human(b.bytes), b.dtype);
-                rows.push(ceiling::PhaseRow::new(
-                    &name, b.bytes, profile, &speeds, ingest,
-                ));
+                rows.push(ceiling::PhaseRow::new(&name, b.bytes, profile));
             }
         }
-        (speeds, rows)
-    });
+        (micro_speeds, rows)
+    };
 
     // Checked after the report is out, so a failure still leaves the numbers to look at.
     let identical = haagenti.check().and_then(|()| match &big_model {
@@ -410,9 +398,7 @@ fn run(opts: &Options) -> Result<()> {
         haagenti_ingest_profile: haagenti.ingest_profile,
         haagenti_export_profile: haagenti.export_profile,
         big_model,
-        ceiling_markdown: ceiling
-            .as_ref()
-            .map(|(speeds, rows)| ceiling::markdown(speeds, rows)),
+        ceiling_markdown: Some(ceiling::markdown(ceiling.0.as_ref(), &ceiling.1)),
         ceiling: serde_json::to_value(&ceiling)?,
         similarity_markdown: similarity.as_ref().map(similarity::markdown),
         similarity: serde_json::to_value(&similarity)?,
