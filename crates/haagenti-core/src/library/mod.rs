@@ -5,6 +5,7 @@
 
 mod cache;
 mod compare;
+mod cpu;
 mod export;
 mod gguf;
 mod ingest;
@@ -61,19 +62,9 @@ struct Inner {
     config: LibraryConfig,
     cache: Arc<cache::FragmentCache>,
     similarity: Option<Arc<similarity::SimilarityState>>,
-    /// Ingest's and reads' CPU work runs holding one of these, so that `io_concurrency`
+    /// Ingest's and reads' CPU work runs on these threads, so that `io_concurrency`
     /// fragments in flight do not mean as many busy threads.
-    cpu: Arc<CpuPermits>,
-}
-
-/// The permits CPU work runs under (see [`FragmentLibrary::on_cpu`]).
-#[derive(Debug)]
-struct CpuPermits {
-    /// `config.parallelism` permits, one per core.
-    cores: Arc<tokio::sync::Semaphore>,
-    /// One more, only for decodes into memory fresh from the allocator
-    /// ([`FragmentLibrary::on_cpu_fresh`]).
-    spare: Arc<tokio::sync::Semaphore>,
+    cpu: Arc<cpu::CpuPool>,
 }
 
 impl FragmentLibrary {
@@ -90,29 +81,24 @@ impl FragmentLibrary {
                 codecs,
                 cache: Arc::new(cache::FragmentCache::new(0)),
                 similarity: None,
-                cpu: Arc::new(CpuPermits {
-                    cores: Arc::new(tokio::sync::Semaphore::new(config.parallelism)),
-                    spare: Arc::new(tokio::sync::Semaphore::new(1)),
-                }),
+                cpu: Arc::new(cpu::CpuPool::new(config.parallelism)),
                 config,
             }),
         })
     }
 
-    /// Runs CPU work `f` on a blocking thread once one of the `parallelism` CPU permits
-    /// is free.
+    /// Runs CPU work `f` on one of the library's `parallelism` CPU threads (in the order
+    /// work arrives; `cpu.rs`).
     pub(crate) async fn on_cpu<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        // The semaphore is never closed; if it were, the work would run ungated.
-        let permit = self.inner.cpu.cores.clone().acquire_owned().await.ok();
-        Self::run_holding(permit, f).await
+        self.inner.cpu.run(false, f).await
     }
 
     /// [`on_cpu`](Self::on_cpu) for work that writes into memory fresh from the
-    /// allocator, such as a tensor's own buffer a reader lends out: it may also take the
-    /// one spare permit. The first touch of each fresh page stalls its thread (a page
+    /// allocator, such as a tensor's own buffer a reader lends out: one spare thread may
+    /// take it too. The first touch of each fresh page stalls its thread (a page
     /// fault; in a virtual machine often one of the host's too), so with one such decode
     /// per core the cores idle for every stall. Measured on 2 cores, every tensor of a
     /// 383 MB bf16 model through the Python package: 0.352 s with two permits, 0.306 s
@@ -122,28 +108,7 @@ impl FragmentLibrary {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let permits = &self.inner.cpu;
-        let permit = tokio::select! {
-            p = permits.cores.clone().acquire_owned() => p,
-            p = permits.spare.clone().acquire_owned() => p,
-        }
-        .ok();
-        Self::run_holding(permit, f).await
-    }
-
-    async fn run_holding<T: Send + 'static>(
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T> {
-        // The permit goes with the work and is released on its thread the moment the work
-        // ends, so the next decode is woken without waiting for this task to be polled.
-        tokio::task::spawn_blocking(move || {
-            let done = f();
-            drop(permit);
-            done
-        })
-        .await
-        .map_err(join_error)
+        self.inner.cpu.run(true, f).await
     }
 
     /// The store the library reads and writes.
@@ -399,6 +364,24 @@ mod tests {
         }
         let [_, _, most_plain, most_fresh, most_total] = *running.0.lock().unwrap();
         [most_plain, most_fresh, most_total]
+    }
+
+    #[tokio::test]
+    async fn cpu_work_that_panics_fails_its_caller_only() {
+        let store: Arc<dyn FragmentStore> = Arc::new(MemoryStore::new());
+        let config = LibraryConfig {
+            parallelism: 1,
+            ..LibraryConfig::default()
+        };
+        let lib = FragmentLibrary::new(store, CodecRegistry::default(), config).unwrap();
+        let err = lib
+            .on_cpu(|| -> u8 { panic!("on purpose") })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FragmentError::TaskFailed { .. }), "{err}");
+        // The one worker lives on.
+        assert_eq!(lib.on_cpu(|| 7).await.unwrap(), 7);
+        assert_eq!(lib.on_cpu_fresh(|| 8).await.unwrap(), 8);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
