@@ -29,6 +29,7 @@ pub fn zstd(family: &Family, work: &Path, threads: usize) -> Result<SystemResult
     fs::create_dir_all(&packed)?;
     fs::create_dir_all(&restored)?;
 
+    util::settle()?;
     let started = Instant::now();
     for (i, f) in files.iter().enumerate() {
         let mut input = BufReader::with_capacity(1 << 20, File::open(f)?);
@@ -45,6 +46,7 @@ pub fn zstd(family: &Family, work: &Path, threads: usize) -> Result<SystemResult
     let ingest_secs = started.elapsed().as_secs_f64();
     let stored = util::dir_size(&packed)?;
 
+    util::settle()?;
     let started = Instant::now();
     for i in 0..files.len() {
         let input = BufReader::with_capacity(1 << 20, File::open(packed.join(format!("{i}.zst")))?);
@@ -121,10 +123,12 @@ pub fn restic(family: &Family, work: &Path) -> Result<SystemResult> {
     };
     restic(&["init", "--repository-version", "2"])?;
     let corpus = family.dir.to_string_lossy().into_owned();
+    util::settle()?;
     let started = Instant::now();
     let backup_rss = restic(&["--compression", "auto", "backup", &corpus])?;
     let ingest_secs = started.elapsed().as_secs_f64();
     let stored = util::dir_size(&repo)?;
+    util::settle()?;
     let started = Instant::now();
     let restore_rss = restic(&["restore", "latest", "--target", &target.to_string_lossy()])?;
     let restore_secs = started.elapsed().as_secs_f64();

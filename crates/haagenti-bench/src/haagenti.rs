@@ -291,6 +291,7 @@ pub fn child(args: ChildArgs) -> Result<()> {
 }
 
 fn run_child(op: &str, lib: &Path, name: &str, path: &Path) -> Result<ChildOutput> {
+    util::settle()?;
     let args = [
         "child".as_ref(),
         op.as_ref(),
@@ -413,6 +414,10 @@ pub struct BigModelResult {
     pub identical: bool,
     pub ingest_profile: Profile,
     pub export_profile: Profile,
+    /// `std::fs::copy` of the source file right after the export (`copy_file_range`, in
+    /// the kernel): how fast this machine writes that many new bytes into the page cache
+    /// at that moment, the bound of any export.
+    pub copy_secs: f64,
 }
 
 pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
@@ -430,6 +435,11 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
     let out = dir.join("export");
     let ingest = run_child("ingest", &lib, "big", &src)?;
     let export = run_child("export", &lib, "big", &out)?;
+    util::settle()?;
+    let copy = dir.join("copy.safetensors");
+    let started = Instant::now();
+    std::fs::copy(&src, &copy).with_context(|| format!("copy {}", src.display()))?;
+    let copy_secs = started.elapsed().as_secs_f64();
     let identical = util::same_bytes(&src, &out.join("big.safetensors"))?;
     util::remove_dir_if_exists(&dir)?;
     Ok(BigModelResult {
@@ -442,5 +452,6 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         identical,
         ingest_profile: ingest.profile(size, ChildOp::Ingest),
         export_profile: export.profile(size, ChildOp::Export),
+        copy_secs,
     })
 }

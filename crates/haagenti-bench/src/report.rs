@@ -291,19 +291,31 @@ pub fn markdown(r: &Results<'_>) -> String {
         let _ = writeln!(s, "\n### haagenti, one large model on its own\n");
         let _ = writeln!(
             s,
-            "| model | ingest MB/s | export MB/s | peak RSS ingest / export MiB | byte-identical |"
+            "| model | ingest MB/s | export MB/s | plain copy MB/s | peak RSS ingest / export MiB | byte-identical |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
         let _ = writeln!(
             s,
-            "| {} {} (single file) | {:.0} | {:.0} | {} / {} | {} |",
+            "| {} {} (single file) | {:.0} | {:.0} | {:.0} | {} / {} | {} |",
             human(b.bytes),
             b.dtype,
             mb_per_s(b.bytes, b.ingest_secs),
             mb_per_s(b.bytes, b.export_secs),
+            mb_per_s(b.bytes, b.copy_secs),
             opt_mib(b.peak_rss_ingest_bytes),
             opt_mib(b.peak_rss_export_bytes),
             if b.identical { "yes" } else { "**NO**" }
+        );
+        let _ = writeln!(
+            s,
+            "\n*Plain copy*: `std::fs::copy` of the source file (the kernel's \
+             `copy_file_range`) right after the export, after a `sync`: how fast the machine \
+             wrote that many new bytes into the page cache at that moment, which bounds any \
+             export. On the 2-core VM of `docs/benchmarks.md` four such copies of the 2 GiB \
+             model took 0.6 to 6.1 s (0.35 to 3.6 GB/s), slower the longer the memory freed \
+             before them had sat unused (an export after a 10 s pause: 4.6 s, without: 3.2 \
+             s), as when a VM hands freed pages back to its host (virtio-balloon free page \
+             reporting) and each first touch is then a host fault."
         );
     }
     if let Some(md) = &r.ceiling_markdown {

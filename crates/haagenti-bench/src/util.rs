@@ -28,6 +28,19 @@ pub fn run_self<T: serde::de::DeserializeOwned>(
     serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
 }
 
+/// Writes back every dirty page of the machine (`sync`) before a timed phase, so that
+/// no phase pays for the writeback of what an earlier one, or a generator, left dirty
+/// (a `syncfs` in the phase, or the kernel's flusher competing for the cores, would).
+pub fn settle() -> Result<()> {
+    let status = std::process::Command::new("sync")
+        .status()
+        .context("run sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
+
 /// The median of `v` (the upper one of an even count); 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

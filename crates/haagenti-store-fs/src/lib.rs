@@ -348,19 +348,24 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
         root.join(dir_part)
     });
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // Only a library with fragments in both layouts can list one twice.
+    let mut seen = root
+        .join(FRAGMENTS_PREFIX)
+        .is_dir()
+        .then(std::collections::HashSet::new);
     for start in starts {
-        list_dir(root, prefix, start, &mut seen, &mut out)?;
+        list_dir(root, prefix, start, seen.as_mut(), &mut out)?;
     }
     Ok(out)
 }
 
-/// Lists the objects under `start` whose keys begin with `prefix` and are not in `seen`.
+/// Lists the objects under `start` whose keys begin with `prefix` and, given `seen`, are
+/// not in it (adding them).
 fn list_dir(
     root: &Path,
     prefix: &str,
     start: PathBuf,
-    seen: &mut std::collections::HashSet<ObjectKey>,
+    mut seen: Option<&mut std::collections::HashSet<ObjectKey>>,
     out: &mut Vec<ObjectMeta>,
 ) -> Result<()> {
     let mut stack = vec![start];
@@ -390,7 +395,9 @@ fn list_dir(
             let Some(key) = key_of(&rel.replace(std::path::MAIN_SEPARATOR, "/")) else {
                 continue;
             };
-            if !key.as_str().starts_with(prefix) || !seen.insert(key.clone()) {
+            if !key.as_str().starts_with(prefix)
+                || seen.as_mut().is_some_and(|seen| !seen.insert(key.clone()))
+            {
                 continue;
             }
             let meta = match entry.metadata() {
