@@ -4,7 +4,7 @@
 //! `fragments/<aa>/<bb>/<64 hex>` is the file `ROOT/fragments-flat/<aa>/<64 hex>`, one
 //! shard level instead of two. With two levels nearly every new fragment of a library
 //! under 65,536 fragments made a directory of its own, and on ext4 those `mkdir`s cost
-//! a tenth of a large ingest's time (ARCHITECTURE.md, *Decisions*); 256 directories
+//! about 5% of a large ingest's time (ARCHITECTURE.md, *Decisions*); 256 directories
 //! hold millions of files well. Fragments written at their key's own path, as stores
 //! before the flat layout did, are still found, listed, replaced and deleted there, and
 //! a haagenti that predates the flat layout does not see the flat directory at all, so
