@@ -33,8 +33,8 @@ fn library() -> TestLibrary {
 /// How the recorded run's store makes puts durable.
 #[derive(Clone, Copy, Debug)]
 enum Scheme {
-    /// The default: fragments' directories made durable by one `syncfs` before the
-    /// manifest.
+    /// The default: fragments' directories made durable by one flush (an fsync per
+    /// directory) before the manifest.
     Batched,
     /// Every put durable when it returns (`FsStore::sync_each_put`): the scheme before
     /// batching, the control.
@@ -438,12 +438,25 @@ async fn ingests_survive_a_power_cut_at_every_durability_point() {
     let work = workdir();
     let family = family(&work.path().join("src"));
     let (before, ops, expect) = ingest_scenario(work.path(), &family, Scheme::Batched).await;
-    // The batching is there: one syncfs per ingest, no directory fsync per fragment.
-    let syncfs = ops
-        .iter()
-        .filter(|op| matches!(op, Op::Syncfs { .. }))
-        .count();
-    assert_eq!(syncfs, 2, "one syncfs per ingest");
+    // The batching is there: the fragment directories are fsynced in one flush per
+    // ingest (one run of directory fsyncs after the fragments are published), not after
+    // each fragment, and no syncfs waits for the rest of the filesystem.
+    let mut flushes = 0;
+    let mut in_flush = false;
+    for op in &ops {
+        match op {
+            Op::Fsync {
+                path, dir: true, ..
+            } if path.starts_with("fragments-flat") => {
+                flushes += usize::from(!in_flush);
+                in_flush = true;
+            }
+            Op::Link { to, .. } if to.starts_with("fragments-flat/") => in_flush = false,
+            _ => {}
+        }
+    }
+    assert_eq!(flushes, 2, "one flush per ingest");
+    assert!(!ops.iter().any(|op| matches!(op, Op::Syncfs { .. })));
     let (points, checked, violations) = check_all(work.path(), &before, &ops, &expect, false).await;
     summary("two ingests", points, checked, ops.len(), started);
     assert_survived(points, checked, &violations, 20);
@@ -566,7 +579,7 @@ async fn gc_after_rm_survives_a_power_cut_at_every_durability_point() {
 }
 
 /// The negative control: the same scenarios on a store that leaves out one kind of
-/// fsync, or the syncfs of `flush`, must leave a crash state the checks reject (a lost
+/// fsync, or the directory fsyncs of `flush`, must leave a crash state the checks reject (a lost
 /// or empty manifest, fragment or directory; a removed model back without the fragments
 /// gc deleted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

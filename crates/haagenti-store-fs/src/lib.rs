@@ -24,11 +24,13 @@
 //!   cut could lose. A `put` then fsyncs the directory it was published in, and each
 //!   directory it created, so the object it reported survives a power cut. A
 //!   `put_deferred` (an ingest's fragments) leaves the directories to
-//!   [`flush`](FragmentStore::flush): one `syncfs` of the store's filesystem on Linux,
-//!   which makes every name published before it durable, this process's and any other's
-//!   (the objects an ingest found present included); the library flushes before it
-//!   writes the manifest. Elsewhere, and with [`FsStore::sync_each_put`], a
-//!   `put_deferred` is a `put`. A delete fsyncs the directory it removed the name from,
+//!   [`flush`](FragmentStore::flush), which fsyncs, once each, every directory that a
+//!   deferred put published in or found its key in, and every directory holding an
+//!   object a read returned, with their parents up to the root: so every name this store
+//!   reported, this process's and any other's, is durable when it returns; the library
+//!   flushes before it writes the manifest. (Not a `syncfs`: that waits for every dirty
+//!   page of the filesystem, other programs' too.) Elsewhere than Linux, and with
+//!   [`FsStore::sync_each_put`], a `put_deferred` is a `put`. A delete fsyncs the directory it removed the name from,
 //!   so an object a delete reported gone stays gone. Nothing spanning several objects is
 //!   atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against every power
 //!   cut the journal of feature `crash-journal` allows (module `powercut`).
@@ -52,11 +54,13 @@ pub mod journal;
 pub mod powercut;
 mod sys;
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,8 +76,41 @@ use crate::sys::Sys;
 pub struct FsStore {
     sys: Sys,
     sync: bool,
-    /// `put_deferred` leaves directory fsyncs to `flush` (Linux: `syncfs`).
+    /// `put_deferred` leaves directory fsyncs to `flush`.
     defer: bool,
+    /// The directories `flush` makes durable (see the crate docs).
+    reported: Reported,
+}
+
+/// Directories holding names this store reported since the last flush, with their
+/// parents up to the root.
+#[derive(Clone, Debug, Default)]
+struct Reported(Arc<Mutex<BTreeSet<PathBuf>>>);
+
+impl Reported {
+    /// Notes `file`'s directory and its parents up to `root`.
+    fn note(&self, root: &Path, file: &Path) {
+        let mut dirs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = file.parent();
+        while let Some(dir) = at {
+            // A noted directory's parents are noted already.
+            if !dir.starts_with(root) || !dirs.insert(dir.to_path_buf()) {
+                break;
+            }
+            at = dir.parent();
+        }
+    }
+
+    fn take(&self) -> BTreeSet<PathBuf> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn put_back(&self, dirs: BTreeSet<PathBuf>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(dirs);
+    }
 }
 
 impl FsStore {
@@ -89,6 +126,7 @@ impl FsStore {
             sys: Sys::new(root),
             sync: true,
             defer: cfg!(target_os = "linux"),
+            reported: Reported::default(),
         })
     }
 
@@ -145,6 +183,12 @@ impl FsStore {
         tokio::task::spawn_blocking(move || f(&sys, sync))
             .await
             .map_err(|e| FragmentError::task_failed("fs store", e))?
+    }
+
+    /// Where reads and deferred puts note the directories of the names they report, when
+    /// a `flush` is to make those durable.
+    fn reported(&self) -> Option<Reported> {
+        (self.sync && self.defer).then(|| self.reported.clone())
     }
 }
 
@@ -249,14 +293,17 @@ fn sync_dir(sys: &Sys, dir: &Path) -> Result<()> {
 fn put_blocking(
     sys: &Sys,
     sync: bool,
-    defer_dirs: bool,
+    defer_dirs: Option<&Reported>,
     key: &ObjectKey,
     bytes: &[u8],
 ) -> Result<PutOutcome> {
-    let sync_dirs = sync && !defer_dirs;
+    let sync_dirs = sync && defer_dirs.is_none();
     let root = sys.root();
     let paths = Paths::of(root, key)?;
-    if paths.existing().is_some() {
+    if let Some(existing) = paths.existing() {
+        if let Some(reported) = defer_dirs {
+            reported.note(root, &existing);
+        }
         return Ok(PutOutcome::AlreadyExists);
     }
     let dest = paths.main;
@@ -302,6 +349,10 @@ fn put_blocking(
     let _ = sys.remove_file(&tmp);
     if sync_dirs && outcome == PutOutcome::Created {
         sync_dir(sys, parent)?;
+    }
+    if let Some(reported) = defer_dirs {
+        // Published here or by a concurrent writer (not durable yet, maybe).
+        reported.note(root, &dest);
     }
     Ok(outcome)
 }
@@ -422,24 +473,31 @@ fn list_dir(
 impl FragmentStore for FsStore {
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
         let key = key.clone();
-        self.blocking(move |sys, sync| put_blocking(sys, sync, false, &key, &bytes))
+        self.blocking(move |sys, sync| put_blocking(sys, sync, None, &key, &bytes))
             .await
     }
 
     async fn put_deferred(&self, key: &ObjectKey, bytes: Bytes) -> Result<PutOutcome> {
         let key = key.clone();
-        let defer = self.defer;
-        self.blocking(move |sys, sync| put_blocking(sys, sync, defer, &key, &bytes))
+        let reported = self.reported();
+        self.blocking(move |sys, sync| put_blocking(sys, sync, reported.as_ref(), &key, &bytes))
             .await
     }
 
     async fn flush(&self) -> Result<()> {
-        if !(self.sync && self.defer) {
+        let Some(reported) = self.reported() else {
+            return Ok(());
+        };
+        let dirs = reported.take();
+        if dirs.is_empty() {
             return Ok(());
         }
-        self.blocking(|sys, _| {
-            sys.sync_filesystem()
-                .map_err(|e| FragmentError::io("syncfs", sys.root(), e))
+        self.blocking(move |sys, _| {
+            let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+            sys.sync_dirs(&dirs).map_err(|(dir, e)| {
+                reported.put_back(dirs.iter().cloned().collect());
+                FragmentError::io("fsync directory", &dir, e)
+            })
         })
         .await
     }
@@ -452,6 +510,7 @@ impl FragmentStore for FsStore {
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
         let key = key.clone();
+        let reported = self.reported();
         self.blocking(move |sys, _| {
             let paths = Paths::of(sys.root(), &key)?;
             // Into a reused buffer with room for the file's size (read to its end, as
@@ -469,13 +528,18 @@ impl FragmentStore for FsStore {
                 Ok(buffers::OBJECTS.into_bytes(buf))
             };
             let (path, read) = paths.read(read);
-            read.map_err(|e| map_io(&key, "get", &path, e))
+            let bytes = read.map_err(|e| map_io(&key, "get", &path, e))?;
+            if let Some(reported) = reported {
+                reported.note(sys.root(), &path);
+            }
+            Ok(bytes)
         })
         .await
     }
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
         let key = key.clone();
+        let reported = self.reported();
         self.blocking(move |sys, _| {
             let paths = Paths::of(sys.root(), &key)?;
             let read = |path: &Path| -> std::io::Result<Vec<u8>> {
@@ -489,14 +553,18 @@ impl FragmentStore for FsStore {
                 Ok(buf)
             };
             let (path, read) = paths.read(read);
-            read.map(Bytes::from)
-                .map_err(|e| map_io(&key, "get_range", &path, e))
+            let bytes = read.map_err(|e| map_io(&key, "get_range", &path, e))?;
+            if let Some(reported) = reported {
+                reported.note(sys.root(), &path);
+            }
+            Ok(Bytes::from(bytes))
         })
         .await
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
         let key = key.clone();
+        let reported = self.reported();
         self.blocking(move |sys, _| {
             let (path, meta) = Paths::of(sys.root(), &key)?.read(|p| fs::metadata(p));
             match meta {
@@ -504,6 +572,9 @@ impl FragmentStore for FsStore {
                     let modified = m
                         .modified()
                         .map_err(|e| FragmentError::io("stat", &path, e))?;
+                    if let Some(reported) = reported {
+                        reported.note(sys.root(), &path);
+                    }
                     Ok(Some(ObjectMeta {
                         key,
                         size: m.len(),

@@ -95,26 +95,34 @@ impl Sys {
         Ok(())
     }
 
-    /// Makes every change to the filesystem holding the root durable (`syncfs`): file
-    /// bytes and directory entries, of this store and any other writer, that were done
-    /// before it started.
-    #[cfg(target_os = "linux")]
-    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
+    /// Fsyncs every directory of `dirs` (a few threads at once: each waits for its own
+    /// write), making the entries created or removed in them durable; the first failure
+    /// with its directory.
+    pub(crate) fn sync_dirs(&self, dirs: &[PathBuf]) -> Result<(), (PathBuf, io::Error)> {
         #[cfg(feature = "crash-journal")]
         if self.flaw == Some(Flaw::NoFlush) {
             return Ok(());
         }
-        #[cfg(feature = "crash-journal")]
-        let covers = self.started();
-        rustix::fs::syncfs(File::open(&self.root)?)?;
-        record!(self, Op::Syncfs { covers });
-        Ok(())
-    }
-
-    /// Where `syncfs` is missing, a deferred put is a put, so there is nothing to flush.
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
-        Ok(())
+        const THREADS: usize = 8;
+        let per_thread = dirs.len().div_ceil(THREADS).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = dirs
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        for dir in chunk {
+                            self.sync_dir(dir).map_err(|e| (dir.clone(), e))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err((self.root.clone(), io::Error::other("fsync thread panicked")))
+                })
+            })
+        })
     }
 
     /// Creates `dir` and its missing parents (`create_dir_all`, one level at a time so
