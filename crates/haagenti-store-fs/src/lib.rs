@@ -93,10 +93,12 @@ impl Reported {
         let mut dirs = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut at = file.parent();
         while let Some(dir) = at {
-            // A noted directory's parents are noted already.
-            if !dir.starts_with(root) || !dirs.insert(dir.to_path_buf()) {
+            // A noted directory's parents are noted already (and a read, which notes the
+            // same directories over and over, allocates nothing).
+            if !dir.starts_with(root) || dirs.contains(dir) {
                 break;
             }
+            dirs.insert(dir.to_path_buf());
             at = dir.parent();
         }
     }
