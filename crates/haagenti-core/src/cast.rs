@@ -186,17 +186,8 @@ fn map_elements_into<const N: usize, const M: usize>(
 /// ([`cast_f32_bytes`]), widening is exact. `None` for any other pair or ragged input.
 /// Deterministic bit for bit (NaN payloads included), so it can rebuild stored bases.
 pub fn convert(src: &[u8], from: Dtype, to: Dtype) -> Option<Vec<u8>> {
-    match (from, to) {
-        (Dtype::F32, Dtype::BF16 | Dtype::F16) => cast_f32_bytes(src, to),
-        (Dtype::BF16 | Dtype::F16, Dtype::F32) => {
-            if src.len() % 2 != 0 {
-                return None;
-            }
-            let mut out = vec![0u8; src.len() * 2];
-            convert_into(src, from, to, &mut out).then_some(out)
-        }
-        _ => None,
-    }
+    let mut out = vec![0u8; converted_len(src.len(), from, to)?];
+    convert_into(src, from, to, &mut out).then_some(out)
 }
 
 /// The length of `src_len` bytes of `from` converted to `to` by [`convert_into`]; `None`
@@ -213,12 +204,7 @@ pub fn converted_len(src_len: usize, from: Dtype, to: Dtype) -> Option<usize> {
 /// matter): false, leaving `out` unspecified, when [`convert`] would give `None` or a
 /// result of another length than `out`'s.
 pub fn convert_into(src: &[u8], from: Dtype, to: Dtype, out: &mut [u8]) -> bool {
-    let (n, m) = match (from, to) {
-        (Dtype::F32, Dtype::BF16 | Dtype::F16) => (4, 2),
-        (Dtype::BF16 | Dtype::F16, Dtype::F32) => (2, 4),
-        _ => return false,
-    };
-    if src.len() % n != 0 || src.len() / n * m != out.len() {
+    if converted_len(src.len(), from, to) != Some(out.len()) {
         return false;
     }
     match (from, to) {
