@@ -383,6 +383,91 @@ async fn a_read_once_reader_serves_the_cache_without_filling_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_once_reader_does_not_read_ahead_what_it_returned_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let tensor = |name: &str| a.tensor(name).unwrap().clone();
+    let (one, four, five) = (
+        tensor("layers.1.weight"),
+        tensor("layers.4.weight"),
+        tensor("layers.5.weight"),
+    );
+    let reader = a.file_read_once(&five.file).unwrap();
+
+    // layers.5 returned whole (the kernel keeps it), then a jump back, and reads walking
+    // up to it from layers.2 on, as a loader visiting tensors out of file order makes.
+    reader.read_at(five.offset, five.len).await.unwrap();
+    reader.read_at(one.offset, 1).await.unwrap();
+    store.take_gets(FRAGMENTS_PREFIX);
+    for name in ["layers.2.weight", "layers.3.weight", "layers.4.weight"] {
+        let t = tensor(name);
+        reader.read_at(t.offset, 1).await.unwrap();
+    }
+    // Read-ahead went on past each read (the rest of layers.4 came without being asked
+    // for), but not into layers.5.
+    let rest_of_four: BTreeSet<_> = four.fragments[1..]
+        .iter()
+        .map(|f| ObjectKey::fragment(&f.id))
+        .collect();
+    let mut fetched = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rest_of_four.is_subset(&fetched) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fetched.extend(store.take_gets(FRAGMENTS_PREFIX).into_keys());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fetched.extend(store.take_gets(FRAGMENTS_PREFIX).into_keys());
+    assert!(rest_of_four.is_subset(&fetched), "read-ahead stopped");
+    let five_keys = fragment_keys(&a, Some("layers.5.weight"));
+    assert!(
+        fetched.is_disjoint(&five_keys),
+        "layers.5 was read ahead again"
+    );
+    // Asked for again (the kernel dropped its pages), it is read again.
+    let source = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+    let again = reader.read_at(five.offset, five.len).await.unwrap();
+    assert!(again[..] == source[five.offset as usize..(five.offset + five.len) as usize]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_once_reader_coming_back_joins_the_fetch_it_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), 64 << 20);
+    let a = lib.open_model("a").await.unwrap();
+    let one = a.tensor("layers.1.weight").unwrap().clone();
+    let five = a.tensor("layers.5.weight").unwrap().clone();
+    let reader = a.file_read_once(&five.file).unwrap();
+    store.take_gets(FRAGMENTS_PREFIX);
+    store.delay_gets(Some(Duration::from_millis(300)));
+
+    // A first read into layers.5 fetches all of it; while those fetches are slow, a read
+    // jumps away (they leave the window, on their way to the cache) and one comes back
+    // for the second fragment of layers.5 before the cache has it.
+    let read = |offset: u64| {
+        let reader = reader.clone();
+        tokio::spawn(async move { reader.read_at(offset, 1).await })
+    };
+    let first = read(five.offset);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let away = read(one.offset);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let back = read(five.offset + u64::from(five.fragments[0].len));
+    for r in [first, away, back] {
+        r.await.unwrap().unwrap();
+    }
+    store.delay_gets(None);
+    let gets = store.take_gets(FRAGMENTS_PREFIX);
+    for key in fragment_keys(&a, Some("layers.5.weight")) {
+        assert_eq!(gets.get(&key), Some(&1), "{key} fetched more than once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_into_a_tensor_fetches_the_rest_of_that_tensor_and_no_further() {
     let dir = tempfile::tempdir().unwrap();
     let store = counting_store();

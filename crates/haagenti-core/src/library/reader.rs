@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::objects::Via;
@@ -235,13 +235,18 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
 /// Fetches of pieces a reader keeps: those of its last read and its read-ahead window.
 #[derive(Debug, Default)]
 struct Window {
-    /// Each piece's fetch, and how many of its bytes reads have returned.
-    fetches: HashMap<usize, (SharedFetch, u64)>,
+    /// Each piece's fetch.
+    fetches: HashMap<usize, SharedFetch>,
     /// The pieces of the last read.
     last: Range<usize>,
+    /// How many bytes of each piece reads have returned so far (at most its length; empty
+    /// before the first read). A read-once reader's consumer keeps them, so read-ahead
+    /// skips pieces returned whole.
+    returned: Vec<u64>,
     /// Pieces a read-once reader put in the cache unread ([`FileReader::keep_unread`]),
-    /// with how many of their bytes reads had returned by then.
-    kept: HashMap<usize, u64>,
+    /// with their fetch while it is still on its way there: a read coming back for
+    /// the piece meanwhile joins it instead of decoding the piece again.
+    kept: HashMap<usize, WeakShared<BoxFuture<'static, Result<Bytes>>>>,
 }
 
 /// Reads any byte range of one stored file. Obtained from
@@ -467,13 +472,18 @@ impl FileReader {
         let Window {
             fetches,
             last,
+            returned,
             kept,
         } = &mut *window;
+        if returned.is_empty() {
+            returned.resize(self.layout.pieces.len(), 0);
+        }
+        let whole = |i: usize, returned: &[u64]| returned[i] >= self.layout.piece_len(i);
         let (mut unread, mut consumed) = (Vec::new(), Vec::new());
-        fetches.retain(|&i, (fetch, returned)| {
+        fetches.retain(|&i, fetch| {
             let stays = keep.contains(&i) && !matches!(fetch.peek(), Some(Err(_)));
-            if !stays && *returned < self.layout.piece_len(i) {
-                unread.push((i, fetch.clone(), *returned));
+            if !stays && !whole(i, returned) {
+                unread.push((i, fetch.clone()));
             } else if !stays && kept.remove(&i).is_some() {
                 consumed.push(i);
             }
@@ -482,18 +492,32 @@ impl FileReader {
         self.keep_unread(unread, kept);
         self.drop_consumed(consumed);
         for i in keep {
-            let (_, returned) = fetches.entry(i).or_insert_with(|| {
+            let ahead_only = !span.contains(&i);
+            // What a read-once reader returned whole, its consumer has: reading it ahead
+            // again would only decode it twice.
+            if ahead_only && self.via == Via::Peek && whole(i, returned) {
+                continue;
+            }
+            fetches.entry(i).or_insert_with(|| {
+                if let Some(fetch) = kept.get(&i).and_then(WeakShared::upgrade) {
+                    return fetch;
+                }
                 let fetch = self.fetch(i).boxed().shared();
-                if !span.contains(&i) {
+                if ahead_only {
                     // Read-ahead: drive it now, keep the result for the read that comes.
                     tokio::spawn(fetch.clone());
                 }
-                (fetch, kept.get(&i).copied().unwrap_or(0))
+                fetch
             });
-            let piece = self.layout.starts[i]..self.layout.starts[i + 1];
-            *returned += end.min(piece.end).saturating_sub(offset.max(piece.start));
         }
-        let wanted = span.clone().map(|i| fetches[&i].0.clone()).collect();
+        for i in span.clone() {
+            let piece = self.layout.starts[i]..self.layout.starts[i + 1];
+            let bytes = end.min(piece.end).saturating_sub(offset.max(piece.start));
+            returned[i] = returned[i]
+                .saturating_add(bytes)
+                .min(piece.end - piece.start);
+        }
+        let wanted = span.clone().map(|i| fetches[&i].clone()).collect();
         *last = span;
         wanted
     }
@@ -502,23 +526,33 @@ impl FileReader {
     /// not asked for yet, and pieces a read took only part of (reads rarely end on a
     /// fragment's edge). A read-once reader ([`Via::Peek`]) puts them in the fragment
     /// cache, so that the read that does come (a reader visiting tensors in name order
-    /// comes back to them) does not decode them again, and records them in `kept` with
-    /// the bytes returned so far. Other readers have cached them already (or bypass the
-    /// cache on purpose).
-    fn keep_unread(&self, unread: Vec<(usize, SharedFetch, u64)>, kept: &mut HashMap<usize, u64>) {
+    /// comes back to them) does not decode them again, and records them in `kept`. Other
+    /// readers have cached them already (or bypass the cache on purpose).
+    fn keep_unread(
+        &self,
+        unread: Vec<(usize, SharedFetch)>,
+        kept: &mut HashMap<usize, WeakShared<BoxFuture<'static, Result<Bytes>>>>,
+    ) {
         if self.via != Via::Peek {
             return;
         }
-        for (i, fetch, returned) in unread {
+        for (i, fetch) in unread {
             let Piece::Fragment { id, .. } = self.layout.pieces[i] else {
                 continue;
             };
-            kept.insert(i, returned);
+            let Some(weak) = fetch.downgrade() else {
+                continue;
+            };
+            kept.insert(i, weak);
             let library = self.library.clone();
             tokio::spawn(async move {
+                // Held until the bytes are in the cache, so that `kept` finds the fetch
+                // until the cache has them.
+                let held = fetch.clone();
                 if let Ok(bytes) = fetch.await {
                     library.keep_in_cache(id, bytes).await;
                 }
+                drop(held);
             });
         }
     }
