@@ -456,6 +456,11 @@ impl FileReader {
     /// `in_flight` pieces): tensors are read whole (`get_tensor`, a loader copying out
     /// of a mapping), and readers such as `safe_open` visit them in name order, not file
     /// order, so each tensor's first read is a jump that sequential read-ahead misses.
+    ///
+    /// Pieces within `in_flight` of the read that have not been returned whole stay too:
+    /// the kernel sends a read-ahead window as several requests at once, which arrive
+    /// in any order, and one of them must not push out the pieces the others are about
+    /// to ask for.
     fn window_fetches(&self, span: Range<usize>, offset: u64, end: u64) -> Vec<SharedFetch> {
         let ahead = self.in_flight();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
@@ -481,7 +486,9 @@ impl FileReader {
         let whole = |i: usize, returned: &[u64]| returned[i] >= self.layout.piece_len(i);
         let (mut unread, mut consumed) = (Vec::new(), Vec::new());
         fetches.retain(|&i, fetch| {
-            let stays = keep.contains(&i) && !matches!(fetch.peek(), Some(Err(_)));
+            let near = i + ahead >= span.start && i < span.end + ahead;
+            let wanted = keep.contains(&i) || (near && !whole(i, returned));
+            let stays = wanted && !matches!(fetch.peek(), Some(Err(_)));
             if !stays && !whole(i, returned) {
                 unread.push((i, fetch.clone()));
             } else if !stays && kept.remove(&i).is_some() {
@@ -544,13 +551,22 @@ impl FileReader {
                 continue;
             };
             kept.insert(i, weak);
-            let library = self.library.clone();
+            let (library, window) = (self.library.clone(), self.window.clone());
             tokio::spawn(async move {
                 // Held until the bytes are in the cache, so that `kept` finds the fetch
                 // until the cache has them.
                 let held = fetch.clone();
                 if let Ok(bytes) = fetch.await {
                     library.keep_in_cache(id, bytes).await;
+                    // Consumed while this was on its way: its drop came first.
+                    let consumed = !window
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .kept
+                        .contains_key(&i);
+                    if consumed {
+                        library.drop_from_cache(&id).await;
+                    }
                 }
                 drop(held);
             });
