@@ -40,8 +40,8 @@ pub use library::{
     FileReader, FragmentLibrary, FragmentUse, GcOptions, GcReport, IndexReport, IngestOptions,
     IngestReport, LossyLink, LossyModel, MetricsSnapshot, ModelComparison, ModelFile, ModelHandle,
     ModelSavings, ModelVerified, Progress, PutFragment, RebuiltManifest, Relation, RepairOptions,
-    RepairReport, SimilarTensors, SourceMatch, StoredCount, Tensor, TensorInfo, TensorMatch,
-    TensorSimilarity, VerifyReport,
+    RepairReport, SimilarTensors, SourceMatch, StartedRead, StoredCount, Tensor, TensorInfo,
+    TensorMatch, TensorSimilarity, VerifyReport,
 };
 pub use manifest::{
     FileContent, FileManifest, FragmentRef, LayerMapping, MANIFEST_FORMAT_VERSION, ModelManifest,

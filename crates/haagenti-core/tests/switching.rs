@@ -468,6 +468,53 @@ async fn a_read_once_reader_coming_back_joins_the_fetch_it_left_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_read_is_ready_only_once_its_pieces_are_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let source = std::fs::read(dir.path().join("a.safetensors")).unwrap();
+    let lib = library(store.clone(), 0);
+    let a = lib.open_model("a").await.unwrap();
+    let five = a.tensor("layers.5.weight").unwrap().clone();
+    let reader = a.file_read_once(&five.file).unwrap();
+    let want = |offset: u64, len: u64| source[offset as usize..(offset + len) as usize].to_vec();
+    let joined = |parts: Vec<Bytes>| parts.concat();
+
+    // The store is slow: the first read of layers.5 is not ready when started.
+    store.delay_gets(Some(Duration::from_millis(200)));
+    let first = reader.start_read(five.offset, 10).unwrap();
+    assert!(first.ready().is_none());
+    assert_eq!(joined(first.finish().await.unwrap()), want(five.offset, 10));
+    store.delay_gets(None);
+
+    // The rest of that fragment and the next one were fetched with it (the rest of the
+    // tensor is read ahead): a read spanning both is ready at once, in two parts.
+    let len = u64::from(five.fragments[0].len);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parts = loop {
+        let read = reader.start_read(five.offset + 10, len).unwrap();
+        if let Some(parts) = read.ready() {
+            break parts.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        read.finish().await.unwrap();
+    };
+    assert_eq!(parts.len(), 2);
+    assert_eq!(joined(parts), want(five.offset + 10, len));
+    // An empty read is ready; one past the end is refused before anything starts.
+    assert!(
+        reader
+            .start_read(0, 0)
+            .unwrap()
+            .ready()
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(reader.start_read(reader.len(), 1).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_into_a_tensor_fetches_the_rest_of_that_tensor_and_no_further() {
     let dir = tempfile::tempdir().unwrap();
     let store = counting_store();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
@@ -566,20 +567,24 @@ impl Filesystem for MountFs {
             };
         };
         let len = u64::from(size).min(open.reader.len().saturating_sub(offset));
-        // Served on the runtime so that concurrent readers proceed in parallel.
-        self.runtime.spawn(async move {
-            match open.reader.read_parts(offset, len).await {
-                Ok(parts) => reply_joined(reply, &parts),
-                Err(e) => {
-                    eprintln!(
-                        "haagenti mount: EIO reading model {} file {} at {offset} (+{len}): {e}",
-                        open.model,
-                        open.reader.file().path
-                    );
-                    reply.error(Errno::EIO);
+        let started = {
+            let _runtime = self.runtime.enter();
+            open.reader.start_read(offset, len)
+        };
+        match started {
+            // Bytes read ahead already: answered from this thread, with no hand-off.
+            Ok(read) => match read.ready() {
+                Some(parts) => open.reply(reply, offset, len, parts),
+                // Waited for on the runtime, so that concurrent readers proceed in parallel.
+                None => {
+                    self.runtime.spawn(async move {
+                        let parts = read.finish().await;
+                        open.reply(reply, offset, len, parts);
+                    });
                 }
-            }
-        });
+            },
+            Err(e) => open.reply(reply, offset, len, Err(e)),
+        }
     }
 
     fn release(
@@ -764,6 +769,30 @@ impl Filesystem for MountFs {
 struct OpenFile {
     model: String,
     reader: FileReader,
+}
+
+impl OpenFile {
+    /// Answers a read of `offset..offset + len` with its bytes, or with `EIO` and a log
+    /// line naming the model, file and range.
+    fn reply(
+        &self,
+        reply: ReplyData,
+        offset: u64,
+        len: u64,
+        parts: Result<Vec<Bytes>, FragmentError>,
+    ) {
+        match parts {
+            Ok(parts) => reply_joined(reply, &parts),
+            Err(e) => {
+                eprintln!(
+                    "haagenti mount: EIO reading model {} file {} at {offset} (+{len}): {e}",
+                    self.model,
+                    self.reader.file().path
+                );
+                reply.error(Errno::EIO);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub use ingest::{IngestOptions, IngestReport, Progress};
 pub use maintenance::{GcOptions, GcReport};
 pub use model::{ModelHandle, Tensor, TensorInfo};
 pub use objects::PutFragment;
-pub use reader::{FileReader, ModelFile};
+pub use reader::{FileReader, ModelFile, StartedRead};
 pub use repair::{
     DamageStatus, DamagedFragment, FragmentUse, RebuiltManifest, RepairOptions, RepairReport,
     SourceMatch,

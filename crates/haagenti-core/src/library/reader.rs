@@ -313,20 +313,31 @@ impl FileReader {
     /// Like [`read_at`](Self::read_at), with the range's bytes as the slices of the
     /// pieces it touches, in order (never copied).
     pub async fn read_parts(&self, offset: u64, len: u64) -> Result<Vec<Bytes>> {
+        self.start_read(offset, len)?.finish().await
+    }
+
+    /// Starts a read of `offset..offset + len` (moving the read-ahead window as
+    /// [`read_parts`](Self::read_parts) does) without waiting for it: a caller on a thread
+    /// of its own (a FUSE request loop) answers at once when the pieces are fetched
+    /// already ([`StartedRead::ready`]), and hands the read to the runtime only when they
+    /// are not. Must be called within a Tokio runtime's context.
+    pub fn start_read(&self, offset: u64, len: u64) -> Result<StartedRead> {
         let end = self.check_range(offset, len)?;
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let span = self.layout.span(offset, end);
-        let fetches = self.window_fetches(span.clone(), offset, end);
-        let pieces: Vec<Bytes> = futures::stream::iter(fetches)
-            .buffered(self.in_flight())
-            .try_collect()
-            .await?;
-        Ok(span
-            .zip(pieces)
-            .map(|(i, bytes)| slice(&self.layout, i, bytes, offset, end))
-            .collect())
+        let (span, fetches) = if len == 0 {
+            (0..0, Vec::new())
+        } else {
+            let span = self.layout.span(offset, end);
+            let fetches = self.window_fetches(span.clone(), offset, end);
+            (span, fetches)
+        };
+        Ok(StartedRead {
+            layout: self.layout.clone(),
+            in_flight: self.in_flight(),
+            span,
+            fetches,
+            offset,
+            end,
+        })
     }
 
     /// The bytes of `offset..offset + len` as a stream of slices in file order, fetching
@@ -612,6 +623,59 @@ impl FileReader {
                 Err(e) => Err(e.in_model(&this.model, this.layout.location(i))),
             }
         }
+    }
+}
+
+/// A read [`FileReader::start_read`] started: its pieces are being fetched, or are.
+#[must_use = "a started read returns its bytes through `ready` or `finish`"]
+pub struct StartedRead {
+    layout: Arc<FileLayout>,
+    in_flight: usize,
+    span: Range<usize>,
+    fetches: Vec<SharedFetch>,
+    offset: u64,
+    end: u64,
+}
+
+impl StartedRead {
+    /// The range's bytes as [`FileReader::read_parts`] returns them, if every piece it
+    /// touches is fetched already (or the error of one that failed); `None` while any
+    /// is still on its way.
+    pub fn ready(&self) -> Option<Result<Vec<Bytes>>> {
+        let mut parts = Vec::with_capacity(self.fetches.len());
+        for (i, fetch) in self.span.clone().zip(&self.fetches) {
+            match fetch.peek()? {
+                Ok(bytes) => {
+                    parts.push(slice(&self.layout, i, bytes.clone(), self.offset, self.end))
+                }
+                Err(e) => return Some(Err(e.clone())),
+            }
+        }
+        Some(Ok(parts))
+    }
+
+    /// The range's bytes, once every piece is fetched.
+    pub async fn finish(self) -> Result<Vec<Bytes>> {
+        let pieces: Vec<Bytes> = futures::stream::iter(self.fetches)
+            .buffered(self.in_flight)
+            .try_collect()
+            .await?;
+        let (layout, offset, end) = (&self.layout, self.offset, self.end);
+        Ok(self
+            .span
+            .zip(pieces)
+            .map(|(i, bytes)| slice(layout, i, bytes, offset, end))
+            .collect())
+    }
+}
+
+impl std::fmt::Debug for StartedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedRead")
+            .field("file", &self.layout.file.path)
+            .field("offset", &self.offset)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
     }
 }
 
