@@ -626,7 +626,7 @@ impl FileReader {
     }
 }
 
-/// A read [`FileReader::start_read`] started: its pieces are being fetched, or are.
+/// A read [`FileReader::start_read`] started, its pieces fetched or on their way.
 #[must_use = "a started read returns its bytes through `ready` or `finish`"]
 pub struct StartedRead {
     layout: Arc<FileLayout>,
