@@ -87,6 +87,24 @@ async fn ingest_pair(store: &Arc<HookStore>, dir: &Path) {
     store.take_gets(FRAGMENTS_PREFIX);
 }
 
+/// The pair ingested into a counting store, and model "a" opened through a library with
+/// `cache_bytes` of fragment cache (the directory holds the source files).
+async fn model_a(
+    cache_bytes: u64,
+) -> (
+    tempfile::TempDir,
+    Arc<HookStore>,
+    FragmentLibrary,
+    ModelHandle,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting_store();
+    ingest_pair(&store, dir.path()).await;
+    let lib = library(store.clone(), cache_bytes);
+    let a = lib.open_model("a").await.unwrap();
+    (dir, store, lib, a)
+}
+
 fn fragment_keys(handle: &ModelHandle, tensor: Option<&str>) -> BTreeSet<ObjectKey> {
     handle
         .tensors()
@@ -120,11 +138,7 @@ async fn assert_tensors_match_file(handle: &ModelHandle, file: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_one_tensor_fetches_only_its_fragments() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let handle = lib.open_model("a").await.unwrap();
+    let (_dir, store, lib, handle) = model_a(64 << 20).await;
     assert_eq!(handle.tensors().len(), 9);
 
     let tensor = handle.read_tensor("layers.5.weight").await.unwrap();
@@ -155,11 +169,7 @@ async fn reading_one_tensor_fetches_only_its_fragments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragment_shared_by_two_models_is_fetched_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
+    let (_dir, store, lib, a) = model_a(64 << 20).await;
     let b = lib.open_model("b").await.unwrap();
     let (keys_a, keys_b) = (fragment_keys(&a, None), fragment_keys(&b, None));
     let shared: BTreeSet<_> = keys_a.intersection(&keys_b).cloned().collect();
@@ -277,11 +287,7 @@ async fn every_tensor_read_equals_the_source_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_one_fragment_fetch_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let handle = lib.open_model("a").await.unwrap();
+    let (_dir, store, lib, handle) = model_a(64 << 20).await;
     let key = fragment_keys(&handle, Some("head.weight"));
     assert_eq!(key.len(), 1, "the head is one fragment");
 
@@ -350,12 +356,8 @@ async fn the_cache_is_opt_in_and_verify_and_export_check_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_once_reader_serves_the_cache_without_filling_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
+    let (dir, store, lib, a) = model_a(64 << 20).await;
     let source = std::fs::read(dir.path().join("a.safetensors")).unwrap();
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
     let keys = fragment_keys(&a, None);
     store.take_gets(FRAGMENTS_PREFIX);
 
@@ -384,11 +386,7 @@ async fn a_read_once_reader_serves_the_cache_without_filling_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_once_reader_does_not_read_ahead_what_it_returned_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
+    let (dir, store, _lib, a) = model_a(64 << 20).await;
     let tensor = |name: &str| a.tensor(name).unwrap().clone();
     let (one, four, five) = (
         tensor("layers.1.weight"),
@@ -434,11 +432,7 @@ async fn a_read_once_reader_does_not_read_ahead_what_it_returned_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_once_reader_coming_back_joins_the_fetch_it_left_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
+    let (_dir, store, _lib, a) = model_a(64 << 20).await;
     let one = a.tensor("layers.1.weight").unwrap().clone();
     let five = a.tensor("layers.5.weight").unwrap().clone();
     let reader = a.file_read_once(&five.file).unwrap();
@@ -469,12 +463,8 @@ async fn a_read_once_reader_coming_back_joins_the_fetch_it_left_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_started_read_is_ready_only_once_its_pieces_are_fetched() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
+    let (dir, store, _lib, a) = model_a(0).await;
     let source = std::fs::read(dir.path().join("a.safetensors")).unwrap();
-    let lib = library(store.clone(), 0);
-    let a = lib.open_model("a").await.unwrap();
     let five = a.tensor("layers.5.weight").unwrap().clone();
     let reader = a.file_read_once(&five.file).unwrap();
     let want = |offset: u64, len: u64| source[offset as usize..(offset + len) as usize].to_vec();
@@ -516,11 +506,7 @@ async fn a_started_read_is_ready_only_once_its_pieces_are_fetched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_into_a_tensor_fetches_the_rest_of_that_tensor_and_no_further() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 0);
-    let a = lib.open_model("a").await.unwrap();
+    let (_dir, store, _lib, a) = model_a(0).await;
     let tensor = a.tensor("layers.5.weight").unwrap();
     let wanted = fragment_keys(&a, Some("layers.5.weight"));
     assert_eq!(wanted.len(), 4);
@@ -572,11 +558,7 @@ struct JumpedAway {
 }
 
 async fn jumped_away_from_layers_5() -> JumpedAway {
-    let dir = tempfile::tempdir().unwrap();
-    let store = counting_store();
-    ingest_pair(&store, dir.path()).await;
-    let lib = library(store.clone(), 64 << 20);
-    let a = lib.open_model("a").await.unwrap();
+    let (dir, store, lib, a) = model_a(64 << 20).await;
     let five = a.tensor("layers.5.weight").unwrap().clone();
     let one = a.tensor("layers.1.weight").unwrap().clone();
     let reader = a.file_read_once(&five.file).unwrap();

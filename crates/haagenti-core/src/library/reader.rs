@@ -231,6 +231,7 @@ impl FileLayout {
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Bytes>>>;
+type WeakFetch = WeakShared<BoxFuture<'static, Result<Bytes>>>;
 
 /// Fetches of pieces a reader keeps: those of its last read and its read-ahead window.
 #[derive(Debug, Default)]
@@ -246,7 +247,7 @@ struct Window {
     /// Pieces a read-once reader put in the cache unread ([`FileReader::keep_unread`]),
     /// with their fetch while it is still on its way there: a read coming back for
     /// the piece meanwhile joins it instead of decoding the piece again.
-    kept: HashMap<usize, WeakShared<BoxFuture<'static, Result<Bytes>>>>,
+    kept: HashMap<usize, WeakFetch>,
 }
 
 /// Reads any byte range of one stored file. Obtained from
@@ -546,11 +547,7 @@ impl FileReader {
     /// cache, so that the read that does come (a reader visiting tensors in name order
     /// comes back to them) does not decode them again, and records them in `kept`. Other
     /// readers have cached them already (or bypass the cache on purpose).
-    fn keep_unread(
-        &self,
-        unread: Vec<(usize, SharedFetch)>,
-        kept: &mut HashMap<usize, WeakShared<BoxFuture<'static, Result<Bytes>>>>,
-    ) {
+    fn keep_unread(&self, unread: Vec<(usize, SharedFetch)>, kept: &mut HashMap<usize, WeakFetch>) {
         if self.via != Via::Peek {
             return;
         }
