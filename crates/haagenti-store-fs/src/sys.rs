@@ -60,7 +60,6 @@ impl Sys {
         let sync = sync && self.flaw != Some(Flaw::NoFileSync);
         if sync {
             #[cfg(feature = "crash-journal")]
-            #[cfg(feature = "crash-journal")]
             let covers = self.started();
             f.sync_all()?;
             record!(
