@@ -458,6 +458,19 @@ async fn stored_objects_whose_declared_length_lies_are_corrupt() {
             object_of(raw, len, &data[..data.len() - 1]),
         ),
         (
+            // Its bytes do rebuild to `victim`'s (a zero XOR over itself): found by the
+            // `stored_object` fuzz target, whose oracle had expected them back.
+            "a delta whose base is the fragment itself",
+            object_of(
+                Encoding::Delta {
+                    codec: 0,
+                    base: victim,
+                },
+                len,
+                &vec![0; data.len()],
+            ),
+        ),
+        (
             "a delta longer than its base",
             object_of(
                 Encoding::Delta {
