@@ -306,10 +306,25 @@ pub fn markdown(r: &Results<'_>) -> String {
             opt_mib(b.peak_rss_export_bytes),
             if b.identical { "yes" } else { "**NO**" }
         );
+        let each = |secs: &[f64]| {
+            secs.iter()
+                .map(|t| format!("{:.0}", mb_per_s(b.bytes, *t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "\nMedians of {} rounds, each ingesting into a fresh library and exporting it \
+             (every round's export compared byte for byte). Each round in MB/s: ingest {}; \
+             export {}.",
+            b.rounds,
+            each(&b.ingest_secs_each),
+            each(&b.export_secs_each)
+        );
         let _ = writeln!(
             s,
             "\n*Plain copy*: `std::fs::copy` of the source file (the kernel's \
-             `copy_file_range`) right after the export, after a `sync`: how fast the machine \
+             `copy_file_range`) right after each export, after a `sync` (median): how fast the machine \
              wrote that many new bytes into the page cache at that moment, which bounds any \
              export. On the 2-core VM of `docs/benchmarks.md` four such copies of the 2 GiB \
              model took 0.6 to 6.1 s (0.35 to 3.6 GB/s), slower the longer the memory freed \
