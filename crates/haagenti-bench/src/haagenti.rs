@@ -352,6 +352,8 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
             ingest_report: child.report,
         });
     }
+    // Exports read a library in the page cache, as restic's restore reads its repository.
+    util::warm(&lib)?;
     for (m, result) in family.models.iter().zip(&mut models) {
         let out = export_root.join(&m.name);
         let child = run_child("export", &lib, &m.name, &out)?;
@@ -460,6 +462,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         let lib = dir.join(format!("library-{round}"));
         let out = dir.join("export");
         ingests.push(run_child("ingest", &lib, "big", &src)?);
+        util::warm(&lib)?;
         exports.push(run_child("export", &lib, "big", &out)?);
         util::settle()?;
         let copy = dir.join("copy.safetensors");

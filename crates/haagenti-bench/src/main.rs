@@ -214,7 +214,10 @@ fn serve_size(quick: bool) -> u64 {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli.command) {
+    // Scratch directories are deleted once nothing is measured any more (util.rs).
+    let result = dispatch(cli.command);
+    let result = util::empty_trash().and(result);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("haagenti-bench: {e:#}");

@@ -154,6 +154,7 @@ fn measure(
     for (name, src) in [("big", &big), ("small", &small)] {
         haagenti(cli, &lib, &["ingest", "--model", name, path_str(src)?])?;
     }
+    util::warm(&lib)?;
     let want = std::fs::read(&big).context("reading the source")?;
     let tensor_bytes = tensor_data_bytes(&small)?;
     let mountpoint = dir.join("mnt");

@@ -122,7 +122,9 @@ async fn measure(quick: bool, endpoint: String, bucket: String) -> Result<S3Benc
             let store: Arc<dyn FragmentStore> = if config.s3 {
                 Arc::new(s3_store(&endpoint, &bucket)?)
             } else {
-                Arc::new(FsStore::open(dir.join("library"))?)
+                // Both transports with the written objects in the page cache, as before
+                // the filesystem store wrote them past it: this compares transports.
+                Arc::new(FsStore::open(dir.join("library"))?.page_cache_writes())
             };
             let mut lib_config = LibraryConfig::default();
             lib_config.parallelism = config.parallelism;

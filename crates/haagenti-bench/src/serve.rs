@@ -131,6 +131,7 @@ fn measure(
     if !status.success() {
         bail!("haagenti ingest failed ({status})");
     }
+    util::warm(&lib)?;
     let want = blake3::hash(&std::fs::read(&src)?);
     // http.server serves the same bytes as a plain file (in the page cache).
     let exported = dir.join("export");

@@ -322,6 +322,7 @@ fn run_order(
     }
 
     // Exports come after every ingest: later ingests must not have changed earlier models.
+    util::warm(&lib_dir)?;
     for (m, row) in models.iter().zip(&mut rows) {
         let out = export_root.join(&m.name);
         let started = Instant::now();

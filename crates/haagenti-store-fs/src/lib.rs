@@ -34,6 +34,10 @@
 //!   so an object a delete reported gone stays gone. Nothing spanning several objects is
 //!   atomic. `tests/powercut.rs` of `haagenti-fragments` checks this against every power
 //!   cut the journal of feature `crash-journal` allows (module `powercut`).
+//! * **Writes past the page cache** (Linux, unless [`FsStore::page_cache_writes`]):
+//!   objects of 64 KiB to 16 MiB are written with `O_DIRECT`, so an ingest does not fill
+//!   the page cache with objects nothing reads soon; a file system that refuses it gets
+//!   them through the page cache. Reads always go through the page cache.
 //! * A missing object: [`FragmentError::NotFound`] from `get` and `get_range`, `None`
 //!   from `head`; `delete` of it succeeds. `list` skips files that are not valid keys
 //!   (editor backups, …). Keys under `fragments-flat/` are the store's own:
@@ -48,6 +52,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod direct;
 #[cfg(feature = "crash-journal")]
 pub mod journal;
 #[cfg(feature = "crash-journal")]
@@ -135,6 +140,16 @@ impl FsStore {
     /// Turns fsync off (tests and throwaway libraries only: a crash may then lose data).
     pub fn without_sync(mut self) -> Self {
         self.sync = false;
+        self
+    }
+
+    /// Writes every object through the page cache. By default, on Linux, objects from
+    /// 64 KiB to 16 MiB are written past it (`O_DIRECT`, where the file system allows
+    /// it): an ingest's objects are not read back soon, and filling the page cache with
+    /// them costs CPU time and evicts what programs do read. For a library whose
+    /// objects are read right after they are written.
+    pub fn page_cache_writes(mut self) -> Self {
+        self.sys.uncached = false;
         self
     }
 

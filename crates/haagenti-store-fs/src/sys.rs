@@ -24,6 +24,8 @@ macro_rules! record {
 #[derive(Clone, Debug)]
 pub(crate) struct Sys {
     root: PathBuf,
+    /// Large files are written past the page cache (`direct.rs`).
+    pub(crate) uncached: bool,
     #[cfg(feature = "crash-journal")]
     pub(crate) journal: Option<Arc<Journal>>,
     #[cfg(feature = "crash-journal")]
@@ -34,6 +36,7 @@ impl Sys {
     pub(crate) fn new(root: PathBuf) -> Self {
         Self {
             root,
+            uncached: true,
             #[cfg(feature = "crash-journal")]
             journal: None,
             #[cfg(feature = "crash-journal")]
@@ -45,10 +48,22 @@ impl Sys {
         &self.root
     }
 
-    /// Creates `path` (truncating), writes `bytes`, and fsyncs it when `sync`.
+    /// Creates `path` (truncating), writes `bytes` (past the page cache when the file
+    /// system allows it and `uncached`), and fsyncs it when `sync`.
     pub(crate) fn create_file(&self, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-        let mut f = File::create(path)?;
-        f.write_all(bytes)?;
+        let direct = if self.uncached {
+            crate::direct::create(path, bytes)?
+        } else {
+            None
+        };
+        let f = match direct {
+            Some(f) => f,
+            None => {
+                let mut f = File::create(path)?;
+                f.write_all(bytes)?;
+                f
+            }
+        };
         record!(
             self,
             Op::Create {
