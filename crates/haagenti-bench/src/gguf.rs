@@ -140,8 +140,8 @@ pub fn run(quick: bool, seed: u64, work: &Path) -> Result<Option<GgufBench>> {
     let mut systems = vec![haagenti_run.summary.clone()];
     systems.push(baselines::zstd(&family, &run_dir, 1)?);
     systems.push(baselines::restic(&family, &run_dir)?);
-    util::remove_dir_if_exists(&run_dir)?;
-    util::remove_dir_if_exists(&dir)?;
+    util::discard(&run_dir)?;
+    util::discard(&dir)?;
     Ok(Some(GgufBench {
         layers,
         files,

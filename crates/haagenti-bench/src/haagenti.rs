@@ -393,7 +393,7 @@ pub fn run(family: &Family, work: &Path) -> Result<HaagentiRun> {
         ),
         ..SystemResult::new("haagenti".into(), family.total_bytes())
     };
-    util::remove_dir_if_exists(&lib)?;
+    util::discard(&lib)?;
     Ok(HaagentiRun {
         summary,
         models,
@@ -457,8 +457,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
     let mut identical = true;
     for round in 0..BIG_MODEL_ROUNDS {
         eprintln!("  round {}/{BIG_MODEL_ROUNDS} ...", round + 1);
-        // Libraries stay until the end: deleting thousands of objects just before the
-        // next ingest would charge it the filesystem's reuse of freed inodes.
+        // Libraries stay until the end of the run (`util::discard`).
         let lib = dir.join(format!("library-{round}"));
         let out = dir.join("export");
         ingests.push(run_child("ingest", &lib, "big", &src)?);
@@ -473,7 +472,8 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         util::remove_dir_if_exists(&out)?;
         std::fs::remove_file(&copy).with_context(|| format!("remove {}", copy.display()))?;
     }
-    util::remove_dir_if_exists(&dir)?;
+    std::fs::remove_file(&src).with_context(|| format!("remove {}", src.display()))?;
+    util::discard(&dir)?;
     let (ingest, export) = (median_round(&ingests)?, median_round(&exports)?);
     let peak = |runs: &[ChildOutput]| runs.iter().filter_map(|c| c.peak_rss_bytes).max();
     Ok(BigModelResult {

@@ -105,7 +105,7 @@ pub fn run(work: &Path, model_bytes: u64, seed: u64) -> Result<ServeBench> {
     util::remove_dir_if_exists(&dir)?;
     std::fs::create_dir_all(&dir)?;
     let result = measure(&dir, &cli, &python, model_bytes, seed);
-    util::remove_dir_if_exists(&dir)?;
+    util::discard(&dir)?;
     result
 }
 

@@ -337,7 +337,7 @@ fn run_order(
     }
     let stats = serde_json::to_value(rt.block_on(library.stats())?)?;
     let stored_bytes = util::dir_size(&lib_dir)?;
-    util::remove_dir_if_exists(work)?;
+    util::discard(work)?;
 
     let raw_bytes: u64 = rows.iter().map(|r| r.logical_bytes).sum();
     let ingest_secs: f64 = rows.iter().map(|r| r.ingest_secs).sum();

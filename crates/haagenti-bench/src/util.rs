@@ -96,16 +96,25 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Directories [`remove_dir_if_exists`] moved aside, deleted by [`empty_trash`].
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
+    }
+}
+
+/// Directories [`discard`] moved aside, deleted by [`empty_trash`].
 static TRASH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Removes `dir` from where it was; its files are deleted when the run ends
-/// ([`empty_trash`]), not now. On ext4 without a journal (this bench's VM), each new
-/// file skips every inode freed in the last minutes (`recently_deleted`), so deleting
-/// a library of thousands of objects made the next ingest 1.7x slower (5.70 s against
-/// 3.24 s for the 2 GiB model, one binary): the cost of the bench's cleanup, which no
-/// user's ingest pays, charged to the phase that follows it.
-pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+/// Takes `dir` (a library: thousands of files) out of the way now and deletes it when
+/// the run ends ([`empty_trash`]). On ext4 without a journal (this bench's VM), every
+/// file created within minutes of a delete first skips the freed inodes
+/// (`recently_deleted`): a 2 GiB ingest right after removing a library took 5.70 s
+/// instead of 3.24 s (one binary), the cost of the bench's cleanup, which no user's
+/// ingest pays, charged to the phase after it. Outputs of a few large files are removed
+/// at once ([`remove_dir_if_exists`]), or the disk would fill.
+pub fn discard(dir: &Path) -> Result<()> {
     static MOVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = MOVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
@@ -120,7 +129,7 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     }
 }
 
-/// Deletes what [`remove_dir_if_exists`] moved aside (at the end of a run, once nothing
+/// Deletes what [`discard`] moved aside (at the end of a run, once nothing
 /// is measured any more).
 pub fn empty_trash() -> Result<()> {
     let trash = std::mem::take(&mut *TRASH.lock().unwrap_or_else(|e| e.into_inner()));
