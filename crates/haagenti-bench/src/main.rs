@@ -214,7 +214,7 @@ fn serve_size(quick: bool) -> u64 {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // Scratch directories are deleted once nothing is measured any more (util.rs).
+    // Libraries moved aside (`util::discard`) are deleted once nothing is measured.
     let result = dispatch(cli.command);
     let result = util::empty_trash().and(result);
     match result {
