@@ -1,20 +1,29 @@
-//! A full disk: a filesystem library on a 2 MiB tmpfs. Ingesting a model that does not
-//! fit fails with a clear "no space" error; the library stays consistent (the earlier
-//! model verifies and exports bit-exact), gc frees what the failed ingest wrote, and a
-//! model that fits ingests afterwards.
+//! Libraries on file systems mounted for the test, and objects of every length.
 //!
-//! Mounting needs root (CI runs as root); elsewhere the test fails saying so, unless
+//! * A full disk: a library on a 2 MiB tmpfs. Ingesting a model that does not fit fails
+//!   with a clear "no space" error; the library stays consistent (the earlier model
+//!   verifies and exports bit-exact), gc frees what the failed ingest wrote, and a model
+//!   that fits ingests afterwards.
+//! * Objects of every length around the edges of the writes past the page cache
+//!   (`direct.rs`) read back exactly: on the temporary directory's file system (written
+//!   with `O_DIRECT`), with [`FsStore::page_cache_writes`], and on a ramfs, which refuses
+//!   `O_DIRECT` (the store falls back to the page cache).
+//!
+//! Mounting needs root (CI runs as root); elsewhere these tests fail saying so, unless
 //! `HAAGENTI_SKIP_TMPFS=1` asks for the skip.
 
+#![cfg(target_os = "linux")] // mount(8), ramfs, O_DIRECT
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use haagenti_core::store::{FRAGMENTS_PREFIX, TMP_PREFIX};
-use haagenti_core::{Dtype, FragmentLibrary, GcOptions, IngestOptions};
+use haagenti_core::{Dtype, FragmentLibrary, FragmentStore, GcOptions, IngestOptions, ObjectKey};
 use haagenti_store_fs::FsStore;
 use haagenti_testkit::library::test_library;
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
@@ -28,9 +37,12 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+/// Mounts a file system of type `fs` (with `options`) on `dir`, for test `test`.
+fn mount(test: &str, fs: &str, options: &[&str], dir: &Path) -> Option<Mount> {
     let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .args(["-t", fs])
+        .args(options)
+        .arg(fs)
         .arg(dir)
         .output()
         .ok()?;
@@ -38,10 +50,10 @@ fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         Some(Mount(dir.to_path_buf()))
     } else {
         haagenti_testkit::env::unavailable(
-            "a_full_disk_fails_cleanly",
+            test,
             "HAAGENTI_SKIP_TMPFS",
             &format!(
-                "cannot mount a tmpfs here ({}): run as root, as CI does",
+                "cannot mount a {fs} here ({}): run as root, as CI does",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         )
@@ -86,7 +98,8 @@ fn assert_exports(
 #[test]
 fn a_full_disk_fails_cleanly() {
     let mnt = tempfile::tempdir().unwrap();
-    let Some(_mount) = mount_tmpfs(mnt.path(), "2m") else {
+    let test = "a_full_disk_fails_cleanly";
+    let Some(_mount) = mount(test, "tmpfs", &["-o", "size=2m"], mnt.path()) else {
         return;
     };
     let src = tempfile::tempdir().unwrap();
@@ -140,4 +153,68 @@ fn a_full_disk_fails_cleanly() {
         .unwrap();
     assert_exports("fits", &fits, &lib, &rt);
     assert_exports("small", &small, &lib, &rt);
+}
+
+/// Puts objects of every length around the edges of the writes past the page cache (64
+/// KiB and 16 MiB, whole 4 KiB blocks and one byte either side) into `store`, and reads
+/// each back whole, by range and as the file on disk.
+async fn assert_every_length_reads_back(store: &FsStore, what: &str) {
+    const KIB: usize = 1024;
+    let lengths = [
+        0,
+        1,
+        4095,
+        64 * KIB - 1,
+        64 * KIB,
+        64 * KIB + 1,
+        1024 * KIB - 1,
+        1024 * KIB,
+        1024 * KIB + 4097,
+        16 * 1024 * KIB,
+        16 * 1024 * KIB + 1,
+    ];
+    for (n, len) in lengths.into_iter().enumerate() {
+        let bytes: Bytes = (0..len)
+            .map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ n as u8)
+            .collect();
+        let what = format!("{len} bytes, {what}");
+        let key = ObjectKey::new(format!("index/object-{len}")).unwrap();
+        store.put(&key, bytes.clone()).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap(), bytes, "{what}");
+        let on_disk = store.object_path(&key).unwrap();
+        assert_eq!(std::fs::read(on_disk).unwrap(), bytes, "{what}: the file");
+        if len > 2 {
+            let part = store.get_range(&key, 1..len as u64 - 1).await.unwrap();
+            assert_eq!(part, bytes.slice(1..len - 1), "{what}: a range");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_every_length_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path().join("direct")).unwrap();
+    assert_every_length_reads_back(&store, "written past the page cache").await;
+    let store = FsStore::open(dir.path().join("cached"))
+        .unwrap()
+        .page_cache_writes();
+    assert_every_length_reads_back(&store, "page_cache_writes").await;
+
+    let mnt = tempfile::tempdir().unwrap();
+    let test = "objects_of_every_length_read_back_exactly";
+    let Some(_mount) = mount(test, "ramfs", &[], mnt.path()) else {
+        return;
+    };
+    let probe = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(mnt.path().join("probe"));
+    let refused = probe.err().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL);
+    assert!(
+        refused,
+        "ramfs took O_DIRECT: this case no longer tests the fallback"
+    );
+    let store = FsStore::open(mnt.path().join("lib")).unwrap();
+    assert_every_length_reads_back(&store, "on a ramfs (no O_DIRECT)").await;
 }
