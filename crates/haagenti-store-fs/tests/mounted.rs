@@ -28,7 +28,7 @@ use haagenti_store_fs::FsStore;
 use haagenti_testkit::library::test_library;
 use haagenti_testkit::synth::{self, Recipe, SynthTensor};
 
-/// Unmounts the tmpfs when the test ends, however it ends.
+/// Unmounts the file system when the test ends, however it ends.
 struct Mount(PathBuf);
 
 impl Drop for Mount {
