@@ -216,7 +216,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Libraries moved aside (`util::discard`) are deleted once nothing is measured.
     let result = dispatch(cli.command);
-    let result = util::empty_trash().and(result);
+    // The run's own failure, if any, is the one to report.
+    let emptied = util::empty_trash();
+    let result = result.and(emptied);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -326,11 +326,11 @@ pub fn markdown(r: &Results<'_>) -> String {
             "\n*Plain copy*: `std::fs::copy` of the source file (the kernel's \
              `copy_file_range`) right after each export, after a `sync` (median): how fast \
              the machine wrote that many new bytes into the page cache at that moment, which \
-             bounds any export. On the 2-core VM of `docs/benchmarks.md` four such copies of the 2 GiB \
-             model took 0.6 to 6.1 s (0.35 to 3.6 GB/s), slower the longer the memory freed \
-             before them had sat unused (an export after a 10 s pause: 4.6 s, without: 3.2 \
-             s), as when a VM hands freed pages back to its host (virtio-balloon free page \
-             reporting) and each first touch is then a host fault."
+             bounds any export. On the 2-core VM of `docs/benchmarks.md` four such copies \
+             of the 2 GiB model took 0.6 to 6.1 s (0.35 to 3.6 GB/s), slower the longer the \
+             memory freed before them had sat unused (an export after a 10 s pause: 4.6 s, \
+             without: 3.2 s), as when a VM hands freed pages back to its host \
+             (virtio-balloon free page reporting) and each first touch is then a host fault."
         );
     }
     if let Some(md) = &r.ceiling_markdown {
