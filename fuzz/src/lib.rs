@@ -3,13 +3,12 @@
 //! (a panic inside an `assert!` here is a finding, like any other crash).
 //!
 //! An input that crashes a target is kept as a regular test, calling the same public
-//! API with the input inline: `crates/haagenti-core/tests/fuzz_regressions.rs` for the
+//! API with the input inline: a case of `crates/haagenti-core/tests/hostile.rs` for the
 //! header, manifest and object targets, the codec crate's tests for codec targets. When
 //! the crash is this file's own oracle expecting too much, the oracle is fixed here and
 //! the case becomes a test of what the library does instead. The one crash so far:
-//! `stored_object`, December 2026, a delta whose base is the fragment itself, now a case
-//! of `crates/haagenti-core/tests/hostile.rs`. See `docs/guarantees.md`, *Fuzzing*, for
-//! the campaigns run.
+//! `stored_object`, December 2026, a delta whose base is the fragment itself (in
+//! `hostile.rs`). See `docs/guarantees.md`, *Fuzzing*, for the campaigns run.
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
