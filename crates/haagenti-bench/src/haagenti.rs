@@ -122,7 +122,8 @@ impl ChildOutput {
         let secs_at = |mb_s: f64| if mb_s > 0.0 { mb / mb_s } else { 0.0 };
         let (signature_secs_est, ceiling_mb_s) = match op {
             ChildOp::Ingest => (secs_at(speeds.signature_mb_s), speeds.ingest_ceiling()),
-            ChildOp::Export => (0.0, speeds.export_ceiling()),
+            // Verify does export's work but for the writes.
+            ChildOp::Export | ChildOp::Verify => (0.0, speeds.export_ceiling()),
         };
         Profile {
             wall_secs: self.secs,
@@ -244,9 +245,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub enum ChildOp {
     Ingest,
     Export,
+    Verify,
 }
 
-/// `child ingest LIBRARY NAME PATH` or `child export LIBRARY NAME OUT_DIR`.
+/// `child ingest LIBRARY NAME PATH`, `child export LIBRARY NAME OUT_DIR` or `child verify
+/// LIBRARY NAME -` (no path: verify writes nothing).
 #[derive(clap::Args, Debug)]
 pub struct ChildArgs {
     op: ChildOp,
@@ -276,6 +279,15 @@ pub fn child(args: ChildArgs) -> Result<()> {
             rt.block_on(library.export(&name, &path, None))
                 .with_context(|| format!("export {name} to {}", path.display()))?,
         )?,
+        ChildOp::Verify => {
+            let report = rt
+                .block_on(library.verify(Some(&name), None))
+                .with_context(|| format!("verify {name}"))?;
+            if !report.problems.is_empty() {
+                bail!("verify {name}: {}", report.problems.join("; "));
+            }
+            serde_json::to_value(report)?
+        }
     };
     let secs = started.elapsed().as_secs_f64();
     let (cpu_secs, peak_rss_bytes) = (util::cpu_secs(), util::peak_rss_bytes());
@@ -419,9 +431,12 @@ pub struct BigModelResult {
     /// Medians of the rounds.
     pub ingest_secs: f64,
     pub export_secs: f64,
+    /// `verify` of the model right after its export: export's work without the writes.
+    pub verify_secs: f64,
     /// Every round, in order.
     pub ingest_secs_each: Vec<f64>,
     pub export_secs_each: Vec<f64>,
+    pub verify_secs_each: Vec<f64>,
     /// The highest of the rounds.
     pub peak_rss_ingest_bytes: Option<u64>,
     pub peak_rss_export_bytes: Option<u64>,
@@ -430,6 +445,7 @@ pub struct BigModelResult {
     /// The profiles of the median rounds.
     pub ingest_profile: Profile,
     pub export_profile: Profile,
+    pub verify_profile: Profile,
     /// `std::fs::copy` of the source file right after each export (`copy_file_range`, in
     /// the kernel), median: how fast this machine writes that many new bytes into the
     /// page cache at that moment, the bound of any export.
@@ -454,7 +470,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         util::human(size),
         started.elapsed().as_secs_f64()
     );
-    let (mut ingests, mut exports, mut copies) = (vec![], vec![], vec![]);
+    let (mut ingests, mut exports, mut verifies, mut copies) = (vec![], vec![], vec![], vec![]);
     let mut identical = true;
     for round in 0..BIG_MODEL_ROUNDS {
         eprintln!("  round {}/{BIG_MODEL_ROUNDS} ...", round + 1);
@@ -464,6 +480,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         ingests.push(run_child("ingest", &lib, "big", &src)?);
         util::warm(&lib)?;
         exports.push(run_child("export", &lib, "big", &out)?);
+        verifies.push(run_child("verify", &lib, "big", Path::new("-"))?);
         util::settle()?;
         let copy = dir.join("copy.safetensors");
         let started = Instant::now();
@@ -476,6 +493,7 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
     std::fs::remove_file(&src).with_context(|| format!("remove {}", src.display()))?;
     util::discard(&dir)?;
     let (ingest, export) = (median_round(&ingests)?, median_round(&exports)?);
+    let verify = median_round(&verifies)?;
     let peak = |runs: &[ChildOutput]| runs.iter().filter_map(|c| c.peak_rss_bytes).max();
     Ok(BigModelResult {
         bytes: size,
@@ -483,13 +501,16 @@ pub fn big_model(work: &Path, bytes: u64, seed: u64) -> Result<BigModelResult> {
         rounds: BIG_MODEL_ROUNDS,
         ingest_secs: ingest.secs,
         export_secs: export.secs,
+        verify_secs: verify.secs,
         ingest_secs_each: ingests.iter().map(|c| c.secs).collect(),
         export_secs_each: exports.iter().map(|c| c.secs).collect(),
+        verify_secs_each: verifies.iter().map(|c| c.secs).collect(),
         peak_rss_ingest_bytes: peak(&ingests),
         peak_rss_export_bytes: peak(&exports),
         identical,
         ingest_profile: ingest.profile(size, ChildOp::Ingest),
         export_profile: export.profile(size, ChildOp::Export),
+        verify_profile: verify.profile(size, ChildOp::Verify),
         copy_secs: util::median(copies),
     })
 }

@@ -367,7 +367,12 @@ fn run(opts: &Options) -> Result<()> {
             ceiling::PhaseRow::new("corpus export", corpus_bytes, &haagenti.export_profile),
         ];
         if let Some(b) = &big_model {
-            for (phase, profile) in [("ingest", &b.ingest_profile), ("export", &b.export_profile)] {
+            let phases = [
+                ("ingest", &b.ingest_profile),
+                ("export", &b.export_profile),
+                ("verify", &b.verify_profile),
+            ];
+            for (phase, profile) in phases {
                 let name = format!("{} {} {phase}", util::human(b.bytes), b.dtype);
                 rows.push(ceiling::PhaseRow::new(&name, b.bytes, profile));
             }

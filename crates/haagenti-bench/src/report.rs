@@ -291,16 +291,18 @@ pub fn markdown(r: &Results<'_>) -> String {
         let _ = writeln!(s, "\n### haagenti, one large model on its own\n");
         let _ = writeln!(
             s,
-            "| model | ingest MB/s | export MB/s | plain copy MB/s | peak RSS ingest / export MiB | byte-identical |"
+            "| model | ingest MB/s | export MB/s | verify MB/s (target >= export) | plain copy MB/s | peak RSS ingest / export MiB | byte-identical |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
         let _ = writeln!(
             s,
-            "| {} {} (single file) | {:.0} | {:.0} | {:.0} | {} / {} | {} |",
+            "| {} {} (single file) | {:.0} | {:.0} | {:.0} ({}) | {:.0} | {} / {} | {} |",
             human(b.bytes),
             b.dtype,
             mb_per_s(b.bytes, b.ingest_secs),
             mb_per_s(b.bytes, b.export_secs),
+            mb_per_s(b.bytes, b.verify_secs),
+            util::mark(b.verify_secs <= b.export_secs),
             mb_per_s(b.bytes, b.copy_secs),
             opt_mib(b.peak_rss_ingest_bytes),
             opt_mib(b.peak_rss_export_bytes),
@@ -314,12 +316,14 @@ pub fn markdown(r: &Results<'_>) -> String {
         };
         let _ = writeln!(
             s,
-            "\nMedians of {} rounds, each ingesting into a fresh library and exporting it \
-             (every round's export compared byte for byte). Each round in MB/s: ingest {}; \
-             export {}.",
+            "\nMedians of {} rounds, each ingesting into a fresh library, exporting it \
+             (every round's export compared byte for byte) and verifying it (every fragment \
+             and the file's hash checked, nothing written). Each round in MB/s: ingest {}; \
+             export {}; verify {}.",
             b.rounds,
             each(&b.ingest_secs_each),
-            each(&b.export_secs_each)
+            each(&b.export_secs_each),
+            each(&b.verify_secs_each)
         );
         let _ = writeln!(
             s,
