@@ -296,7 +296,7 @@ pub fn markdown(r: &Results<'_>) -> String {
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
         let _ = writeln!(
             s,
-            "| {} {} (single file) | {:.0} | {:.0} | {:.0} ({}) | {:.0} | {} / {} | {} |",
+            "| {} {} (single file) | {:.0} | {:.0} | {:.0} {} | {:.0} | {} / {} | {} |",
             human(b.bytes),
             b.dtype,
             mb_per_s(b.bytes, b.ingest_secs),
